@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs lifeline's Debian packages (only the missing ones) and builds the project into build/.
+# Usage: scripts/setup.sh [--sanitize]   (run as root on Debian 12; idempotent)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  meson ninja-build g++ pkg-config
+  libboost-dev libboost-filesystem-dev libyaml-cpp-dev libspdlog-dev libcli11-dev doctest-dev
+  nlohmann-json3-dev libxxhash-dev libssl-dev
+  libtorch-dev python3-torch
+  slurm-wlm munge
+  librsvg2-bin
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+builddir=build
+opts=()
+if [[ "${1:-}" == "--sanitize" ]]; then
+  builddir=build-asan
+  opts=(-Db_sanitize=address,undefined -Db_lundef=false)
+fi
+if [[ ! -f "$builddir/build.ninja" ]]; then
+  meson setup "$builddir" "${opts[@]}"
+fi
+ninja -C "$builddir"

@@ -1,0 +1,94 @@
+// `lifeline checkpoints` and `lifeline verify`: what is in a checkpoint directory, and which
+// checkpoint a resume would use.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "common/clock.h"
+#include "store/checkpoint_store.h"
+
+namespace lifeline::cli {
+
+namespace {
+
+std::string human_bytes(uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = double(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) v /= 1024, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+  return buf;
+}
+
+std::string metrics_text(const CheckpointInfo& c) {
+  std::string s;
+  for (const auto& [k, v] : c.metrics) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s=%g", k.c_str(), v);
+    s += (s.empty() ? "" : " ") + std::string(buf);
+  }
+  return s;
+}
+
+}  // namespace
+
+void register_checkpoint_commands(CLI::App& app, int& rc) {
+  {
+    auto* sub = app.add_subcommand("checkpoints", "list checkpoints with their validity");
+    auto dir = std::make_shared<std::string>();
+    auto as_json = std::make_shared<bool>(false);
+    auto quick = std::make_shared<bool>(false);
+    sub->add_option("DIR", *dir, "checkpoint directory");
+    sub->add_flag("--json", *as_json, "JSON array (design.md contract)");
+    sub->add_flag("--quick", *quick, "check manifests and sizes only, not checksums");
+    sub->callback([=, &rc] {
+      std::string d = resolve_ckpt_dir(*dir);
+      auto list = list_checkpoints(d, *quick ? VerifyMode::quick : VerifyMode::full);
+      if (*as_json) {
+        nlohmann::json arr = nlohmann::json::array();
+        for (const auto& c : list) arr.push_back(nlohmann::json::parse(checkpoint_json(c)));
+        std::printf("%s\n", arr.dump(2).c_str());
+      } else if (list.empty()) {
+        std::printf("no checkpoints in %s\n", d.c_str());
+      } else {
+        std::printf("%-10s %-7s %10s  %-24s %s\n", "STEP", "VALID", "SIZE", "CREATED", "METRICS / PROBLEM");
+        for (const auto& c : list)
+          std::printf("%-10llu %-7s %10s  %-24s %s\n", static_cast<unsigned long long>(c.step),
+                      c.valid ? "yes" : "NO", human_bytes(c.bytes).c_str(),
+                      c.created_ns ? iso8601(c.created_ns).c_str() : "-",
+                      c.valid ? metrics_text(c).c_str() : c.problem.c_str());
+      }
+      rc = 0;
+    });
+  }
+  {
+    auto* sub = app.add_subcommand("verify", "which checkpoint a resume would use, and why");
+    auto dir = std::make_shared<std::string>();
+    auto as_json = std::make_shared<bool>(false);
+    sub->add_option("DIR", *dir, "checkpoint directory");
+    sub->add_flag("--json", *as_json, "JSON object {resume, skipped}");
+    sub->callback([=, &rc] {
+      std::string d = resolve_ckpt_dir(*dir);
+      ResumeChoice choice = choose_resume(d);
+      if (*as_json) {
+        nlohmann::json j;
+        j["resume"] = choice.resume ? nlohmann::json::parse(checkpoint_json(*choice.resume)) : nlohmann::json(nullptr);
+        j["skipped"] = nlohmann::json::array();
+        for (const auto& s : choice.skipped) j["skipped"].push_back(nlohmann::json::parse(checkpoint_json(s)));
+        std::printf("%s\n", j.dump(2).c_str());
+      } else {
+        for (const auto& s : choice.skipped)
+          std::printf("skip   step %llu: %s\n", static_cast<unsigned long long>(s.step), s.problem.c_str());
+        if (choice.resume)
+          std::printf("resume step %llu from %s\n", static_cast<unsigned long long>(choice.resume->step),
+                      choice.resume->path.c_str());
+        else
+          std::printf("no valid checkpoint in %s: a run would start from scratch\n", d.c_str());
+      }
+      rc = choice.resume ? 0 : 1;
+    });
+  }
+}
+
+}  // namespace lifeline::cli

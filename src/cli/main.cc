@@ -1,0 +1,43 @@
+// lifeline: the command-line entry point; dispatches to the subcommands in src/cli/.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+#include "cli/commands.h"
+
+namespace lifeline::cli {
+
+std::string resolve_ckpt_dir(const std::string& given, const std::string& policy_dir) {
+  std::string dir = given;
+  if (dir.empty()) dir = policy_dir;
+  if (dir.empty()) {
+    const char* env = std::getenv("LIFELINE_CKPT_DIR");
+    dir = env && *env ? env : "checkpoints";
+  }
+  std::error_code ec;
+  auto abs = std::filesystem::absolute(dir, ec);
+  return ec ? dir : abs.lexically_normal().string();
+}
+
+}  // namespace lifeline::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"lifeline: keeps long training jobs alive on Slurm clusters"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("lifeline 0.1.0"));
+  int rc = 0;
+  lifeline::cli::register_run_command(app, rc);
+  lifeline::cli::register_checkpoint_commands(app, rc);
+  lifeline::cli::register_policy_commands(app, rc);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lifeline: %s\n", e.what());
+    return 2;
+  }
+  return rc;
+}

@@ -1,0 +1,60 @@
+// `lifeline run`: validates the policy and arguments, then hands over to the supervisor.
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "supervisor/supervisor.h"
+
+namespace lifeline::cli {
+
+namespace {
+const std::vector<std::string> kModes = {"auto", "scontrol", "sbatch", "exit", "local", "none"};
+}
+
+void register_run_command(CLI::App& app, int& rc) {
+  auto* sub = app.add_subcommand("run", "run a training command under supervision");
+  struct Args {
+    std::string policy, ckpt_dir, requeue;
+    double grace = -1;
+    std::vector<std::string> command;
+  };
+  auto args = std::make_shared<Args>();
+  sub->add_option("--policy", args->policy, "policy YAML file (default: built-in, as policies/default.yaml)");
+  sub->add_option("--ckpt-dir", args->ckpt_dir, "checkpoint directory");
+  sub->add_option("--requeue", args->requeue, "auto | scontrol | sbatch | exit | local | none")
+      ->check(CLI::IsMember(kModes));
+  sub->add_option("--grace", args->grace, "longest wait for the stop checkpoint, seconds")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("command", args->command, "training command and its arguments (after --)")->required();
+  sub->positionals_at_end();
+  sub->callback([args, &rc] {
+    RunOptions o;
+    try {
+      o.policy = args->policy.empty() ? default_policy() : load_policy_file(args->policy);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "lifeline run: %s\n", e.what());
+      rc = kExitUsage;
+      return;
+    }
+    o.ckpt_dir = resolve_ckpt_dir(args->ckpt_dir, o.policy.checkpoint.dir);
+    o.requeue_mode = args->requeue.empty() ? o.policy.requeue.mode : args->requeue;
+    o.grace_seconds = args->grace >= 0 ? args->grace : o.policy.stop.grace_seconds;
+    o.command = args->command;
+    std::error_code ec;
+    std::filesystem::create_directories(o.ckpt_dir, ec);
+    if (ec) {
+      std::fprintf(stderr, "lifeline run: cannot create checkpoint directory %s: %s\n", o.ckpt_dir.c_str(),
+                   ec.message().c_str());
+      rc = kExitUsage;
+      return;
+    }
+    try {
+      rc = run_supervisor(o);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "lifeline run: %s\n", e.what());
+      rc = kExitUsage;
+    }
+  });
+}
+
+}  // namespace lifeline::cli

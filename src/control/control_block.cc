@@ -1,0 +1,137 @@
+#include "control/control_block.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+
+#include "common/errors.h"
+
+namespace lifeline {
+using namespace layout;
+
+static unsigned char* map_block(int fd, const std::string& name) {
+  void* p = mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    int err = errno;
+    close(fd);
+    throw SystemError("mmap control block", name, err);
+  }
+  close(fd);
+  return static_cast<unsigned char*>(p);
+}
+
+ControlBlock ControlBlock::create(const std::string& tag) {
+  std::random_device rd;
+  for (int tries = 0; tries < 16; ++tries) {
+    char rnd[17];
+    std::snprintf(rnd, sizeof rnd, "%08x%08x", rd(), rd());
+    std::string name = "/lifeline-" + std::to_string(getuid()) + "-" + tag + "-" + rnd;
+    int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      if (errno == EEXIST) continue;
+      throw_errno("create shared memory", name);
+    }
+    if (ftruncate(fd, kSize) != 0) {
+      int err = errno;
+      close(fd);
+      shm_unlink(name.c_str());
+      throw SystemError("size shared memory", name, err);
+    }
+    unsigned char* base;
+    try {
+      base = map_block(fd, name);
+    } catch (...) {
+      shm_unlink(name.c_str());
+      throw;
+    }
+    ControlBlock block(name, base, true);
+    // ftruncate zero-filled the block; fill the header, magic last.
+    block.u32(kVersionOff).store(kVersion);
+    block.u32(kSizeOff).store(kSize);
+    block.u32(kOwnerUidOff).store(getuid());
+    block.u32(kSupervisorPidOff).store(uint32_t(getpid()));
+    block.u64(kMagicOff).store(kMagic, std::memory_order_release);
+    return block;
+  }
+  throw std::runtime_error("cannot find a free shared-memory name for the control block");
+}
+
+ControlBlock ControlBlock::attach(const std::string& name) {
+  int fd = shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0) throw_errno("open control block", name);
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    close(fd);
+    throw SystemError("stat control block", name, err);
+  }
+  if (st.st_uid != getuid() || (st.st_mode & 077) != 0) {
+    close(fd);
+    throw std::runtime_error("control block " + name +
+                             " is not owned by this user with mode 0600: refusing it");
+  }
+  if (st.st_size < off_t(kSize)) {
+    close(fd);
+    throw std::runtime_error("control block " + name + " is too small (" +
+                             std::to_string(st.st_size) + " bytes)");
+  }
+  ControlBlock block(name, map_block(fd, name), false);
+  if (block.u64(kMagicOff).load(std::memory_order_acquire) != kMagic)
+    throw std::runtime_error("control block " + name + " has no lifeline magic");
+  uint32_t version = block.u32(kVersionOff).load();
+  if (version != kVersion)
+    throw std::runtime_error("control block " + name + " has layout version " +
+                             std::to_string(version) + ", this client speaks " +
+                             std::to_string(kVersion));
+  if (block.u32(kSizeOff).load() != kSize)
+    throw std::runtime_error("control block " + name + " declares an unexpected size");
+  return block;
+}
+
+uint64_t ControlBlock::request(Reason reason, bool stop, uint64_t deadline_wall_ns) const {
+  if (deadline_wall_ns) {
+    // Keep the earliest deadline of all pending requests.
+    auto& d = u64(kDeadlineOff);
+    uint64_t cur = d.load();
+    while ((cur == 0 || deadline_wall_ns < cur) && !d.compare_exchange_weak(cur, deadline_wall_ns)) {
+    }
+  }
+  u32(kRequestReasonOff).store(uint32_t(reason));
+  if (stop) u32(kRequestFlagsOff).fetch_or(kFlagStop);
+  return u64(kRequestSeqOff).fetch_add(1, std::memory_order_acq_rel) + 1;
+}
+
+ControlBlock::ControlBlock(ControlBlock&& other) noexcept
+    : name_(std::move(other.name_)), base_(other.base_), owner_(other.owner_) {
+  other.base_ = nullptr;
+  other.owner_ = false;
+}
+
+ControlBlock& ControlBlock::operator=(ControlBlock&& other) noexcept {
+  if (this != &other) {
+    release();
+    name_ = std::move(other.name_);
+    base_ = other.base_;
+    owner_ = other.owner_;
+    other.base_ = nullptr;
+    other.owner_ = false;
+  }
+  return *this;
+}
+
+void ControlBlock::release() noexcept {
+  if (base_) munmap(base_, kSize);
+  if (owner_) shm_unlink(name_.c_str());
+  base_ = nullptr;
+  owner_ = false;
+}
+
+ControlBlock::~ControlBlock() { release(); }
+
+}  // namespace lifeline

@@ -1,0 +1,180 @@
+#include "policy/units.h"
+
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+#include <utility>
+
+namespace lifeline {
+namespace {
+
+// A quantity split into its number and its unit, both trimmed.
+struct NumberAndUnit {
+  std::string number;
+  std::string unit;  // lower-cased
+};
+
+std::string trim(const std::string& s) {
+  size_t b = 0;
+  size_t e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return s.substr(b, e - b);
+}
+
+// Splits "1.5 GiB" into "1.5" and "gib". `what` names the quantity for messages.
+NumberAndUnit split(const std::string& text, const char* what, const std::string& forms) {
+  std::string t = trim(text);
+  if (t.empty()) throw std::invalid_argument(std::string("empty ") + what + "; expected " + forms);
+  if (t[0] == '-')
+    throw std::invalid_argument(std::string("invalid ") + what + " '" + t + "': must not be negative");
+  size_t i = 0;
+  while (i < t.size() && (std::isdigit(static_cast<unsigned char>(t[i])) || t[i] == '.')) ++i;
+  NumberAndUnit out;
+  out.number = t.substr(0, i);
+  for (char c : trim(t.substr(i))) out.unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  bool has_digit = false;
+  for (char c : out.number) has_digit = has_digit || std::isdigit(static_cast<unsigned char>(c));
+  if (!has_digit)
+    throw std::invalid_argument(std::string("invalid ") + what + " '" + t + "': expected " + forms);
+  return out;
+}
+
+// Parses the whole of `s` as a finite non-negative decimal number, or returns false.
+bool to_double(const std::string& s, double& out) {
+  const char* end = s.data() + s.size();
+  auto [p, ec] = std::from_chars(s.data(), end, out, std::chars_format::fixed);
+  return ec == std::errc() && p == end && std::isfinite(out) && out >= 0;
+}
+
+constexpr double kTwoTo64 = 18446744073709551616.0;
+
+}  // namespace
+
+uint64_t parse_size(const std::string& text) {
+  static const char* const kForms = "a byte count like 1024, 500MB or 50GiB";
+  NumberAndUnit nu = split(text, "size", kForms);
+  const std::string shown = trim(text);
+
+  static const std::array<std::pair<const char*, uint64_t>, 12> kUnits = {{
+      {"", 1},
+      {"b", 1},
+      {"kb", 1000ULL},
+      {"mb", 1000ULL * 1000},
+      {"gb", 1000ULL * 1000 * 1000},
+      {"tb", 1000ULL * 1000 * 1000 * 1000},
+      {"pb", 1000ULL * 1000 * 1000 * 1000 * 1000},
+      {"kib", 1ULL << 10},
+      {"mib", 1ULL << 20},
+      {"gib", 1ULL << 30},
+      {"tib", 1ULL << 40},
+      {"pib", 1ULL << 50},
+  }};
+  uint64_t factor = 0;
+  for (const auto& [name, f] : kUnits)
+    if (nu.unit == name) factor = f;
+  if (factor == 0) {
+    if (nu.unit == "k" || nu.unit == "m" || nu.unit == "g" || nu.unit == "t" || nu.unit == "p") {
+      std::string u(1, static_cast<char>(std::toupper(static_cast<unsigned char>(nu.unit[0]))));
+      throw std::invalid_argument("invalid size '" + shown + "': '" + u + "' is ambiguous; write " +
+                                  nu.number + u + "iB (powers of 1024) or " + nu.number + u +
+                                  "B (powers of 1000)");
+    }
+    throw std::invalid_argument("invalid size '" + shown + "': unknown unit '" + nu.unit +
+                                "'; expected " + kForms);
+  }
+
+  const std::string too_large = "invalid size '" + shown + "': too large (the limit is 16 EiB)";
+  if (nu.number.find('.') == std::string::npos) {
+    uint64_t n = 0;
+    const char* end = nu.number.data() + nu.number.size();
+    auto [p, ec] = std::from_chars(nu.number.data(), end, n);
+    if (ec == std::errc::result_out_of_range) throw std::invalid_argument(too_large);
+    if (ec != std::errc() || p != end)
+      throw std::invalid_argument("invalid size '" + shown + "': expected " + kForms);
+    if (n > UINT64_MAX / factor) throw std::invalid_argument(too_large);
+    return n * factor;
+  }
+  double v = 0;
+  if (!to_double(nu.number, v))
+    throw std::invalid_argument("invalid size '" + shown + "': expected " + kForms);
+  if (factor == 1)
+    throw std::invalid_argument("invalid size '" + shown +
+                                "': a byte count must be a whole number (a fraction needs a unit, "
+                                "as in 1.5GiB)");
+  double bytes = std::floor(v * static_cast<double>(factor) + 0.5);
+  if (!(bytes < kTwoTo64)) throw std::invalid_argument(too_large);
+  return static_cast<uint64_t>(bytes);
+}
+
+double parse_duration(const std::string& text) {
+  static const char* const kForms = "a duration like 45, 90s, 30m, 2h, 1d or 1.5h";
+  NumberAndUnit nu = split(text, "duration", kForms);
+  const std::string shown = trim(text);
+  double factor = 0;
+  if (nu.unit.empty() || nu.unit == "s")
+    factor = 1;
+  else if (nu.unit == "m")
+    factor = 60;
+  else if (nu.unit == "h")
+    factor = 3600;
+  else if (nu.unit == "d")
+    factor = 86400;
+  else
+    throw std::invalid_argument("invalid duration '" + shown + "': unknown unit '" + nu.unit +
+                                "'; expected " + kForms);
+  double v = 0;
+  if (!to_double(nu.number, v))
+    throw std::invalid_argument("invalid duration '" + shown + "': expected " + kForms);
+  double seconds = v * factor;
+  if (!std::isfinite(seconds) || seconds > 1e15)
+    throw std::invalid_argument("invalid duration '" + shown + "': too large");
+  return seconds;
+}
+
+std::string format_size(double bytes) {
+  static const std::array<const char*, 7> kNames = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  if (!(bytes >= 0)) bytes = 0;
+  size_t i = 0;
+  double v = bytes;
+  while (v >= 1024 && i + 1 < kNames.size()) {
+    v /= 1024;
+    ++i;
+  }
+  char buf[64];
+  if (i == 0)
+    std::snprintf(buf, sizeof buf, "%.0f B", v);
+  else if (std::fabs(v - std::round(v)) < 0.05)
+    std::snprintf(buf, sizeof buf, "%.0f %s", std::round(v), kNames[i]);
+  else
+    std::snprintf(buf, sizeof buf, "%.1f %s", v, kNames[i]);
+  return buf;
+}
+
+std::string format_duration(double seconds) {
+  if (!(seconds >= 0)) seconds = 0;
+  char buf[64];
+  if (seconds < 10 && std::fabs(seconds - std::round(seconds)) >= 0.05) {
+    std::snprintf(buf, sizeof buf, "%.1fs", seconds);
+    return buf;
+  }
+  if (seconds > 1e15) return "forever";
+  auto total = static_cast<uint64_t>(std::llround(seconds));
+  const std::array<std::pair<uint64_t, const char*>, 4> parts = {{
+      {total / 86400, "d"},
+      {total % 86400 / 3600, "h"},
+      {total % 3600 / 60, "m"},
+      {total % 60, "s"},
+  }};
+  size_t first = 0;
+  while (first + 1 < parts.size() && parts[first].first == 0) ++first;
+  std::string out = std::to_string(parts[first].first) + parts[first].second;
+  if (first + 1 < parts.size() && parts[first + 1].first != 0)
+    out += " " + std::to_string(parts[first + 1].first) + parts[first + 1].second;
+  return out;
+}
+
+}  // namespace lifeline

@@ -1,0 +1,26 @@
+// Sizes and durations as people write them in a policy file or on the command line
+// ("50GiB", "500MB", "90s", "1.5h"), and back again for messages.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace lifeline {
+
+// Bytes from "1024", "500MB" (decimal: kB MB GB TB PB), "50GiB" (binary: KiB MiB GiB TiB
+// PiB) or "512B"; units are case-insensitive, a fraction is allowed with a unit ("1.5GiB")
+// and rounded to whole bytes. Bare K/M/G/T are refused as ambiguous. Throws
+// std::invalid_argument with a message saying what is accepted.
+uint64_t parse_size(const std::string& text);
+
+// Seconds from "45", "90s", "30m", "2h", "1d" or "1.5h" (units s m h d, optionally after a
+// space). Throws std::invalid_argument with a message saying what is accepted.
+double parse_duration(const std::string& text);
+
+// "0 B", "512 B", "1.5 KiB", "50 GiB": binary units, at most one decimal.
+std::string format_size(double bytes);
+
+// "0s", "45s", "1m 30s", "2h", "1h 30m", "3d 4h": the two largest units, rounded.
+std::string format_duration(double seconds);
+
+}  // namespace lifeline

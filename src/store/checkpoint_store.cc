@@ -1,0 +1,193 @@
+#include "store/checkpoint_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/clock.h"
+#include "store/checksum.h"
+
+namespace lifeline {
+namespace fs = std::filesystem;
+
+std::string checkpoint_folder_name(uint64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%012llu", static_cast<unsigned long long>(step));
+  return buf;
+}
+
+std::optional<uint64_t> step_from_folder_name(const std::string& name) {
+  if (name.size() < 6 || name.compare(0, 5, "step-") != 0 || name.size() > 5 + 20) return std::nullopt;
+  uint64_t step = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return std::nullopt;
+    step = step * 10 + uint64_t(name[i] - '0');
+  }
+  return step;
+}
+
+bool is_staging_name(const std::string& name) { return name.rfind(".staging-", 0) == 0; }
+
+static bool read_small_file(const std::string& path, std::string& out, std::string& problem) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    problem = errno == ENOENT ? "no MANIFEST (unfinished or foreign folder)"
+                              : std::string("cannot read MANIFEST: ") + std::strerror(errno);
+    return false;
+  }
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (64 << 20)) {
+    ::close(fd);
+    problem = "MANIFEST is not a regular file of sane size";
+    return false;
+  }
+  out.resize(size_t(st.st_size));
+  size_t got = 0;
+  while (got < out.size()) {
+    ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+    if (n <= 0) break;
+    got += size_t(n);
+  }
+  ::close(fd);
+  out.resize(got);
+  return true;
+}
+
+// Checks that every component of `rel` under `root` is a real directory or, last, a regular
+// file: no symlink is ever followed.
+static std::string check_no_links(const std::string& root, const std::string& rel) {
+  std::string cur = root;
+  size_t start = 0;
+  while (true) {
+    size_t end = rel.find('/', start);
+    bool last = end == std::string::npos;
+    cur += "/" + rel.substr(start, last ? std::string::npos : end - start);
+    struct stat st {};
+    if (lstat(cur.c_str(), &st) != 0) return "file " + rel + " is missing";
+    if (S_ISLNK(st.st_mode)) return "file " + rel + " goes through a symbolic link";
+    if (last) return S_ISREG(st.st_mode) ? "" : "file " + rel + " is not a regular file";
+    if (!S_ISDIR(st.st_mode)) return "file " + rel + ": a parent is not a directory";
+    start = end + 1;
+  }
+}
+
+CheckpointInfo verify_checkpoint(const std::string& folder, VerifyMode mode) {
+  CheckpointInfo info;
+  std::error_code ec;
+  fs::path abs = fs::absolute(folder, ec);
+  info.path = ec ? folder : abs.lexically_normal().string();
+  if (auto s = step_from_folder_name(fs::path(info.path).filename().string())) info.step = *s;
+  struct stat st {};
+  if (lstat(info.path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    info.problem = "not a directory (or a symbolic link)";
+    return info;
+  }
+  std::string text;
+  if (!read_small_file(info.path + "/" + kManifestName, text, info.problem)) return info;
+  Manifest m;
+  try {
+    m = manifest_from_json(text);
+  } catch (const std::exception& e) {
+    info.problem = e.what();
+    return info;
+  }
+  info.created_ns = m.created_ns;
+  info.metrics = m.metrics;
+  info.bytes = m.total_bytes();
+  if (m.step != info.step) {
+    info.problem = "MANIFEST says step " + std::to_string(m.step) + " but the folder is " +
+                   checkpoint_folder_name(info.step);
+    return info;
+  }
+  for (const auto& f : m.files) {
+    std::string why = check_no_links(info.path, f.path);
+    if (!why.empty()) {
+      info.problem = why;
+      return info;
+    }
+    std::string full = info.path + "/" + f.path;
+    if (mode == VerifyMode::quick) {
+      struct stat fst {};
+      if (lstat(full.c_str(), &fst) != 0 || uint64_t(fst.st_size) != f.bytes) {
+        info.problem = "file " + f.path + " has " + std::to_string(fst.st_size) +
+                       " bytes, the manifest says " + std::to_string(f.bytes);
+        return info;
+      }
+      continue;
+    }
+    auto hasher = make_hasher(m.checksum_algorithm);
+    unsigned long long got = 0;
+    if (!hash_file(full, *hasher, got)) {
+      info.problem = "file " + f.path + " cannot be read: " + std::strerror(errno);
+      return info;
+    }
+    if (got != f.bytes) {
+      info.problem = "file " + f.path + " has " + std::to_string(got) + " bytes, the manifest says " +
+                     std::to_string(f.bytes) + " (truncated or grown)";
+      return info;
+    }
+    if (hasher->hex_digest() != f.checksum) {
+      info.problem = "file " + f.path + " does not match its " + m.checksum_algorithm + " checksum";
+      return info;
+    }
+  }
+  info.valid = true;
+  return info;
+}
+
+// Committed folder names in `dir` with their steps, ascending.
+static std::vector<std::pair<uint64_t, std::string>> committed_folders(const std::string& dir) {
+  std::vector<std::pair<uint64_t, std::string>> out;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    if (auto s = step_from_folder_name(e->d_name)) out.emplace_back(*s, e->d_name);
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<CheckpointInfo> list_checkpoints(const std::string& dir, VerifyMode mode) {
+  std::vector<CheckpointInfo> out;
+  for (const auto& [step, name] : committed_folders(dir)) out.push_back(verify_checkpoint(dir + "/" + name, mode));
+  return out;
+}
+
+ResumeChoice choose_resume(const std::string& dir) {
+  ResumeChoice choice;
+  auto folders = committed_folders(dir);
+  for (auto it = folders.rbegin(); it != folders.rend(); ++it) {
+    CheckpointInfo info = verify_checkpoint(dir + "/" + it->second, VerifyMode::full);
+    if (info.valid) {
+      choice.resume = std::move(info);
+      break;
+    }
+    choice.skipped.push_back(std::move(info));
+  }
+  return choice;
+}
+
+std::string checkpoint_json(const CheckpointInfo& info, int indent) {
+  nlohmann::json j;
+  j["step"] = info.step;
+  j["path"] = info.path;
+  j["valid"] = info.valid;
+  j["bytes"] = info.bytes;
+  j["created"] = info.created_ns ? nlohmann::json(iso8601(info.created_ns)) : nlohmann::json(nullptr);
+  j["metrics"] = nlohmann::json::object();
+  for (const auto& [k, v] : info.metrics) j["metrics"][k] = v;
+  if (!info.valid) j["problem"] = info.problem;
+  return j.dump(indent);
+}
+
+}  // namespace lifeline

@@ -1,0 +1,49 @@
+#pragma once
+// Reading side of the checkpoint directory: listing, verification, and the resume choice.
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "store/manifest.h"
+
+namespace lifeline {
+
+// What one checkpoint folder is, as far as verification could tell.
+struct CheckpointInfo {
+  uint64_t step = 0;
+  std::string path;  // absolute
+  bool valid = false;
+  uint64_t bytes = 0;
+  uint64_t created_ns = 0;
+  std::map<std::string, double> metrics;
+  std::string problem;  // set when !valid
+};
+
+// full: every file's size and checksum; quick: manifest and sizes only.
+enum class VerifyMode { full, quick };
+
+// "step-000000000040": the committed folder name of a step.
+std::string checkpoint_folder_name(uint64_t step);
+// The step of a committed folder name, or nullopt for anything else (staging, trash, foreign).
+std::optional<uint64_t> step_from_folder_name(const std::string& name);
+// True for names the writer uses while a checkpoint is being written.
+bool is_staging_name(const std::string& name);
+
+CheckpointInfo verify_checkpoint(const std::string& folder, VerifyMode mode);
+// Every committed folder in `dir`, by step ascending. A missing dir is an empty list.
+std::vector<CheckpointInfo> list_checkpoints(const std::string& dir, VerifyMode mode);
+
+// The checkpoint a resume would use: the newest that verifies, and the newer ones skipped.
+// Verifies newest first and stops at the first valid one.
+struct ResumeChoice {
+  std::optional<CheckpointInfo> resume;
+  std::vector<CheckpointInfo> skipped;  // newest first
+};
+ResumeChoice choose_resume(const std::string& dir);
+
+// The contract's JSON object for a checkpoint (see design.md).
+std::string checkpoint_json(const CheckpointInfo& info, int indent = -1);
+
+}  // namespace lifeline

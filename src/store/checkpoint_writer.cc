@@ -1,0 +1,152 @@
+#include "store/checkpoint_writer.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "common/clock.h"
+#include "common/errors.h"
+#include "store/checkpoint_store.h"
+#include "store/checksum.h"
+
+namespace lifeline {
+namespace stdfs = std::filesystem;
+
+static std::string random_hex() {
+  std::random_device rd;
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", rd());
+  return buf;
+}
+
+CheckpointWriter::CheckpointWriter(FileSystem& fs, std::string dir, uint64_t step, CheckpointMeta meta)
+    : fs_(&fs), dir_(std::move(dir)), step_(step), meta_(std::move(meta)), started_ns_(mono_ns()) {
+  if (!known_checksum(meta_.checksum_algorithm))
+    throw std::invalid_argument("unknown checksum algorithm " + meta_.checksum_algorithm);
+  staging_ = dir_ + "/.staging-" + checkpoint_folder_name(step_) + "-" + std::to_string(getpid()) +
+             "-" + random_hex();
+  fs_->make_dir(staging_);
+}
+
+CheckpointWriter::CheckpointWriter(CheckpointWriter&& o) noexcept
+    : fs_(o.fs_), dir_(std::move(o.dir_)), step_(o.step_), meta_(std::move(o.meta_)),
+      staging_(std::move(o.staging_)), started_ns_(o.started_ns_), written_(std::move(o.written_)),
+      done_(o.done_) {
+  o.done_ = true;
+}
+
+CheckpointWriter::~CheckpointWriter() { abort(); }
+
+void CheckpointWriter::abort() noexcept {
+  if (done_) return;
+  done_ = true;
+  try {
+    fs_->remove_tree(staging_);
+  } catch (...) {
+    // Leftover staging folders are ignored by readers and removed by gc.
+  }
+}
+
+void CheckpointWriter::write_file(const std::string& rel, const void* data, size_t size) {
+  std::string why = unsafe_path_reason(rel);
+  if (!why.empty() || rel == kManifestName) throw std::invalid_argument("cannot write " + rel + ": " + why);
+  std::string full = staging_ + "/" + rel;
+  std::error_code ec;
+  stdfs::create_directories(stdfs::path(full).parent_path(), ec);
+  auto file = fs_->create_file(full);
+  auto hasher = make_hasher(meta_.checksum_algorithm);
+  // Checksum each chunk right after writing it, while it is hot in cache.
+  constexpr size_t kChunk = 8u << 20;
+  auto* p = static_cast<const char*>(data);
+  for (size_t off = 0; off < size; off += kChunk) {
+    size_t n = std::min(kChunk, size - off);
+    file->append(p + off, n);
+    hasher->update(p + off, n);
+  }
+  file->sync();
+  file->close();
+  written_[rel] = ManifestFile{rel, size, hasher->hex_digest()};
+}
+
+CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metrics) {
+  if (done_) throw std::logic_error("checkpoint already committed or aborted");
+  try {
+    Manifest m;
+    m.step = step_;
+    m.created_ns = wall_ns();
+    m.job_id = meta_.job_id;
+    m.attempt = meta_.attempt;
+    m.lineage = meta_.lineage;
+    m.host = meta_.host;
+    m.checksum_algorithm = meta_.checksum_algorithm;
+    m.metrics = metrics;
+    std::vector<std::string> subdirs;
+    for (auto it = stdfs::recursive_directory_iterator(staging_); it != stdfs::recursive_directory_iterator(); ++it) {
+      std::string rel = it->path().lexically_relative(staging_).generic_string();
+      auto status = it->symlink_status();
+      if (stdfs::is_symlink(status))
+        throw std::runtime_error("checkpoint file " + rel + " is a symbolic link: not allowed");
+      if (stdfs::is_directory(status)) {
+        subdirs.push_back(it->path().string());
+        continue;
+      }
+      if (!stdfs::is_regular_file(status))
+        throw std::runtime_error("checkpoint file " + rel + " is not a regular file");
+      if (rel == kManifestName) throw std::runtime_error("the trainer wrote a file named MANIFEST");
+      auto w = written_.find(rel);
+      if (w != written_.end()) {
+        m.files.push_back(w->second);
+        continue;
+      }
+      auto hasher = make_hasher(meta_.checksum_algorithm);
+      unsigned long long bytes = 0;
+      if (!hash_file(it->path().string(), *hasher, bytes)) throw_errno("read", it->path().string());
+      fs_->sync_file(it->path().string());
+      m.files.push_back(ManifestFile{rel, bytes, hasher->hex_digest()});
+    }
+    for (auto& d : subdirs) fs_->sync_dir(d);
+    std::string text = manifest_to_json(m);
+    auto mf = fs_->create_file(staging_ + "/" + kManifestName);
+    mf->append(text.data(), text.size());
+    mf->sync();
+    mf->close();
+    fs_->sync_dir(staging_);
+
+    CommitResult result;
+    result.bytes = m.total_bytes();
+    result.path = dir_ + "/" + checkpoint_folder_name(step_);
+    struct stat st {};
+    if (lstat(result.path.c_str(), &st) == 0) {
+      // The same step was committed before (e.g. a stop request right after a resume).
+      if (verify_checkpoint(result.path, VerifyMode::full).valid) {
+        abort();
+        result.already_present = true;
+        result.duration_ns = mono_ns() - started_ns_;
+        return result;
+      }
+      // An invalid folder under the final name: move it aside, never resume it.
+      std::string trash = dir_ + "/.trash-" + checkpoint_folder_name(step_) + "-" + random_hex();
+      fs_->rename(result.path, trash);
+      fs_->rename(staging_, result.path);
+      fs_->sync_dir(dir_);
+      fs_->remove_tree(trash);
+    } else {
+      fs_->rename(staging_, result.path);
+      fs_->sync_dir(dir_);
+    }
+    done_ = true;
+    std::error_code ec;
+    result.path = stdfs::absolute(result.path, ec).lexically_normal().string();
+    result.duration_ns = mono_ns() - started_ns_;
+    return result;
+  } catch (...) {
+    abort();
+    throw;
+  }
+}
+
+}  // namespace lifeline

@@ -1,0 +1,69 @@
+#pragma once
+// CheckpointWriter carries one checkpoint through the commit protocol: staging folder, files
+// fsynced, manifest last and fsynced, rename to the final name, directory fsynced.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "store/file_system.h"
+#include "store/manifest.h"
+
+namespace lifeline {
+
+// Identity recorded in each manifest.
+struct CheckpointMeta {
+  std::optional<std::string> job_id;
+  uint64_t attempt = 0;
+  std::string lineage;
+  std::string host;
+  std::string checksum_algorithm = "xxh3-64";
+};
+
+// What a commit produced.
+struct CommitResult {
+  std::string path;      // final folder
+  uint64_t bytes = 0;
+  uint64_t duration_ns = 0;  // from begin to durable rename
+  bool already_present = false;  // a valid checkpoint of this step existed; the new one was dropped
+};
+
+class CheckpointWriter {
+ public:
+  // Creates the staging folder `dir/.staging-step-<step>-<pid>-<random>`.
+  CheckpointWriter(FileSystem& fs, std::string dir, uint64_t step, CheckpointMeta meta);
+  CheckpointWriter(CheckpointWriter&&) noexcept;
+  CheckpointWriter& operator=(CheckpointWriter&&) = delete;
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+  // Removes the staging folder unless committed.
+  ~CheckpointWriter();
+
+  // The staging folder: write any files into it, then commit().
+  const std::string& path() const { return staging_; }
+  uint64_t step() const { return step_; }
+
+  // Writes `rel` inside the staging folder, checksumming while writing, and fsyncs it.
+  void write_file(const std::string& rel, const void* data, size_t size);
+
+  // Checksums and fsyncs files not written with write_file, writes the manifest, renames.
+  // On failure the staging folder is removed and every older checkpoint is untouched.
+  CommitResult commit(const std::map<std::string, double>& metrics = {});
+
+  // Drops the staging folder.
+  void abort() noexcept;
+
+ private:
+  FileSystem* fs_;
+  std::string dir_;
+  uint64_t step_;
+  CheckpointMeta meta_;
+  std::string staging_;
+  uint64_t started_ns_;
+  std::map<std::string, ManifestFile> written_;  // by write_file
+  bool done_ = false;
+};
+
+}  // namespace lifeline

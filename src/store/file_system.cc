@@ -1,0 +1,94 @@
+#include "store/file_system.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <system_error>
+
+#include "common/errors.h"
+
+namespace lifeline {
+namespace {
+
+// An O_WRONLY descriptor written with write(2) and synced with fsync(2).
+class PosixWritableFile : public WritableFile {
+ public:
+  PosixWritableFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  ~PosixWritableFile() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  void append(const void* data, size_t size) override {
+    auto* p = static_cast<const char*>(data);
+    while (size > 0) {
+      ssize_t n = ::write(fd_, p, size);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("write", path_);
+      }
+      p += n;
+      size -= size_t(n);
+    }
+  }
+  void sync() override {
+    if (::fsync(fd_) != 0) throw_errno("fsync", path_);
+  }
+  void close() override {
+    int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) throw_errno("close", path_);
+  }
+
+ private:
+  int fd_;
+  std::string path_;
+};
+
+}  // namespace
+
+std::unique_ptr<WritableFile> PosixFileSystem::create_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) throw_errno("create", path);
+  return std::make_unique<PosixWritableFile>(fd, path);
+}
+
+void PosixFileSystem::sync_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) throw_errno("open for fsync", path);
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) throw SystemError("fsync", path, err);
+}
+
+void PosixFileSystem::make_dir(const std::string& path) {
+  if (::mkdir(path.c_str(), 0755) != 0) throw_errno("mkdir", path);
+}
+
+void PosixFileSystem::rename(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) throw_errno("rename " + from + " to", to);
+}
+
+void PosixFileSystem::sync_dir(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw_errno("open directory", path);
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) throw SystemError("fsync directory", path, err);
+}
+
+void PosixFileSystem::remove_tree(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+  if (ec) throw SystemError("remove", path, ec.value());
+}
+
+FileSystem& default_file_system() {
+  static PosixFileSystem fs;
+  return fs;
+}
+
+}  // namespace lifeline

@@ -1,0 +1,51 @@
+#pragma once
+// The file operations of the commit protocol, behind an interface so crash tests can wrap them
+// (the model is leveldb's Env). PosixFileSystem is the one real implementation.
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace lifeline {
+
+// A file being written: appends, then sync, then close. Errors throw SystemError.
+class WritableFile {
+ public:
+  virtual ~WritableFile() = default;
+  virtual void append(const void* data, size_t size) = 0;
+  virtual void sync() = 0;
+  virtual void close() = 0;
+};
+
+// Directory and file effects the store performs. Every method throws SystemError on failure.
+class FileSystem {
+ public:
+  virtual ~FileSystem() = default;
+  // Creates a new file (fails if it exists).
+  virtual std::unique_ptr<WritableFile> create_file(const std::string& path) = 0;
+  // Makes an existing file's data durable (files the trainer wrote itself).
+  virtual void sync_file(const std::string& path) = 0;
+  virtual void make_dir(const std::string& path) = 0;
+  // Atomically renames; fails if `to` exists and is a non-empty directory.
+  virtual void rename(const std::string& from, const std::string& to) = 0;
+  // Makes a directory's entries (creations, renames) durable.
+  virtual void sync_dir(const std::string& path) = 0;
+  // Removes a file or a whole tree; missing is not an error.
+  virtual void remove_tree(const std::string& path) = 0;
+};
+
+// The real file system.
+class PosixFileSystem : public FileSystem {
+ public:
+  std::unique_ptr<WritableFile> create_file(const std::string& path) override;
+  void sync_file(const std::string& path) override;
+  void make_dir(const std::string& path) override;
+  void rename(const std::string& from, const std::string& to) override;
+  void sync_dir(const std::string& path) override;
+  void remove_tree(const std::string& path) override;
+};
+
+// The process-wide PosixFileSystem.
+FileSystem& default_file_system();
+
+}  // namespace lifeline

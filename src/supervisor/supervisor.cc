@@ -1,0 +1,509 @@
+#include "supervisor/supervisor.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <boost/asio.hpp>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <optional>
+#include <random>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "common/clock.h"
+#include "control/control_block.h"
+#include "history/history.h"
+#include "store/checkpoint_store.h"
+#include "store/dir_lock.h"
+#include "supervisor/trainer_process.h"
+
+namespace lifeline {
+namespace asio = boost::asio;
+using namespace layout;
+using std::chrono::milliseconds;
+using json = nlohmann::json;
+
+namespace {
+
+std::string host_name() {
+  char buf[256] = {};
+  gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+
+std::optional<std::string> env_str(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return std::nullopt;
+  return std::string(v);
+}
+
+std::string new_lineage_id() {
+  std::random_device rd;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
+  return buf;
+}
+
+// What earlier attempts of this lineage left in the history.
+struct LineageState {
+  std::string lineage;
+  uint64_t attempts = 0;            // attempt_start events so far
+  uint64_t failures_in_row = 0;     // trailing failed attempts that committed nothing
+};
+
+LineageState read_lineage(const std::string& dir) {
+  LineageState s;
+  for (const auto& e : read_history_events(dir)) {
+    std::string ev = e.value("event", "");
+    if (ev == "attempt_start") {
+      ++s.attempts;
+      if (s.lineage.empty()) s.lineage = e.value("lineage", "");
+    } else if (ev == "attempt_end") {
+      bool failed = e.value("end_reason", "") == "failed";
+      uint64_t commits = e.value("checkpoints", uint64_t(0));
+      s.failures_in_row = (failed && commits == 0) ? s.failures_in_row + 1 : 0;
+    }
+  }
+  if (s.lineage.empty()) s.lineage = new_lineage_id();
+  return s;
+}
+
+// The supervisor's states; events (signal, child exit, ack, timers) move between them.
+enum class State { running, checkpointing, stopping, draining, backoff, done };
+
+const char* state_name(State s) {
+  switch (s) {
+    case State::running: return "running";
+    case State::checkpointing: return "checkpointing";
+    case State::stopping: return "stopping";
+    case State::draining: return "draining";
+    case State::backoff: return "backoff";
+    default: return "done";
+  }
+}
+
+// One supervision of a lineage on this host: a loop over attempts until an outcome.
+class Supervisor {
+ public:
+  explicit Supervisor(const RunOptions& o)
+      : opt_(o), history_(o.ckpt_dir), signals_(io_), tick_(io_), deadline_(io_), escalate_(io_),
+        periodic_(io_), restart_(io_) {}
+
+  int run() {
+    lock_.emplace(opt_.ckpt_dir);
+    LineageState ls = read_lineage(opt_.ckpt_dir);
+    lineage_ = ls.lineage;
+    attempt_ = ls.attempts;
+    failures_in_row_ = ls.failures_in_row;
+    job_id_ = env_str("SLURM_JOB_ID");
+    mode_ = opt_.requeue_mode;
+    if (mode_ == "auto") mode_ = job_id_ ? "scontrol" : "local";
+
+    signals_.add(SIGCHLD);
+    signals_.add(SIGCONT);
+    for (int s : opt_.policy.stop.signals) signals_.add(s);
+    wait_signal();
+    if (!start_attempt()) return exit_status_;
+    io_.run();
+    return exit_status_;
+  }
+
+ private:
+  // ---- attempt lifecycle -------------------------------------------------------------
+  bool start_attempt() {
+    set_log_pattern();
+    std::optional<CheckpointInfo> resume;
+    json skipped = json::array();
+    if (opt_.policy.restart.resume != Policy::Resume::off) {
+      ResumeChoice choice = choose_resume(opt_.ckpt_dir);
+      for (const auto& s : choice.skipped) {
+        spdlog::warn("skipping checkpoint {} (step {}): {}", s.path, s.step, s.problem);
+        skipped.push_back(json::parse(checkpoint_json(s)));
+      }
+      resume = choice.resume;
+    }
+    if (!resume && opt_.policy.restart.resume == Policy::Resume::required) {
+      spdlog::error("no valid checkpoint in {} and the policy requires a resume (restart.resume: required)",
+                    opt_.ckpt_dir);
+      finish(kExitUsage);
+      return false;
+    }
+    resumed_step_ = resume ? std::optional<uint64_t>(resume->step) : std::nullopt;
+    if (resume)
+      spdlog::info("resuming from step {} ({})", resume->step, resume->path);
+    else
+      spdlog::info("starting from scratch: no valid checkpoint in {}", opt_.ckpt_dir);
+
+    block_.reset();
+    block_.emplace(ControlBlock::create(job_id_ ? *job_id_ : "local"));
+    block_->u64(kEveryStepsOff).store(opt_.policy.checkpoint.every_steps);
+    block_->u64(kSkipFirstStepsOff).store(opt_.policy.checkpoint.skip_first_steps);
+    seen_commits_ = 0;
+    seen_failed_saves_ = 0;
+    seen_request_seq_ = 0;
+    pending_seq_ = 0;
+    last_step_ = resumed_step_.value_or(0);
+    last_progress_ns_ = mono_ns();
+    stop_signal_ = 0;
+    stop_reason_.clear();
+
+    std::map<std::string, std::string> env{
+        {"LIFELINE_CONTROL", block_->name()},
+        {"LIFELINE_CKPT_DIR", opt_.ckpt_dir},
+        {"LIFELINE_RESUME_FROM", resume ? resume->path : ""},
+        {"LIFELINE_RESUME_STEP", resume ? std::to_string(resume->step) : ""},
+        {"LIFELINE_ATTEMPT", std::to_string(attempt_)},
+        {"LIFELINE_LINEAGE", lineage_},
+    };
+    history_.append({{"event", "attempt_start"},
+                     {"attempt", attempt_},
+                     {"lineage", lineage_},
+                     {"job_id", job_id_ ? json(*job_id_) : json(nullptr)},
+                     {"host", host_name()},
+                     {"pid", getpid()},
+                     {"resumed_from_step", resumed_step_ ? json(*resumed_step_) : json(nullptr)},
+                     {"resumed_from", resume ? json(resume->path) : json(nullptr)},
+                     {"skipped", skipped},
+                     {"requeue_mode", mode_}});
+    attempt_started_ns_ = wall_ns();
+    try {
+      trainer_ = std::make_unique<TrainerProcess>(opt_.command, env);
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+      record_end("failed", std::nullopt);
+      finish(attempt_ == 0 ? kExitUsage : 127);
+      return false;
+    }
+    spdlog::info("trainer started, pid {}: {}", trainer_->pid(), command_text());
+    state_ = State::running;
+    schedule_tick();
+    schedule_periodic();
+    return true;
+  }
+
+  void finish(int status) {
+    exit_status_ = status;
+    state_ = State::done;
+    io_.stop();
+  }
+
+  // ---- events ----------------------------------------------------------------------------
+  void wait_signal() {
+    signals_.async_wait([this](const boost::system::error_code& ec, int signo) {
+      if (ec) return;
+      on_signal(signo);
+      if (state_ != State::done) wait_signal();
+    });
+  }
+
+  void on_signal(int signo) {
+    if (signo == SIGCHLD) {
+      check_child();
+      return;
+    }
+    if (signo == SIGCONT) return;  // Slurm sends it before its signals; nothing to do
+    history_.append({{"event", "signal"}, {"attempt", attempt_}, {"signal", signal_name(signo)},
+                     {"state", state_name(state_)}});
+    switch (state_) {
+      case State::running:
+      case State::checkpointing:
+        begin_stop(signo, "stopped");
+        break;
+      case State::stopping:
+      case State::draining:
+        spdlog::info("SIG{} while {}: already stopping, coalesced", signal_name(signo), state_name(state_));
+        break;
+      case State::backoff:
+        spdlog::info("SIG{} between attempts: not restarting", signal_name(signo));
+        restart_.cancel();
+        finish(kExitStopped);
+        break;
+      case State::done:
+        break;
+    }
+  }
+
+  void begin_stop(int signo, const std::string& reason) {
+    stop_signal_ = signo;
+    stop_reason_ = reason;
+    if (!opt_.policy.checkpoint.on_signal) {
+      spdlog::info("SIG{}: stopping the trainer without a checkpoint (checkpoint.on_signal: false)",
+                   signal_name(signo));
+      begin_drain(0);
+      return;
+    }
+    auto grace = milliseconds(int64_t(opt_.grace_seconds * 1000));
+    uint64_t deadline_wall = wall_ns() + uint64_t(grace.count()) * 1000000ull;
+    pending_seq_ = block_->request(Reason::stop_signal, true, deadline_wall);
+    spdlog::info("SIG{} at step {}: checkpoint requested, deadline in {:.1f} s", signal_name(signo),
+                 block_->u64(kCurrentStepOff).load(), opt_.grace_seconds);
+    history_.append({{"event", "checkpoint_request"}, {"attempt", attempt_}, {"reason", "stop_signal"},
+                     {"seq", pending_seq_}, {"deadline", iso8601(deadline_wall)}});
+    state_ = State::stopping;
+    deadline_.expires_after(grace);
+    deadline_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec || state_ != State::stopping) return;
+      spdlog::warn("no checkpoint committed within {:.1f} s: stopping the trainer; resume will use the newest valid checkpoint",
+                   opt_.grace_seconds);
+      history_.append({{"event", "checkpoint_timeout"}, {"attempt", attempt_}, {"seq", pending_seq_}});
+      begin_drain(0);
+    });
+    schedule_tick();
+  }
+
+  // Waits `patience` for the trainer to leave by itself, then SIGTERM, then SIGKILL.
+  void begin_drain(int64_t patience_ms) {
+    state_ = State::draining;
+    deadline_.cancel();
+    escalate_.expires_after(milliseconds(patience_ms));
+    escalate_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec || !trainer_ || state_ != State::draining) return;
+      if (sent_term_) return;
+      spdlog::info("sending SIGTERM to the trainer");
+      sent_term_ = true;
+      trainer_->signal_group(SIGTERM);
+      escalate_.expires_after(milliseconds(kKillAfterMs));
+      escalate_.async_wait([this](const boost::system::error_code& ec2) {
+        if (ec2 || !trainer_ || state_ != State::draining) return;
+        spdlog::warn("trainer still running {} ms after SIGTERM: SIGKILL", kKillAfterMs);
+        trainer_->signal_group(SIGKILL);
+      });
+    });
+  }
+
+  void schedule_tick() {
+    bool urgent = state_ == State::stopping || state_ == State::checkpointing || state_ == State::draining;
+    tick_.expires_after(milliseconds(urgent ? 10 : 200));
+    tick_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec || state_ == State::done || state_ == State::backoff) return;
+      on_tick();
+      if (state_ != State::done && state_ != State::backoff) schedule_tick();
+    });
+  }
+
+  void schedule_periodic() {
+    double every = opt_.policy.checkpoint.every_seconds;
+    if (every <= 0) return;
+    periodic_.expires_after(milliseconds(int64_t(every * 1000)));
+    periodic_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec || state_ != State::running) return;
+      pending_seq_ = block_->request(Reason::periodic, false, 0);
+      state_ = State::checkpointing;
+      spdlog::info("periodic checkpoint requested ({} s since the last)", opt_.policy.checkpoint.every_seconds);
+      history_.append({{"event", "checkpoint_request"}, {"attempt", attempt_}, {"reason", "periodic"}, {"seq", pending_seq_}});
+      schedule_periodic();
+    });
+  }
+
+  // Reads what the trainer reported through the control block and records it.
+  void read_block() {
+    if (!block_) return;
+    uint64_t step = block_->u64(kCurrentStepOff).load(std::memory_order_relaxed);
+    if (step != last_step_) {
+      last_step_ = step;
+      last_progress_ns_ = mono_ns();
+    }
+    uint64_t seq = block_->u64(kRequestSeqOff).load(std::memory_order_acquire);
+    if (seq != seen_request_seq_) {
+      auto reason = Reason(block_->u32(kRequestReasonOff).load());
+      if (reason == Reason::trainer_signal && seen_request_seq_ < seq) {
+        int sig = int(block_->u32(kTrainerSignalOff).load());
+        spdlog::info("the trainer received SIG{} itself: it checkpoints and stops", signal_name(sig));
+        history_.append({{"event", "trainer_signal"}, {"attempt", attempt_}, {"signal", signal_name(sig)}});
+      }
+      seen_request_seq_ = seq;
+    }
+    uint64_t commits = block_->u64(kCommitCountOff).load(std::memory_order_acquire);
+    if (commits != seen_commits_) {
+      seen_commits_ = commits;
+      uint64_t cstep = block_->u64(kLastCommitStepOff).load();
+      double secs = double(block_->u64(kLastCommitNsOff).load()) / 1e9;
+      uint64_t bytes = block_->u64(kLastCommitBytesOff).load();
+      last_commit_step_ = cstep;
+      spdlog::info("checkpoint committed: step {}, {} bytes in {:.3f} s", cstep, bytes, secs);
+      history_.append({{"event", "checkpoint_commit"}, {"attempt", attempt_}, {"step", cstep},
+                       {"bytes", bytes}, {"duration_s", secs}});
+    }
+    uint64_t failed = block_->u64(kFailedSavesOff).load();
+    if (failed != seen_failed_saves_) {
+      seen_failed_saves_ = failed;
+      spdlog::error("the trainer could not save a checkpoint (see its output); older checkpoints are intact");
+      history_.append({{"event", "checkpoint_failed"}, {"attempt", attempt_}});
+    }
+  }
+
+  void on_tick() {
+    read_block();
+    if (!block_) return;
+    uint64_t ack = block_->u64(kAckSeqOff).load(std::memory_order_acquire);
+    if (state_ == State::checkpointing && ack >= pending_seq_) state_ = State::running;
+    if (state_ == State::stopping && ack >= pending_seq_) {
+      spdlog::info("stop checkpoint done; waiting for the trainer to exit");
+      begin_drain(kExitPatienceMs);
+    }
+    double hang = opt_.policy.stop.hang_seconds;
+    if (hang > 0 && state_ == State::running && double(mono_ns() - last_progress_ns_) / 1e9 > hang) {
+      spdlog::error("trainer reported no step for {:.0f} s (stop.hang_seconds): treating it as hung", hang);
+      history_.append({{"event", "hang"}, {"attempt", attempt_}, {"step", last_step_}});
+      hung_ = true;
+      begin_drain(0);
+    }
+    check_child();
+  }
+
+  void check_child() {
+    if (!trainer_) return;
+    auto status = trainer_->poll_exit();
+    if (!status) return;
+    read_block();
+    on_child_exit(*status);
+  }
+
+  void on_child_exit(int status) {
+    tick_.cancel();
+    deadline_.cancel();
+    escalate_.cancel();
+    periodic_.cancel();
+    sent_term_ = false;
+    trainer_.reset();
+    bool trainer_stopped = (block_->u32(kRequestFlagsOff).load() & kFlagStop) != 0 &&
+                           block_->u64(kAckSeqOff).load() >= block_->u64(kRequestSeqOff).load() &&
+                           seen_commits_ > 0;
+    bool we_stopped = state_ == State::stopping || state_ == State::draining;
+    block_.reset();
+
+    if (hung_) {
+      hung_ = false;
+      spdlog::error("hung trainer stopped (status {})", status);
+      on_failure(status);
+      return;
+    }
+    if (we_stopped || (status == 0 && trainer_stopped)) {
+      std::string reason = stop_reason_.empty() ? "stopped" : stop_reason_;
+      record_end(reason, status);
+      spdlog::info("attempt {} {}: last checkpoint at step {}", attempt_, reason,
+                   last_commit_step_ ? std::to_string(*last_commit_step_) : std::string("none"));
+      on_stopped();
+      return;
+    }
+    if (status == 0) {
+      record_end("completed", status);
+      spdlog::info("training completed (attempt {})", attempt_);
+      finish(0);
+      return;
+    }
+    on_failure(status);
+  }
+
+  void on_stopped() {
+    if (mode_ == "exit") {
+      finish(opt_.policy.requeue.exit_code);
+      return;
+    }
+    // local / none: nothing can bring the job back but the user: say so with 75.
+    history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "none"}, {"result", "not requeued"}});
+    finish(kExitStopped);
+  }
+
+  void on_failure(int status) {
+    bool progress = seen_commits_ > 0;
+    failures_in_row_ = progress ? 0 : failures_in_row_ + 1;
+    record_end("failed", status);
+    spdlog::error("trainer failed with status {} ({} failed attempt(s) in a row without a new checkpoint)",
+                  status, failures_in_row_);
+    const auto& r = opt_.policy.restart;
+    if (mode_ != "local") {
+      finish(status);
+      return;
+    }
+    if (failures_in_row_ >= r.max_failures) {
+      spdlog::error("giving up: {} failed attempts in a row without a new checkpoint (restart.max_failures: {})",
+                    failures_in_row_, r.max_failures);
+      finish(status);
+      return;
+    }
+    if (restarts_ >= r.max_requeues) {
+      spdlog::error("giving up: restart budget exhausted (restart.max_requeues: {})", r.max_requeues);
+      finish(status);
+      return;
+    }
+    ++restarts_;
+    double wait = std::min(r.max_backoff_seconds, r.backoff_seconds * std::pow(2.0, double(failures_in_row_ ? failures_in_row_ - 1 : 0)));
+    spdlog::info("restarting in {:.1f} s", wait);
+    history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "local"}, {"result", "restart"},
+                     {"backoff_s", wait}});
+    state_ = State::backoff;
+    ++attempt_;
+    restart_.expires_after(milliseconds(int64_t(wait * 1000)));
+    restart_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec || state_ != State::backoff) return;
+      start_attempt();
+    });
+  }
+
+  void record_end(const std::string& reason, std::optional<int> status) {
+    history_.append({{"event", "attempt_end"},
+                     {"attempt", attempt_},
+                     {"end_reason", reason},
+                     {"exit_code", status ? json(*status) : json(nullptr)},
+                     {"checkpoints", seen_commits_},
+                     {"last_checkpoint_step", last_commit_step_ ? json(*last_commit_step_) : json(nullptr)},
+                     {"last_step", last_step_},
+                     {"signal", stop_signal_ ? json(signal_name(stop_signal_)) : json(nullptr)}});
+  }
+
+  void set_log_pattern() {
+    std::string who = "lifeline[" + (job_id_ ? "job " + *job_id_ + " " : std::string()) + "attempt " +
+                      std::to_string(attempt_) + "]";
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e " + who + " %l: %v");
+  }
+
+  std::string command_text() const {
+    std::string s;
+    for (const auto& a : opt_.command) s += (s.empty() ? "" : " ") + a;
+    return s;
+  }
+
+  static constexpr int64_t kExitPatienceMs = 10000;  // after the stop checkpoint, before SIGTERM
+  static constexpr int64_t kKillAfterMs = 5000;      // after SIGTERM, before SIGKILL
+
+  const RunOptions& opt_;
+  HistoryLog history_;
+  asio::io_context io_;
+  asio::signal_set signals_;
+  asio::steady_timer tick_, deadline_, escalate_, periodic_, restart_;
+  std::optional<DirLock> lock_;
+  std::optional<ControlBlock> block_;
+  std::unique_ptr<TrainerProcess> trainer_;
+  State state_ = State::running;
+  std::string mode_;
+  std::string lineage_;
+  std::optional<std::string> job_id_;
+  uint64_t attempt_ = 0;
+  uint64_t failures_in_row_ = 0;
+  uint64_t restarts_ = 0;
+  uint64_t attempt_started_ns_ = 0;
+  std::optional<uint64_t> resumed_step_;
+  std::optional<uint64_t> last_commit_step_;
+  uint64_t seen_commits_ = 0, seen_failed_saves_ = 0, seen_request_seq_ = 0, pending_seq_ = 0;
+  uint64_t last_step_ = 0, last_progress_ns_ = 0;
+  int stop_signal_ = 0;
+  std::string stop_reason_;
+  bool hung_ = false;
+  bool sent_term_ = false;
+  int exit_status_ = 0;
+};
+
+}  // namespace
+
+int run_supervisor(const RunOptions& options) {
+  spdlog::set_default_logger(spdlog::stderr_color_st("lifeline"));
+  if (const char* lvl = std::getenv("LIFELINE_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(lvl));
+  Supervisor s(options);
+  return s.run();
+}
+
+}  // namespace lifeline

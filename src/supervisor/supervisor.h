@@ -1,0 +1,28 @@
+#pragma once
+// The `lifeline run` supervisor: starts the trainer, turns signals into checkpoint requests,
+// waits for the committed ack, and ends each attempt by completing, restarting or requeueing.
+#include <string>
+#include <vector>
+
+#include "policy/policy.h"
+
+namespace lifeline {
+
+// Everything `lifeline run` was asked to do, already validated.
+struct RunOptions {
+  Policy policy;
+  std::string ckpt_dir;       // absolute
+  std::string requeue_mode;   // auto | scontrol | sbatch | exit | local | none
+  double grace_seconds = 25;  // longest wait for the stop checkpoint
+  std::vector<std::string> command;
+};
+
+// Runs the trainer under supervision; returns the exit status of `lifeline run` (design.md).
+int run_supervisor(const RunOptions& options);
+
+// Exit status when the trainer stopped with a committed checkpoint and no requeue happened.
+constexpr int kExitStopped = 75;
+// Exit status for bad arguments or a bad policy (nothing started).
+constexpr int kExitUsage = 2;
+
+}  // namespace lifeline

@@ -1,0 +1,209 @@
+// `lifeline run` end to end: the real supervisor binary and the real LibTorch example trainer,
+// real signals, real files. Runs are interrupted at a random step and resumed; the final
+// parameters must be bit-identical to an uninterrupted run's.
+#include <doctest.h>
+#include <signal.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <regex>
+
+#include "support/process.h"
+#include "support/temp_dir.h"
+
+using namespace lifeline::test;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr int kSteps = 240;
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+std::string write_policy(const TempDir& d, const std::string& extra = "") {
+  std::string path = d / "policy.yaml";
+  std::ofstream(path) << "version: 1\n"
+                         "checkpoint:\n  every_steps: 20\n  every_seconds: 0\n"
+                         "restart:\n  backoff_seconds: 0\n"
+                      << extra;
+  return path;
+}
+
+std::vector<std::string> train_cmd(const std::string& digest, int delay_ms, const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> v = {binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(kSteps), "--seed", "7",
+                                "--step-delay-ms", std::to_string(delay_ms), "--log-every", "1",
+                                "--digest-out", digest};
+  v.insert(v.end(), extra.begin(), extra.end());
+  return v;
+}
+
+std::vector<std::string> lifeline_run(const TempDir& d, const std::vector<std::string>& cmd,
+                                      const std::vector<std::string>& opts = {}) {
+  std::vector<std::string> v = {binary("LIFELINE_BIN"), "run", "--policy", write_policy(d), "--ckpt-dir", d / "ckpt"};
+  v.insert(v.end(), opts.begin(), opts.end());
+  v.push_back("--");
+  v.insert(v.end(), cmd.begin(), cmd.end());
+  return v;
+}
+
+// The digest of an uninterrupted run, computed once: the trainer alone, without lifeline.
+const std::string& reference_digest() {
+  static std::string digest = [] {
+    TempDir d;
+    std::string out;
+    int rc = run(train_cmd(d / "digest", 0), &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}});
+    REQUIRE_MESSAGE(rc == 0, out);
+    return read_all(d / "digest");
+  }();
+  return digest;
+}
+
+int random_step() {
+  std::random_device rd;
+  return std::uniform_int_distribution<int>(5, kSteps - 15)(rd);
+}
+
+uint64_t resumed_step(const std::string& output) {
+  std::smatch m;
+  std::regex re("resumed from step ([0-9]+)");
+  REQUIRE_MESSAGE(std::regex_search(output, m, re), output);
+  return std::stoull(m[1]);
+}
+
+}  // namespace
+
+TEST_CASE("an uninterrupted run under lifeline completes with exit 0 and the trainer's own digest") {
+  TempDir d;
+  std::string out;
+  int rc = run(lifeline_run(d, train_cmd(d / "digest", 0)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK(read_all(d / "digest") == reference_digest());
+  // every_steps 20 over 240 steps: 20, 40, ..., 240 (the last one also as the final checkpoint).
+  std::string listing;
+  REQUIRE(run({binary("LIFELINE_BIN"), "checkpoints", d / "ckpt", "--json"}, &listing) == 0);
+  json list = json::parse(listing);
+  REQUIRE(list.size() == 12);
+  for (size_t i = 0; i < list.size(); ++i) {
+    CHECK(list[i]["step"] == 20 * (i + 1));
+    CHECK(list[i]["valid"] == true);
+    CHECK(list[i]["metrics"].contains("val_loss"));
+  }
+}
+
+TEST_CASE("a run interrupted by SIGUSR1 to the supervisor at a random step resumes to the same digest") {
+  TempDir d;
+  int k = random_step();
+  CAPTURE(k);
+  Process first(lifeline_run(d, train_cmd(d / "digest", 10)));
+  REQUIRE(first.wait_for_line("step " + std::to_string(k) + " ") != "");
+  first.signal(SIGUSR1);
+  int rc = first.wait();
+  CHECK_MESSAGE(rc == 75, first.output());
+  CHECK(first.output().find("stopping at step") != std::string::npos);
+  CHECK_FALSE(std::ifstream(d / "digest").good());
+
+  std::string out;
+  rc = run(lifeline_run(d, train_cmd(d / "digest", 0)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK(resumed_step(out) >= uint64_t(k));
+  CHECK(read_all(d / "digest") == reference_digest());
+}
+
+TEST_CASE("a run whose trainer itself gets SIGTERM at a random step resumes to the same digest") {
+  TempDir d;
+  int k = random_step();
+  CAPTURE(k);
+  Process first(lifeline_run(d, train_cmd(d / "digest", 10)));
+  std::string started = first.wait_for_line("trainer started, pid ");
+  REQUIRE(started != "");
+  pid_t trainer = std::stoi(started.substr(started.find("pid ") + 4));
+  REQUIRE(first.wait_for_line("step " + std::to_string(k) + " ") != "");
+  ::kill(trainer, SIGTERM);
+  int rc = first.wait();
+  CHECK_MESSAGE(rc == 75, first.output());
+  CHECK(first.output().find("received SIGTERM itself") != std::string::npos);
+
+  std::string out;
+  rc = run(lifeline_run(d, train_cmd(d / "digest", 0)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK(resumed_step(out) >= uint64_t(k));
+  CHECK(read_all(d / "digest") == reference_digest());
+}
+
+TEST_CASE("a corrupted newest checkpoint is skipped by verify and by the next run, which still ends bit-exact") {
+  TempDir d;
+  Process first(lifeline_run(d, train_cmd(d / "digest", 10)));
+  REQUIRE(first.wait_for_line("step 65 ") != "");
+  first.signal(SIGUSR1);
+  REQUIRE(first.wait() == 75);
+  // Flip one byte in the newest checkpoint's model.
+  std::string verify_out;
+  REQUIRE(run({binary("LIFELINE_BIN"), "verify", d / "ckpt", "--json"}, &verify_out) == 0);
+  json v = json::parse(verify_out);
+  std::string newest = v["resume"]["path"];
+  uint64_t newest_step = v["resume"]["step"];
+  {
+    std::fstream f(newest + "/model.pt", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x7f');
+  }
+  REQUIRE(run({binary("LIFELINE_BIN"), "verify", d / "ckpt", "--json"}, &verify_out) == 0);
+  v = json::parse(verify_out);
+  CHECK(v["resume"]["step"] < newest_step);
+  REQUIRE(v["skipped"].size() == 1);
+  CHECK(v["skipped"][0]["step"] == newest_step);
+  CHECK(v["skipped"][0]["problem"].get<std::string>().find("model.pt") != std::string::npos);
+
+  std::string out;
+  CHECK(run(lifeline_run(d, train_cmd(d / "digest", 0)), &out) == 0);
+  CHECK(resumed_step(out) == v["resume"]["step"].get<uint64_t>());
+  CHECK(out.find("skipping checkpoint") != std::string::npos);
+  CHECK(read_all(d / "digest") == reference_digest());
+}
+
+TEST_CASE("verify answers 1 when there is no valid checkpoint") {
+  TempDir d;
+  std::string out;
+  CHECK(run({binary("LIFELINE_BIN"), "verify", d / "nothing", "--json"}, &out) == 1);
+  json v = json::parse(out);
+  CHECK(v["resume"].is_null());
+  CHECK(v["skipped"].empty());
+}
+
+TEST_CASE("a trainer that crashes once is restarted in place and completes bit-exact") {
+  TempDir d;
+  std::string out;
+  int rc = run(lifeline_run(d, train_cmd(d / "digest", 0, {"--crash-at-step", "50", "--crash-once"}),
+                            {"--requeue", "local"}), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK(resumed_step(out) == 40);
+  CHECK(read_all(d / "digest") == reference_digest());
+}
+
+TEST_CASE("a crash loop stops after max_failures attempts without a new checkpoint") {
+  TempDir d;
+  std::string out;
+  // Crashes at step 10, before the first checkpoint at 20: no attempt makes progress.
+  int rc = run(lifeline_run(d, train_cmd(d / "digest", 0, {"--crash-at-step", "10"}), {"--requeue", "local"}), &out);
+  CHECK(rc == 128 + SIGABRT);
+  CHECK(out.find("giving up: 3 failed attempts in a row") != std::string::npos);
+}
+
+TEST_CASE("bad arguments and a bad policy exit 2 without starting the trainer") {
+  TempDir d;
+  std::string out;
+  CHECK(run({binary("LIFELINE_BIN"), "run", "--requeue", "sideways", "--", "true"}, &out) == 2);
+  std::ofstream(d / "bad.yaml") << "version: 1\ncheckpoint:\n  every_step: 5\n";
+  CHECK(run({binary("LIFELINE_BIN"), "run", "--policy", d / "bad.yaml", "--ckpt-dir", d / "ckpt", "--",
+             "touch", d / "started"}, &out) == 2);
+  CHECK(out.find("bad.yaml:3:3") != std::string::npos);
+  CHECK_FALSE(std::ifstream(d / "started").good());
+  CHECK(run({binary("LIFELINE_BIN"), "run", "--ckpt-dir", d / "ckpt", "--", "/nonexistent/trainer"}, &out) == 2);
+  CHECK(out.find("/nonexistent/trainer") != std::string::npos);
+}

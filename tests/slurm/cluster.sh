@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# A real one-node Slurm cluster on loopback, for lifeline's tests (see README.md here).
+#
+#   cluster.sh start STATEDIR [--grace SECONDS] [--send-user-signal] [--kill-wait S]
+#       Writes STATEDIR/slurm.conf, starts munged (shared, if not running), slurmctld and
+#       slurmd on free 127.0.0.1 ports, waits until the node is idle, then prints
+#       `export SLURM_CONF=STATEDIR/slurm.conf` (use: eval "$(cluster.sh start DIR)").
+#   cluster.sh stop STATEDIR
+#       Stops this cluster's daemons and kills this cluster's leftover job processes.
+#       Never fails when nothing is running.
+#   cluster.sh status STATEDIR
+#       Exit 0 when both daemons of STATEDIR run, 1 otherwise.
+#
+# Must run as root (SlurmUser=root, jobs run as the submitting user). Everything but munged
+# lives in STATEDIR. Diagnostics go to stderr; stdout carries only the export line.
+set -euo pipefail
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+log() { echo "cluster.sh: $*" >&2; }
+
+usage() {
+  cat >&2 <<'EOF'
+usage: cluster.sh start STATEDIR [--grace SECONDS] [--send-user-signal] [--kill-wait S]
+       cluster.sh stop STATEDIR
+       cluster.sh status STATEDIR
+EOF
+  exit 2
+}
+
+START_TIMEOUT=${CLUSTER_START_TIMEOUT:-30}   # seconds until the node must be idle
+STOP_TIMEOUT=${CLUSTER_STOP_TIMEOUT:-15}     # seconds for a daemon to exit after SIGTERM
+
+# ---------------------------------------------------------------------------- helpers
+
+# Cluster name: unique per state dir, so job processes (which carry SLURM_CLUSTER_NAME in
+# their environment) can be told apart from another cluster's at stop time.
+cluster_name() {
+  local h
+  h=$(printf '%s' "$1" | md5sum | cut -c1-8)
+  echo "ll${h}"
+}
+
+# Is PID alive and one of our daemons, started with -f CONF (an exact argument)?
+pid_is_ours() {
+  local pid=$1 conf=$2
+  [[ -n "$pid" && "$pid" =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
+  grep -qzxF -- "$conf" /proc/"$pid"/cmdline 2>/dev/null
+}
+
+read_pid() { [[ -r "$1" ]] && tr -dc '0-9' <"$1" || true; }
+
+port_in_use() {
+  # LISTEN sockets on any address with this port (v4 or v6).
+  [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]
+}
+
+# A free TCP port below the kernel's ephemeral range, so an outgoing connection cannot
+# take it between our check and the daemon's bind; random, so concurrent starts rarely
+# pick the same one (a bind failure is retried with new ports anyway).
+pick_port() {
+  local lo=20000 hi=32000 p i eph_lo
+  eph_lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  ((hi < eph_lo)) || hi=$((eph_lo - 1))
+  for ((i = 0; i < 200; i++)); do
+    p=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo)))
+    [[ " ${avoid_ports:-} " == *" $p "* ]] && continue
+    port_in_use "$p" && continue
+    echo "$p"
+    return 0
+  done
+  die "no free TCP port found in $lo-$hi"
+}
+
+ensure_munge() {
+  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
+  log "starting munged"
+  mkdir -p /run/munge /var/log/munge /var/lib/munge
+  chown munge: /run/munge /var/log/munge /var/lib/munge
+  [[ -r /etc/munge/munge.key ]] || die "/etc/munge/munge.key missing (apt-get install munge creates it)"
+  # Runs in the background forever; shared by every cluster on the machine.
+  runuser -u munge -- munged --force </dev/null >/dev/null 2>&1 || true
+  local i
+  for ((i = 0; i < 50; i++)); do
+    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  tail -n 20 /var/log/munge/munged.log >&2 2>/dev/null || true
+  die "munged does not answer (munge -n | unmunge fails)"
+}
+
+# Pids of this cluster's job processes: slurmstepd started by our slurmd (they inherit
+# LIFELINE_TEST_CLUSTER from it) and every process whose environment names our cluster
+# (slurmstepd sets SLURM_CLUSTER_NAME for job processes, which keep it even if they
+# re-parent to init). One grep over /proc, NUL-separated entries matched whole.
+cluster_job_pids() {
+  local dir=$1 name=$2 f p
+  grep -lzxF -e "LIFELINE_TEST_CLUSTER=$dir" -e "SLURM_CLUSTER_NAME=$name" \
+      /proc/[0-9]*/environ 2>/dev/null |   # status 2: processes that vanished
+    while read -r f; do
+      p=${f#/proc/}; p=${p%/environ}
+      [[ "$p" == "$$" || ! -d /proc/$p ]] && continue
+      echo "$p"
+    done || true
+}
+
+# Stop one daemon by pid file: SIGTERM, wait, SIGKILL.
+stop_daemon() {
+  local pidfile=$1 conf=$2 what=$3 pid i
+  pid=$(read_pid "$pidfile")
+  if pid_is_ours "$pid" "$conf"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+      pid_is_ours "$pid" "$conf" || break
+      sleep 0.1
+    done
+    if pid_is_ours "$pid" "$conf"; then
+      log "$what ($pid) ignored SIGTERM for ${STOP_TIMEOUT}s; SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do pid_is_ours "$pid" "$conf" || break; sleep 0.1; done
+    fi
+  fi
+  rm -f "$pidfile"
+}
+
+# Also catch daemons whose pid file is gone (e.g. killed mid-start): slurmctld/slurmd
+# processes with the argument CONF, which is unique to this state dir.
+stray_daemon_pids() {
+  local conf=$1 f p arg0
+  grep -lzxF -- "$conf" /proc/[0-9]*/cmdline 2>/dev/null |
+    while read -r f; do
+      p=${f#/proc/}; p=${p%/cmdline}
+      arg0=$( { tr '\0' '\n' <"$f" | head -n1; } 2>/dev/null) || continue
+      case "${arg0##*/}" in slurmctld | slurmd) echo "$p" ;; esac
+    done || true
+}
+
+do_stop() {
+  local dir=$1 conf=$1/slurm.conf name p i pids
+  name=$(cluster_name "$dir")
+  stop_daemon "$dir/slurmctld.pid" "$conf" slurmctld
+  stop_daemon "$dir/slurmd.pid" "$conf" slurmd
+  pids=$(stray_daemon_pids "$conf")
+  if [[ -n "$pids" ]]; then
+    kill -KILL $pids 2>/dev/null || true
+  fi
+  # Leftover slurmstepd and job processes of this cluster (slurmd does not take its
+  # steps down with it). SIGKILL, repeated until none is left (bounded), as a job may
+  # fork while we kill.
+  for ((i = 0; i < 50; i++)); do
+    pids=$(cluster_job_pids "$dir" "$name")
+    [[ -z "$pids" ]] && break
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.1
+  done
+  pids=$(cluster_job_pids "$dir" "$name")
+  [[ -z "$pids" ]] || log "warning: processes still alive: $pids"
+  return 0
+}
+
+is_running() {
+  local dir=$1 conf=$1/slurm.conf
+  pid_is_ours "$(read_pid "$dir/slurmctld.pid")" "$conf" &&
+    pid_is_ours "$(read_pid "$dir/slurmd.pid")" "$conf"
+}
+
+write_conf() {
+  local dir=$1 ctld_port=$2 d_port=$3 host=$4 hw=$5
+  local name extra=""
+  name=$(cluster_name "$dir")
+  ((send_user_signal)) && extra="SlurmctldParameters=preempt_send_user_signal"
+  cat >"$dir/slurm.conf.tmp" <<EOF
+# Generated by tests/slurm/cluster.sh for a one-node test cluster on loopback.
+ClusterName=$name
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$ctld_port
+SlurmdPort=$d_port
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# Requeued jobs become eligible cred_expire+1 s after requeue (default 120+1).
+AuthInfo=cred_expire=10
+
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmctldLogFile=$dir/slurmctld.log
+SlurmdLogFile=$dir/slurmd.log
+SlurmctldDebug=${CLUSTER_DEBUG:-info}
+SlurmdDebug=${CLUSTER_DEBUG:-info}
+PlugStackConfig=$dir/plugstack.conf
+
+# No systemd, no cgroups in the test machine.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SwitchType=switch/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1,bf_interval=1
+KillWait=$kill_wait
+JobRequeue=1
+MinJobAge=300
+MaxJobCount=100000
+ReturnToService=2
+SlurmdTimeout=30
+SlurmctldTimeout=30
+InactiveLimit=0
+MessageTimeout=10
+
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+$extra
+
+NodeName=$host NodeAddr=127.0.0.1 $hw State=UNKNOWN
+PartitionName=low Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=$grace OverSubscribe=NO
+PartitionName=high Nodes=$host MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF OverSubscribe=NO
+EOF
+  mv "$dir/slurm.conf.tmp" "$dir/slurm.conf"
+  : >"$dir/plugstack.conf"  # keep /etc/slurm/plugstack.conf.d (site SPANK plugins) out
+}
+
+log_tails() {
+  local dir=$1 f
+  for f in "$dir/slurmctld.log" "$dir/slurmd.log" "$dir/slurmctld.out" "$dir/slurmd.out"; do
+    [[ -s "$f" ]] || continue
+    echo "----- tail $f" >&2
+    tail -n 25 "$f" >&2
+  done
+}
+
+do_start() {
+  local dir=$1 host hw attempt i state ctld_port d_port conf
+  [[ $EUID -eq 0 ]] || die "must run as root"
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd -P)
+  conf=$dir/slurm.conf
+  for cmd in slurmctld slurmd sinfo ss munge; do
+    command -v "$cmd" >/dev/null || die "$cmd not found (scripts/setup.sh installs slurm-wlm and munge)"
+  done
+
+  # A cluster left running in this dir (crashed test): take it down first.
+  do_stop "$dir"
+
+  ensure_munge
+
+  host=$(hostname -s)
+  # Hardware line from slurmd -C (what slurmd will register), so the node never comes up
+  # INVALID for claiming more than it has. RealMemory left out: memory is not scheduled.
+  hw=$(slurmd -C 2>/dev/null | head -n1 | tr ' ' '\n' |
+       grep -E '^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=' | tr '\n' ' ')
+  [[ "$hw" == *CPUs=* ]] || hw="CPUs=$(nproc)"
+
+  avoid_ports=""
+  for attempt in 1 2 3; do
+    rm -rf "$dir/state" "$dir/spool"
+    mkdir -p "$dir/state" "$dir/spool"
+    rm -f "$dir"/slurmctld.log "$dir"/slurmd.log "$dir"/slurmctld.out "$dir"/slurmd.out
+    ctld_port=$(pick_port); avoid_ports="$avoid_ports $ctld_port"
+    d_port=$(pick_port); avoid_ports="$avoid_ports $d_port"
+    write_conf "$dir" "$ctld_port" "$d_port" "$host" "$hw"
+
+    # The daemons fork into the background; stdio to files so a caller reading our
+    # stdout (popen, $(...)) is never kept waiting by a daemon holding the pipe.
+    # LIFELINE_TEST_CLUSTER is inherited by slurmstepd: that is how stop finds them.
+    LIFELINE_TEST_CLUSTER=$dir setsid slurmctld -c -f "$conf" </dev/null >"$dir/slurmctld.out" 2>&1 || true
+    LIFELINE_TEST_CLUSTER=$dir setsid slurmd -c -f "$conf" </dev/null >"$dir/slurmd.out" 2>&1 || true
+
+    for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+      state=$(SLURM_CONF=$conf timeout 5 sinfo -h -N -n "$host" -o %t 2>/dev/null | head -n1 || true)
+      [[ "$state" == idle ]] && break
+      # A daemon that died (e.g. bind failure) will not come back: stop polling early.
+      if ((i > 10)) && { ! pid_is_ours "$(read_pid "$dir/slurmctld.pid")" "$conf" ||
+                         ! pid_is_ours "$(read_pid "$dir/slurmd.pid")" "$conf"; }; then
+        sleep 0.3   # pid files may lag the fork by a moment
+        pid_is_ours "$(read_pid "$dir/slurmctld.pid")" "$conf" &&
+          pid_is_ours "$(read_pid "$dir/slurmd.pid")" "$conf" && continue
+        break
+      fi
+      sleep 0.1
+    done
+    if [[ "$state" == idle ]]; then
+      echo "export SLURM_CONF=$conf"
+      return 0
+    fi
+    if cat "$dir"/slurm*.log "$dir"/slurm*.out 2>/dev/null | grep -qi 'address already in use'; then
+      log "port collision (attempt $attempt), retrying with other ports"
+      do_stop "$dir"
+      continue
+    fi
+    break
+  done
+  log "cluster in $dir did not become idle within ${START_TIMEOUT}s (node state: '${state:-none}')"
+  log_tails "$dir"
+  do_stop "$dir"
+  exit 1
+}
+
+# ---------------------------------------------------------------------------- main
+
+(($# >= 2)) || usage
+action=$1 dir=$2
+shift 2
+grace=20 kill_wait=10 send_user_signal=0
+while (($#)); do
+  case "$1" in
+    --grace) (($# >= 2)) || usage; grace=$2; shift 2 ;;
+    --grace=*) grace=${1#*=}; shift ;;
+    --kill-wait) (($# >= 2)) || usage; kill_wait=$2; shift 2 ;;
+    --kill-wait=*) kill_wait=${1#*=}; shift ;;
+    --send-user-signal) send_user_signal=1; shift ;;
+    *) usage ;;
+  esac
+done
+[[ "$grace" =~ ^[0-9]+$ ]] || die "--grace wants whole seconds, got '$grace'"
+[[ "$kill_wait" =~ ^[0-9]+$ ]] || die "--kill-wait wants whole seconds, got '$kill_wait'"
+
+case "$action" in
+  start) do_start "$dir" ;;
+  stop)
+    [[ -d "$dir" ]] || exit 0
+    dir=$(cd "$dir" && pwd -P)
+    do_stop "$dir" ;;
+  status)
+    [[ -d "$dir" ]] || exit 1
+    dir=$(cd "$dir" && pwd -P)
+    is_running "$dir" ;;
+  *) usage ;;
+esac

@@ -1,0 +1,232 @@
+// The checkpoint store: commit protocol, verification, and the resume choice with fallback.
+#include <doctest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "store/checkpoint_store.h"
+#include "store/checkpoint_writer.h"
+#include "support/temp_dir.h"
+
+using namespace lifeline;
+using lifeline::test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string commit_step(const std::string& dir, uint64_t step, const std::string& payload,
+                        const std::string& algorithm = "xxh3-64") {
+  CheckpointMeta meta;
+  meta.checksum_algorithm = algorithm;
+  CheckpointWriter w(default_file_system(), dir, step, meta);
+  std::ofstream(w.path() + "/weights.bin", std::ios::binary) << payload;
+  fs::create_directories(w.path() + "/sub");
+  w.write_file("sub/state.bin", payload.data(), payload.size());
+  return w.commit({{"val_loss", 1.0 / double(step)}}).path;
+}
+
+void flip_byte(const std::string& path, size_t offset) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(std::streamoff(offset));
+  char c = 0;
+  f.read(&c, 1);
+  c = char(c ^ 0x01);
+  f.seekp(std::streamoff(offset));
+  f.write(&c, 1);
+}
+
+void rewrite_manifest(const std::string& ckpt, const std::function<void(nlohmann::json&)>& edit) {
+  std::ifstream in(ckpt + "/MANIFEST");
+  nlohmann::json j = nlohmann::json::parse(in);
+  edit(j);
+  std::ofstream(ckpt + "/MANIFEST", std::ios::trunc) << j.dump();
+}
+
+}  // namespace
+
+TEST_CASE("a committed checkpoint verifies, records its files, and is chosen for resume") {
+  TempDir d;
+  std::string p = commit_step(d.path(), 20, std::string(100000, 'x'));
+  CHECK(fs::path(p).filename() == "step-000000000020");
+  CheckpointInfo info = verify_checkpoint(p, VerifyMode::full);
+  CHECK(info.valid);
+  CHECK(info.step == 20);
+  CHECK(info.bytes == 200000);
+  CHECK(info.metrics.at("val_loss") == doctest::Approx(0.05));
+  ResumeChoice c = choose_resume(d.path());
+  REQUIRE(c.resume);
+  CHECK(c.resume->path == p);
+  CHECK(c.skipped.empty());
+  CHECK_FALSE(fs::exists(d / (".staging-step-000000000020")));
+}
+
+TEST_CASE("both checksum algorithms verify: xxh3-64 and sha256") {
+  TempDir d;
+  CHECK(verify_checkpoint(commit_step(d.path(), 1, "abc", "xxh3-64"), VerifyMode::full).valid);
+  CHECK(verify_checkpoint(commit_step(d.path(), 2, "abc", "sha256"), VerifyMode::full).valid);
+}
+
+TEST_CASE("a truncated file makes a checkpoint invalid and resume falls back to the previous one") {
+  TempDir d;
+  std::string older = commit_step(d.path(), 20, std::string(5000, 'a'));
+  std::string newer = commit_step(d.path(), 40, std::string(5000, 'b'));
+  fs::resize_file(newer + "/weights.bin", 4000);
+  CheckpointInfo info = verify_checkpoint(newer, VerifyMode::full);
+  CHECK_FALSE(info.valid);
+  CHECK(info.problem.find("weights.bin") != std::string::npos);
+  CHECK(info.problem.find("truncated") != std::string::npos);
+  CHECK_FALSE(verify_checkpoint(newer, VerifyMode::quick).valid);
+  ResumeChoice c = choose_resume(d.path());
+  REQUIRE(c.resume);
+  CHECK(c.resume->path == older);
+  REQUIRE(c.skipped.size() == 1);
+  CHECK(c.skipped[0].step == 40);
+}
+
+TEST_CASE("one flipped byte makes a checkpoint invalid and resume falls back to the previous one") {
+  TempDir d;
+  std::string older = commit_step(d.path(), 20, std::string(5000, 'a'));
+  std::string newer = commit_step(d.path(), 40, std::string(5000, 'b'));
+  flip_byte(newer + "/sub/state.bin", 1234);
+  CheckpointInfo info = verify_checkpoint(newer, VerifyMode::full);
+  CHECK_FALSE(info.valid);
+  CHECK(info.problem == "file sub/state.bin does not match its xxh3-64 checksum");
+  CHECK(verify_checkpoint(newer, VerifyMode::quick).valid);  // sizes alone cannot see it
+  ResumeChoice c = choose_resume(d.path());
+  REQUIRE(c.resume);
+  CHECK(c.resume->step == 20);
+}
+
+TEST_CASE("a staging folder left by a killed writer is never selected") {
+  TempDir d;
+  commit_step(d.path(), 20, "committed");
+  // A real writer process, killed with SIGKILL after writing its files and its manifest but
+  // before the rename: the most complete staging folder there can be.
+  int ready[2];
+  REQUIRE(pipe(ready) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    CheckpointWriter w(default_file_system(), d.path(), 40, CheckpointMeta{});
+    w.write_file("weights.bin", "newer", 5);
+    std::ofstream(w.path() + "/MANIFEST") << R"({"format":"lifeline-checkpoint","step":40,"checksum_algorithm":"xxh3-64","files":[]})";
+    (void)!write(ready[1], "x", 1);
+    pause();
+    _exit(0);
+  }
+  char x;
+  REQUIRE(read(ready[0], &x, 1) == 1);
+  kill(pid, SIGKILL);
+  int st;
+  waitpid(pid, &st, 0);
+  int staging = 0;
+  for (auto& e : fs::directory_iterator(d.path()))
+    if (is_staging_name(e.path().filename().string())) ++staging;
+  CHECK(staging == 1);
+  ResumeChoice c = choose_resume(d.path());
+  REQUIRE(c.resume);
+  CHECK(c.resume->step == 20);
+  CHECK(list_checkpoints(d.path(), VerifyMode::full).size() == 1);
+}
+
+TEST_CASE("manifest paths that are absolute, contain .. or go through a symlink are invalid and not followed") {
+  TempDir d;
+  std::string p = commit_step(d.path(), 10, "payload");
+  std::ofstream(d / "outside.bin") << "payload";
+  SUBCASE("absolute") {
+    rewrite_manifest(p, [&](nlohmann::json& j) { j["files"][0]["path"] = d / "outside.bin"; });
+    CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("absolute path") != std::string::npos);
+  }
+  SUBCASE("dot-dot") {
+    rewrite_manifest(p, [&](nlohmann::json& j) { j["files"][0]["path"] = "../outside.bin"; });
+    CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("'..'") != std::string::npos);
+  }
+  SUBCASE("symlink") {
+    fs::remove(p + "/weights.bin");
+    fs::create_symlink(d / "outside.bin", p + "/weights.bin");
+    CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("symbolic link") != std::string::npos);
+  }
+  CHECK_FALSE(verify_checkpoint(p, VerifyMode::full).valid);
+}
+
+TEST_CASE("garbage, wrong types and unknown algorithms in a manifest are reported, never fatal") {
+  TempDir d;
+  std::string p = commit_step(d.path(), 10, "payload");
+  SUBCASE("garbage") {
+    std::ofstream(p + "/MANIFEST", std::ios::trunc) << "{not json";
+    CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("not valid JSON") != std::string::npos);
+  }
+  SUBCASE("unknown algorithm") {
+    rewrite_manifest(p, [](nlohmann::json& j) { j["checksum_algorithm"] = "md5"; });
+    CHECK(verify_checkpoint(p, VerifyMode::full).problem == "unknown checksum algorithm 'md5'");
+  }
+  SUBCASE("wrong type") {
+    rewrite_manifest(p, [](nlohmann::json& j) { j["files"][0]["bytes"] = "many"; });
+    CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("wrong type") != std::string::npos);
+  }
+  SUBCASE("wrong size") {
+    rewrite_manifest(p, [](nlohmann::json& j) { j["files"][0]["bytes"] = 3; });
+    CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("manifest says 3") != std::string::npos);
+  }
+  SUBCASE("step disagrees with the folder") {
+    rewrite_manifest(p, [](nlohmann::json& j) { j["step"] = 11; });
+    CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("says step 11") != std::string::npos);
+  }
+  SUBCASE("missing manifest") {
+    fs::remove(p + "/MANIFEST");
+    CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("no MANIFEST") != std::string::npos);
+  }
+  CHECK_FALSE(verify_checkpoint(p, VerifyMode::full).valid);
+  CHECK_FALSE(choose_resume(d.path()).resume);
+}
+
+TEST_CASE("committing a step again keeps the valid checkpoint and replaces an invalid one") {
+  TempDir d;
+  std::string first = commit_step(d.path(), 30, "first");
+  {
+    CheckpointWriter w(default_file_system(), d.path(), 30, CheckpointMeta{});
+    w.write_file("weights.bin", "second", 6);
+    CHECK(w.commit().already_present);
+  }
+  CHECK(verify_checkpoint(first, VerifyMode::full).valid);
+  fs::resize_file(first + "/weights.bin", 1);
+  {
+    CheckpointWriter w(default_file_system(), d.path(), 30, CheckpointMeta{});
+    w.write_file("weights.bin", "third", 5);
+    CHECK_FALSE(w.commit().already_present);
+  }
+  CHECK(verify_checkpoint(first, VerifyMode::full).valid);
+  CHECK(fs::file_size(first + "/weights.bin") == 5);
+}
+
+TEST_CASE("a writer that is dropped without commit leaves nothing behind") {
+  TempDir d;
+  std::string staging;
+  {
+    CheckpointWriter w(default_file_system(), d.path(), 5, CheckpointMeta{});
+    staging = w.path();
+    w.write_file("a.bin", "aaa", 3);
+  }
+  CHECK_FALSE(fs::exists(staging));
+  CHECK(fs::is_empty(d.path()));
+}
+
+TEST_CASE("the contract's checkpoint JSON has step, path, valid, bytes, created, metrics and problem") {
+  TempDir d;
+  std::string p = commit_step(d.path(), 7, "xyz");
+  auto j = nlohmann::json::parse(checkpoint_json(verify_checkpoint(p, VerifyMode::full)));
+  CHECK(j["step"] == 7);
+  CHECK(j["path"] == p);
+  CHECK(j["valid"] == true);
+  CHECK(j["bytes"] == 6);
+  CHECK(j["created"].get<std::string>().size() == 24);
+  CHECK(j["metrics"].is_object());
+  CHECK_FALSE(j.contains("problem"));
+  fs::remove(p + "/weights.bin");
+  j = nlohmann::json::parse(checkpoint_json(verify_checkpoint(p, VerifyMode::full)));
+  CHECK(j["valid"] == false);
+  CHECK(j["problem"] == "file weights.bin is missing");
+}

@@ -1,0 +1,74 @@
+#include "support/process.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <boost/process.hpp>
+#include <stdexcept>
+
+namespace lifeline::test {
+namespace bp = boost::process;
+
+struct Process::Impl {
+  bp::ipstream out;
+  bp::child child;
+  int status = -1;
+};
+
+Process::Process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env)
+    : impl_(std::make_unique<Impl>()) {
+  bp::environment e = boost::this_process::environment();
+  for (const auto& [k, v] : env) {
+    if (v.empty())
+      e.erase(k);
+    else
+      e[k] = v;
+  }
+  std::vector<std::string> args(argv.begin() + 1, argv.end());
+  impl_->child = bp::child(bp::exe = argv[0], bp::args = args, e, (bp::std_out & bp::std_err) > impl_->out);
+}
+
+Process::~Process() {
+  if (impl_->child.valid() && impl_->child.running()) {
+    ::kill(impl_->child.id(), SIGKILL);
+    impl_->child.wait();
+  }
+}
+
+pid_t Process::pid() const { return impl_->child.id(); }
+
+std::string Process::wait_for_line(const std::string& needle) {
+  std::string line;
+  while (std::getline(impl_->out, line)) {
+    output_ += line + "\n";
+    if (line.find(needle) != std::string::npos) return line;
+  }
+  return "";
+}
+
+void Process::signal(int signo) const { ::kill(impl_->child.id(), signo); }
+
+int Process::wait() {
+  std::string line;
+  while (std::getline(impl_->out, line)) output_ += line + "\n";
+  impl_->child.wait();
+  int raw = impl_->child.native_exit_code();
+  if (WIFEXITED(raw)) return WEXITSTATUS(raw);
+  if (WIFSIGNALED(raw)) return 128 + WTERMSIG(raw);
+  return raw;
+}
+
+int run(const std::vector<std::string>& argv, std::string* out, const std::map<std::string, std::string>& env) {
+  Process p(argv, env);
+  int status = p.wait();
+  if (out) *out = p.output();
+  return status;
+}
+
+std::string binary(const char* env_var) {
+  const char* v = std::getenv(env_var);
+  if (!v || !*v) throw std::runtime_error(std::string(env_var) + " is not set (run the test through meson test)");
+  return v;
+}
+
+}  // namespace lifeline::test
