@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets everything up (Debian packages, builds) and runs the whole test suite:
+#   1. build/       : every test (unit, end-to-end, real Slurm daemons)
+#   2. build-asan/  : the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer
+# Ends with the plain line "N passed, N failed". Exit status 0 only when nothing failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+if [[ ! -f build-asan/build.ninja ]]; then
+  meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dtorch=disabled >/dev/null || exit 1
+fi
+ninja -C build-asan || { echo "0 passed, 1 failed"; exit 1; }
+
+passed=0
+failed=0
+# Adds the Ok/Fail counts of meson's summary in $1 to the totals.
+count() {
+  local ok fail to
+  ok=$(grep -E '^Ok:' "$1" | awk '{print $2}')
+  fail=$(grep -E '^(Fail|Timeout|Unexpected Pass):' "$1" | awk '{s+=$NF} END {print s+0}')
+  passed=$((passed + ${ok:-0}))
+  failed=$((failed + ${fail:-0}))
+}
+
+status=0
+meson test -C build --print-errorlogs --num-processes 1 "$@" 2>&1 | tee build/test-summary.txt
+[[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+count build/test-summary.txt
+
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  meson test -C build-asan --print-errorlogs --suite unit 2>&1 | tee build-asan/test-summary.txt
+[[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+count build-asan/test-summary.txt
+
+if [[ $status -ne 0 && $failed -eq 0 ]]; then failed=1; fi
+echo "$passed passed, $failed failed"
+exit $status
