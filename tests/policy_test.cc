@@ -1,6 +1,9 @@
 // Tests for the policy module: YAML reading and validation, units, variable expansion, the
 // shipped policies, and the numbers behind `lifeline policy explain`.
+#include "policy/policy.h"
+
 #include <doctest.h>
+#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <csignal>
@@ -11,10 +14,7 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include "policy/explain.h"
-#include "policy/policy.h"
 #include "policy/units.h"
 
 #ifndef LIFELINE_SOURCE_DIR
@@ -146,9 +146,10 @@ TEST_CASE("a bad duration is refused with a message saying what is accepted") {
                        "invalid duration '5 fortnights': unknown unit 'fortnights'; expected a "
                        "duration like 45, 90s, 30m, 2h, 1d or 1.5h",
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(lifeline::parse_duration("h"),
-                       "invalid duration 'h': expected a duration like 45, 90s, 30m, 2h, 1d or 1.5h",
-                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      lifeline::parse_duration("h"),
+      "invalid duration 'h': expected a duration like 45, 90s, 30m, 2h, 1d or 1.5h",
+      std::invalid_argument);
   CHECK_THROWS_AS(lifeline::parse_duration(""), std::invalid_argument);
   CHECK_THROWS_AS(lifeline::parse_duration("1..5h"), std::invalid_argument);
 }
@@ -234,7 +235,8 @@ requeue:
 }
 
 TEST_CASE("an empty section keeps its defaults and enum values are case-insensitive") {
-  Policy p = lifeline::parse_policy("version: 1\ncheckpoint:\nrestart: {resume: OFF}\nrequeue: {mode: Local}\n", "p.yaml");
+  Policy p = lifeline::parse_policy(
+      "version: 1\ncheckpoint:\nrestart: {resume: OFF}\nrequeue: {mode: Local}\n", "p.yaml");
   CHECK(p.checkpoint.every_steps == 1000);
   CHECK(p.restart.resume == Policy::Resume::off);
   CHECK(p.requeue.mode == "local");
@@ -294,7 +296,8 @@ TEST_CASE("version must be present and be 1") {
         "p.yaml:1:1: key 'version': missing; a policy file starts with 'version: 1'");
   CHECK(error_of("version: 2\n") ==
         "p.yaml:1:10: key 'version': unsupported version 2; this lifeline reads version 1");
-  CHECK(error_of("version: one\n") == "p.yaml:1:10: key 'version': expected a whole number, got 'one'");
+  CHECK(error_of("version: one\n") ==
+        "p.yaml:1:10: key 'version': expected a whole number, got 'one'");
 }
 
 TEST_CASE("a value of the wrong type names what was expected and what was found") {
@@ -406,10 +409,19 @@ TEST_CASE("YAML syntax errors and non-policy documents get file:line:column too"
 
 TEST_CASE("whatever the input, a rejection is a PolicyError and never a yaml-cpp exception") {
   const std::vector<std::string> inputs = {
-      "{", "]", "version: 1\n&a [*a]: 1\n", "*unknown", "version: 1\ncheckpoint: &c {every_steps: *c}\n",
-      "version: !!binary 1\n", "version: 1\nstop:\n  signals: &s [*s]\n", "\xff\xfe", "version: 1\n? |\n  x\n",
-      "%YAML 9.9\n---\nversion: 1\n", "version: 1\nretention: &r\n  keep_last: *r\n",
-      std::string("version: 1\0\n", 12), std::string(3000, '['),
+      "{",
+      "]",
+      "version: 1\n&a [*a]: 1\n",
+      "*unknown",
+      "version: 1\ncheckpoint: &c {every_steps: *c}\n",
+      "version: !!binary 1\n",
+      "version: 1\nstop:\n  signals: &s [*s]\n",
+      "\xff\xfe",
+      "version: 1\n? |\n  x\n",
+      "%YAML 9.9\n---\nversion: 1\n",
+      "version: 1\nretention: &r\n  keep_last: *r\n",
+      std::string("version: 1\0\n", 12),
+      std::string(3000, '['),
   };
   for (const auto& in : inputs) {
     CAPTURE(in);
@@ -450,7 +462,8 @@ TEST_CASE("a file on disk is read, and its errors carry its path") {
 // --- checkpoint.dir expansion ------------------------------------------------------------
 
 TEST_CASE("${VAR} and $VAR expand from the environment, $$ is a dollar, a lone $ stays") {
-  std::map<std::string, std::string> env = {{"SCRATCH", "/scratch/u1"}, {"JOB", "42"}, {"EMPTY", ""}};
+  std::map<std::string, std::string> env = {
+      {"SCRATCH", "/scratch/u1"}, {"JOB", "42"}, {"EMPTY", ""}};
   auto lookup = [&](const std::string& name) -> const char* {
     auto it = env.find(name);
     return it == env.end() ? nullptr : it->second.c_str();
@@ -482,12 +495,14 @@ TEST_CASE("an unset variable in checkpoint.dir is an error naming the key and th
 // --- warnings ----------------------------------------------------------------------------
 
 TEST_CASE("a policy that never asks for a checkpoint is accepted with a warning") {
-  auto w = warnings_of("version: 1\ncheckpoint:\n  every_steps: 0\n  every_seconds: 0\n  on_signal: false\n");
+  auto w = warnings_of(
+      "version: 1\ncheckpoint:\n  every_steps: 0\n  every_seconds: 0\n  on_signal: false\n");
   REQUIRE(w.size() == 1);
-  CHECK(w[0] ==
-        "p.yaml:5:14: warning: key 'checkpoint': every_steps, every_seconds and on_signal are all "
-        "off: lifeline never asks for a checkpoint, so only those the trainer makes on its own will "
-        "exist");
+  CHECK(
+      w[0] ==
+      "p.yaml:5:14: warning: key 'checkpoint': every_steps, every_seconds and on_signal are all "
+      "off: lifeline never asks for a checkpoint, so only those the trainer makes on its own will "
+      "exist");
 }
 
 TEST_CASE("questionable but legal settings produce warnings, not errors") {
@@ -529,7 +544,9 @@ TEST_CASE("policies/default.yaml says exactly what the built-in defaults are") {
   check_same(lifeline::load_policy_file(path), lifeline::default_policy());
 }
 
-TEST_CASE("the shipped regimes differ as documented: short keeps one, normal ten, long keeps some forever") {
+TEST_CASE(
+    "the shipped regimes differ as documented: short keeps one, normal ten, long keeps some "
+    "forever") {
   const std::string dir = std::string(LIFELINE_SOURCE_DIR) + "/policies/";
   Policy s = lifeline::load_policy_file(dir + "short.yaml");
   Policy n = lifeline::load_policy_file(dir + "normal.yaml");
@@ -586,17 +603,17 @@ TEST_CASE("explain: keep-forever checkpoints count over the run and max_total_by
   in.run_seconds = 14 * 86400;
 
   Explanation uncapped = lifeline::explain_policy(p, in);
-  CHECK(*uncapped.interval_seconds == 7200);        // 10000 steps = 10000 s > 2 h
-  CHECK(*uncapped.periodic_checkpoints == 168);     // 1209600 / 7200
-  CHECK(*uncapped.kept_forever == 24);              // floor(1209600 / 50000)
-  CHECK(*uncapped.kept_total == 32);                // 5 + 3 + 24
+  CHECK(*uncapped.interval_seconds == 7200);     // 10000 steps = 10000 s > 2 h
+  CHECK(*uncapped.periodic_checkpoints == 168);  // 1209600 / 7200
+  CHECK(*uncapped.kept_forever == 24);           // floor(1209600 / 50000)
+  CHECK(*uncapped.kept_total == 32);             // 5 + 3 + 24
   CHECK(*uncapped.peak_disk_bytes == 33 * 100 * kGiB);
   CHECK(*uncapped.checkpoint_write_seconds == 100);
-  CHECK(uncapped.stop_checkpoint_may_not_fit);      // 100 s to write, 25 s grace
+  CHECK(uncapped.stop_checkpoint_may_not_fit);  // 100 s to write, 25 s grace
 
   p.retention.max_total_bytes = 2ULL << 40;
   Explanation capped = lifeline::explain_policy(p, in);
-  CHECK(*capped.kept_total == 20);                  // floor(2048 GiB / 100 GiB)
+  CHECK(*capped.kept_total == 20);  // floor(2048 GiB / 100 GiB)
   CHECK(capped.kept_capped_by_bytes);
   CHECK(*capped.peak_disk_bytes == 21 * 100 * kGiB);
 }
@@ -609,10 +626,13 @@ TEST_CASE("explain: keep-forever uses the steps where both rules meet") {
   ExplainInputs in;
   in.step_seconds = 1;
   in.run_seconds = 30000;
-  CHECK(*lifeline::explain_policy(p, in).kept_forever == 10);  // multiples of lcm 3000 in 30000 steps
+  CHECK(*lifeline::explain_policy(p, in).kept_forever ==
+        10);  // multiples of lcm 3000 in 30000 steps
 }
 
-TEST_CASE("explain: no step time makes every_seconds an upper bound; nothing periodic loses half the run") {
+TEST_CASE(
+    "explain: no step time makes every_seconds an upper bound; nothing periodic loses half the "
+    "run") {
   Policy p = lifeline::default_policy();
   ExplainInputs in;
   in.run_seconds = 7200;
@@ -631,7 +651,8 @@ TEST_CASE("explain: no step time makes every_seconds an upper bound; nothing per
   CHECK(*e.lost_unsignalled_seconds == 3600);
 }
 
-TEST_CASE("explain: fewer checkpoints made than the rules keep caps the count; no signal, no rescue") {
+TEST_CASE(
+    "explain: fewer checkpoints made than the rules keep caps the count; no signal, no rescue") {
   Policy p = lifeline::default_policy();
   p.checkpoint.every_steps = 0;
   p.checkpoint.on_signal = false;
@@ -662,14 +683,17 @@ TEST_CASE("explain: zero interruptions a day leaves no Young/Daly optimum") {
 TEST_CASE("explain text says how much longer than optimal the interval is") {
   Policy p = lifeline::default_policy();
   p.checkpoint.every_steps = 0;
-  p.checkpoint.every_seconds = 1330;  // optimum sqrt(2 * 2 s * 43200 s) = 415.7 s; 1330 / 415.7 = 3.2
+  p.checkpoint.every_seconds =
+      1330;  // optimum sqrt(2 * 2 s * 43200 s) = 415.7 s; 1330 / 415.7 = 3.2
   ExplainInputs in;
   in.checkpoint_bytes = 2ULL << 30;
   in.interruptions_per_day = 2;
   std::string text = lifeline::render_explanation(p, in, lifeline::explain_policy(p, in));
   CHECK(text.find("is 3.2\u00d7 longer than optimal") != std::string::npos);
-  CHECK(text.find("up to 10 GiB at peak (4 kept + 1 being written, 2 GiB each)") != std::string::npos);
-  CHECK(text.find("about 11m 5s when the job dies without warning") != std::string::npos);
+  CHECK(text.find("up to 10 GiB at peak (4 kept + 1 being written, 2 GiB each)") !=
+        std::string::npos);
+  CHECK(text.find("about 11m 5s (half the interval) when the job dies without warning") !=
+        std::string::npos);
   CHECK(text.find("about nothing when the scheduler signals first") != std::string::npos);
 
   p.checkpoint.every_seconds = 100;  // 415.7 / 100 = 4.2

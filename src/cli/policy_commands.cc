@@ -1,7 +1,6 @@
 #include "cli/policy_commands.h"
 
 #include <CLI/CLI.hpp>
-
 #include <charconv>
 #include <cmath>
 #include <iostream>
@@ -54,7 +53,8 @@ double parse_rate(const std::string& text) {
   const char* end = text.data() + text.size();
   auto [p, ec] = std::from_chars(text.data(), end, v);
   if (ec != std::errc() || p != end || !std::isfinite(v) || v < 0)
-    throw std::invalid_argument("expected a number of interruptions per day (0 or more), got '" + text + "'");
+    throw std::invalid_argument("expected a number of interruptions per day (0 or more), got '" +
+                                text + "'");
   return v;
 }
 
@@ -79,17 +79,23 @@ int run_policy_explain(const std::string& file, const ExplainOptions& options, s
   const char* option = "";
   try {
     option = "--checkpoint-size";
-    if (options.checkpoint_size) in.checkpoint_bytes = parse_size(*options.checkpoint_size);
+    if (options.checkpoint_size) {
+      in.checkpoint_bytes = parse_size(*options.checkpoint_size);
+      if (*in.checkpoint_bytes == 0)
+        throw std::invalid_argument("a checkpoint size must be more than 0");
+    }
     option = "--run-time";
     if (options.run_time) in.run_seconds = parse_duration(*options.run_time);
     option = "--step-time";
     if (options.step_time) in.step_seconds = parse_duration(*options.step_time);
     option = "--interruptions-per-day";
-    if (options.interruptions_per_day) in.interruptions_per_day = parse_rate(*options.interruptions_per_day);
+    if (options.interruptions_per_day)
+      in.interruptions_per_day = parse_rate(*options.interruptions_per_day);
     option = "--write-speed";
     if (options.write_speed) {
       std::string speed = *options.write_speed;
-      if (speed.size() > 2 && speed.compare(speed.size() - 2, 2, "/s") == 0) speed.resize(speed.size() - 2);
+      if (speed.size() > 2 && speed.compare(speed.size() - 2, 2, "/s") == 0)
+        speed.resize(speed.size() - 2);
       uint64_t bytes = parse_size(speed);
       if (bytes == 0) throw std::invalid_argument("a write speed must be more than 0");
       in.write_bytes_per_second = static_cast<double>(bytes);
@@ -112,23 +118,30 @@ int run_policy_explain(const std::string& file, const ExplainOptions& options, s
 
 void register_policy_commands(CLI::App& app, int& rc) {
   auto args = std::make_shared<PolicyArgs>();
-  CLI::App* policy = app.add_subcommand("policy", "Check a policy file, or explain what it does to a run");
+  CLI::App* policy =
+      app.add_subcommand("policy", "Check a policy file, or explain what it does to a run");
   policy->require_subcommand(1);
 
-  CLI::App* check = policy->add_subcommand("check", "Validate a policy file and summarize it (exit 0 ok, 2 bad)");
+  CLI::App* check =
+      policy->add_subcommand("check", "Validate a policy file and summarize it (exit 0 ok, 2 bad)");
   check->add_option("FILE", args->check_file, "policy file (YAML)")->required();
   check->callback([args, &rc] { rc = run_policy_check(args->check_file, std::cout, std::cerr); });
 
-  CLI::App* explain = policy->add_subcommand(
-      "explain", "Say how often checkpoints happen, what is kept, disk use, work lost, and the Young/Daly interval");
+  CLI::App* explain = policy->add_subcommand("explain",
+                                             "Say how often checkpoints happen, what is kept, disk "
+                                             "use, work lost, and the Young/Daly interval");
   explain->add_option("FILE", args->explain_file, "policy file (YAML)")->required();
-  explain->add_option("--checkpoint-size", args->explain.checkpoint_size, "size of one checkpoint, e.g. 2GiB");
-  explain->add_option("--run-time", args->explain.run_time, "length of the whole training run, e.g. 3d");
-  explain->add_option("--interruptions-per-day", args->explain.interruptions_per_day,
-                      "expected interruptions (preemptions, failures, time limits) per day; default 1");
+  explain->add_option("--checkpoint-size", args->explain.checkpoint_size,
+                      "size of one checkpoint, e.g. 2GiB");
+  explain->add_option("--run-time", args->explain.run_time,
+                      "length of the whole training run, e.g. 3d");
+  explain->add_option(
+      "--interruptions-per-day", args->explain.interruptions_per_day,
+      "expected interruptions (preemptions, failures, time limits) per day; default 1");
   explain->add_option("--write-speed", args->explain.write_speed,
                       "checkpoint write speed per second, e.g. 500MB or 1GiB/s; default 1GiB/s");
-  explain->add_option("--step-time", args->explain.step_time, "duration of one training step, e.g. 0.5s");
+  explain->add_option("--step-time", args->explain.step_time,
+                      "duration of one training step, e.g. 0.5s");
   explain->callback([args, &rc] {
     rc = run_policy_explain(args->explain_file, args->explain, std::cout, std::cerr);
   });

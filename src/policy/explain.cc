@@ -27,6 +27,10 @@ std::string plural(double n, const char* one, const char* many) {
   return number(n) + " " + (std::fabs(n - 1) < 0.05 ? one : many);
 }
 
+std::string plural(uint64_t n, const char* one, const char* many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
 // "USR1, TERM or INT" (with SIG prefixes).
 std::string signal_list(const std::vector<int>& signals, const char* last_sep) {
   std::string out;
@@ -57,7 +61,7 @@ uint64_t safe_lcm(uint64_t a, uint64_t b) {
 // "every 1000 steps or every 1h, whichever comes first" or "" when neither is on.
 std::string periodic_words(const Policy::Checkpoint& c) {
   std::vector<std::string> rules;
-  if (c.every_steps > 0) rules.push_back("every " + plural(static_cast<double>(c.every_steps), "step", "steps"));
+  if (c.every_steps > 0) rules.push_back("every " + plural(c.every_steps, "step", "steps"));
   if (c.every_seconds > 0) rules.push_back("every " + format_duration(c.every_seconds));
   std::string out = join_words(rules, " or ");
   if (rules.size() > 1) out += ", whichever comes first";
@@ -74,7 +78,7 @@ std::string retention_words(const Policy::Retention& r) {
                     (r.mode == Policy::Mode::min ? " (lowest)" : " (highest)"));
   if (r.keep_every_steps > 0)
     rules.push_back("every checkpoint at a multiple of " +
-                    plural(static_cast<double>(r.keep_every_steps), "step", "steps") + " forever");
+                    plural(r.keep_every_steps, "step", "steps") + " forever");
   std::string out = join_words(rules, " and ");
   if (r.max_total_bytes > 0)
     out += ", deleting older ones beyond " + format_size(static_cast<double>(r.max_total_bytes)) +
@@ -91,7 +95,8 @@ Explanation explain_policy(const Policy& p, const ExplainInputs& in) {
 
   const bool step_known = in.step_seconds && *in.step_seconds > 0;
   std::optional<double> by_steps;
-  if (c.every_steps > 0 && step_known) by_steps = static_cast<double>(c.every_steps) * *in.step_seconds;
+  if (c.every_steps > 0 && step_known)
+    by_steps = static_cast<double>(c.every_steps) * *in.step_seconds;
   if (by_steps && c.every_seconds > 0) {
     e.interval_seconds = std::min(*by_steps, c.every_seconds);
   } else if (by_steps) {
@@ -108,12 +113,14 @@ Explanation explain_policy(const Policy& p, const ExplainInputs& in) {
   if (r.keep_every_steps == 0) {
     e.kept_forever = 0.0;
   } else if (in.run_seconds && step_known) {
-    uint64_t unit = c.every_steps > 0 ? safe_lcm(r.keep_every_steps, c.every_steps) : r.keep_every_steps;
+    uint64_t unit =
+        c.every_steps > 0 ? safe_lcm(r.keep_every_steps, c.every_steps) : r.keep_every_steps;
     double steps = std::floor(*in.run_seconds / *in.step_seconds);
     e.kept_forever = unit == 0 ? 0.0 : std::floor(steps / static_cast<double>(unit));
   }
   if (e.kept_forever)
-    e.kept_total = static_cast<double>(e.kept_newest) + static_cast<double>(e.kept_best) + *e.kept_forever;
+    e.kept_total =
+        static_cast<double>(e.kept_newest) + static_cast<double>(e.kept_best) + *e.kept_forever;
   if (e.kept_total && e.periodic_checkpoints) {
     double made = std::max(*e.periodic_checkpoints, 1.0);
     if (*e.kept_total > made) {
@@ -132,7 +139,8 @@ Explanation explain_policy(const Policy& p, const ExplainInputs& in) {
   }
 
   if (in.checkpoint_bytes && in.write_bytes_per_second > 0)
-    e.checkpoint_write_seconds = static_cast<double>(*in.checkpoint_bytes) / in.write_bytes_per_second;
+    e.checkpoint_write_seconds =
+        static_cast<double>(*in.checkpoint_bytes) / in.write_bytes_per_second;
   if (in.checkpoint_bytes && e.kept_total)
     e.peak_disk_bytes = (*e.kept_total + 1) * static_cast<double>(*in.checkpoint_bytes);
 
@@ -171,10 +179,12 @@ std::string render_explanation(const Policy& p, const ExplainInputs& in, const E
 
   // Assumptions first, so every number below can be traced.
   std::vector<std::string> assume;
-  assume.push_back(in.checkpoint_bytes ? "checkpoints of " + format_size(static_cast<double>(*in.checkpoint_bytes))
-                                       : "checkpoint size unknown (--checkpoint-size)");
+  assume.push_back(in.checkpoint_bytes
+                       ? "checkpoints of " + format_size(static_cast<double>(*in.checkpoint_bytes))
+                       : "checkpoint size unknown (--checkpoint-size)");
   assume.push_back("written at " + format_size(in.write_bytes_per_second) + "/s (--write-speed)");
-  if (in.step_seconds) assume.push_back(format_duration(*in.step_seconds) + " per step (--step-time)");
+  if (in.step_seconds)
+    assume.push_back(format_duration(*in.step_seconds) + " per step (--step-time)");
   assume.push_back(in.run_seconds ? "a " + format_duration(*in.run_seconds) + " run"
                                   : "run length unknown (--run-time)");
   assume.push_back(plural(e.interruptions_per_day, "interruption", "interruptions") + " a day" +
@@ -194,10 +204,11 @@ std::string render_explanation(const Policy& p, const ExplainInputs& in, const E
       out += " (pass --step-time to turn steps into time)";
   }
   if (c.skip_first_steps > 0)
-    out += "; none during the first " + plural(static_cast<double>(c.skip_first_steps), "step", "steps");
+    out += "; none during the first " + plural(c.skip_first_steps, "step", "steps");
   if (e.periodic_checkpoints && in.run_seconds)
     out += "; " + (e.interval_is_upper_bound ? std::string("at least ") : std::string("about ")) +
-           number(*e.periodic_checkpoints) + " over the " + format_duration(*in.run_seconds) + " run";
+           number(*e.periodic_checkpoints) + " over the " + format_duration(*in.run_seconds) +
+           " run";
   out += ".";
   if (c.on_signal && !p.stop.signals.empty())
     out += " When " + signal_list(p.stop.signals, " or ") +
@@ -209,13 +220,16 @@ std::string render_explanation(const Policy& p, const ExplainInputs& in, const E
   out += "Kept: " + retention_words(r) + ".";
   if (e.kept_total) {
     out += " At most " + number(*e.kept_total) + " at once";
-    if (e.kept_capped_by_bytes) out += " (the max_total_bytes limit)";
-    else if (e.kept_capped_by_run) out += " (no more are made during the run)";
+    if (e.kept_capped_by_bytes)
+      out += " (the max_total_bytes limit)";
+    else if (e.kept_capped_by_run)
+      out += " (no more are made during the run)";
     else if (*e.kept_forever > 0)
       out += " at the end of the run, " + number(*e.kept_forever) + " of them kept forever";
     out += ".";
   } else if (r.keep_every_steps > 0) {
-    out += " The ones kept forever add up over time (pass --run-time and --step-time to count them).";
+    out +=
+        " The ones kept forever add up over time (pass --run-time and --step-time to count them).";
   }
   out += "\n\n";
 
@@ -223,29 +237,41 @@ std::string render_explanation(const Policy& p, const ExplainInputs& in, const E
   out += "Disk: ";
   if (e.peak_disk_bytes)
     out += "up to " + format_size(*e.peak_disk_bytes) + " at peak (" + number(*e.kept_total) +
-           " kept + 1 being written, " + format_size(static_cast<double>(*in.checkpoint_bytes)) + " each).";
+           " kept + 1 being written, " + format_size(static_cast<double>(*in.checkpoint_bytes)) +
+           " each).";
   else if (!in.checkpoint_bytes)
     out += "pass --checkpoint-size to estimate.";
   else
-    out += "grows without a limit (set retention.max_total_bytes, or pass --run-time and --step-time).";
+    out +=
+        "grows without a limit (set retention.max_total_bytes, or pass --run-time and "
+        "--step-time).";
   if (e.checkpoint_write_seconds)
     out += " Writing one takes about " + format_duration(*e.checkpoint_write_seconds) + ".";
   out += "\n\n";
 
   // Work lost.
-  out += "Work lost per interruption: ";
-  if (e.lost_unsignalled_seconds)
-    out += "about " + format_duration(*e.lost_unsignalled_seconds) + " when the job dies without warning (" +
-           (e.interval_seconds ? std::string("half the interval") : std::string("half the run: nothing is periodic")) + ")";
+  std::string lost;
+  if (e.interval_seconds)
+    lost = (e.interval_is_upper_bound ? "at most about " : "about ") +
+           format_duration(*e.lost_unsignalled_seconds) + " (half the interval)";
+  else if (e.lost_unsignalled_seconds)
+    lost = "about " + format_duration(*e.lost_unsignalled_seconds) +
+           " (half the run: nothing is periodic)";
   else
-    out += "everything since the attempt began when the job dies without warning (nothing is periodic)";
+    lost = "everything since the attempt began (nothing is periodic)";
+  out += "Work lost per interruption: ";
   if (e.signalled_stop_saves_work) {
-    out += "; about nothing when the scheduler signals first, since a stop checkpoint is written";
+    out += lost +
+           " when the job dies without warning; about nothing when the scheduler signals first, "
+           "since a stop checkpoint is written";
     if (e.stop_checkpoint_may_not_fit)
-      out += " -- but writing one takes " + format_duration(*e.checkpoint_write_seconds) + ", longer than the " +
-             format_duration(p.stop.grace_seconds) + " grace, so it may not finish: raise stop.grace_seconds";
+      out += " -- but writing one takes " + format_duration(*e.checkpoint_write_seconds) +
+             ", longer than the " + format_duration(p.stop.grace_seconds) +
+             " grace, so it may not finish: raise stop.grace_seconds";
   } else {
-    out += ", signalled or not (no stop checkpoint: on_signal is off, no signals, or no grace)";
+    out += lost +
+           ", signalled or not: there is no stop checkpoint (on_signal is off, no stop signals, "
+           "or no grace)";
   }
   out += ".\n\n";
 
@@ -256,23 +282,28 @@ std::string render_explanation(const Policy& p, const ExplainInputs& in, const E
   } else if (!e.mtbi_seconds) {
     out += "no interruptions expected, so periodic checkpoints only cost time.\n";
   } else {
-    out += format_duration(*e.optimal_interval_seconds) + " (sqrt(2 x " + format_duration(*e.checkpoint_write_seconds) +
-           " x " + format_duration(*e.mtbi_seconds) + ")). ";
-    if (!e.interval_over_optimal) {
+    out += format_duration(*e.optimal_interval_seconds) + " (sqrt(2 x " +
+           format_duration(*e.checkpoint_write_seconds) + " x " + format_duration(*e.mtbi_seconds) +
+           ")). ";
+    if (!e.interval_seconds) {
       out += "This policy has no periodic interval to compare.";
-    } else {
+    } else if (e.interval_over_optimal) {
       const double k = *e.interval_over_optimal;
       const std::string at_most = e.interval_is_upper_bound ? "at most " : "";
       if (k >= 1.25)
-        out += "Your interval (" + at_most + format_duration(*e.interval_seconds) + ") is " + fixed(k, 1) +
-               "\u00d7 longer than optimal: checkpoint more often to lose less work.";
+        out += "Your interval (" + at_most + format_duration(*e.interval_seconds) + ") is " +
+               fixed(k, 1) + "\u00d7 longer than optimal: checkpoint more often to lose less work.";
       else if (k <= 0.8)
-        out += "Your interval (" + at_most + format_duration(*e.interval_seconds) + ") is " + fixed(1 / k, 1) +
-               "\u00d7 shorter than optimal: writing checkpoints costs more than the interruptions it saves.";
+        out += "Your interval (" + at_most + format_duration(*e.interval_seconds) + ") is " +
+               fixed(1 / k, 1) +
+               "\u00d7 shorter than optimal: writing checkpoints costs more than the interruptions "
+               "it saves.";
       else
-        out += "Your interval (" + at_most + format_duration(*e.interval_seconds) + ") is close to optimal.";
-      out += " Expected overhead: " + fixed(*e.overhead_fraction * 100, 2) + "% of run time, against " +
-             fixed(*e.optimal_overhead_fraction * 100, 2) + "% at the optimum";
+        out += "Your interval (" + at_most + format_duration(*e.interval_seconds) +
+               ") is close to optimal.";
+      out += " Expected overhead: " + fixed(*e.overhead_fraction * 100, 2) +
+             "% of run time, against " + fixed(*e.optimal_overhead_fraction * 100, 2) +
+             "% at the optimum";
       if (e.signalled_stop_saves_work) out += " (counting every interruption as unsignalled)";
       out += ".";
     }
@@ -290,10 +321,15 @@ std::string summarize_policy(const Policy& p) {
   if (c.on_signal && !p.stop.signals.empty())
     triggers.push_back("when " + signal_list(p.stop.signals, " or ") + " arrives (waiting up to " +
                        format_duration(p.stop.grace_seconds) + ")");
-  out += triggers.empty() ? "only when the trainer commits one on its own" : join_words(triggers, when.find(',') == std::string::npos ? " and " : ", and ");
+  out += triggers.empty()
+             ? "only when the trainer commits one on its own"
+             : join_words(triggers, when.find(',') == std::string::npos ? " and " : ", and ");
   if (c.skip_first_steps > 0)
-    out += ", none in the first " + plural(static_cast<double>(c.skip_first_steps), "step", "steps");
-  out += ", into " + (c.dir.empty() ? std::string("--ckpt-dir, else $LIFELINE_CKPT_DIR, else ./checkpoints") : c.dir) + ". ";
+    out += ", none in the first " + plural(c.skip_first_steps, "step", "steps");
+  out += ", into " +
+         (c.dir.empty() ? std::string("--ckpt-dir, else $LIFELINE_CKPT_DIR, else ./checkpoints")
+                        : c.dir) +
+         ". ";
   out += "Keeps " + retention_words(p.retention) + ". ";
   switch (p.restart.resume) {
     case Policy::Resume::automatic:
@@ -306,11 +342,13 @@ std::string summarize_policy(const Policy& p) {
       out += "Never resumes (every attempt starts from scratch)";
       break;
   }
-  out += "; requeues (" + p.requeue.mode + (p.requeue.mode == "exit" ? ", exit code " + std::to_string(p.requeue.exit_code) : "") +
-         ") up to " + plural(static_cast<double>(p.restart.max_requeues), "time", "times") + " and gives up after " +
-         plural(static_cast<double>(p.restart.max_failures), "failure", "failures") +
-         " in a row without a new checkpoint; local restarts wait " + format_duration(p.restart.backoff_seconds) +
-         ", doubling up to " + format_duration(p.restart.max_backoff_seconds) + ".";
+  out += "; requeues (" + p.requeue.mode +
+         (p.requeue.mode == "exit" ? ", exit code " + std::to_string(p.requeue.exit_code) : "") +
+         ") up to " + plural(p.restart.max_requeues, "time", "times") + " and gives up after " +
+         plural(p.restart.max_failures, "failure", "failures") +
+         " in a row without a new checkpoint; local restarts wait " +
+         format_duration(p.restart.backoff_seconds) + ", doubling up to " +
+         format_duration(p.restart.max_backoff_seconds) + ".";
   if (p.stop.hang_seconds > 0)
     out += " A trainer silent for " + format_duration(p.stop.hang_seconds) + " counts as hung.";
   return out;

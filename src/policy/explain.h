@@ -14,11 +14,11 @@ namespace lifeline {
 // What the user says about the run; an unset field is unknown and the numbers that need it
 // are left unset.
 struct ExplainInputs {
-  std::optional<uint64_t> checkpoint_bytes;      // --checkpoint-size
-  std::optional<double> run_seconds;             // --run-time
-  std::optional<double> interruptions_per_day;   // --interruptions-per-day; unset = assume 1
+  std::optional<uint64_t> checkpoint_bytes;     // --checkpoint-size
+  std::optional<double> run_seconds;            // --run-time
+  std::optional<double> interruptions_per_day;  // --interruptions-per-day; unset = assume 1
   double write_bytes_per_second = 1024.0 * 1024 * 1024;  // --write-speed
-  std::optional<double> step_seconds;            // --step-time, turns every_steps into time
+  std::optional<double> step_seconds;                    // --step-time, turns every_steps into time
 };
 
 // The numbers `policy explain` prints. Times in seconds, sizes in bytes. Every count is an
@@ -31,12 +31,12 @@ struct Explanation {
   bool interval_is_upper_bound = false;
   std::optional<double> periodic_checkpoints;  // floor(run / interval), over the whole run
 
-  uint64_t kept_newest = 0;                // max(keep_last, 1): the newest is always kept
-  uint64_t kept_best = 0;                  // keep_best
-  std::optional<double> kept_forever;      // multiples of keep_every_steps over the run
-  std::optional<double> kept_total;        // all of the above, capped as below; unset = grows
-  bool kept_capped_by_run = false;         // fewer checkpoints are made than the rules keep
-  bool kept_capped_by_bytes = false;       // max_total_bytes is the limit
+  uint64_t kept_newest = 0;            // max(keep_last, 1): the newest is always kept
+  uint64_t kept_best = 0;              // keep_best
+  std::optional<double> kept_forever;  // multiples of keep_every_steps over the run
+  std::optional<double> kept_total;    // all of the above, capped as below; unset = grows
+  bool kept_capped_by_run = false;     // fewer checkpoints are made than the rules keep
+  bool kept_capped_by_bytes = false;   // max_total_bytes is the limit
 
   std::optional<double> checkpoint_write_seconds;  // size / write speed
   std::optional<double> peak_disk_bytes;           // (kept_total + 1 in flight) × size
@@ -44,7 +44,7 @@ struct Explanation {
   // Work lost when the job dies without a signal: half the interval (half the run when
   // nothing is periodic). A signalled stop loses ~nothing when signalled_stop_saves_work.
   std::optional<double> lost_unsignalled_seconds;
-  bool signalled_stop_saves_work = false;  // on_signal, signals set, grace_seconds > 0
+  bool signalled_stop_saves_work = false;    // on_signal, signals set, grace_seconds > 0
   bool stop_checkpoint_may_not_fit = false;  // writing a checkpoint takes longer than grace
 
   double interruptions_per_day = 1;

@@ -24,30 +24,11 @@ namespace {
 
 constexpr size_t kMaxPolicyBytes = 1 << 20;  // a policy file is a page of text, not a megabyte
 
-// The keys each section accepts, in the order they are listed in messages.
+// The keys one section accepts, in the order messages list them.
 struct SectionKeys {
   const char* section;
   std::vector<const char*> keys;
 };
-
-const std::vector<SectionKeys>& schema() {
-  static const std::vector<SectionKeys> kSchema = {
-      {"checkpoint", {"dir", "every_steps", "every_seconds", "on_signal", "skip_first_steps"}},
-      {"retention",
-       {"keep_last", "keep_best", "metric", "mode", "keep_every_steps", "max_total_bytes"}},
-      {"restart",
-       {"resume", "max_requeues", "max_failures", "backoff_seconds", "max_backoff_seconds"}},
-      {"stop", {"signals", "grace_seconds", "hang_seconds"}},
-      {"requeue", {"mode", "exit_code"}},
-  };
-  return kSchema;
-}
-
-const std::vector<const char*>& top_level_keys() {
-  static const std::vector<const char*> kTop = {"version", "checkpoint", "retention",
-                                                "restart", "stop",       "requeue"};
-  return kTop;
-}
 
 std::string lower(const std::string& s) {
   std::string out;
@@ -82,6 +63,7 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 std::string closest(const std::string& typed, const std::vector<const char*>& candidates) {
   const std::string t = lower(typed);
   std::string best;
+  if (t.size() > 64) return best;  // no key is that long; spare the quadratic distance
   size_t best_d = SIZE_MAX;
   for (const char* c : candidates) {
     const std::string cand = c;
@@ -131,6 +113,15 @@ Where where(const YAML::Mark& m) {
   return Where{m.line + 1, m.column + 1};
 }
 
+// Text from the file as it may appear in a message: control characters as '?', at most 60
+// characters.
+std::string shown(const std::string& text) {
+  std::string out;
+  for (char c : text.substr(0, 60)) out += std::iscntrl(static_cast<unsigned char>(c)) ? '?' : c;
+  if (text.size() > 60) out += "...";
+  return out;
+}
+
 // What a node is, in words, for "expected X, got Y".
 std::string describe(const YAML::Node& n) {
   switch (n.Type()) {
@@ -144,8 +135,8 @@ std::string describe(const YAML::Node& n) {
     case YAML::NodeType::Scalar:
       break;
   }
-  if (n.Tag() == "!") return "the string \"" + n.Scalar() + "\"";
-  return "'" + n.Scalar() + "'";
+  if (n.Tag() == "!") return "the string \"" + shown(n.Scalar()) + "\"";
+  return "'" + shown(n.Scalar()) + "'";
 }
 
 bool is_quoted(const YAML::Node& n) { return n.Tag() == "!"; }
@@ -159,7 +150,8 @@ class DocumentStarts : public YAML::EventHandler {
   void OnDocumentEnd() override {}
   void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
   void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
-  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
   void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
                        YAML::EmitterStyle::value) override {}
   void OnSequenceEnd() override {}
@@ -264,7 +256,7 @@ class PolicyReader {
         fail_at(where(key.Mark()), prefix.empty() ? "?" : prefix,
                 "a key must be a plain name, got " + describe(key));
       const std::string name = key.Scalar();
-      const std::string path = prefix.empty() ? name : prefix + "." + name;
+      const std::string path = prefix.empty() ? shown(name) : prefix + "." + shown(name);
       const Where key_at = where(key.Mark());
       auto [first, fresh] = seen.emplace(name, key_at);
       if (!fresh)
@@ -302,8 +294,7 @@ class PolicyReader {
       unknown_key(name, v.path, key_at, top_level_keys(), "");
     });
     if (!have_version)
-      fail_at(where(root.Mark()), "version",
-              "missing; a policy file starts with 'version: 1'");
+      fail_at(where(root.Mark()), "version", "missing; a policy file starts with 'version: 1'");
   }
 
   void read_section(const Value& section, const SectionKeys& keys, Policy& p) {
@@ -311,64 +302,121 @@ class PolicyReader {
     if (!section.node.IsMap())
       fail(section, std::string("expected a mapping of keys (e.g. '") + keys.keys[0] +
                         ": ...'), got " + describe(section.node));
-    walk_map(section.node, section.path, [&](const std::string& name, const Value& v, Where key_at) {
-      if (!assign(keys.section, name, v, p))
-        unknown_key(name, v.path, key_at, keys.keys, keys.section);
-    });
+    walk_map(section.node, section.path,
+             [&](const std::string& name, const Value& v, Where key_at) {
+               if (!assign(keys.section, name, v, p))
+                 unknown_key(name, v.path, key_at, keys.keys, keys.section);
+             });
+  }
+
+  // How one key of the file is read into the policy.
+  struct Field {
+    const char* section;
+    const char* key;
+    void (*read)(const PolicyReader&, const Value&, Policy&);
+  };
+
+  // Every key a policy file may hold, section by section, in the order messages list them:
+  // the one place to add a key.
+  static const std::vector<Field>& fields() {
+    using R = const PolicyReader&;
+    using V = const Value&;
+    static const std::vector<Field> kFields = {
+        {"checkpoint", "dir", [](R r, V v, Policy& p) { p.checkpoint.dir = r.read_dir(v); }},
+        {"checkpoint", "every_steps",
+         [](R r, V v, Policy& p) { p.checkpoint.every_steps = r.read_uint(v); }},
+        {"checkpoint", "every_seconds",
+         [](R r, V v, Policy& p) { p.checkpoint.every_seconds = r.read_duration(v); }},
+        {"checkpoint", "on_signal",
+         [](R r, V v, Policy& p) { p.checkpoint.on_signal = r.read_bool(v); }},
+        {"checkpoint", "skip_first_steps",
+         [](R r, V v, Policy& p) { p.checkpoint.skip_first_steps = r.read_uint(v); }},
+
+        {"retention", "keep_last",
+         [](R r, V v, Policy& p) { p.retention.keep_last = r.read_uint(v); }},
+        {"retention", "keep_best",
+         [](R r, V v, Policy& p) { p.retention.keep_best = r.read_uint(v); }},
+        {"retention", "metric", [](R r, V v, Policy& p) { p.retention.metric = r.read_string(v); }},
+        {"retention", "mode",
+         [](R r, V v, Policy& p) {
+           p.retention.mode =
+               r.read_choice(v, {"min", "max"}) == "min" ? Policy::Mode::min : Policy::Mode::max;
+         }},
+        {"retention", "keep_every_steps",
+         [](R r, V v, Policy& p) { p.retention.keep_every_steps = r.read_uint(v); }},
+        {"retention", "max_total_bytes",
+         [](R r, V v, Policy& p) { p.retention.max_total_bytes = r.read_size(v); }},
+
+        {"restart", "resume",
+         [](R r, V v, Policy& p) {
+           const std::string m = r.read_choice(v, {"auto", "required", "off"});
+           p.restart.resume = m == "auto"       ? Policy::Resume::automatic
+                              : m == "required" ? Policy::Resume::required
+                                                : Policy::Resume::off;
+         }},
+        {"restart", "max_requeues",
+         [](R r, V v, Policy& p) { p.restart.max_requeues = r.read_uint(v); }},
+        {"restart", "max_failures",
+         [](R r, V v, Policy& p) { p.restart.max_failures = r.read_uint(v); }},
+        {"restart", "backoff_seconds",
+         [](R r, V v, Policy& p) { p.restart.backoff_seconds = r.read_duration(v); }},
+        {"restart", "max_backoff_seconds",
+         [](R r, V v, Policy& p) { p.restart.max_backoff_seconds = r.read_duration(v); }},
+
+        {"stop", "signals", [](R r, V v, Policy& p) { p.stop.signals = r.read_signals(v); }},
+        {"stop", "grace_seconds",
+         [](R r, V v, Policy& p) { p.stop.grace_seconds = r.read_duration(v); }},
+        {"stop", "hang_seconds",
+         [](R r, V v, Policy& p) { p.stop.hang_seconds = r.read_duration(v); }},
+
+        {"requeue", "mode",
+         [](R r, V v, Policy& p) {
+           p.requeue.mode =
+               r.read_choice(v, {"auto", "scontrol", "sbatch", "exit", "local", "none"});
+         }},
+        {"requeue", "exit_code",
+         [](R r, V v, Policy& p) {
+           int64_t code = r.read_int(v);
+           if (code < 1 || code > 255)
+             r.fail(v, "must be between 1 and 255, got " + std::to_string(code));
+           p.requeue.exit_code = static_cast<int>(code);
+         }},
+    };
+    return kFields;
+  }
+
+  // The sections and their keys, derived from fields().
+  static const std::vector<SectionKeys>& schema() {
+    static const std::vector<SectionKeys> kSchema = [] {
+      std::vector<SectionKeys> out;
+      for (const Field& f : fields()) {
+        if (out.empty() || std::strcmp(out.back().section, f.section) != 0)
+          out.push_back({f.section, {}});
+        out.back().keys.push_back(f.key);
+      }
+      return out;
+    }();
+    return kSchema;
+  }
+
+  static const std::vector<const char*>& top_level_keys() {
+    static const std::vector<const char*> kTop = [] {
+      std::vector<const char*> out = {"version"};
+      for (const SectionKeys& s : schema()) out.push_back(s.section);
+      return out;
+    }();
+    return kTop;
   }
 
   // Reads one known key into p; false when the key is not part of the section.
-  bool assign(const std::string& section, const std::string& key, const Value& v, Policy& p) {
-    if (section == "checkpoint") {
-      auto& c = p.checkpoint;
-      if (key == "dir") c.dir = read_dir(v);
-      else if (key == "every_steps") c.every_steps = read_uint(v);
-      else if (key == "every_seconds") c.every_seconds = read_duration(v);
-      else if (key == "on_signal") c.on_signal = read_bool(v);
-      else if (key == "skip_first_steps") c.skip_first_steps = read_uint(v);
-      else return false;
-    } else if (section == "retention") {
-      auto& r = p.retention;
-      if (key == "keep_last") r.keep_last = read_uint(v);
-      else if (key == "keep_best") r.keep_best = read_uint(v);
-      else if (key == "metric") r.metric = read_string(v);
-      else if (key == "mode")
-        r.mode = read_choice(v, {"min", "max"}) == "min" ? Policy::Mode::min : Policy::Mode::max;
-      else if (key == "keep_every_steps") r.keep_every_steps = read_uint(v);
-      else if (key == "max_total_bytes") r.max_total_bytes = read_size(v);
-      else return false;
-    } else if (section == "restart") {
-      auto& r = p.restart;
-      if (key == "resume") {
-        std::string m = read_choice(v, {"auto", "required", "off"});
-        r.resume = m == "auto"       ? Policy::Resume::automatic
-                   : m == "required" ? Policy::Resume::required
-                                     : Policy::Resume::off;
-      } else if (key == "max_requeues") r.max_requeues = read_uint(v);
-      else if (key == "max_failures") r.max_failures = read_uint(v);
-      else if (key == "backoff_seconds") r.backoff_seconds = read_duration(v);
-      else if (key == "max_backoff_seconds") r.max_backoff_seconds = read_duration(v);
-      else return false;
-    } else if (section == "stop") {
-      auto& s = p.stop;
-      if (key == "signals") s.signals = read_signals(v);
-      else if (key == "grace_seconds") s.grace_seconds = read_duration(v);
-      else if (key == "hang_seconds") s.hang_seconds = read_duration(v);
-      else return false;
-    } else if (section == "requeue") {
-      auto& r = p.requeue;
-      if (key == "mode")
-        r.mode = read_choice(v, {"auto", "scontrol", "sbatch", "exit", "local", "none"});
-      else if (key == "exit_code") {
-        int64_t code = read_int(v);
-        if (code < 1 || code > 255)
-          fail(v, "must be between 1 and 255, got " + std::to_string(code));
-        r.exit_code = static_cast<int>(code);
-      } else return false;
-    } else {
-      return false;
+  bool assign(const std::string& section, const std::string& key, const Value& v, Policy& p) const {
+    for (const Field& f : fields()) {
+      if (section == f.section && key == f.key) {
+        f.read(*this, v, p);
+        return true;
+      }
     }
-    return true;
+    return false;
   }
 
   [[noreturn]] void unknown_key(const std::string& name, const std::string& path, Where key_at,
@@ -396,7 +444,8 @@ class PolicyReader {
   // --- typed readers ---------------------------------------------------------------
 
   const std::string& scalar(const Value& v, const char* expected) const {
-    if (!v.node.IsScalar()) fail(v, std::string("expected ") + expected + ", got " + describe(v.node));
+    if (!v.node.IsScalar())
+      fail(v, std::string("expected ") + expected + ", got " + describe(v.node));
     return v.node.Scalar();
   }
 
@@ -408,10 +457,10 @@ class PolicyReader {
     const char* end = s.data() + s.size();
     auto [p, ec] = std::from_chars(s.data(), end, n);
     if (ec == std::errc() && p == end) return n;
-    if (ec == std::errc::result_out_of_range && p == end) fail(v, "too large, got " + s);
+    if (ec == std::errc::result_out_of_range && p == end) fail(v, "too large, got " + shown(s));
     double d = 0;
     auto [pd, ecd] = std::from_chars(s.data(), end, d);
-    if (ecd == std::errc() && pd == end) fail(v, "expected a whole number, got " + s);
+    if (ecd == std::errc() && pd == end) fail(v, "expected a whole number, got " + shown(s));
     fail(v, "expected a whole number, got " + describe(v.node));
   }
 
@@ -421,14 +470,14 @@ class PolicyReader {
       double d = 0;
       auto [pd, ecd] = std::from_chars(s.data(), s.data() + s.size(), d);
       if (ecd == std::errc() && pd == s.data() + s.size())
-        fail(v, "must not be negative, got " + s);
+        fail(v, "must not be negative, got " + shown(s));
     }
     if (!is_quoted(v.node) && !s.empty() && std::isdigit(static_cast<unsigned char>(s[0]))) {
       uint64_t n = 0;
       const char* end = s.data() + s.size();
       auto [p, ec] = std::from_chars(s.data(), end, n);
       if (ec == std::errc() && p == end) return n;
-      if (ec == std::errc::result_out_of_range && p == end) fail(v, "too large, got " + s);
+      if (ec == std::errc::result_out_of_range && p == end) fail(v, "too large, got " + shown(s));
     }
     return static_cast<uint64_t>(read_int(v));  // not a plain number: read_int says why
   }
@@ -485,7 +534,7 @@ class PolicyReader {
       if (!sig) {
         std::vector<const char*> names;
         for (const auto& s : catchable_signals()) names.push_back(s.name);
-        fail(iv, "unknown signal '" + name + "'; expected one of " + join(names, ", "));
+        fail(iv, "unknown signal '" + shown(name) + "'; expected one of " + join(names, ", "));
       }
       if (std::find(out.begin(), out.end(), *sig) != out.end())
         fail(iv, signal_name(*sig) + " is listed twice");
@@ -528,8 +577,7 @@ class PolicyReader {
               "every_steps, every_seconds and on_signal are all off: lifeline never asks for "
               "a checkpoint, so only those the trainer makes on its own will exist");
     if (c.on_signal && p.stop.signals.empty())
-      warn_at(at("stop.signals"), "stop.signals",
-              "empty, so checkpoint.on_signal never fires");
+      warn_at(at("stop.signals"), "stop.signals", "empty, so checkpoint.on_signal never fires");
     if (c.on_signal && !p.stop.signals.empty() && p.stop.grace_seconds == 0)
       warn_at(at("stop.grace_seconds"), "stop.grace_seconds",
               "0 while checkpoint.on_signal is true: a stop checkpoint gets no time to finish");
@@ -539,8 +587,8 @@ class PolicyReader {
     if (r.keep_every_steps > 0 && c.every_steps > 0 && r.keep_every_steps % c.every_steps != 0) {
       uint64_t both = std::lcm(r.keep_every_steps, c.every_steps);
       warn_at(at("retention.keep_every_steps"), "retention.keep_every_steps",
-              std::to_string(r.keep_every_steps) + " is not a multiple of checkpoint.every_steps (" +
-                  std::to_string(c.every_steps) +
+              std::to_string(r.keep_every_steps) +
+                  " is not a multiple of checkpoint.every_steps (" + std::to_string(c.every_steps) +
                   "): of the periodic checkpoints only those at multiples of " +
                   std::to_string(both) + " are kept forever");
     }
@@ -554,11 +602,7 @@ class PolicyReader {
 
 }  // namespace
 
-Policy default_policy() {
-  Policy p;
-  p.stop.signals = {SIGUSR1, SIGTERM, SIGINT};
-  return p;
-}
+Policy default_policy() { return Policy{}; }
 
 Policy parse_policy(const std::string& yaml_text, const std::string& source_name,
                     std::vector<std::string>& warnings) {
@@ -614,12 +658,12 @@ std::string expand_variables(const std::string& text,
     } else if (text[i + 1] == '{') {
       size_t close = text.find('}', i + 2);
       if (close == std::string::npos)
-        throw std::invalid_argument("'${' without a closing '}' in \"" + text + "\"");
+        throw std::invalid_argument("'${' without a closing '}' in \"" + shown(text) + "\"");
       name = text.substr(i + 2, close - i - 2);
       bool ok = !name.empty();
       for (size_t k = 0; k < name.size(); ++k) ok = ok && name_char(name[k], k == 0);
       if (!ok)
-        throw std::invalid_argument("'${" + name +
+        throw std::invalid_argument("'${" + shown(name) +
                                     "}' is not a variable name (letters, digits and _; "
                                     "write $$ for a literal $)");
       i = close + 1;
@@ -633,7 +677,8 @@ std::string expand_variables(const std::string& text,
       continue;
     }
     const char* value = lookup(name);
-    if (value == nullptr) throw std::invalid_argument("environment variable " + name + " is not set");
+    if (value == nullptr)
+      throw std::invalid_argument("environment variable " + name + " is not set");
     if (*value == '\0')
       throw std::invalid_argument("environment variable " + name + " is set but empty");
     out += value;

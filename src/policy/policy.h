@@ -2,6 +2,7 @@
 // "Contract: policy file" in docs/design.md), validated completely before anything starts.
 #pragma once
 
+#include <csignal>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -44,14 +45,14 @@ struct Policy {
   struct Restart {
     Resume resume = Resume::automatic;
     uint64_t max_requeues = 50;
-    uint64_t max_failures = 3;  // failed attempts in a row without a new checkpoint
+    uint64_t max_failures = 3;         // failed attempts in a row without a new checkpoint
     double backoff_seconds = 5;        // first wait before a local restart, doubled each time
     double max_backoff_seconds = 300;  // the doubling stops here
   } restart;
 
   // Which signals mean "stop", and how long a stop may take.
   struct Stop {
-    std::vector<int> signals;  // signal numbers; default SIGUSR1, SIGTERM, SIGINT
+    std::vector<int> signals = {SIGUSR1, SIGTERM, SIGINT};  // signal numbers
     double grace_seconds = 25;
     double hang_seconds = 0;  // 0 = off
   } stop;

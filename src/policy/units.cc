@@ -25,21 +25,30 @@ std::string trim(const std::string& s) {
   return s.substr(b, e - b);
 }
 
+// The trimmed text as messages show it: at most 40 characters.
+std::string shown(const std::string& s) {
+  std::string t = trim(s);
+  return t.size() > 40 ? t.substr(0, 40) + "..." : t;
+}
+
 // Splits "1.5 GiB" into "1.5" and "gib". `what` names the quantity for messages.
 NumberAndUnit split(const std::string& text, const char* what, const std::string& forms) {
   std::string t = trim(text);
   if (t.empty()) throw std::invalid_argument(std::string("empty ") + what + "; expected " + forms);
   if (t[0] == '-')
-    throw std::invalid_argument(std::string("invalid ") + what + " '" + t + "': must not be negative");
+    throw std::invalid_argument(std::string("invalid ") + what + " '" + shown(t) +
+                                "': must not be negative");
   size_t i = 0;
   while (i < t.size() && (std::isdigit(static_cast<unsigned char>(t[i])) || t[i] == '.')) ++i;
   NumberAndUnit out;
   out.number = t.substr(0, i);
-  for (char c : trim(t.substr(i))) out.unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char c : trim(t.substr(i)))
+    out.unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   bool has_digit = false;
   for (char c : out.number) has_digit = has_digit || std::isdigit(static_cast<unsigned char>(c));
   if (!has_digit)
-    throw std::invalid_argument(std::string("invalid ") + what + " '" + t + "': expected " + forms);
+    throw std::invalid_argument(std::string("invalid ") + what + " '" + shown(t) + "': expected " +
+                                forms);
   return out;
 }
 
@@ -57,7 +66,7 @@ constexpr double kTwoTo64 = 18446744073709551616.0;
 uint64_t parse_size(const std::string& text) {
   static const char* const kForms = "a byte count like 1024, 500MB or 50GiB";
   NumberAndUnit nu = split(text, "size", kForms);
-  const std::string shown = trim(text);
+  const std::string shown_text = shown(text);
 
   static const std::array<std::pair<const char*, uint64_t>, 12> kUnits = {{
       {"", 1},
@@ -79,30 +88,31 @@ uint64_t parse_size(const std::string& text) {
   if (factor == 0) {
     if (nu.unit == "k" || nu.unit == "m" || nu.unit == "g" || nu.unit == "t" || nu.unit == "p") {
       std::string u(1, static_cast<char>(std::toupper(static_cast<unsigned char>(nu.unit[0]))));
-      throw std::invalid_argument("invalid size '" + shown + "': '" + u + "' is ambiguous; write " +
-                                  nu.number + u + "iB (powers of 1024) or " + nu.number + u +
-                                  "B (powers of 1000)");
+      throw std::invalid_argument(
+          "invalid size '" + shown_text + "': '" + u + "' is ambiguous; write " + shown(nu.number) +
+          u + "iB (powers of 1024) or " + shown(nu.number) + u + "B (powers of 1000)");
     }
-    throw std::invalid_argument("invalid size '" + shown + "': unknown unit '" + nu.unit +
-                                "'; expected " + kForms);
+    throw std::invalid_argument("invalid size '" + shown_text + "': unknown unit '" +
+                                shown(nu.unit) + "'; expected " + kForms);
   }
 
-  const std::string too_large = "invalid size '" + shown + "': too large (the limit is 16 EiB)";
+  const std::string too_large =
+      "invalid size '" + shown_text + "': too large (the limit is 16 EiB)";
   if (nu.number.find('.') == std::string::npos) {
     uint64_t n = 0;
     const char* end = nu.number.data() + nu.number.size();
     auto [p, ec] = std::from_chars(nu.number.data(), end, n);
     if (ec == std::errc::result_out_of_range) throw std::invalid_argument(too_large);
     if (ec != std::errc() || p != end)
-      throw std::invalid_argument("invalid size '" + shown + "': expected " + kForms);
+      throw std::invalid_argument("invalid size '" + shown_text + "': expected " + kForms);
     if (n > UINT64_MAX / factor) throw std::invalid_argument(too_large);
     return n * factor;
   }
   double v = 0;
   if (!to_double(nu.number, v))
-    throw std::invalid_argument("invalid size '" + shown + "': expected " + kForms);
+    throw std::invalid_argument("invalid size '" + shown_text + "': expected " + kForms);
   if (factor == 1)
-    throw std::invalid_argument("invalid size '" + shown +
+    throw std::invalid_argument("invalid size '" + shown_text +
                                 "': a byte count must be a whole number (a fraction needs a unit, "
                                 "as in 1.5GiB)");
   double bytes = std::floor(v * static_cast<double>(factor) + 0.5);
@@ -113,7 +123,7 @@ uint64_t parse_size(const std::string& text) {
 double parse_duration(const std::string& text) {
   static const char* const kForms = "a duration like 45, 90s, 30m, 2h, 1d or 1.5h";
   NumberAndUnit nu = split(text, "duration", kForms);
-  const std::string shown = trim(text);
+  const std::string shown_text = shown(text);
   double factor = 0;
   if (nu.unit.empty() || nu.unit == "s")
     factor = 1;
@@ -124,14 +134,14 @@ double parse_duration(const std::string& text) {
   else if (nu.unit == "d")
     factor = 86400;
   else
-    throw std::invalid_argument("invalid duration '" + shown + "': unknown unit '" + nu.unit +
-                                "'; expected " + kForms);
+    throw std::invalid_argument("invalid duration '" + shown_text + "': unknown unit '" +
+                                shown(nu.unit) + "'; expected " + kForms);
   double v = 0;
   if (!to_double(nu.number, v))
-    throw std::invalid_argument("invalid duration '" + shown + "': expected " + kForms);
+    throw std::invalid_argument("invalid duration '" + shown_text + "': expected " + kForms);
   double seconds = v * factor;
   if (!std::isfinite(seconds) || seconds > 1e15)
-    throw std::invalid_argument("invalid duration '" + shown + "': too large");
+    throw std::invalid_argument("invalid duration '" + shown_text + "': too large");
   return seconds;
 }
 

@@ -5,10 +5,14 @@
 
 #include <boost/asio.hpp>
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <cmath>
 #include <memory>
 #include <optional>
 #include <random>
+#include <sstream>
+#include <algorithm>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -18,6 +22,8 @@
 #include "history/history.h"
 #include "store/checkpoint_store.h"
 #include "store/dir_lock.h"
+#include "slurm/slurm_client.h"
+#include "slurm/slurm_job.h"
 #include "supervisor/trainer_process.h"
 
 namespace lifeline {
@@ -52,6 +58,8 @@ struct LineageState {
   std::string lineage;
   uint64_t attempts = 0;            // attempt_start events so far
   uint64_t failures_in_row = 0;     // trailing failed attempts that committed nothing
+  uint64_t requeues = 0;            // successful requeues and resubmissions
+  std::vector<double> commit_seconds;  // every commit's duration, for time-limit leads
 };
 
 LineageState read_lineage(const std::string& dir) {
@@ -65,6 +73,11 @@ LineageState read_lineage(const std::string& dir) {
       bool failed = e.value("end_reason", "") == "failed";
       uint64_t commits = e.value("checkpoints", uint64_t(0));
       s.failures_in_row = (failed && commits == 0) ? s.failures_in_row + 1 : 0;
+    } else if (ev == "checkpoint_commit") {
+      s.commit_seconds.push_back(e.value("duration_s", 0.0));
+    } else if (ev == "requeue") {
+      std::string result = e.value("result", "");
+      if (result == "requeued" || result == "resubmitted" || result == "exit code") ++s.requeues;
     }
   }
   if (s.lineage.empty()) s.lineage = new_lineage_id();
@@ -90,7 +103,7 @@ class Supervisor {
  public:
   explicit Supervisor(const RunOptions& o)
       : opt_(o), history_(o.ckpt_dir), signals_(io_), tick_(io_), deadline_(io_), escalate_(io_),
-        periodic_(io_), restart_(io_) {}
+        periodic_(io_), restart_(io_), end_timer_(io_), slurm_client_(runner_) {}
 
   int run() {
     lock_.emplace(opt_.ckpt_dir);
@@ -98,13 +111,35 @@ class Supervisor {
     lineage_ = ls.lineage;
     attempt_ = ls.attempts;
     failures_in_row_ = ls.failures_in_row;
-    job_id_ = env_str("SLURM_JOB_ID");
+    requeues_ = ls.requeues;
+    commit_seconds_ = ls.commit_seconds;
+    slurm_ = SlurmJob::from_env();
+    if (slurm_) job_id_ = slurm_->display_id();
     mode_ = opt_.requeue_mode;
-    if (mode_ == "auto") mode_ = job_id_ ? "scontrol" : "local";
+    if (mode_ == "auto") mode_ = slurm_ ? "scontrol" : "local";
+    if ((mode_ == "scontrol" || mode_ == "sbatch") && !slurm_) {
+      spdlog::error("--requeue {} needs a Slurm batch job (SLURM_JOB_ID is unset); use local, exit or none", mode_);
+      return kExitUsage;
+    }
+    if (mode_ == "scontrol") {
+      std::string hint = SlurmClient::scontrol_missing_hint();
+      if (!hint.empty()) {
+        spdlog::error("{}", hint);
+        return kExitUsage;
+      }
+    }
+    if (mode_ == "sbatch" && !program_available("sbatch")) {
+      spdlog::error("sbatch is not available here: use --requeue exit with the site's RequeueExit");
+      return kExitUsage;
+    }
+    if (slurm_) read_slurm_config();
 
     signals_.add(SIGCHLD);
     signals_.add(SIGCONT);
-    for (int s : opt_.policy.stop.signals) signals_.add(s);
+    // SIGTERM always: Slurm sends it to every process of the batch step at the end.
+    signals_.add(SIGTERM);
+    for (int s : opt_.policy.stop.signals)
+      if (s != SIGTERM) signals_.add(s);
     wait_signal();
     if (!start_attempt()) return exit_status_;
     io_.run();
@@ -169,6 +204,7 @@ class Supervisor {
                      {"skipped", skipped},
                      {"requeue_mode", mode_}});
     attempt_started_ns_ = wall_ns();
+    write_supervisor_record();
     try {
       trainer_ = std::make_unique<TrainerProcess>(opt_.command, env);
     } catch (const std::exception& e) {
@@ -181,7 +217,41 @@ class Supervisor {
     state_ = State::running;
     schedule_tick();
     schedule_periodic();
+    schedule_time_limit();
     return true;
+  }
+
+  // <dir>/supervisor.json: who supervises this directory and where its control block is, for
+  // `lifeline status` and `lifeline request` from another shell. Replaced atomically.
+  void write_supervisor_record() {
+    const Policy& p = opt_.policy;
+    json j{{"pid", getpid()},
+           {"host", host_name()},
+           {"job_id", job_id_ ? json(*job_id_) : json(nullptr)},
+           {"control", block_ ? json(block_->name()) : json(nullptr)},
+           {"attempt", attempt_},
+           {"lineage", lineage_},
+           {"started", iso8601(attempt_started_ns_)},
+           {"requeue_mode", mode_},
+           {"grace_seconds", opt_.grace_seconds},
+           {"policy",
+            {{"source", p.source},
+             {"every_steps", p.checkpoint.every_steps},
+             {"every_seconds", p.checkpoint.every_seconds},
+             {"keep_last", p.retention.keep_last},
+             {"keep_best", p.retention.keep_best},
+             {"metric", p.retention.metric},
+             {"max_requeues", p.restart.max_requeues},
+             {"max_failures", p.restart.max_failures},
+             {"hang_seconds", p.stop.hang_seconds}}}};
+    std::string tmp = opt_.ckpt_dir + "/.supervisor.json.tmp";
+    std::string dst = opt_.ckpt_dir + "/supervisor.json";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << j.dump(2) << "\n";
+      if (!out) return;
+    }
+    std::rename(tmp.c_str(), dst.c_str());
   }
 
   void finish(int status) {
@@ -229,25 +299,35 @@ class Supervisor {
   void begin_stop(int signo, const std::string& reason) {
     stop_signal_ = signo;
     stop_reason_ = reason;
-    if (!opt_.policy.checkpoint.on_signal) {
+    end_timer_.cancel();
+    periodic_.cancel();
+    if (!opt_.policy.checkpoint.on_signal && signo != 0) {
       spdlog::info("SIG{}: stopping the trainer without a checkpoint (checkpoint.on_signal: false)",
                    signal_name(signo));
       begin_drain(0);
       return;
     }
-    auto grace = milliseconds(int64_t(opt_.grace_seconds * 1000));
+    double budget = stop_budget_seconds(signo);
+    auto grace = milliseconds(int64_t(budget * 1000));
     uint64_t deadline_wall = wall_ns() + uint64_t(grace.count()) * 1000000ull;
-    pending_seq_ = block_->request(Reason::stop_signal, true, deadline_wall);
-    spdlog::info("SIG{} at step {}: checkpoint requested, deadline in {:.1f} s", signal_name(signo),
-                 block_->u64(kCurrentStepOff).load(), opt_.grace_seconds);
-    history_.append({{"event", "checkpoint_request"}, {"attempt", attempt_}, {"reason", "stop_signal"},
+    Reason why = reason == "time_limit" ? Reason::time_limit : Reason::stop_signal;
+    pending_seq_ = block_->request(why, true, deadline_wall);
+    spdlog::info("{} at step {}: checkpoint requested, deadline in {:.1f} s",
+                 signo ? "SIG" + signal_name(signo) : std::string("job end approaching"),
+                 block_->u64(kCurrentStepOff).load(), budget);
+    history_.append({{"event", "checkpoint_request"}, {"attempt", attempt_},
+                     {"reason", why == Reason::time_limit ? "time_limit" : "stop_signal"},
                      {"seq", pending_seq_}, {"deadline", iso8601(deadline_wall)}});
     state_ = State::stopping;
+    if (slurm_ && signo != 0) {
+      // Now that the trainer is at work, ask Slurm why (a query takes milliseconds).
+      stop_reason_ = classify_stop(signo);
+      spdlog::info("cause: {}", stop_reason_);
+    }
     deadline_.expires_after(grace);
     deadline_.async_wait([this](const boost::system::error_code& ec) {
       if (ec || state_ != State::stopping) return;
-      spdlog::warn("no checkpoint committed within {:.1f} s: stopping the trainer; resume will use the newest valid checkpoint",
-                   opt_.grace_seconds);
+      spdlog::warn("no checkpoint committed in time: stopping the trainer; resume will use the newest valid checkpoint");
       history_.append({{"event", "checkpoint_timeout"}, {"attempt", attempt_}, {"seq", pending_seq_}});
       begin_drain(0);
     });
@@ -323,6 +403,7 @@ class Supervisor {
       double secs = double(block_->u64(kLastCommitNsOff).load()) / 1e9;
       uint64_t bytes = block_->u64(kLastCommitBytesOff).load();
       last_commit_step_ = cstep;
+      commit_seconds_.push_back(secs);
       spdlog::info("checkpoint committed: step {}, {} bytes in {:.3f} s", cstep, bytes, secs);
       history_.append({{"event", "checkpoint_commit"}, {"attempt", attempt_}, {"step", cstep},
                        {"bytes", bytes}, {"duration_s", secs}});
@@ -399,23 +480,208 @@ class Supervisor {
   }
 
   void on_stopped() {
+    const auto& r = opt_.policy.restart;
+    bool requeueing = mode_ == "scontrol" || mode_ == "sbatch" || mode_ == "exit";
+    if (requeueing && requeues_ >= r.max_requeues) {
+      spdlog::error("not requeueing: {} requeues so far (restart.max_requeues: {})", requeues_, r.max_requeues);
+      history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", mode_}, {"result", "budget exhausted"}});
+      finish(kExitStopped);
+      return;
+    }
     if (mode_ == "exit") {
+      history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "exit"}, {"result", "exit code"},
+                       {"exit_code", opt_.policy.requeue.exit_code}});
+      spdlog::info("exiting with {} for the site's RequeueExit", opt_.policy.requeue.exit_code);
       finish(opt_.policy.requeue.exit_code);
       return;
     }
+    if (mode_ == "scontrol") {
+      requeue_with_scontrol();
+      return;
+    }
+    if (mode_ == "sbatch") {
+      resubmit_with_sbatch();
+      return;
+    }
     // local / none: nothing can bring the job back but the user: say so with 75.
-    history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "none"}, {"result", "not requeued"}});
+    history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", mode_}, {"result", "not requeued"}});
     finish(kExitStopped);
   }
 
+  void requeue_with_scontrol() {
+    SlurmOutcome o = slurm_client_.requeue(slurm_->job_id);
+    if (!o.ok) {
+      // Preemption in REQUEUE mode requeues the job by itself; then our request is redundant.
+      auto f = slurm_client_.show_job(slurm_->job_id);
+      std::string state = f ? (*f)["JobState"] : "";
+      if (stop_reason_ == "preempted" || state.find("PREEMPT") != std::string::npos ||
+          state.find("REQUEUE") != std::string::npos) {
+        spdlog::info("Slurm requeues this preempted job itself ({})", o.detail);
+        history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "scontrol"}, {"result", "requeued"},
+                         {"detail", "by Slurm (preemption): " + o.detail}});
+        finish(0);
+        return;
+      }
+      spdlog::error("requeue failed: {}", o.detail);
+      history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "scontrol"}, {"result", "failed"},
+                       {"detail", o.detail}});
+      finish(kExitStopped);
+      return;
+    }
+    spdlog::info("job {} requeued (requeue {} of at most {})", slurm_->display_id(), requeues_ + 1,
+                 opt_.policy.restart.max_requeues);
+    history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "scontrol"}, {"result", "requeued"},
+                     {"detail", o.detail}});
+    finish(0);
+  }
+
+  void resubmit_with_sbatch() {
+    auto f = slurm_client_.show_job(slurm_->job_id);
+    std::string script = f ? (*f)["Command"] : "";
+    std::string workdir = f ? (*f)["WorkDir"] : slurm_->submit_dir;
+    if (script.empty() || script == "(null)") {
+      spdlog::error("cannot resubmit: Slurm does not know this job's script");
+      history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "sbatch"}, {"result", "failed"}});
+      finish(kExitStopped);
+      return;
+    }
+    std::vector<std::string> args = resubmit_args();
+    SlurmOutcome o = slurm_client_.resubmit(script, args, workdir);
+    if (!o.ok) {
+      spdlog::error("resubmission failed: {}", o.detail);
+      history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "sbatch"}, {"result", "failed"},
+                       {"detail", o.detail}});
+      finish(kExitStopped);
+      return;
+    }
+    spdlog::info("resubmitted {} as job {}", script, o.detail);
+    history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "sbatch"}, {"result", "resubmitted"},
+                     {"new_job_id", o.detail}});
+    finish(0);
+  }
+
+  // The jobscript's own arguments, passed on by the jobscript in LIFELINE_SCRIPT_ARGS
+  // (NUL-free, one per line) since Slurm 22.05 does not record them.
+  std::vector<std::string> resubmit_args() const {
+    std::vector<std::string> args;
+    if (auto v = env_str("LIFELINE_SCRIPT_ARGS")) {
+      size_t start = 0;
+      while (start <= v->size()) {
+        size_t end = v->find('\n', start);
+        if (end == std::string::npos) end = v->size();
+        if (end > start) args.push_back(v->substr(start, end - start));
+        start = end + 1;
+      }
+    }
+    return args;
+  }
+
+  // ---- Slurm: time left, causes ------------------------------------------------------
+  void read_slurm_config() {
+    CommandResult r = runner_.run({"scontrol", "show", "config"}, std::chrono::seconds(20));
+    if (!r.ok()) return;
+    std::istringstream in(r.out);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("KillWait", 0) == 0) {
+        auto eq = line.find('=');
+        if (eq != std::string::npos) kill_wait_s_ = std::atof(line.c_str() + eq + 1);
+      }
+    }
+  }
+
+  // Seconds the stop checkpoint may take: the grace setting, cut by what Slurm leaves.
+  double stop_budget_seconds(int signo) const {
+    double budget = opt_.grace_seconds;
+    if (signo == SIGTERM && slurm_ && kill_wait_s_ > 0) {
+      // After a SIGTERM from Slurm, SIGKILL follows KillWait seconds later.
+      budget = std::min(budget, std::max(1.0, kill_wait_s_ - 2.0));
+    }
+    if (job_end_ns_) {
+      double left = (double(*job_end_ns_) - double(wall_ns())) / 1e9 - 2.0;
+      if (left > 1) budget = std::min(budget, left);
+    }
+    return budget;
+  }
+
+  // Why a stop signal came: the job's end was cut short (preempted), is near (time_limit),
+  // or neither (stopped: scancel, an operator).
+  std::string classify_stop(int signo) {
+    auto f = slurm_client_.show_job(slurm_->job_id);
+    if (!f) return "stopped";
+    std::string state = (*f)["JobState"];
+    if (state.find("PREEMPT") != std::string::npos) return "preempted";
+    auto end = parse_slurm_time((*f)["EndTime"]);
+    auto start = parse_slurm_time((*f)["StartTime"]);
+    auto limit = parse_time_limit((*f)["TimeLimit"]);
+    if (end) job_end_ns_ = end;
+    if (end && start && limit && *end + 5'000'000'000ull < *start + *limit) return "preempted";
+    if (end && double(*end) - double(wall_ns()) < kTimeLimitWindowS * 1e9) return "time_limit";
+    (void)signo;
+    return "stopped";
+  }
+
+  // "[D-]HH:MM:SS", "MM:SS", "MM" as ns; nullopt for UNLIMITED or garbage.
+  static std::optional<uint64_t> parse_time_limit(const std::string& t) {
+    if (t.empty() || t == "UNLIMITED" || t == "Partition_Limit") return std::nullopt;
+    uint64_t days = 0;
+    std::string rest = t;
+    auto dash = t.find('-');
+    if (dash != std::string::npos) {
+      days = std::strtoull(t.substr(0, dash).c_str(), nullptr, 10);
+      rest = t.substr(dash + 1);
+    }
+    std::vector<uint64_t> parts;
+    std::istringstream in(rest);
+    std::string p;
+    while (std::getline(in, p, ':')) parts.push_back(std::strtoull(p.c_str(), nullptr, 10));
+    uint64_t secs = 0;
+    if (parts.size() == 3) secs = parts[0] * 3600 + parts[1] * 60 + parts[2];
+    else if (parts.size() == 2) secs = parts[0] * 60 + parts[1];
+    else if (parts.size() == 1) secs = parts[0] * 60;
+    else return std::nullopt;
+    return (days * 86400 + secs) * 1000000000ull;
+  }
+
+  // Schedules our own stop ahead of the job's end, so the checkpoint and the requeue happen
+  // even without --signal: lead = p95 of this lineage's commit times x safety + requeue time.
+  void schedule_time_limit() {
+    if (!slurm_) return;
+    auto end = slurm_client_.end_time_ns(slurm_->job_id);
+    if (!end) return;
+    job_end_ns_ = end;
+    double lead = time_limit_lead_seconds();
+    double in_s = (double(*end) - double(wall_ns())) / 1e9 - lead;
+    spdlog::info("job ends at {}; lifeline stops it {:.0f} s before (checkpoint p95 x {} + {} s for the requeue)",
+                 iso8601(*end), lead, kLeadSafety, kRequeueAllowanceS);
+    end_timer_.expires_after(milliseconds(int64_t(std::max(0.0, in_s) * 1000)));
+    end_timer_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec || (state_ != State::running && state_ != State::checkpointing)) return;
+      history_.append({{"event", "time_limit_near"}, {"attempt", attempt_}});
+      begin_stop(0, "time_limit");
+    });
+  }
+
+  double time_limit_lead_seconds() const {
+    double p95 = 0;
+    if (!commit_seconds_.empty()) {
+      std::vector<double> v = commit_seconds_;
+      std::sort(v.begin(), v.end());
+      p95 = v[std::min(v.size() - 1, size_t(double(v.size()) * 0.95))];
+    }
+    return std::max(kMinLeadS, p95 * kLeadSafety + kRequeueAllowanceS);
+  }
+
   void on_failure(int status) {
+    end_timer_.cancel();
     bool progress = seen_commits_ > 0;
     failures_in_row_ = progress ? 0 : failures_in_row_ + 1;
     record_end("failed", status);
     spdlog::error("trainer failed with status {} ({} failed attempt(s) in a row without a new checkpoint)",
                   status, failures_in_row_);
     const auto& r = opt_.policy.restart;
-    if (mode_ != "local") {
+    // Every mode but none restarts in place: the allocation is still ours, a queue is slower.
+    if (mode_ == "none") {
       finish(status);
       return;
     }
@@ -467,6 +733,10 @@ class Supervisor {
     return s;
   }
 
+  static constexpr double kMinLeadS = 20;           // never stop later than this before the end
+  static constexpr double kLeadSafety = 3;          // x p95 of the lineage's commit durations
+  static constexpr double kRequeueAllowanceS = 10;  // trainer exit + scontrol requeue
+  static constexpr double kTimeLimitWindowS = 300;  // a stop this close to EndTime is the time limit
   static constexpr int64_t kExitPatienceMs = 10000;  // after the stop checkpoint, before SIGTERM
   static constexpr int64_t kKillAfterMs = 5000;      // after SIGTERM, before SIGKILL
 
@@ -475,6 +745,14 @@ class Supervisor {
   asio::io_context io_;
   asio::signal_set signals_;
   asio::steady_timer tick_, deadline_, escalate_, periodic_, restart_;
+  asio::steady_timer end_timer_;
+  ProcessCommandRunner runner_;
+  SlurmClient slurm_client_;
+  std::optional<SlurmJob> slurm_;
+  std::optional<uint64_t> job_end_ns_;
+  double kill_wait_s_ = 0;
+  uint64_t requeues_ = 0;
+  std::vector<double> commit_seconds_;
   std::optional<DirLock> lock_;
   std::optional<ControlBlock> block_;
   std::unique_ptr<TrainerProcess> trainer_;
@@ -502,8 +780,17 @@ class Supervisor {
 int run_supervisor(const RunOptions& options) {
   spdlog::set_default_logger(spdlog::stderr_color_st("lifeline"));
   if (const char* lvl = std::getenv("LIFELINE_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(lvl));
-  Supervisor s(options);
-  return s.run();
+  int status;
+  {
+    Supervisor s(options);
+    status = s.run();
+  }
+  // Slurm may SIGTERM the whole batch step while we leave (after a requeue): leave cleanly.
+  if (std::getenv("SLURM_JOB_ID")) {
+    ::signal(SIGTERM, SIG_IGN);
+    ::signal(SIGCONT, SIG_IGN);
+  }
+  return status;
 }
 
 }  // namespace lifeline

@@ -1,0 +1,629 @@
+"""lifeline's trainer side for Python: resume information, checkpoint requests and the store's
+commit protocol. Standard library only; it mirrors include/lifeline/client.h.
+
+    from lifeline_client import Client
+    client = Client.from_env()
+    r = client.resume()                          # (path, step) or None
+    if r: step = load(r.path)
+    while step < total:
+        train_step(); step += 1                  # a step number counts completed steps
+        if client.should_checkpoint(step):       # two memory accesses, no system call
+            ckpt = client.begin_checkpoint(step) # a staging folder: ckpt.path
+            save(ckpt.path)                      # any files, or ckpt.write_file(name, data)
+            ckpt.commit({"val_loss": v})         # fsync, MANIFEST, rename, ack; False if it failed
+            if client.should_exit(): break       # stop request: leave now
+
+Outside a supervisor (no LIFELINE_CONTROL) the client is inert: should_checkpoint and
+should_exit are False, no signal handler is installed, resume() reads LIFELINE_RESUME_FROM and
+LIFELINE_RESUME_STEP only, and begin_checkpoint still works when LIFELINE_CKPT_DIR is set.
+
+Shared memory without atomics. The supervisor uses std::atomic on the control block; Python has
+none. This module touches the block only through naturally aligned 4- and 8-byte loads and stores
+of memoryview.cast("I"/"Q") views of the mmap, which CPython performs as one fixed-size memcpy,
+i.e. one mov on x86-64: single-copy atomic, and x86-64's total store order gives them the
+acquire/release ordering the protocol relies on. That is the assumption to revisit before using
+this on another architecture. Read-modify-writes are therefore not atomic; the client does them
+only on fields nobody else writes (commit_count, failed_saves), on the stop flag (which only ever
+gains the same bit), and once per received signal on request_seq (see Client._on_signal).
+"""
+from __future__ import annotations
+
+import atexit
+import enum
+import hashlib
+import json
+import mmap
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple
+
+# --- The control block's byte layout, version 1: the one place Python reads it from. ----------
+# It mirrors include/lifeline/control_layout.h; tests/python_test.cc proves the two agree.
+MAGIC = 0x314C54434E4C464C  # the bytes "LFLNCTL1" on a little-endian host
+VERSION = 1
+SIZE = 256
+FLAG_STOP = 1
+
+# field: (offset, width in bytes); native-endian, naturally aligned. 152..255 reserved, zero.
+FIELDS: Dict[str, Tuple[int, int]] = {
+    "magic": (0, 8),
+    "version": (8, 4),
+    "size": (12, 4),
+    "owner_uid": (16, 4),
+    "supervisor_pid": (20, 4),
+    "trainer_pid": (24, 4),
+    "trainer_signal": (28, 4),
+    "request_seq": (32, 8),
+    "request_reason": (40, 4),
+    "request_flags": (44, 4),
+    "deadline": (48, 8),
+    "ack_seq": (56, 8),
+    "ack_step": (64, 8),
+    "current_step": (72, 8),
+    "every_steps": (80, 8),
+    "skip_first_steps": (88, 8),
+    "commit_count": (96, 8),
+    "last_commit_step": (104, 8),
+    "last_commit_ns": (112, 8),
+    "last_commit_bytes": (120, 8),
+    "failed_saves": (128, 8),
+    "client_state": (136, 4),
+    "steps_seen": (144, 8),
+}
+
+
+class Reason(enum.IntEnum):
+    """Why a checkpoint was requested."""
+
+    NONE = 0
+    PERIODIC = 1
+    STOP_SIGNAL = 2
+    TIME_LIMIT = 3
+    MANUAL = 4
+    TRAINER_SIGNAL = 5
+
+
+class ClientState(enum.IntEnum):
+    """What the trainer side is doing."""
+
+    ABSENT = 0
+    ATTACHED = 1
+    SAVING = 2
+    EXITING = 3
+
+
+def layout_table() -> dict:
+    """The layout as plain data, for the test that compares it with the C++ header."""
+    return {
+        "magic": MAGIC,
+        "version": VERSION,
+        "size": SIZE,
+        "flag_stop": FLAG_STOP,
+        "offsets": {name: off for name, (off, _) in FIELDS.items()},
+        "reasons": {r.name.lower(): int(r) for r in Reason},
+        "client_states": {s.name.lower(): int(s) for s in ClientState},
+    }
+
+
+# --- Store constants (src/store) ----------------------------------------------------------------
+MANIFEST = "MANIFEST"
+CHECKSUM = "sha256"  # the C++ verifier accepts "xxh3-64" and "sha256"; hashlib has the latter
+_CHUNK = 8 << 20
+_NEVER = 2**64 - 1
+SHM_DIR = "/dev/shm"
+
+
+class ControlBlockError(RuntimeError):
+    """The control block named by LIFELINE_CONTROL cannot be used."""
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder holds something the store does not allow."""
+
+
+class ResumeInfo(NamedTuple):
+    """Where to resume from: a verified checkpoint folder and the step it holds."""
+
+    path: str
+    step: int
+
+
+class ControlBlock:
+    """One mapping of the supervisor's control block, checked before use."""
+
+    def __init__(self, name: str):
+        self.name = name
+        shm = name.lstrip("/")
+        if not shm or "/" in shm or shm in (".", ".."):
+            raise ControlBlockError(f"control block name {name!r} is not a shared-memory name")
+        try:
+            fd = os.open(os.path.join(SHM_DIR, shm), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as e:
+            raise ControlBlockError(f"cannot open control block {name}: {e.strerror}") from e
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+                raise ControlBlockError(
+                    f"control block {name} is not owned by this user with mode 0600: refusing it")
+            if st.st_size < SIZE:
+                raise ControlBlockError(f"control block {name} is too small ({st.st_size} bytes)")
+            self._map = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self._u32 = memoryview(self._map).cast("I")
+        self._u64 = memoryview(self._map).cast("Q")
+        assert self._u32.itemsize == 4 and self._u64.itemsize == 8
+        try:
+            if self.load("magic") != MAGIC:
+                raise ControlBlockError(f"control block {name} has no lifeline magic")
+            version = self.load("version")
+            if version != VERSION:
+                raise ControlBlockError(f"control block {name} has layout version {version}, "
+                                        f"this client speaks {VERSION}")
+            if self.load("size") != SIZE:
+                raise ControlBlockError(f"control block {name} declares an unexpected size")
+        except ControlBlockError:
+            self.close()
+            raise
+
+    def load(self, field: str) -> int:
+        off, width = FIELDS[field]
+        return self._u64[off >> 3] if width == 8 else self._u32[off >> 2]
+
+    def store(self, field: str, value: int) -> None:
+        off, width = FIELDS[field]
+        if width == 8:
+            self._u64[off >> 3] = value & 0xFFFFFFFFFFFFFFFF
+        else:
+            self._u32[off >> 2] = value & 0xFFFFFFFF
+
+    def close(self) -> None:
+        self._u32.release()
+        self._u64.release()
+        self._map.close()
+
+
+# --- Commit protocol helpers --------------------------------------------------------------------
+def folder_name(step: int) -> str:
+    """The committed folder name of a step: step-000000000040."""
+    return "step-%012d" % step
+
+
+def _unsafe_path_reason(rel: str) -> str:
+    if not rel:
+        return "empty file path"
+    if rel.startswith("/"):
+        return f"absolute path '{rel}'"
+    for part in rel.split("/"):
+        if part == "..":
+            return f"path '{rel}' leaves the checkpoint ('..')"
+        if part in ("", "."):
+            return f"path '{rel}' is not normalized"
+    if "\0" in rel:
+        return "path contains NUL"
+    return ""
+
+
+def _write_all(fd: int, data: memoryview, hasher=None) -> None:
+    """Writes everything, chunk by chunk, hashing each chunk right after writing it."""
+    while data:
+        chunk = data[:_CHUNK]
+        n = os.write(fd, chunk)
+        if hasher is not None:
+            hasher.update(chunk[:n])
+        data = data[n:]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _hash_file(path: str, sync: bool) -> Tuple[int, str]:
+    """Size and sha256 of a file (never through a link), fsynced first when asked."""
+    h, size = hashlib.sha256(), 0
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        while True:
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+            size += len(chunk)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size, h.hexdigest()
+
+
+def _iso8601(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + ".%03dZ" % (ns // 10**6 % 1000)
+
+
+def checkpoint_problem(folder: str) -> str:
+    """Why `folder` is not a valid checkpoint, or "" when it is (the store's full check, sha256)."""
+    name = os.path.basename(os.path.normpath(folder))
+    m = re.fullmatch(r"step-([0-9]{1,20})", name)
+    step = int(m.group(1)) if m else 0
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return "not a directory (or a symbolic link)"
+        fd = os.open(os.path.join(folder, MANIFEST), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return "no MANIFEST (unfinished or foreign folder)"
+    except OSError as e:
+        return f"cannot read MANIFEST: {e.strerror}"
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 64 << 20:
+            return "MANIFEST is not a regular file of sane size"
+        text = f.read()
+    try:
+        j = json.loads(text)
+    except ValueError as e:
+        return f"MANIFEST is not valid JSON ({e})"
+    if not isinstance(j, dict) or j.get("format") != "lifeline-checkpoint":
+        return "MANIFEST format is not lifeline-checkpoint"
+    if type(j.get("step")) is not int or j["step"] < 0:
+        return "manifest field 'step' is missing or has the wrong type"
+    if j["step"] != step:
+        return f"MANIFEST says step {j['step']} but the folder is {folder_name(step)}"
+    if j.get("checksum_algorithm") != CHECKSUM:
+        return f"cannot check {j.get('checksum_algorithm')!r} checksums from Python"
+    if not isinstance(j.get("files"), list):
+        return "manifest field 'files' is missing or has the wrong type"
+    for entry in j["files"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
+                or type(entry.get("bytes")) is not int or not isinstance(entry.get("checksum"), str):
+            return "manifest file entry is malformed"
+        rel = entry["path"]
+        why = _unsafe_path_reason(rel)
+        if why or rel == MANIFEST:
+            return f"manifest has an unsafe {why or 'entry MANIFEST'}"
+        parts, cur = rel.split("/"), folder
+        for i, part in enumerate(parts):
+            cur = os.path.join(cur, part)
+            try:
+                mode = os.lstat(cur).st_mode
+            except OSError:
+                return f"file {rel} is missing"
+            if stat.S_ISLNK(mode):
+                return f"file {rel} goes through a symbolic link"
+            if i + 1 < len(parts) and not stat.S_ISDIR(mode):
+                return f"file {rel}: a parent is not a directory"
+            if i + 1 == len(parts) and not stat.S_ISREG(mode):
+                return f"file {rel} is not a regular file"
+        try:
+            size, digest = _hash_file(cur, sync=False)
+        except OSError as e:
+            return f"file {rel} cannot be read: {e.strerror}"
+        if size != entry["bytes"]:
+            return f"file {rel} has {size} bytes, the manifest says {entry['bytes']} (truncated or grown)"
+        if digest != entry["checksum"]:
+            return f"file {rel} does not match its {CHECKSUM} checksum"
+    return ""
+
+
+class Checkpoint:
+    """One checkpoint being written into a staging folder; commit() or discard() ends it."""
+
+    def __init__(self, client: "Client", step: int):
+        self._client = client
+        self.step = step
+        self._dir = client.checkpoint_dir
+        self.path = os.path.join(self._dir, ".staging-%s-%d-%s" % (folder_name(step), os.getpid(),
+                                                                   secrets.token_hex(4)))
+        self.error = ""  # the error of a failed commit
+        self._written: Dict[str, Tuple[int, str]] = {}
+        self._pending: Optional[OSError] = None  # first write error, reported by commit()
+        self._started = time.monotonic_ns()
+        self._done = False
+        try:
+            os.makedirs(self._dir, exist_ok=True)
+            os.mkdir(self.path)
+        except OSError as e:
+            self._pending = e
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def __del__(self) -> None:
+        try:
+            self.discard()
+        except Exception:
+            pass
+
+    def write_file(self, rel: str, data: bytes) -> None:
+        """Writes `rel` in the staging folder, hashing while writing; errors surface in commit()."""
+        why = _unsafe_path_reason(rel)
+        if why or rel == MANIFEST:
+            raise ValueError(f"cannot write {rel}: {why or 'the name is reserved'}")
+        if self._pending or self._done:
+            return
+        full = os.path.join(self.path, rel)
+        view = memoryview(data).cast("B")
+        hasher = hashlib.sha256()
+        try:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, view, hasher)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self._pending = e
+            return
+        self._written[rel] = (len(view), hasher.hexdigest())
+
+    def commit(self, metrics: Optional[Mapping[str, float]] = None) -> bool:
+        """Makes the checkpoint durable and tells the supervisor; False when the save failed."""
+        if self._done:
+            raise RuntimeError("checkpoint already committed or discarded")
+        values = {str(k): float(v) for k, v in (metrics or {}).items()}
+        try:
+            if self._pending:
+                raise self._pending
+            nbytes = self._commit(values)
+        except (OSError, CheckpointError) as e:
+            self.discard()
+            self.error = str(e)
+            print(f"lifeline: checkpoint of step {self.step} failed: {e} (older checkpoints are intact)",
+                  file=sys.stderr, flush=True)
+            self._client._save_failed()
+            return False
+        self._client._committed(self.step, nbytes, time.monotonic_ns() - self._started)
+        return True
+
+    def discard(self) -> None:
+        """Drops the staging folder unless committed."""
+        if not self._done:
+            self._done = True
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def _files(self):
+        """(relative path, full path) of every file in the staging folder; subfolders fsynced."""
+        out, dirs = [], []
+
+        def walk(folder: str, prefix: str) -> None:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for e in entries:
+                rel = prefix + e.name
+                if e.is_symlink():
+                    raise CheckpointError(f"checkpoint file {rel} is a symbolic link: not allowed")
+                if e.is_dir(follow_symlinks=False):
+                    dirs.append(e.path)
+                    walk(e.path, rel + "/")
+                elif not e.is_file(follow_symlinks=False):
+                    raise CheckpointError(f"checkpoint file {rel} is not a regular file")
+                elif rel == MANIFEST:
+                    raise CheckpointError("the trainer wrote a file named MANIFEST")
+                else:
+                    out.append((rel, e.path))
+
+        walk(self.path, "")
+        for d in dirs:
+            _fsync_dir(d)
+        return out
+
+    def _commit(self, metrics: Dict[str, float]) -> int:
+        """The store's protocol: files fsynced, MANIFEST last, rename, directory fsynced."""
+        meta = self._client._meta
+        files = []
+        for rel, full in self._files():
+            size, digest = self._written[rel] if rel in self._written else _hash_file(full, sync=True)
+            files.append({"path": rel, "bytes": size, "checksum": digest})
+        created = time.time_ns()
+        manifest = {
+            "format": "lifeline-checkpoint", "format_version": 1, "step": self.step,
+            "created": _iso8601(created), "created_ns": created, "job_id": meta["job_id"],
+            "attempt": meta["attempt"], "lineage": meta["lineage"], "host": meta["host"],
+            # nlohmann::json writes non-finite numbers as null; so do we (JSON has no NaN).
+            "metrics": {k: (v if v == v and abs(v) != float("inf") else None) for k, v in metrics.items()},
+            "checksum_algorithm": CHECKSUM, "files": files,
+        }
+        text = (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+        fd = os.open(os.path.join(self.path, MANIFEST), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, memoryview(text))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.path)
+
+        final = os.path.join(self._dir, folder_name(self.step))
+        if os.path.lexists(final):
+            # The same step was committed before (e.g. a stop request right after a resume): keep
+            # a valid one, replace an invalid one (moved aside first, never resumed).
+            if not checkpoint_problem(final):
+                self.discard()
+                return sum(f["bytes"] for f in files)
+            trash = os.path.join(self._dir, ".trash-%s-%s" % (folder_name(self.step), secrets.token_hex(4)))
+            os.rename(final, trash)
+            os.rename(self.path, final)
+            _fsync_dir(self._dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(self.path, final)
+            _fsync_dir(self._dir)
+        self._done = True
+        return sum(f["bytes"] for f in files)
+
+
+def _env_u64(env: Mapping[str, str], name: str) -> int:
+    m = re.match(r"\s*\+?([0-9]+)", env.get(name, ""))
+    return int(m.group(1)) if m else 0
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class Client:
+    """The trainer's side of lifeline; inert outside a supervisor."""
+
+    def __init__(self, env: Optional[Mapping[str, str]] = None):
+        env = os.environ if env is None else env
+        self.checkpoint_dir = env.get("LIFELINE_CKPT_DIR", "")
+        resume_from = env.get("LIFELINE_RESUME_FROM", "")
+        self._resume = ResumeInfo(resume_from, _env_u64(env, "LIFELINE_RESUME_STEP")) if resume_from else None
+        self._attempt = _env_u64(env, "LIFELINE_ATTEMPT")
+        self._meta = {"job_id": env.get("SLURM_JOB_ID"), "attempt": self._attempt,
+                      "lineage": env.get("LIFELINE_LINEAGE", ""), "host": socket.gethostname()}
+        self._block: Optional[ControlBlock] = None
+        self._every_steps = self._skip_first_steps = 0
+        self._seen_seq = 0
+        self._next_periodic = _NEVER
+        self._local_stop = False         # a stop signal reached this process
+        self._signal_unanswered = False  # ... and no commit has answered it yet
+        self._old_handlers: Dict[int, object] = {}
+
+        name = env.get("LIFELINE_CONTROL", "")
+        if not name:
+            return  # inert
+        b = self._block = ControlBlock(name)
+        self._every_steps = b.load("every_steps")
+        self._skip_first_steps = b.load("skip_first_steps")
+        b.store("trainer_pid", os.getpid())
+        b.store("client_state", ClientState.ATTACHED)
+        # A request posted before we attached (e.g. a signal during start-up) is still pending.
+        self._seen_seq = b.load("ack_seq")
+        self._next_periodic = 0 if self._every_steps else _NEVER
+        if self._resume:
+            b.store("current_step", self._resume.step)
+        if threading.current_thread() is threading.main_thread():
+            for sig in _STOP_SIGNALS:
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        else:
+            print("lifeline: client created outside the main thread: stop signals are not trapped",
+                  file=sys.stderr, flush=True)
+        atexit.register(self.close)
+
+    @classmethod
+    def from_env(cls) -> "Client":
+        """Attaches to the control block named by LIFELINE_CONTROL, if any; raises ControlBlockError."""
+        return cls()
+
+    @property
+    def active(self) -> bool:
+        return self._block is not None
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    def resume(self) -> Optional[ResumeInfo]:
+        return self._resume
+
+    def should_checkpoint(self, step: int) -> bool:
+        """True when a checkpoint should follow `step` (request, signal or every_steps); also the heartbeat."""
+        b = self._block
+        if b is None:
+            return False
+        b.store("current_step", step)
+        if self._signal_unanswered or b.load("request_seq") != self._seen_seq:
+            return True
+        return step >= self._next_periodic and self._periodic_due(step)
+
+    def begin_checkpoint(self, step: int) -> Checkpoint:
+        """Starts a checkpoint of `step` in a staging folder of the checkpoint directory."""
+        if not self.checkpoint_dir:
+            raise RuntimeError("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)")
+        ckpt = Checkpoint(self, step)
+        if self._block is not None:
+            self._block.store("client_state", ClientState.SAVING)
+        return ckpt
+
+    def should_exit(self) -> bool:
+        """True once a stop was requested (by the supervisor or a signal to the trainer)."""
+        b = self._block
+        if b is None:
+            return False
+        return self._local_stop or bool(b.load("request_flags") & FLAG_STOP)
+
+    def close(self) -> None:
+        """Restores the previous signal handlers and detaches; the client is inert afterwards."""
+        b, self._block = self._block, None
+        if b is None:
+            return
+        atexit.unregister(self.close)
+        for sig, old in self._old_handlers.items():
+            if old is not None:  # None: installed outside Python; ours stays, now harmless
+                signal.signal(sig, old)
+        self._old_handlers.clear()
+        b.store("client_state", ClientState.EXITING)
+        b.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _periodic_due(self, step: int) -> bool:
+        every = self._every_steps
+        if every == 0:
+            self._next_periodic = _NEVER
+            return False
+        self._next_periodic = (step // every + 1) * every
+        return step % every == 0 and step > 0 and step >= self._skip_first_steps
+
+    def _on_signal(self, signo: int, frame: object) -> None:
+        """SIGTERM/SIGUSR1/SIGINT: a stop request. CPython runs this in the main thread between
+        bytecodes, so plain code is safe here; it still does only a few stores.
+
+        request_seq is bumped with a load and a store (no atomic fetch_add in Python). A supervisor
+        request() landing in between merges with ours: both wait for the next commit, which acks
+        the value it reads then. Only two supervisor requests inside that window could move the
+        counter back; the local flags keep should_checkpoint/should_exit right regardless, and the
+        supervisor still sees the stop flag and the commit when the trainer leaves."""
+        self._local_stop = True
+        self._signal_unanswered = True
+        b = self._block
+        if b is None:
+            return
+        b.store("trainer_signal", signo)
+        b.store("request_flags", b.load("request_flags") | FLAG_STOP)
+        b.store("request_reason", Reason.TRAINER_SIGNAL)
+        b.store("request_seq", b.load("request_seq") + 1)
+
+    def _answer(self) -> int:
+        """Marks every request up to now as answered; returns the request_seq answered."""
+        self._signal_unanswered = False
+        self._seen_seq = self._block.load("request_seq")
+        return self._seen_seq
+
+    def _committed(self, step: int, nbytes: int, duration_ns: int) -> None:
+        b = self._block
+        if b is None:
+            return
+        b.store("last_commit_step", step)
+        b.store("last_commit_ns", duration_ns)
+        b.store("last_commit_bytes", nbytes)
+        b.store("ack_step", step)
+        b.store("commit_count", b.load("commit_count") + 1)  # only the trainer writes it
+        b.store("ack_seq", self._answer())
+        b.store("client_state", ClientState.ATTACHED)
+
+    def _save_failed(self) -> None:
+        b = self._block
+        if b is None:
+            return
+        b.store("failed_saves", b.load("failed_saves") + 1)  # only the trainer writes it
+        self._answer()  # do not retry on every step
+        b.store("client_state", ClientState.ATTACHED)

@@ -1,0 +1,516 @@
+// `lifeline history`, `lifeline status` and `lifeline request`: what happened to a run, what its
+// supervisor is doing now, and asking it for a checkpoint now.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
+
+#include "cli/commands.h"
+#include "common/clock.h"
+#include "control/control_block.h"
+#include "history/history.h"
+#include "history/ledger.h"
+#include "history/supervisor_record.h"
+#include "history/timeline_svg.h"
+#include "store/checkpoint_store.h"
+
+namespace lifeline::cli {
+
+namespace {
+using json = nlohmann::json;
+using namespace layout;
+
+// "2026-11-21 23:40:00" (UTC) for tables.
+std::string short_time(uint64_t ns) {
+  std::string s = iso8601(ns);
+  s[10] = ' ';
+  return s.substr(0, 19);
+}
+
+double round3(double v) { return std::round(v * 1000.0) / 1000.0; }
+
+std::string opt_text(const std::optional<uint64_t>& v) { return v ? std::to_string(*v) : "-"; }
+
+const char* reason_name(Reason r) {
+  switch (r) {
+    case Reason::periodic: return "periodic";
+    case Reason::stop_signal: return "stop_signal";
+    case Reason::time_limit: return "time_limit";
+    case Reason::manual: return "manual";
+    case Reason::trainer_signal: return "trainer_signal";
+    default: return "none";
+  }
+}
+
+const char* client_state_name(ClientState s) {
+  switch (s) {
+    case ClientState::attached: return "attached";
+    case ClientState::saving: return "saving";
+    case ClientState::exiting: return "exiting";
+    default: return "not attached";
+  }
+}
+
+std::string end_text(const Attempt& a) {
+  if (a.running) return "running";
+  std::string s = a.end_reason;
+  if (a.hang) s += " (hung)";
+  else if (a.end_reason == "failed" && a.exit_code) s += " (" + std::to_string(*a.exit_code) + ")";
+  else if (!a.signals.empty() && a.end_reason != "completed") s += " (" + a.signals.front().name + ")";
+  return s;
+}
+
+void print_history_table(const Ledger& ledger, uint64_t now) {
+  std::printf("%-7s %-10s %-14s %-19s %9s %8s %-18s %5s %9s  %s\n", "ATTEMPT", "JOB", "HOST", "START (UTC)",
+              "DURATION", "RESUMED", "END", "CKPTS", "LOST", "REQUEUE");
+  for (const Attempt& a : ledger.attempts) {
+    double dur = double(a.end_or(now) - std::min(a.started_ns, a.end_or(now))) / 1e9;
+    std::string lost = a.running ? "-" : (a.end_reason == "completed" ? "0" : human_duration(a.lost_seconds));
+    if (a.end_estimated) lost = "~" + lost;
+    std::printf("%-7llu %-10s %-14s %-19s %9s %8s %-18s %5llu %9s  %s\n", (unsigned long long)a.attempt,
+                a.job_id ? a.job_id->c_str() : "-", a.host.empty() ? "-" : a.host.c_str(),
+                short_time(a.started_ns).c_str(), (human_duration(dur) + (a.running ? "+" : "")).c_str(),
+                opt_text(a.resumed_from_step).c_str(), end_text(a).c_str(), (unsigned long long)a.checkpoints,
+                lost.c_str(), a.requeue.c_str());
+  }
+  const Summary& s = ledger.summary;
+  std::string causes;
+  for (const auto& [reason, n] : s.interruptions) causes += (causes.empty() ? "" : ", ") + std::to_string(n) + " " + reason;
+  std::printf("\n");
+  std::printf("wall time      %s under supervision (%s from first start to %s)\n", human_duration(s.wall_seconds).c_str(),
+              human_duration(s.span_seconds).c_str(), s.state == "running" ? "now" : "last end");
+  std::printf("useful compute %s\n", human_duration(s.useful_seconds).c_str());
+  std::printf("checkpoints    %llu committed, %s saving%s\n", (unsigned long long)s.checkpoints,
+              human_duration(s.checkpoint_seconds).c_str(),
+              s.last_checkpoint_step ? (", newest step " + std::to_string(*s.last_checkpoint_step)).c_str() : "");
+  std::printf("lost work      %s\n", human_duration(s.lost_seconds).c_str());
+  if (s.goodput_percent)
+    std::printf("goodput        %.1f%%\n", *s.goodput_percent);
+  else
+    std::printf("goodput        n/a\n");
+  std::printf("interruptions  %s\n", causes.empty() ? "none" : causes.c_str());
+  std::printf("state          %s\n", s.state.c_str());
+}
+
+bool write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  return bool(out);
+}
+
+// The newest checkpoint on disk that passes the quick check (manifest and sizes).
+std::optional<CheckpointInfo> newest_valid_checkpoint(const std::string& dir) {
+  auto list = list_checkpoints(dir, VerifyMode::quick);
+  for (auto it = list.rbegin(); it != list.rend(); ++it)
+    if (it->valid) return *it;
+  return std::nullopt;
+}
+
+// Why `record` does not describe a supervisor that runs now, or "" when it may.
+std::string not_running_reason(const std::optional<SupervisorRecord>& record, Liveness::State state) {
+  if (!record) return "no supervisor.json: no supervisor has run here";
+  if (state == Liveness::State::dead)
+    return "supervisor pid " + std::to_string(record->pid) + " on " + record->host + " has exited";
+  return "";
+}
+
+// A running supervisor, attached to its live control block (reads only).
+struct LiveSupervisor {
+  SupervisorRecord record;
+  ControlBlock block;
+};
+
+// Finds the supervisor of `dir` and attaches to its block; on failure says why in `why`.
+std::optional<LiveSupervisor> attach_supervisor(const std::string& dir, std::string& why) {
+  auto record = read_supervisor_record(dir);
+  if (!record) {
+    why = "no supervisor.json in " + dir + ": no supervisor has run here";
+    return std::nullopt;
+  }
+  auto state = supervisor_state(*record);
+  if (state == Liveness::State::elsewhere) {
+    why = "the supervisor runs on " + record->host + " (this is " + this_host() + "): run this there";
+    return std::nullopt;
+  }
+  if (state == Liveness::State::dead) {
+    why = "no supervisor is running (pid " + std::to_string(record->pid) + " has exited)";
+    return std::nullopt;
+  }
+  if (!record->control) {
+    why = "supervisor.json names no control block";
+    return std::nullopt;
+  }
+  try {
+    ControlBlock block = ControlBlock::attach(*record->control);
+    if (int64_t(block.u32(kSupervisorPidOff).load()) != record->pid) {
+      why = "control block " + *record->control + " belongs to another supervisor";
+      return std::nullopt;
+    }
+    return LiveSupervisor{*record, std::move(block)};
+  } catch (const std::exception& e) {
+    why = "the supervisor (pid " + std::to_string(record->pid) + ") is between attempts: " + e.what();
+    return std::nullopt;
+  }
+}
+
+// ---- history --------------------------------------------------------------------------------
+
+void register_history(CLI::App& app, int& rc) {
+  auto* sub = app.add_subcommand("history", "attempts of a run, with lost work and goodput");
+  auto dir = std::make_shared<std::string>();
+  auto as_json = std::make_shared<bool>(false);
+  auto svg = std::make_shared<std::string>();
+  sub->add_option("DIR", *dir, "checkpoint directory");
+  sub->add_flag("--json", *as_json, "JSON array of attempts (design.md contract)");
+  sub->add_option("--timeline", *svg, "also draw the attempts as an SVG timeline into this file");
+  sub->callback([=, &rc] {
+    std::string d = resolve_ckpt_dir(*dir);
+    uint64_t now = wall_ns();
+    Ledger ledger = fold_history(read_history_events(d), probe_liveness(d), now);
+    if (!svg->empty()) {
+      if (!write_text_file(*svg, timeline_svg(ledger, d, now))) {
+        std::fprintf(stderr, "lifeline history: cannot write %s\n", svg->c_str());
+        rc = 2;
+        return;
+      }
+    }
+    if (*as_json) {
+      json arr = json::array();
+      for (const Attempt& a : ledger.attempts) arr.push_back(attempt_json(a));
+      std::printf("%s\n", arr.dump(2).c_str());
+    } else if (ledger.attempts.empty()) {
+      std::printf("no history in %s\n", d.c_str());
+    } else {
+      print_history_table(ledger, now);
+    }
+    if (!svg->empty() && !*as_json) std::printf("timeline written to %s\n", svg->c_str());
+    rc = ledger.attempts.empty() ? 1 : 0;
+  });
+}
+
+// ---- status ---------------------------------------------------------------------------------
+
+json policy_summary(const SupervisorRecord& r) {
+  json p = r.policy;
+  p["requeue_mode"] = r.requeue_mode;
+  p["grace_seconds"] = r.grace_seconds;
+  return p;
+}
+
+std::string policy_text(const json& p) {
+  auto n = [&](const char* k) { return p.contains(k) ? p[k].dump() : std::string("?"); };
+  std::string s = "checkpoint every " + n("every_steps") + " steps / " + n("every_seconds") + " s; keep last " +
+                  n("keep_last") + ", best " + n("keep_best");
+  if (p.contains("metric") && p["metric"].is_string()) s += " by " + p["metric"].get<std::string>();
+  s += "; requeue " + p.value("requeue_mode", std::string("?")) + ", at most " + n("max_requeues") +
+       " requeues, " + n("max_failures") + " failures in a row; grace " + n("grace_seconds") + " s";
+  double hang = p.value("hang_seconds", 0.0);
+  if (hang > 0) s += "; hung after " + n("hang_seconds") + " s";
+  if (p.contains("source") && p["source"].is_string() && !p["source"].get<std::string>().empty())
+    s += " (" + p["source"].get<std::string>() + ")";
+  return s;
+}
+
+// Everything `status` says about a live supervisor, as JSON; the text view prints from it.
+json live_status(const std::string& dir, const SupervisorRecord& rec, const ControlBlock* block,
+                 const Ledger& ledger, double sample_seconds) {
+  uint64_t now = wall_ns();
+  const Attempt* current = nullptr;
+  for (const Attempt& a : ledger.attempts)
+    if (a.attempt == rec.attempt) current = &a;
+
+  json j{{"running", true},
+         {"reachable", block != nullptr},
+         {"dir", dir},
+         {"supervisor",
+          {{"pid", rec.pid},
+           {"host", rec.host},
+           {"job_id", rec.job_id ? json(*rec.job_id) : json(nullptr)},
+           {"attempt", rec.attempt},
+           {"lineage", rec.lineage},
+           {"started", rec.started_ns ? json(iso8601(rec.started_ns)) : json(nullptr)},
+           {"control", rec.control ? json(*rec.control) : json(nullptr)}}},
+         {"policy", policy_summary(rec)}};
+
+  // Last checkpoint: the history's newest commit, unless the block already knows a newer one.
+  std::optional<uint64_t> ck_step, ck_time;
+  for (const Attempt& a : ledger.attempts)
+    if (!a.commits.empty()) ck_step = a.commits.back().step, ck_time = a.commits.back().time_ns;
+
+  if (!block) {
+    j["trainer"] = nullptr;
+    j["note"] = "between attempts: the supervisor is restarting the trainer";
+  } else {
+    uint64_t step0 = block->u64(kCurrentStepOff).load();
+    uint64_t t0 = mono_ns();
+    std::optional<double> rate;
+    std::string rate_from;
+    if (sample_seconds > 0) {
+      std::this_thread::sleep_for(std::chrono::microseconds(int64_t(sample_seconds * 1e6)));
+      uint64_t step1 = block->u64(kCurrentStepOff).load();
+      double dt = double(mono_ns() - t0) / 1e9;
+      if (step1 > step0 && dt > 0) rate = double(step1 - step0) / dt, rate_from = "sample";
+      step0 = std::max(step0, step1);
+    }
+    if (!rate && current) {
+      if (auto r = step_rate(*current)) rate = *r, rate_from = "history";
+    }
+    uint32_t tpid = block->u32(kTrainerPidOff).load();
+    j["trainer"] = {{"pid", tpid ? json(tpid) : json(nullptr)},
+                    {"state", client_state_name(ClientState(block->u32(kClientStateOff).load()))},
+                    {"step", step0},
+                    {"steps_per_second", rate ? json(round3(*rate)) : json(nullptr)},
+                    {"rate_from", rate ? json(rate_from) : json(nullptr)}};
+    uint64_t commits = block->u64(kCommitCountOff).load();
+    uint64_t block_ck = block->u64(kLastCommitStepOff).load();
+    if (commits > 0 && (!ck_step || block_ck > *ck_step)) ck_step = block_ck, ck_time = now;
+
+    uint64_t seq = block->u64(kRequestSeqOff).load(), ack = block->u64(kAckSeqOff).load();
+    if (seq > ack) {
+      uint64_t deadline = block->u64(kDeadlineOff).load();
+      j["pending_request"] = {
+          {"seq", seq},
+          {"ack_seq", ack},
+          {"reason", reason_name(Reason(block->u32(kRequestReasonOff).load()))},
+          {"stop", (block->u32(kRequestFlagsOff).load() & kFlagStop) != 0},
+          {"deadline", deadline ? json(iso8601(deadline)) : json(nullptr)},
+          {"deadline_in_seconds", deadline ? json(round3((double(deadline) - double(now)) / 1e9)) : json(nullptr)}};
+    } else {
+      j["pending_request"] = nullptr;
+    }
+
+    json next = json::object();
+    uint64_t every = block->u64(kEveryStepsOff).load(), skip = block->u64(kSkipFirstStepsOff).load();
+    next["every_steps"] = every;
+    if (every > 0) {
+      uint64_t at = (step0 / every + 1) * every;
+      if (at < skip) at = (skip + every - 1) / every * every;
+      next["step"] = at;
+      next["step_in_seconds"] = rate ? json(round3(double(at - step0) / *rate)) : json(nullptr);
+    } else {
+      next["step"] = nullptr;
+      next["step_in_seconds"] = nullptr;
+    }
+    double every_s = rec.policy.value("every_seconds", 0.0);
+    next["every_seconds"] = every_s;
+    if (every_s > 0) {
+      uint64_t base = rec.started_ns;
+      if (current)
+        for (const auto& r : current->requests)
+          if (r.reason == "periodic") base = std::max(base, r.time_ns);
+      uint64_t at = base + uint64_t(every_s * 1e9);
+      next["periodic_at"] = iso8601(at);
+      next["periodic_in_seconds"] = round3(std::max(0.0, (double(at) - double(now)) / 1e9));
+    } else {
+      next["periodic_at"] = nullptr;
+      next["periodic_in_seconds"] = nullptr;
+    }
+    j["next_checkpoint"] = next;
+  }
+  j["last_checkpoint"] = ck_step ? json{{"step", *ck_step},
+                                        {"time", iso8601(*ck_time)},
+                                        {"age_seconds", round3(double(now - std::min(now, *ck_time)) / 1e9)}}
+                                 : json(nullptr);
+  j["attempt"] = current ? attempt_json(*current) : json(nullptr);
+  return j;
+}
+
+void print_live_status(const json& j) {
+  const json& s = j["supervisor"];
+  std::string job = s["job_id"].is_string() ? ", job " + s["job_id"].get<std::string>() : "";
+  std::printf("supervisor      pid %lld on %s%s, attempt %llu, since %s\n", s["pid"].get<long long>(),
+              s["host"].get<std::string>().c_str(), job.c_str(), s["attempt"].get<unsigned long long>(),
+              s["started"].is_string() ? s["started"].get<std::string>().c_str() : "?");
+  if (j.contains("note")) std::printf("note            %s\n", j["note"].get<std::string>().c_str());
+  if (j["trainer"].is_object()) {
+    const json& t = j["trainer"];
+    std::string rate = t["steps_per_second"].is_number()
+                           ? std::to_string(t["steps_per_second"].get<double>()).substr(0, 8) + " steps/s (" +
+                                 t["rate_from"].get<std::string>() + ")"
+                           : "rate unknown";
+    std::printf("trainer         pid %s, %s, step %llu, %s\n", t["pid"].is_number() ? t["pid"].dump().c_str() : "-",
+                t["state"].get<std::string>().c_str(), t["step"].get<unsigned long long>(), rate.c_str());
+  }
+  if (j["last_checkpoint"].is_object())
+    std::printf("last checkpoint step %llu, %s ago\n", j["last_checkpoint"]["step"].get<unsigned long long>(),
+                human_duration(j["last_checkpoint"]["age_seconds"].get<double>()).c_str());
+  else
+    std::printf("last checkpoint none yet\n");
+  if (j.contains("pending_request")) {
+    const json& p = j["pending_request"];
+    if (p.is_object()) {
+      std::string deadline = p["deadline_in_seconds"].is_number()
+                                 ? ", deadline in " + human_duration(p["deadline_in_seconds"].get<double>())
+                                 : "";
+      std::printf("pending request seq %llu (%s%s)%s\n", p["seq"].get<unsigned long long>(),
+                  p["reason"].get<std::string>().c_str(), p["stop"].get<bool>() ? ", then stop" : "", deadline.c_str());
+    } else {
+      std::printf("pending request none\n");
+    }
+  }
+  if (j.contains("next_checkpoint")) {
+    const json& n = j["next_checkpoint"];
+    std::string text;
+    if (n["step"].is_number()) {
+      text = "step " + n["step"].dump();
+      if (n["step_in_seconds"].is_number()) text += " (in ~" + human_duration(n["step_in_seconds"].get<double>()) + ")";
+    }
+    if (n["periodic_at"].is_string())
+      text += (text.empty() ? "" : "; ") + std::string("periodic in ") +
+              human_duration(n["periodic_in_seconds"].get<double>());
+    std::printf("next checkpoint %s\n", text.empty() ? "only on request or signal" : text.c_str());
+  }
+  std::printf("policy          %s\n", policy_text(j["policy"]).c_str());
+}
+
+void register_status(CLI::App& app, int& rc) {
+  auto* sub = app.add_subcommand("status", "live view of the running supervisor (exit 1 when none runs)");
+  auto dir = std::make_shared<std::string>();
+  auto as_json = std::make_shared<bool>(false);
+  auto sample = std::make_shared<double>(0.5);
+  sub->add_option("DIR", *dir, "checkpoint directory");
+  sub->add_flag("--json", *as_json, "JSON object");
+  sub->add_option("--sample", *sample, "seconds between the two step readings that give the rate (0: from history)")
+      ->check(CLI::Range(0.0, 60.0));
+  sub->callback([=, &rc] {
+    std::string d = resolve_ckpt_dir(*dir);
+    auto record = read_supervisor_record(d);
+    Liveness live = probe_liveness(d);
+    Ledger ledger = fold_history(read_history_events(d), live, wall_ns());
+    bool last_open = !ledger.attempts.empty() && ledger.attempts.back().running;
+
+    json j;
+    if (record && live.state == Liveness::State::alive) {
+      std::string why;
+      auto sup = attach_supervisor(d, why);
+      j = live_status(d, *record, sup ? &sup->block : nullptr, ledger, *sample);
+      if (!sup) j["note"] = why;
+    } else if (record && live.state == Liveness::State::elsewhere && last_open) {
+      j = live_status(d, *record, nullptr, ledger, 0);
+      j["reachable"] = false;
+      j["note"] = "the supervisor runs on " + record->host + ": its pid and control block cannot be read from " +
+                  this_host() + "; this is the history's view";
+    } else {
+      std::string why = not_running_reason(record, live.state);
+      if (why.empty()) why = "the supervisor on " + record->host + " has recorded the end of its last attempt";
+      auto newest = newest_valid_checkpoint(d);
+      j = {{"running", false},
+           {"dir", d},
+           {"reason", why},
+           {"last_attempt", ledger.attempts.empty() ? json(nullptr) : attempt_json(ledger.attempts.back())},
+           {"summary", summary_json(ledger.summary)},
+           {"newest_checkpoint", newest ? json::parse(checkpoint_json(*newest)) : json(nullptr)}};
+    }
+
+    if (*as_json) {
+      std::printf("%s\n", j.dump(2).c_str());
+    } else if (j["running"].get<bool>()) {
+      print_live_status(j);
+    } else {
+      std::printf("no supervisor is running for %s: %s\n", d.c_str(), j["reason"].get<std::string>().c_str());
+      if (!ledger.attempts.empty()) {
+        const Attempt& a = ledger.attempts.back();
+        std::printf("last attempt    %llu%s on %s, ended %s: %s, %llu checkpoint(s)%s\n", (unsigned long long)a.attempt,
+                    a.job_id ? (" (job " + *a.job_id + ")").c_str() : "", a.host.c_str(),
+                    a.ended_ns ? short_time(*a.ended_ns).c_str() : "?", end_text(a).c_str(),
+                    (unsigned long long)a.checkpoints,
+                    a.last_checkpoint_step ? (", last step " + std::to_string(*a.last_checkpoint_step)).c_str() : "");
+      }
+      const json& n = j["newest_checkpoint"];
+      if (n.is_object())
+        std::printf("newest checkpoint step %llu, created %s\n", n["step"].get<unsigned long long>(),
+                    n["created"].get<std::string>().c_str());
+      else
+        std::printf("newest checkpoint none\n");
+    }
+    rc = j["running"].get<bool>() ? 0 : 1;
+  });
+}
+
+// ---- request --------------------------------------------------------------------------------
+
+void register_request(CLI::App& app, int& rc) {
+  auto* sub = app.add_subcommand("request", "ask the running supervisor for a checkpoint now");
+  auto dir = std::make_shared<std::string>();
+  auto wait = std::make_shared<bool>(false);
+  auto timeout = std::make_shared<double>(300);
+  auto as_json = std::make_shared<bool>(false);
+  sub->add_option("DIR", *dir, "checkpoint directory");
+  sub->add_flag("--wait", *wait, "wait until a checkpoint answering the request is committed");
+  sub->add_option("--timeout", *timeout, "longest --wait, seconds (then exit 1)")->check(CLI::NonNegativeNumber);
+  sub->add_flag("--json", *as_json, "JSON object {seq, committed_step}");
+  sub->callback([=, &rc] {
+    std::string d = resolve_ckpt_dir(*dir);
+    std::string why;
+    auto sup = attach_supervisor(d, why);
+    if (!sup) {
+      std::fprintf(stderr, "lifeline request: %s\n", why.c_str());
+      if (*as_json) std::printf("%s\n", json{{"seq", nullptr}, {"committed_step", nullptr}, {"error", why}}.dump(2).c_str());
+      rc = 1;
+      return;
+    }
+    const ControlBlock& block = sup->block;
+    uint64_t seq = block.request(Reason::manual, false, 0);
+    HistoryLog(d).append({{"event", "checkpoint_request"},
+                          {"attempt", sup->record.attempt},
+                          {"reason", "manual"},
+                          {"seq", seq},
+                          {"by", "lifeline request"},
+                          {"pid", getpid()}});
+    if (!*as_json)
+      std::printf("checkpoint requested from supervisor pid %lld (request seq %llu)\n", (long long)sup->record.pid,
+                  (unsigned long long)seq);
+    if (!*wait) {
+      if (*as_json) std::printf("%s\n", json{{"seq", seq}, {"committed_step", nullptr}}.dump(2).c_str());
+      rc = 0;
+      return;
+    }
+    uint64_t start = mono_ns();
+    std::string failure;
+    while (block.u64(kAckSeqOff).load(std::memory_order_acquire) < seq) {
+      if (double(mono_ns() - start) / 1e9 > *timeout) {
+        failure = "no checkpoint committed within " + human_duration(*timeout);
+        break;
+      }
+      if (supervisor_state(sup->record) != Liveness::State::alive) {
+        failure = "the supervisor exited before a checkpoint answered the request";
+        break;
+      }
+      auto now_rec = read_supervisor_record(d);
+      if (now_rec && now_rec->attempt != sup->record.attempt) {
+        failure = "the attempt ended before a checkpoint answered the request";
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!failure.empty()) {
+      std::fprintf(stderr, "lifeline request: %s\n", failure.c_str());
+      if (*as_json) std::printf("%s\n", json{{"seq", seq}, {"committed_step", nullptr}, {"error", failure}}.dump(2).c_str());
+      rc = 1;
+      return;
+    }
+    uint64_t step = block.u64(kAckStepOff).load();
+    double secs = double(mono_ns() - start) / 1e9;
+    if (*as_json)
+      std::printf("%s\n", json{{"seq", seq}, {"committed_step", step}, {"waited_seconds", round3(secs)}}.dump(2).c_str());
+    else
+      std::printf("committed step %llu (%s after the request)\n", (unsigned long long)step, human_duration(secs).c_str());
+    rc = 0;
+  });
+}
+
+}  // namespace
+
+void register_history_commands(CLI::App& app, int& rc) {
+  register_history(app, rc);
+  register_status(app, rc);
+  register_request(app, rc);
+}
+
+}  // namespace lifeline::cli

@@ -1,0 +1,290 @@
+#include "history/ledger.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "common/clock.h"
+
+namespace lifeline {
+using json = nlohmann::json;
+
+namespace {
+
+uint64_t event_time(const json& e) {
+  auto ns = e.find("time_ns");
+  if (ns != e.end() && ns->is_number_unsigned()) return ns->get<uint64_t>();
+  auto t = e.find("time");
+  if (t != e.end() && t->is_string()) return parse_iso8601(t->get<std::string>());
+  return 0;
+}
+
+std::optional<uint64_t> opt_u64(const json& e, const char* key) {
+  auto it = e.find(key);
+  if (it == e.end() || !it->is_number_unsigned()) return std::nullopt;
+  return it->get<uint64_t>();
+}
+
+std::optional<std::string> opt_str(const json& e, const char* key) {
+  auto it = e.find(key);
+  if (it == e.end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
+}
+
+std::string str(const json& e, const char* key) { return opt_str(e, key).value_or(""); }
+
+double seconds_between(uint64_t from_ns, uint64_t to_ns) {
+  return to_ns > from_ns ? double(to_ns - from_ns) / 1e9 : 0.0;
+}
+
+double round3(double v) { return std::round(v * 1000.0) / 1000.0; }
+
+// An attempt that never recorded its end and is not running: its end is estimated.
+void mark_lost(Attempt& a, const Liveness& live, bool stale_block_applies) {
+  a.running = false;
+  a.end_reason = "lost";
+  a.end_estimated = true;
+  a.ended_ns = std::max(a.last_activity_ns, a.started_ns);
+  a.lost_estimate_from = "last event";
+  a.lost_seconds = seconds_between(a.last_safe_ns(), *a.ended_ns);
+  if (!stale_block_applies || !live.stale_block_step) return;
+  uint64_t base = a.last_checkpoint_step.value_or(a.resumed_from_step.value_or(0));
+  auto rate = step_rate(a);
+  if (*live.stale_block_step > base && rate) {
+    double from_steps = double(*live.stale_block_step - base) / *rate;
+    if (from_steps > a.lost_seconds) {
+      a.lost_seconds = from_steps;
+      a.ended_ns = a.last_safe_ns() + uint64_t(from_steps * 1e9);
+      a.lost_estimate_from = "control block step";
+    }
+  }
+  if (!a.last_step || *a.last_step < *live.stale_block_step) a.last_step = live.stale_block_step;
+}
+
+}  // namespace
+
+std::optional<double> step_rate(const Attempt& a) {
+  if (a.commits.empty()) return std::nullopt;
+  const CommitRecord& last = a.commits.back();
+  uint64_t base = a.resumed_from_step.value_or(0);
+  double secs = seconds_between(a.started_ns, last.time_ns);
+  if (last.step <= base || secs <= 0) return std::nullopt;
+  return double(last.step - base) / secs;
+}
+
+double Attempt::checkpoint_seconds() const {
+  double s = 0;
+  for (const auto& c : commits) s += c.duration_s;
+  return s;
+}
+
+uint64_t Attempt::last_safe_ns() const {
+  return commits.empty() ? started_ns : std::max(commits.back().time_ns, started_ns);
+}
+
+Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint64_t now_ns) {
+  Ledger ledger;
+  std::vector<Attempt>& attempts = ledger.attempts;
+  std::map<uint64_t, size_t> by_number;  // attempt number -> newest record with it
+
+  auto record_for = [&](const json& e, uint64_t t) -> Attempt& {
+    auto n = opt_u64(e, "attempt");
+    if (!n && !attempts.empty()) return attempts.back();
+    auto it = n ? by_number.find(*n) : by_number.end();
+    if (it != by_number.end()) return attempts[it->second];
+    // An event of an attempt whose start line is missing (torn, or an older log).
+    Attempt a;
+    a.attempt = n.value_or(0);
+    a.started_ns = t;
+    attempts.push_back(a);
+    by_number[a.attempt] = attempts.size() - 1;
+    return attempts.back();
+  };
+
+  for (const json& e : events) {
+    std::string ev = str(e, "event");
+    if (ev.empty()) continue;
+    uint64_t t = event_time(e);
+    if (ev == "attempt_start") {
+      Attempt a;
+      a.attempt = opt_u64(e, "attempt").value_or(attempts.empty() ? 0 : attempts.back().attempt + 1);
+      a.lineage = str(e, "lineage");
+      a.job_id = opt_str(e, "job_id");
+      a.host = str(e, "host");
+      if (auto it = e.find("pid"); it != e.end() && it->is_number_integer()) a.pid = it->get<int64_t>();
+      a.started_ns = t;
+      a.resumed_from_step = opt_u64(e, "resumed_from_step");
+      if (auto sk = e.find("skipped"); sk != e.end() && sk->is_array())
+        for (const auto& s : *sk)
+          if (s.is_object()) a.skipped.push_back({opt_u64(s, "step").value_or(0), str(s, "problem")});
+      a.requeue_mode = str(e, "requeue_mode");
+      a.last_activity_ns = t;
+      attempts.push_back(std::move(a));
+      by_number[attempts.back().attempt] = attempts.size() - 1;
+      continue;
+    }
+    Attempt& a = record_for(e, t);
+    a.last_activity_ns = std::max(a.last_activity_ns, t);
+    if (ev == "checkpoint_commit") {
+      CommitRecord c;
+      c.time_ns = t;
+      c.step = opt_u64(e, "step").value_or(0);
+      if (auto d = e.find("duration_s"); d != e.end() && d->is_number()) c.duration_s = d->get<double>();
+      c.bytes = opt_u64(e, "bytes").value_or(0);
+      a.commits.push_back(c);
+      a.last_checkpoint_step = c.step;
+    } else if (ev == "checkpoint_request") {
+      a.requests.push_back({t, str(e, "reason"), opt_u64(e, "seq").value_or(0)});
+    } else if (ev == "signal") {
+      a.signals.push_back({t, str(e, "signal"), "supervisor"});
+    } else if (ev == "trainer_signal") {
+      a.signals.push_back({t, str(e, "signal"), "trainer"});
+    } else if (ev == "checkpoint_failed") {
+      ++a.failed_checkpoints;
+    } else if (ev == "checkpoint_timeout") {
+      ++a.checkpoint_timeouts;
+    } else if (ev == "hang") {
+      a.hang = true;
+      if (auto s = opt_u64(e, "step")) a.last_step = s;
+    } else if (ev == "attempt_end") {
+      a.ended_ns = t;
+      a.end_reason = str(e, "end_reason");
+      if (a.end_reason.empty()) a.end_reason = "failed";
+      if (auto it = e.find("exit_code"); it != e.end() && it->is_number_integer()) a.exit_code = it->get<int>();
+      if (auto s = opt_u64(e, "last_checkpoint_step")) a.last_checkpoint_step = s;
+      if (auto s = opt_u64(e, "last_step")) a.last_step = s;
+      if (auto n = opt_u64(e, "checkpoints")) a.checkpoints = *n;
+    } else if (ev == "requeue") {
+      std::string mode = str(e, "mode");
+      a.requeue = mode.empty() ? "none" : mode;
+      a.requeue_result = str(e, "result");
+    }
+  }
+
+  // Ends: recorded, running, or lost.
+  for (size_t i = 0; i < attempts.size(); ++i) {
+    Attempt& a = attempts[i];
+    a.checkpoints = std::max<uint64_t>(a.checkpoints, a.commits.size());
+    if (a.ended_ns) {
+      a.lost_seconds = a.end_reason == "completed" ? 0.0 : seconds_between(a.last_safe_ns(), *a.ended_ns);
+      continue;
+    }
+    bool newest = i + 1 == attempts.size();
+    bool named = !live.attempt || *live.attempt == a.attempt;
+    bool alive = live.state == Liveness::State::alive || live.state == Liveness::State::elsewhere;
+    if (newest && named && alive) {
+      a.running = true;
+      a.at_risk_seconds = seconds_between(a.last_safe_ns(), now_ns);
+    } else {
+      mark_lost(a, live, newest && named && live.state == Liveness::State::dead);
+    }
+  }
+
+  Summary& s = ledger.summary;
+  s.attempts = attempts.size();
+  for (const Attempt& a : attempts) {
+    uint64_t end = a.end_or(now_ns);
+    if (s.first_start_ns == 0 || a.started_ns < s.first_start_ns) s.first_start_ns = a.started_ns;
+    s.last_end_ns = std::max(s.last_end_ns, end);
+    s.wall_seconds += seconds_between(a.started_ns, end);
+    s.checkpoint_seconds += a.checkpoint_seconds();
+    s.lost_seconds += a.lost_seconds;
+    s.checkpoints += a.checkpoints;
+    if (a.last_checkpoint_step && (!s.last_checkpoint_step || *a.last_checkpoint_step > *s.last_checkpoint_step))
+      s.last_checkpoint_step = a.last_checkpoint_step;
+    if (!a.running && a.end_reason != "completed") ++s.interruptions[a.end_reason];
+  }
+  s.span_seconds = seconds_between(s.first_start_ns, s.last_end_ns);
+  s.useful_seconds = std::max(0.0, s.wall_seconds - s.checkpoint_seconds - s.lost_seconds);
+  if (s.wall_seconds > 0) s.goodput_percent = 100.0 * s.useful_seconds / s.wall_seconds;
+  if (!attempts.empty()) s.state = attempts.back().running ? "running" : attempts.back().end_reason;
+  return ledger;
+}
+
+json attempt_json(const Attempt& a) {
+  auto opt = [](const auto& o) { return o ? json(*o) : json(nullptr); };
+  json signals = json::array();
+  for (const auto& sig : a.signals)
+    signals.push_back({{"signal", sig.name}, {"to", sig.target}, {"time", iso8601(sig.time_ns)}});
+  json skipped = json::array();
+  for (const auto& sk : a.skipped) skipped.push_back({{"step", sk.step}, {"problem", sk.problem}});
+  json requests = json::object();
+  for (const auto& r : a.requests) {
+    std::string key = r.reason.empty() ? "unknown" : r.reason;
+    requests[key] = requests.value(key, 0) + 1;
+  }
+  uint64_t bytes = 0;
+  for (const auto& c : a.commits) bytes += c.bytes;
+  json j{
+      {"attempt", a.attempt},
+      {"job_id", opt(a.job_id)},
+      {"host", a.host},
+      {"started", iso8601(a.started_ns)},
+      {"ended", a.ended_ns ? json(iso8601(*a.ended_ns)) : json(nullptr)},
+      {"resumed_from_step", opt(a.resumed_from_step)},
+      {"end_reason", a.running ? json(nullptr) : json(a.end_reason)},
+      {"exit_code", opt(a.exit_code)},
+      {"checkpoints", a.checkpoints},
+      {"last_checkpoint_step", opt(a.last_checkpoint_step)},
+      {"requeue", a.requeue},
+      {"lost_seconds", round3(a.lost_seconds)},
+      // Beyond the contract: docs/history.md.
+      {"running", a.running},
+      {"lineage", a.lineage},
+      {"pid", opt(a.pid)},
+      {"duration_seconds", a.ended_ns ? json(round3(seconds_between(a.started_ns, *a.ended_ns))) : json(nullptr)},
+      {"ended_estimated", a.end_estimated},
+      {"last_step", opt(a.last_step)},
+      {"checkpoint_seconds", round3(a.checkpoint_seconds())},
+      {"checkpoint_bytes", bytes},
+      {"failed_checkpoints", a.failed_checkpoints},
+      {"checkpoint_timeouts", a.checkpoint_timeouts},
+      {"checkpoint_requests", requests},
+      {"signals", signals},
+      {"skipped_at_resume", skipped},
+      {"hang", a.hang},
+      {"requeue_result", a.requeue_result.empty() ? json(nullptr) : json(a.requeue_result)},
+      {"last_activity", iso8601(a.last_activity_ns)},
+  };
+  if (a.running) j["at_risk_seconds"] = round3(a.at_risk_seconds);
+  if (a.end_estimated) j["lost_estimate_from"] = a.lost_estimate_from;
+  return j;
+}
+
+json summary_json(const Summary& s) {
+  return {{"attempts", s.attempts},
+          {"state", s.state.empty() ? json(nullptr) : json(s.state)},
+          {"first_start", s.attempts ? json(iso8601(s.first_start_ns)) : json(nullptr)},
+          {"last_end", s.attempts ? json(iso8601(s.last_end_ns)) : json(nullptr)},
+          {"wall_seconds", round3(s.wall_seconds)},
+          {"span_seconds", round3(s.span_seconds)},
+          {"useful_seconds", round3(s.useful_seconds)},
+          {"checkpoint_seconds", round3(s.checkpoint_seconds)},
+          {"lost_seconds", round3(s.lost_seconds)},
+          {"goodput_percent", s.goodput_percent ? json(std::round(*s.goodput_percent * 10) / 10) : json(nullptr)},
+          {"checkpoints", s.checkpoints},
+          {"last_checkpoint_step", s.last_checkpoint_step ? json(*s.last_checkpoint_step) : json(nullptr)},
+          {"interruptions", s.interruptions}};
+}
+
+std::string human_duration(double seconds) {
+  char buf[48];
+  if (seconds < 0) seconds = 0;
+  if (seconds < 10)
+    std::snprintf(buf, sizeof buf, "%.1f s", seconds);
+  else if (seconds < 60)
+    std::snprintf(buf, sizeof buf, "%.0f s", seconds);
+  else if (seconds < 3600) {
+    auto s = uint64_t(std::llround(seconds));
+    std::snprintf(buf, sizeof buf, "%llum %02llus", (unsigned long long)(s / 60), (unsigned long long)(s % 60));
+  } else if (seconds < 86400) {
+    auto m = uint64_t(std::llround(seconds / 60));
+    std::snprintf(buf, sizeof buf, "%lluh %02llum", (unsigned long long)(m / 60), (unsigned long long)(m % 60));
+  } else {
+    auto h = uint64_t(std::llround(seconds / 3600));
+    std::snprintf(buf, sizeof buf, "%llud %02lluh", (unsigned long long)(h / 24), (unsigned long long)(h % 24));
+  }
+  return buf;
+}
+
+}  // namespace lifeline
