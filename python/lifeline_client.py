@@ -330,6 +330,7 @@ class Checkpoint:
         self._pending: Optional[OSError] = None  # first write error, reported by commit()
         self._started = time.monotonic_ns()
         self._done = False
+        self._pid = os.getpid()
         try:
             os.makedirs(self._dir, exist_ok=True)
             os.mkdir(self.path)
@@ -344,7 +345,8 @@ class Checkpoint:
 
     def __del__(self) -> None:
         try:
-            self.discard()
+            if os.getpid() == self._pid:  # not in a forked child that inherited us
+                self.discard()
         except Exception:
             pass
 
@@ -353,7 +355,9 @@ class Checkpoint:
         why = _unsafe_path_reason(rel)
         if why or rel == MANIFEST:
             raise ValueError(f"cannot write {rel}: {why or 'the name is reserved'}")
-        if self._pending or self._done:
+        if self._done:
+            raise RuntimeError("checkpoint already committed or discarded")
+        if self._pending:
             return
         full = os.path.join(self.path, rel)
         view = memoryview(data).cast("B")
@@ -492,6 +496,7 @@ class Client:
         self._local_stop = False         # a stop signal reached this process
         self._signal_unanswered = False  # ... and no commit has answered it yet
         self._old_handlers: Dict[int, object] = {}
+        self._pid = os.getpid()  # forked children (DataLoader workers) inherit us but are not the trainer
 
         name = env.get("LIFELINE_CONTROL", "")
         if not name:
@@ -559,7 +564,7 @@ class Client:
     def close(self) -> None:
         """Restores the previous signal handlers and detaches; the client is inert afterwards."""
         b, self._block = self._block, None
-        if b is None:
+        if b is None or os.getpid() != self._pid:
             return
         atexit.unregister(self.close)
         for sig, old in self._old_handlers.items():
@@ -591,7 +596,12 @@ class Client:
         request() landing in between merges with ours: both wait for the next commit, which acks
         the value it reads then. Only two supervisor requests inside that window could move the
         counter back; the local flags keep should_checkpoint/should_exit right regardless, and the
-        supervisor still sees the stop flag and the commit when the trainer leaves."""
+        supervisor still sees the stop flag and the commit when the trainer leaves.
+
+        A forked child (e.g. a DataLoader worker, which Slurm signals too) ignores the signal: the
+        trainer decides when to stop, and its workers go when it does."""
+        if os.getpid() != self._pid:
+            return
         self._local_stop = True
         self._signal_unanswered = True
         b = self._block
@@ -617,7 +627,12 @@ class Client:
         b.store("last_commit_bytes", nbytes)
         b.store("ack_step", step)
         b.store("commit_count", b.load("commit_count") + 1)  # only the trainer writes it
-        b.store("ack_seq", self._answer())
+        # Every request up to now is answered by this fresh checkpoint; one that lands while we
+        # ack is answered too (training has not moved on), so a stop never looks unanswered.
+        seq = -1
+        while seq != b.load("request_seq") or self._signal_unanswered:
+            seq = self._answer()
+            b.store("ack_seq", seq)
         b.store("client_state", ClientState.ATTACHED)
 
     def _save_failed(self) -> None:

@@ -1,8 +1,7 @@
 #pragma once
 // The control block's byte layout (version 1): the one place both sides read it from.
 // Every field sits at an explicit offset; all multi-byte fields are native-endian lock-free
-// atomics, naturally aligned. python/lifeline_client.py mirrors this table and a test
-// (`lifeline internal layout`) proves they agree.
+// atomics, naturally aligned. python/lifeline_client.py mirrors this table; tests/python_test.cc proves they agree.
 #include <cstddef>
 #include <cstdint>
 

@@ -178,9 +178,13 @@ bool Checkpoint::commit(const std::map<std::string, double>& metrics) {
       b->u64(kAckStepOff).store(step);
       b->u64(kCommitCountOff).fetch_add(1);
       // Every request up to now is answered by this fresh checkpoint.
-      uint64_t seq = b->u64(kRequestSeqOff).load(std::memory_order_acquire);
-      *impl_->seen_seq = seq;
-      b->u64(kAckSeqOff).store(seq, std::memory_order_release);
+      // Ack until no request slipped in between the load and the store (a signal could).
+      uint64_t seq;
+      do {
+        seq = b->u64(kRequestSeqOff).load(std::memory_order_acquire);
+        *impl_->seen_seq = seq;
+        b->u64(kAckSeqOff).store(seq, std::memory_order_release);
+      } while (b->u64(kRequestSeqOff).load(std::memory_order_acquire) != seq);
       b->u32(kClientStateOff).store(uint32_t(ClientState::attached));
     }
     return true;

@@ -11,18 +11,19 @@ using json = nlohmann::json;
 
 namespace {
 
+std::optional<uint64_t> opt_u64(const json& e, const char* key) {
+  auto it = e.find(key);
+  if (it == e.end()) return std::nullopt;
+  if (it->is_number_unsigned()) return it->get<uint64_t>();
+  if (it->is_number_integer() && it->get<int64_t>() >= 0) return uint64_t(it->get<int64_t>());
+  return std::nullopt;
+}
+
 uint64_t event_time(const json& e) {
-  auto ns = e.find("time_ns");
-  if (ns != e.end() && ns->is_number_unsigned()) return ns->get<uint64_t>();
+  if (auto t = opt_u64(e, "time_ns")) return *t;
   auto t = e.find("time");
   if (t != e.end() && t->is_string()) return parse_iso8601(t->get<std::string>());
   return 0;
-}
-
-std::optional<uint64_t> opt_u64(const json& e, const char* key) {
-  auto it = e.find(key);
-  if (it == e.end() || !it->is_number_unsigned()) return std::nullopt;
-  return it->get<uint64_t>();
 }
 
 std::optional<std::string> opt_str(const json& e, const char* key) {
@@ -155,9 +156,13 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
       if (auto s = opt_u64(e, "last_step")) a.last_step = s;
       if (auto n = opt_u64(e, "checkpoints")) a.checkpoints = *n;
     } else if (ev == "requeue") {
+      // Only a requeue that happened counts; "not requeued", "failed", "budget exhausted" do not.
+      std::string result = str(e, "result");
+      bool done = result == "requeued" || result == "resubmitted" || result == "exit code" || result == "restart";
       std::string mode = str(e, "mode");
-      a.requeue = mode.empty() ? "none" : mode;
-      a.requeue_result = str(e, "result");
+      a.requeue = done && !mode.empty() ? mode : "none";
+      a.requeue_result = result;
+      a.requeue_detail = opt_str(e, "new_job_id") ? "new job " + str(e, "new_job_id") : str(e, "detail");
     }
   }
 
@@ -244,6 +249,7 @@ json attempt_json(const Attempt& a) {
       {"skipped_at_resume", skipped},
       {"hang", a.hang},
       {"requeue_result", a.requeue_result.empty() ? json(nullptr) : json(a.requeue_result)},
+      {"requeue_detail", a.requeue_detail.empty() ? json(nullptr) : json(a.requeue_detail)},
       {"last_activity", iso8601(a.last_activity_ns)},
   };
   if (a.running) j["at_risk_seconds"] = round3(a.at_risk_seconds);

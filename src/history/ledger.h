@@ -60,7 +60,8 @@ struct Attempt {
   std::optional<uint64_t> last_checkpoint_step;
   std::optional<uint64_t> last_step;  // trainer's last reported step (attempt_end / hang)
   std::string requeue = "none";       // scontrol | sbatch | exit | local | none
-  std::string requeue_result;         // free text from the requeue event
+  std::string requeue_result;         // the requeue event's result: requeued, not requeued, failed, ...
+  std::string requeue_detail;         // its detail, or the new job id of a resubmission
   std::vector<CommitRecord> commits;
   std::vector<SignalRecord> signals;
   std::vector<RequestRecord> requests;

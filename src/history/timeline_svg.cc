@@ -177,7 +177,7 @@ std::string timeline_svg(const Ledger& ledger, const std::string& title, uint64_
 
   TimeAxis ax;
   if (!attempts.empty()) {
-    uint64_t lo = s.first_start_ns, hi = std::max(s.last_end_ns, lo + 1000000000ull);
+    uint64_t lo = s.first_start_ns, hi = std::max<uint64_t>(s.last_end_ns, lo + 1000000000ull);
     uint64_t pad = (hi - lo) / 50;
     ax.t0 = lo - std::min(lo, pad);
     ax.t1 = hi + pad;

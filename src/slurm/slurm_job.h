@@ -7,7 +7,7 @@
 namespace lifeline {
 
 struct SlurmJob {
-  std::string job_id;                       // SLURM_JOB_ID: unique, also for each array task
+  std::string job_id;                       // SLURM_JOB_ID (for one task of an array it equals the array id!)
   std::optional<std::string> array_job_id;  // SLURM_ARRAY_JOB_ID
   std::optional<std::string> array_task_id; // SLURM_ARRAY_TASK_ID
   uint64_t restart_count = 0;               // SLURM_RESTART_COUNT, unset on the first run
@@ -16,7 +16,8 @@ struct SlurmJob {
 
   // nullopt outside Slurm (no SLURM_JOB_ID).
   static std::optional<SlurmJob> from_env();
-  // "1234" or, for an array task, "1200_7" (never the whole array).
+  // "1234" or, for an array task, "1200_7": the id to give scontrol (the bare id of the
+  // task whose SLURM_JOB_ID equals SLURM_ARRAY_JOB_ID would requeue the whole array).
   std::string display_id() const;
 };
 

@@ -30,18 +30,22 @@ std::optional<uint64_t> step_from_folder_name(const std::string& name) {
   uint64_t step = 0;
   for (size_t i = 5; i < name.size(); ++i) {
     if (name[i] < '0' || name[i] > '9') return std::nullopt;
-    step = step * 10 + uint64_t(name[i] - '0');
+    uint64_t digit = uint64_t(name[i] - '0');
+    if (step > (UINT64_MAX - digit) / 10) return std::nullopt;  // not a step: it overflows
+    step = step * 10 + digit;
   }
   return step;
 }
 
 bool is_staging_name(const std::string& name) { return name.rfind(".staging-", 0) == 0; }
 
+// Reads the MANIFEST: never through a symbolic link, never blocking on a FIFO or device.
 static bool read_small_file(const std::string& path, std::string& out, std::string& problem) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
     problem = errno == ENOENT ? "no MANIFEST (unfinished or foreign folder)"
-                              : std::string("cannot read MANIFEST: ") + std::strerror(errno);
+              : errno == ELOOP ? "MANIFEST is a symbolic link (never followed)"
+                               : std::string("cannot read MANIFEST: ") + std::strerror(errno);
     return false;
   }
   struct stat st {};
@@ -144,8 +148,7 @@ CheckpointInfo verify_checkpoint(const std::string& folder, VerifyMode mode) {
   return info;
 }
 
-// Committed folder names in `dir` with their steps, ascending.
-static std::vector<std::pair<uint64_t, std::string>> committed_folders(const std::string& dir) {
+std::vector<std::pair<uint64_t, std::string>> checkpoint_folders(const std::string& dir) {
   std::vector<std::pair<uint64_t, std::string>> out;
   DIR* d = opendir(dir.c_str());
   if (!d) return out;
@@ -159,13 +162,13 @@ static std::vector<std::pair<uint64_t, std::string>> committed_folders(const std
 
 std::vector<CheckpointInfo> list_checkpoints(const std::string& dir, VerifyMode mode) {
   std::vector<CheckpointInfo> out;
-  for (const auto& [step, name] : committed_folders(dir)) out.push_back(verify_checkpoint(dir + "/" + name, mode));
+  for (const auto& [step, name] : checkpoint_folders(dir)) out.push_back(verify_checkpoint(dir + "/" + name, mode));
   return out;
 }
 
 ResumeChoice choose_resume(const std::string& dir) {
   ResumeChoice choice;
-  auto folders = committed_folders(dir);
+  auto folders = checkpoint_folders(dir);
   for (auto it = folders.rbegin(); it != folders.rend(); ++it) {
     CheckpointInfo info = verify_checkpoint(dir + "/" + it->second, VerifyMode::full);
     if (info.valid) {

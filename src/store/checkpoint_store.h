@@ -4,6 +4,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "store/manifest.h"
@@ -30,6 +31,10 @@ std::string checkpoint_folder_name(uint64_t step);
 std::optional<uint64_t> step_from_folder_name(const std::string& name);
 // True for names the writer uses while a checkpoint is being written.
 bool is_staging_name(const std::string& name);
+
+// Committed folder names in `dir` with their steps, by step ascending; nothing is opened or
+// verified (one readdir), so it stays cheap with thousands of checkpoints.
+std::vector<std::pair<uint64_t, std::string>> checkpoint_folders(const std::string& dir);
 
 CheckpointInfo verify_checkpoint(const std::string& folder, VerifyMode mode);
 // Every committed folder in `dir`, by step ascending. A missing dir is an empty list.

@@ -23,6 +23,10 @@ static std::string random_hex() {
   return buf;
 }
 
+std::string trash_folder_name(const std::string& dir, uint64_t step) {
+  return dir + "/.trash-" + checkpoint_folder_name(step) + "-" + std::to_string(getpid()) + "-" + random_hex();
+}
+
 CheckpointWriter::CheckpointWriter(FileSystem& fs, std::string dir, uint64_t step, CheckpointMeta meta)
     : fs_(&fs), dir_(std::move(dir)), step_(step), meta_(std::move(meta)), started_ns_(mono_ns()) {
   if (!known_checksum(meta_.checksum_algorithm))
@@ -55,8 +59,13 @@ void CheckpointWriter::write_file(const std::string& rel, const void* data, size
   std::string why = unsafe_path_reason(rel);
   if (!why.empty() || rel == kManifestName) throw std::invalid_argument("cannot write " + rel + ": " + why);
   std::string full = staging_ + "/" + rel;
-  std::error_code ec;
-  stdfs::create_directories(stdfs::path(full).parent_path(), ec);
+  // Parent folders through the FileSystem, so they are part of what commit makes durable
+  // (and what a crash test can see).
+  for (size_t slash = rel.find('/'); slash != std::string::npos; slash = rel.find('/', slash + 1)) {
+    std::string parent = staging_ + "/" + rel.substr(0, slash);
+    struct stat st {};
+    if (lstat(parent.c_str(), &st) != 0) fs_->make_dir(parent);
+  }
   auto file = fs_->create_file(full);
   auto hasher = make_hasher(meta_.checksum_algorithm);
   // Checksum each chunk right after writing it, while it is hot in cache.
@@ -128,12 +137,23 @@ CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metri
         result.duration_ns = mono_ns() - started_ns_;
         return result;
       }
-      // An invalid folder under the final name: move it aside, never resume it.
-      std::string trash = dir_ + "/.trash-" + checkpoint_folder_name(step_) + "-" + random_hex();
-      fs_->rename(result.path, trash);
+      // An invalid folder under the final name: move it aside, never resume it. Until the
+      // directory fsync below, a crash leaves either the invalid folder or nothing under the
+      // final name; the previous valid checkpoint is untouched either way.
+      std::string trash = trash_folder_name(dir_, step_);
+      try {
+        fs_->rename(result.path, trash);
+      } catch (const SystemError& e) {
+        if (e.code != ENOENT) throw;  // gc moved it away first: nothing left to move
+      }
       fs_->rename(staging_, result.path);
       fs_->sync_dir(dir_);
-      fs_->remove_tree(trash);
+      done_ = true;  // durable: from here on nothing may report this commit as failed
+      try {
+        fs_->remove_tree(trash);
+      } catch (const std::exception&) {
+        // A leftover .trash- folder: never resumed, removed by gc.
+      }
     } else {
       fs_->rename(staging_, result.path);
       fs_->sync_dir(dir_);

@@ -30,6 +30,11 @@ struct CommitResult {
   bool already_present = false;  // a valid checkpoint of this step existed; the new one was dropped
 };
 
+// `dir/.trash-step-<12 digits>-<pid>-<random>`: where a folder goes just before it is
+// removed, so no reader ever sees a half-removed checkpoint under a committed name.
+std::string trash_folder_name(const std::string& dir, uint64_t step);
+
+// Carries one checkpoint of one step from an empty staging folder to a durable committed folder.
 class CheckpointWriter {
  public:
   // Creates the staging folder `dir/.staging-step-<step>-<pid>-<random>`.

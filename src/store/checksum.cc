@@ -1,6 +1,7 @@
 #include "store/checksum.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <openssl/evp.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -66,8 +67,14 @@ bool known_checksum(const std::string& algorithm) {
 
 bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& bytes) {
   bytes = 0;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) return false;
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {  // a FIFO or device would block or never end
+    ::close(fd);
+    errno = EINVAL;
+    return false;
+  }
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   std::vector<char> buf(4u << 20);
   for (;;) {

@@ -463,6 +463,7 @@ class Supervisor {
       return;
     }
     if (we_stopped || (status == 0 && trainer_stopped)) {
+      if (slurm_) refine_cause();
       std::string reason = stop_reason_.empty() ? "stopped" : stop_reason_;
       record_end(reason, status);
       spdlog::info("attempt {} {}: last checkpoint at step {}", attempt_, reason,
@@ -509,13 +510,13 @@ class Supervisor {
   }
 
   void requeue_with_scontrol() {
-    SlurmOutcome o = slurm_client_.requeue(slurm_->job_id);
+    SlurmOutcome o = slurm_client_.requeue(slurm_->display_id());
     if (!o.ok) {
       // Preemption in REQUEUE mode requeues the job by itself; then our request is redundant.
-      auto f = slurm_client_.show_job(slurm_->job_id);
+      auto f = slurm_client_.show_job(slurm_->display_id());
       std::string state = f ? (*f)["JobState"] : "";
       if (stop_reason_ == "preempted" || state.find("PREEMPT") != std::string::npos ||
-          state.find("REQUEUE") != std::string::npos) {
+          state.find("REQUEUE") != std::string::npos || state == "PENDING") {
         spdlog::info("Slurm requeues this preempted job itself ({})", o.detail);
         history_.append({{"event", "requeue"}, {"attempt", attempt_}, {"mode", "scontrol"}, {"result", "requeued"},
                          {"detail", "by Slurm (preemption): " + o.detail}});
@@ -536,7 +537,7 @@ class Supervisor {
   }
 
   void resubmit_with_sbatch() {
-    auto f = slurm_client_.show_job(slurm_->job_id);
+    auto f = slurm_client_.show_job(slurm_->display_id());
     std::string script = f ? (*f)["Command"] : "";
     std::string workdir = f ? (*f)["WorkDir"] : slurm_->submit_dir;
     if (script.empty() || script == "(null)") {
@@ -607,10 +608,15 @@ class Supervisor {
   // Why a stop signal came: the job's end was cut short (preempted), is near (time_limit),
   // or neither (stopped: scancel, an operator).
   std::string classify_stop(int signo) {
-    auto f = slurm_client_.show_job(slurm_->job_id);
+    auto f = slurm_client_.show_job(slurm_->display_id());
     if (!f) return "stopped";
     std::string state = (*f)["JobState"];
-    if (state.find("PREEMPT") != std::string::npos) return "preempted";
+    history_.append({{"event", "slurm_view"}, {"attempt", attempt_}, {"job_state", state},
+                     {"reason", (*f)["Reason"]}, {"end_time", (*f)["EndTime"]}, {"time_limit", (*f)["TimeLimit"]}});
+    // While we still run, a job Slurm shows as preempted, pending or requeued was taken back.
+    if (state.find("PREEMPT") != std::string::npos || state == "PENDING" ||
+        state.find("REQUEUE") != std::string::npos)
+      return "preempted";
     auto end = parse_slurm_time((*f)["EndTime"]);
     auto start = parse_slurm_time((*f)["StartTime"]);
     auto limit = parse_time_limit((*f)["TimeLimit"]);
@@ -619,6 +625,28 @@ class Supervisor {
     if (end && double(*end) - double(wall_ns()) < kTimeLimitWindowS * 1e9) return "time_limit";
     (void)signo;
     return "stopped";
+  }
+
+  // Once the trainer is gone, Slurm's view of the job settles: a job it already requeued
+  // (PENDING while we still run) was preempted; TIMEOUT is the time limit; CANCELLED is a stop.
+  void refine_cause() {
+    if (stop_reason_ == "time_limit" && stop_signal_ == 0) return;  // our own timer decided
+    auto f = slurm_client_.show_job(slurm_->display_id());
+    if (!f) return;
+    std::string state = (*f)["JobState"];
+    std::string before = stop_reason_;
+    // COMPLETING while our batch step still runs: Slurm itself is ending the job to take it
+    // back (preemption in REQUEUE mode; `scancel` shows CANCELLED, the limit TIMEOUT).
+    if (state == "PENDING" || state == "COMPLETING" || state.find("REQUEUE") != std::string::npos ||
+        state.find("PREEMPT") != std::string::npos)
+      stop_reason_ = "preempted";
+    else if (state == "TIMEOUT")
+      stop_reason_ = "time_limit";
+    else if (state == "CANCELLED")
+      stop_reason_ = "stopped";
+    if (stop_reason_ != before)
+      history_.append({{"event", "slurm_view"}, {"attempt", attempt_}, {"job_state", state}, {"reason", (*f)["Reason"]},
+                       {"cause", stop_reason_}});
   }
 
   // "[D-]HH:MM:SS", "MM:SS", "MM" as ns; nullopt for UNLIMITED or garbage.
@@ -647,7 +675,7 @@ class Supervisor {
   // even without --signal: lead = p95 of this lineage's commit times x safety + requeue time.
   void schedule_time_limit() {
     if (!slurm_) return;
-    auto end = slurm_client_.end_time_ns(slurm_->job_id);
+    auto end = slurm_client_.end_time_ns(slurm_->display_id());
     if (!end) return;
     job_end_ns_ = end;
     double lead = time_limit_lead_seconds();

@@ -49,7 +49,7 @@ pid_is_ours() {
   grep -qzxF -- "$conf" /proc/"$pid"/cmdline 2>/dev/null
 }
 
-read_pid() { [[ -r "$1" ]] && tr -dc '0-9' <"$1" || true; }
+read_pid() { if [[ -r "$1" ]]; then tr -dc '0-9' <"$1" || true; fi; }
 
 port_in_use() {
   # LISTEN sockets on any address with this port (v4 or v6).
@@ -156,6 +156,7 @@ do_stop() {
   stop_daemon "$dir/slurmd.pid" "$conf" slurmd
   pids=$(stray_daemon_pids "$conf")
   if [[ -n "$pids" ]]; then
+    # shellcheck disable=SC2086  # one pid per word
     kill -KILL $pids 2>/dev/null || true
   fi
   # Leftover slurmstepd and job processes of this cluster (slurmd does not take its
@@ -164,12 +165,14 @@ do_stop() {
   for ((i = 0; i < 50; i++)); do
     pids=$(cluster_job_pids "$dir" "$name")
     [[ -z "$pids" ]] && break
-    # shellcheck disable=SC2086
+    # shellcheck disable=SC2086  # one pid per word
     kill -KILL $pids 2>/dev/null || true
     sleep 0.1
   done
   pids=$(cluster_job_pids "$dir" "$name")
   [[ -z "$pids" ]] || log "warning: processes still alive: $pids"
+  local link=/tmp/.lifeline-spool-$name
+  if [[ -L "$link" ]]; then rm -f "$link"; fi
   return 0
 }
 
@@ -179,8 +182,20 @@ is_running() {
     pid_is_ours "$(read_pid "$dir/slurmd.pid")" "$conf"
 }
 
+# slurmstepd listens on SPOOL/HOST_JOBID.STEPID, a Unix socket path (108 bytes at most,
+# e.g. "_1234567.4294967291" after the host name). A deep STATEDIR gets a short symlink in
+# /tmp pointing at STATEDIR/spool (removed by stop); the files stay inside STATEDIR.
+spool_path() {
+  local dir=$1 host=$2
+  if (( ${#dir} + 7 + ${#host} + 20 < 108 )); then
+    echo "$dir/spool"
+  else
+    echo "/tmp/.lifeline-spool-$(cluster_name "$dir")"
+  fi
+}
+
 write_conf() {
-  local dir=$1 ctld_port=$2 d_port=$3 host=$4 hw=$5
+  local dir=$1 ctld_port=$2 d_port=$3 host=$4 hw=$5 spool=$6
   local name extra=""
   name=$(cluster_name "$dir")
   ((send_user_signal)) && extra="SlurmctldParameters=preempt_send_user_signal"
@@ -200,7 +215,7 @@ CredType=cred/munge
 AuthInfo=cred_expire=10
 
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$spool
 SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/slurmctld.log
@@ -254,10 +269,12 @@ log_tails() {
 }
 
 do_start() {
-  local dir=$1 host hw attempt i state ctld_port d_port conf
+  local dir=$1 host hw attempt i state ctld_port d_port conf spool
   [[ $EUID -eq 0 ]] || die "must run as root"
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd -P)
+  [[ "$dir" =~ ^[A-Za-z0-9_./+-]+$ ]] ||
+    die "STATEDIR '$dir' has characters slurm.conf cannot carry (spaces, quotes, ...)"
   conf=$dir/slurm.conf
   for cmd in slurmctld slurmd sinfo ss munge; do
     command -v "$cmd" >/dev/null || die "$cmd not found (scripts/setup.sh installs slurm-wlm and munge)"
@@ -275,14 +292,16 @@ do_start() {
        grep -E '^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=' | tr '\n' ' ')
   [[ "$hw" == *CPUs=* ]] || hw="CPUs=$(nproc)"
 
+  spool=$(spool_path "$dir" "$host")
   avoid_ports=""
   for attempt in 1 2 3; do
     rm -rf "$dir/state" "$dir/spool"
     mkdir -p "$dir/state" "$dir/spool"
+    [[ "$spool" == "$dir/spool" ]] || ln -sfn "$dir/spool" "$spool"
     rm -f "$dir"/slurmctld.log "$dir"/slurmd.log "$dir"/slurmctld.out "$dir"/slurmd.out
     ctld_port=$(pick_port); avoid_ports="$avoid_ports $ctld_port"
     d_port=$(pick_port); avoid_ports="$avoid_ports $d_port"
-    write_conf "$dir" "$ctld_port" "$d_port" "$host" "$hw"
+    write_conf "$dir" "$ctld_port" "$d_port" "$host" "$hw" "$spool"
 
     # The daemons fork into the background; stdio to files so a caller reading our
     # stdout (popen, $(...)) is never kept waiting by a daemon holding the pipe.

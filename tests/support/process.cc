@@ -25,7 +25,10 @@ Process::Process(const std::vector<std::string>& argv, const std::map<std::strin
       e[k] = v;
   }
   std::vector<std::string> args(argv.begin() + 1, argv.end());
-  impl_->child = bp::child(bp::exe = argv[0], bp::args = args, e, (bp::std_out & bp::std_err) > impl_->out);
+  boost::filesystem::path exe = argv[0];
+  if (argv[0].find('/') == std::string::npos) exe = bp::search_path(argv[0]);
+  if (exe.empty()) throw std::runtime_error(argv[0] + " not found in PATH");
+  impl_->child = bp::child(bp::exe = exe, bp::args = args, e, (bp::std_out & bp::std_err) > impl_->out);
 }
 
 Process::~Process() {

@@ -1,0 +1,198 @@
+// `lifeline history`, `status` and `request` end to end: the real supervisor supervising the real
+// LibTorch example trainer, read from another process exactly as a user's shell would.
+#include <doctest.h>
+#include <signal.h>
+#include <sys/mman.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "support/process.h"
+#include "support/temp_dir.h"
+
+using namespace lifeline::test;
+using json = nlohmann::json;
+
+namespace {
+
+std::string write_policy(const TempDir& d, int every_steps) {
+  std::string path = d / "policy.yaml";
+  std::ofstream(path) << "version: 1\n"
+                         "checkpoint:\n  every_steps: "
+                      << every_steps << "\n  every_seconds: 0\n";
+  return path;
+}
+
+std::vector<std::string> lifeline_run(const TempDir& d, int steps, int delay_ms, int every_steps = 20) {
+  return {binary("LIFELINE_BIN"), "run", "--policy", write_policy(d, every_steps), "--ckpt-dir", d / "ckpt", "--",
+          binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(steps), "--seed", "7", "--step-delay-ms",
+          std::to_string(delay_ms), "--log-every", "1"};
+}
+
+std::vector<std::string> cli(const std::vector<std::string>& args) {
+  std::vector<std::string> v = {binary("LIFELINE_BIN")};
+  v.insert(v.end(), args.begin(), args.end());
+  return v;
+}
+
+// Runs a lifeline command that prints JSON on stdout; stderr is not captured into it.
+json run_json(const std::vector<std::string>& args, int* status) {
+  std::string out;
+  *status = run(cli(args), &out);
+  auto j = json::parse(out, nullptr, false);
+  if (j.is_discarded()) FAIL_CHECK("not JSON: " << out);
+  return j;
+}
+
+}  // namespace
+
+TEST_CASE("history shows a run stopped by SIGUSR1 and its resumed completion as two attempts") {
+  TempDir d;
+  Process first(lifeline_run(d, 120, 10));
+  REQUIRE(first.wait_for_line("step 50 ") != "");
+  first.signal(SIGUSR1);
+  std::string stop = first.wait_for_line("stopping at step ");
+  REQUIRE_MESSAGE(stop != "", first.output());
+  uint64_t stop_step = std::stoull(stop.substr(stop.find("stopping at step ") + 17));
+  REQUIRE(first.wait() == 75);
+
+  std::string out;
+  REQUIRE_MESSAGE(run(lifeline_run(d, 120, 0)) == 0, out);
+
+  int status = -1;
+  json h = run_json({"history", d / "ckpt", "--json"}, &status);
+  CHECK(status == 0);
+  REQUIRE(h.is_array());
+  REQUIRE(h.size() == 2);
+  CHECK(h[0]["attempt"] == 0);
+  CHECK(h[0]["end_reason"] == "stopped");
+  CHECK(h[0]["resumed_from_step"].is_null());
+  CHECK(h[0]["last_checkpoint_step"] == stop_step);
+  // every 20 steps up to the stop step, plus the stop checkpoint itself unless it fell on a multiple.
+  uint64_t first_commits = stop_step / 20 + (stop_step % 20 ? 1 : 0);
+  CHECK(h[0]["checkpoints"] == first_commits);
+  CHECK(h[0]["exit_code"] == 0);
+  CHECK(h[0]["requeue"] == "none");
+  CHECK(h[0]["signals"][0]["signal"] == "USR1");
+  CHECK(h[0]["ended"].is_string());
+  CHECK(h[1]["attempt"] == 1);
+  CHECK(h[1]["end_reason"] == "completed");
+  CHECK(h[1]["resumed_from_step"] == stop_step);
+  CHECK(h[1]["last_checkpoint_step"] == 120);
+  CHECK(h[1]["checkpoints"] == (120 - stop_step) / 20 + ((120 - stop_step) % 20 ? 1 : 0));
+  CHECK(h[1]["lost_seconds"] == 0);
+  for (const auto& a : h) {
+    CHECK(a["host"].is_string());
+    CHECK(a["job_id"].is_null());
+    CHECK(a["started"].is_string());
+    CHECK(a["lost_seconds"].is_number());
+  }
+
+  // The table and the timeline from the same history.
+  REQUIRE(run(cli({"history", d / "ckpt", "--timeline", d / "t.svg"}), &out) == 0);
+  CHECK(out.find("goodput") != std::string::npos);
+  CHECK(out.find("interruptions  1 stopped") != std::string::npos);
+  std::ifstream svg(d / "t.svg");
+  std::stringstream text;
+  text << svg.rdbuf();
+  CHECK(text.str().find("attempt 0 \u00b7 stopped by SIGUSR1") != std::string::npos);
+  CHECK(text.str().find("attempt 1 \u00b7 completed") != std::string::npos);
+}
+
+TEST_CASE("history answers 1 with an empty array when nothing ran") {
+  TempDir d;
+  int status = -1;
+  json h = run_json({"history", d / "nothing", "--json"}, &status);
+  CHECK(status == 1);
+  CHECK(h == json::array());
+}
+
+TEST_CASE("status shows the running supervisor, its trainer and step, and answers 1 once it has exited") {
+  TempDir d;
+  Process p(lifeline_run(d, 4000, 5, 1000));  // bounded, should the test fail before stopping it
+  REQUIRE(p.wait_for_line("step 20 ") != "");
+  int status = -1;
+  json s = run_json({"status", d / "ckpt", "--json"}, &status);
+  CHECK(status == 0);
+  CHECK(s["running"] == true);
+  CHECK(s["reachable"] == true);
+  CHECK(s["supervisor"]["pid"] == p.pid());
+  CHECK(s["supervisor"]["attempt"] == 0);
+  CHECK(s["trainer"]["pid"].is_number());
+  CHECK(s["trainer"]["step"].get<uint64_t>() >= 20);
+  CHECK(s["pending_request"].is_null());
+  CHECK(s["next_checkpoint"]["every_steps"] == 1000);
+  CHECK(s["next_checkpoint"]["step"] == 1000);
+  CHECK(s["policy"]["every_steps"] == 1000);
+  CHECK(s["attempt"]["running"] == true);
+
+  std::string text;
+  CHECK(run(cli({"status", d / "ckpt"}), &text) == 0);
+  CHECK(text.find("supervisor      pid " + std::to_string(p.pid())) != std::string::npos);
+
+  p.signal(SIGUSR1);
+  CHECK(p.wait() == 75);
+  s = run_json({"status", d / "ckpt", "--json"}, &status);
+  CHECK(status == 1);
+  CHECK(s["running"] == false);
+  CHECK(s["last_attempt"]["end_reason"] == "stopped");
+  CHECK(s["newest_checkpoint"]["step"] == s["last_attempt"]["last_checkpoint_step"]);
+}
+
+TEST_CASE("request --wait makes the running trainer commit a checkpoint and reports its step") {
+  TempDir d;
+  // every_steps 0: no periodic checkpoint, so the only commit is the one requested.
+  Process p(lifeline_run(d, 4000, 5, 0));
+  REQUIRE(p.wait_for_line("step 10 ") != "");
+  int status = -1;
+  json r = run_json({"request", d / "ckpt", "--wait", "--timeout", "120", "--json"}, &status);
+  CHECK(status == 0);
+  CHECK(r["seq"].get<uint64_t>() >= 1);
+  REQUIRE(r["committed_step"].is_number());
+  uint64_t step = r["committed_step"];
+  CHECK(step >= 10);
+  REQUIRE(p.wait_for_line("checkpoint committed: step " + std::to_string(step)) != "");
+
+  p.signal(SIGUSR1);
+  CHECK(p.wait() == 75);
+  json h = run_json({"history", d / "ckpt", "--json"}, &status);
+  REQUIRE(h.size() == 1);
+  CHECK(h[0]["checkpoint_requests"]["manual"] == 1);
+  CHECK(h[0]["checkpoints"] == 2);  // the requested one and the stop checkpoint
+}
+
+TEST_CASE("request and status answer 1 when no supervisor runs") {
+  TempDir d;
+  std::string out;
+  CHECK(run(cli({"request", d / "ckpt"}), &out) == 1);
+  CHECK(out.find("no supervisor.json") != std::string::npos);
+  CHECK(run(cli({"status", d / "ckpt"}), &out) == 1);
+  CHECK(out.find("no supervisor is running") != std::string::npos);
+}
+
+TEST_CASE("an attempt whose supervisor was SIGKILLed shows as lost, with its lost work estimated") {
+  TempDir d;
+  Process first(lifeline_run(d, 4000, 5, 20));
+  std::string started = first.wait_for_line("trainer started, pid ");
+  REQUIRE(started != "");
+  pid_t trainer = std::stoi(started.substr(started.find("pid ") + 4));
+  REQUIRE(first.wait_for_line("checkpoint committed: step 40") != "");
+  first.signal(SIGKILL);
+  first.wait();
+  ::kill(trainer, SIGKILL);  // an orphan now: nobody else will stop it
+  int status = -1;
+  json h = run_json({"history", d / "ckpt", "--json"}, &status);
+  REQUIRE(h.size() == 1);
+  CHECK(h[0]["end_reason"] == "lost");
+  CHECK(h[0]["ended_estimated"] == true);
+  CHECK(h[0]["exit_code"].is_null());
+  CHECK(h[0]["last_checkpoint_step"].get<uint64_t>() >= 40);
+  CHECK(h[0]["lost_seconds"].get<double>() >= 0);
+  // The killed supervisor never unlinked its control block: the trainer's last step is read from it.
+  json rec = json::parse(std::ifstream(d / "ckpt/supervisor.json"), nullptr, false);
+  REQUIRE(rec.is_object());
+  CHECK(h[0]["lost_estimate_from"] == "control block step");
+  CHECK(h[0]["last_step"].get<uint64_t>() >= h[0]["last_checkpoint_step"].get<uint64_t>());
+  ::shm_unlink(rec["control"].get<std::string>().c_str());
+}

@@ -1,0 +1,380 @@
+"""The Python client (python/lifeline_client.py) on its own: inert mode, attach checks, requests,
+signals, the commit protocol and failed saves. Standard library only; run by meson with
+/usr/bin/python3 (LIFELINE_BIN names the lifeline binary for the cross-check with `verify`)."""
+import contextlib
+import errno
+import io
+import json
+import mmap
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import unittest
+from unittest import mock
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+import lifeline_client as L  # noqa: E402
+
+LIFELINE_VARS = ("LIFELINE_CONTROL", "LIFELINE_CKPT_DIR", "LIFELINE_RESUME_FROM", "LIFELINE_RESUME_STEP",
+                 "LIFELINE_ATTEMPT", "LIFELINE_LINEAGE", "SLURM_JOB_ID")
+
+
+class FakeBlock:
+    """A control block in /dev/shm made the way the supervisor makes one, with test knobs."""
+
+    def __init__(self, mode=0o600, size=L.SIZE, magic=L.MAGIC, version=L.VERSION):
+        self.name = "/lifeline-test-%d-%s" % (os.getpid(), secrets.token_hex(4))
+        self.path = os.path.join(L.SHM_DIR, self.name[1:])
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fchmod(fd, mode)
+        os.ftruncate(fd, size)
+        self.map = mmap.mmap(fd, size)
+        os.close(fd)
+        if size >= L.SIZE:
+            self.set("version", version)
+            self.set("size", L.SIZE)
+            self.set("owner_uid", os.getuid())
+            self.set("supervisor_pid", os.getpid())
+            self.set("magic", magic)
+
+    def get(self, field):
+        off, width = L.FIELDS[field]
+        return int.from_bytes(self.map[off:off + width], sys.byteorder)
+
+    def set(self, field, value):
+        off, width = L.FIELDS[field]
+        self.map[off:off + width] = value.to_bytes(width, sys.byteorder)
+
+    def request(self, stop=False):
+        """What ControlBlock::request does, without atomics (the test is single-threaded)."""
+        self.set("request_reason", L.Reason.MANUAL)
+        if stop:
+            self.set("request_flags", self.get("request_flags") | L.FLAG_STOP)
+        self.set("request_seq", self.get("request_seq") + 1)
+        return self.get("request_seq")
+
+    def close(self):
+        self.map.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+
+
+class ClientTestCase(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="lifeline-pytest-")
+        self.ckpt = os.path.join(self.tmp, "ckpt")
+        self.saved_env = {k: os.environ.pop(k) for k in LIFELINE_VARS if k in os.environ}
+        self.blocks = []
+        self.clients = []
+
+    def tearDown(self):
+        for c in self.clients:
+            c.close()
+        for b in self.blocks:
+            b.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        for k in LIFELINE_VARS:
+            os.environ.pop(k, None)
+        os.environ.update(self.saved_env)
+
+    def block(self, **kw):
+        b = FakeBlock(**kw)
+        self.blocks.append(b)
+        return b
+
+    def client(self, block=None, **env):
+        os.environ.update({"LIFELINE_CKPT_DIR": self.ckpt, **env})
+        if block:
+            os.environ["LIFELINE_CONTROL"] = block.name
+        c = L.Client.from_env()
+        self.clients.append(c)
+        return c
+
+    def commit(self, c, step, files=None, metrics=None):
+        ck = c.begin_checkpoint(step)
+        for rel, data in (files or {"a.bin": b"a" * 100}).items():
+            ck.write_file(rel, data)
+        return ck.commit(metrics)
+
+    def folder(self, step):
+        return os.path.join(self.ckpt, L.folder_name(step))
+
+
+class InertTest(ClientTestCase):
+    def test_outside_a_supervisor_the_client_is_inert_and_reads_resume_info_from_the_environment(self):
+        c = self.client(LIFELINE_RESUME_FROM="/data/ckpt/step-000000000040", LIFELINE_RESUME_STEP="40",
+                        LIFELINE_ATTEMPT="2")
+        self.assertFalse(c.active)
+        self.assertFalse(any(c.should_checkpoint(s) for s in range(1, 2001)))
+        self.assertFalse(c.should_exit())
+        self.assertEqual(c.resume(), ("/data/ckpt/step-000000000040", 40))
+        self.assertEqual(c.resume().path, "/data/ckpt/step-000000000040")
+        self.assertEqual(c.attempt, 2)
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self.assertIs(signal.getsignal(sig), signal.SIG_DFL)
+        self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
+
+    def test_inert_client_without_a_directory_cannot_begin_a_checkpoint_but_with_one_it_commits(self):
+        c = self.client()
+        self.assertTrue(self.commit(c, 7))
+        self.assertEqual(L.checkpoint_problem(self.folder(7)), "")
+        os.environ.pop("LIFELINE_CKPT_DIR")
+        with self.assertRaisesRegex(RuntimeError, "LIFELINE_CKPT_DIR"):
+            L.Client.from_env().begin_checkpoint(1)
+
+    def test_no_resume_on_a_first_run(self):
+        self.assertIsNone(self.client(LIFELINE_RESUME_FROM="", LIFELINE_RESUME_STEP="").resume())
+
+
+class AttachTest(ClientTestCase):
+    def refused(self, block, message):
+        with self.assertRaisesRegex(L.ControlBlockError, message):
+            self.client(block)
+
+    def test_refuses_a_block_readable_by_others(self):
+        self.refused(self.block(mode=0o644), "not owned by this user with mode 0600")
+
+    @unittest.skipUnless(os.getuid() == 0, "needs root to give the block away")
+    def test_refuses_a_block_owned_by_someone_else(self):
+        b = self.block()
+        os.chown(b.path, 4242, -1)
+        self.refused(b, "not owned by this user with mode 0600")
+
+    def test_refuses_a_block_of_another_version_size_or_magic(self):
+        self.refused(self.block(version=L.VERSION + 1), "has layout version 2, this client speaks 1")
+        self.refused(self.block(magic=0x1234), "has no lifeline magic")
+        self.refused(self.block(size=64), "is too small \\(64 bytes\\)")
+        os.environ["LIFELINE_CONTROL"] = "/lifeline-test-does-not-exist"
+        with self.assertRaisesRegex(L.ControlBlockError, "cannot open control block .*No such file"):
+            L.Client.from_env()
+        os.environ["LIFELINE_CONTROL"] = "/../etc/passwd"
+        with self.assertRaisesRegex(L.ControlBlockError, "not a shared-memory name"):
+            L.Client.from_env()
+
+    def test_attach_reports_the_trainer_and_the_resumed_step(self):
+        b = self.block()
+        c = self.client(b, LIFELINE_RESUME_FROM="/x/step-000000000030", LIFELINE_RESUME_STEP="30")
+        self.assertTrue(c.active)
+        self.assertEqual(b.get("trainer_pid"), os.getpid())
+        self.assertEqual(b.get("client_state"), L.ClientState.ATTACHED)
+        self.assertEqual(b.get("current_step"), 30)
+        c.close()
+        self.assertEqual(b.get("client_state"), L.ClientState.EXITING)
+        self.assertFalse(c.active)
+        self.assertIs(signal.getsignal(signal.SIGUSR1), signal.SIG_DFL)
+
+
+class RequestTest(ClientTestCase):
+    def test_periodic_checkpoints_follow_every_steps_after_skip_first_steps(self):
+        b = self.block()
+        b.set("every_steps", 5)
+        b.set("skip_first_steps", 10)
+        c = self.client(b)
+        due = [s for s in range(1, 31) if c.should_checkpoint(s)]
+        self.assertEqual(due, [10, 15, 20, 25, 30])
+        self.assertEqual(b.get("current_step"), 30)
+
+    def test_a_supervisor_request_makes_should_checkpoint_true_until_a_commit_acks_it(self):
+        b = self.block()
+        c = self.client(b)
+        self.assertFalse(c.should_checkpoint(1))
+        seq = b.request()
+        self.assertTrue(c.should_checkpoint(2))
+        self.assertTrue(c.should_checkpoint(2))
+        self.assertEqual(b.get("current_step"), 2)
+        self.assertTrue(self.commit(c, 2, {"a.bin": b"a" * 100, "b/c.bin": b"c" * 28}))
+        self.assertEqual(b.get("ack_seq"), seq)
+        self.assertEqual(b.get("ack_step"), 2)
+        self.assertEqual(b.get("commit_count"), 1)
+        self.assertEqual(b.get("last_commit_step"), 2)
+        self.assertEqual(b.get("last_commit_bytes"), 128)
+        self.assertGreater(b.get("last_commit_ns"), 0)
+        self.assertEqual(b.get("client_state"), L.ClientState.ATTACHED)
+        self.assertFalse(c.should_checkpoint(3))
+        self.assertFalse(c.should_exit())
+        b.request(stop=True)
+        self.assertTrue(c.should_checkpoint(4))
+        self.assertTrue(c.should_exit())
+
+    def test_a_request_posted_before_attaching_is_still_pending(self):
+        b = self.block()
+        b.request()
+        self.assertTrue(self.client(b).should_checkpoint(1))
+
+    def test_a_stop_signal_to_the_trainer_becomes_a_stop_request_and_handlers_are_restored(self):
+        b = self.block()
+        c = self.client(b)
+        for n, sig in enumerate((signal.SIGUSR1, signal.SIGTERM, signal.SIGINT), start=1):
+            signal.raise_signal(sig)  # the Python handler runs before the next bytecode
+            self.assertEqual(b.get("trainer_signal"), sig)
+            self.assertEqual(b.get("request_reason"), L.Reason.TRAINER_SIGNAL)
+            self.assertTrue(b.get("request_flags") & L.FLAG_STOP)
+            self.assertEqual(b.get("request_seq"), n)
+            self.assertTrue(c.should_exit())
+            self.assertTrue(c.should_checkpoint(n))
+            self.assertTrue(self.commit(c, n))
+            self.assertEqual(b.get("ack_seq"), n)
+            self.assertFalse(c.should_checkpoint(n))
+        c.close()
+        self.assertIs(signal.getsignal(signal.SIGTERM), signal.SIG_DFL)
+        self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
+
+    def test_a_forked_child_such_as_a_dataloader_worker_ignores_stop_signals_and_leaves_the_block_alone(self):
+        b = self.block()
+        c = self.client(b)
+        pid = os.fork()
+        if pid == 0:
+            signal.raise_signal(signal.SIGTERM)
+            ok = not c.should_exit() and b.get("request_seq") == 0
+            c.close()
+            os._exit(0 if ok and b.get("client_state") == L.ClientState.ATTACHED else 1)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        self.assertEqual(b.get("request_seq"), 0)
+        self.assertEqual(b.get("trainer_signal"), 0)
+        self.assertEqual(b.get("client_state"), L.ClientState.ATTACHED)
+        self.assertFalse(c.should_exit())
+
+    def test_a_signal_is_pending_even_if_the_supervisor_counter_was_overwritten(self):
+        b = self.block()
+        c = self.client(b)
+        signal.raise_signal(signal.SIGUSR1)
+        b.set("request_seq", 0)  # as if a racing supervisor store had won
+        self.assertTrue(c.should_checkpoint(1))
+        self.assertTrue(c.should_exit())
+
+
+class CommitTest(ClientTestCase):
+    def test_commit_follows_the_store_protocol_and_the_manifest_matches_the_cxx_writer(self):
+        c = self.client(LIFELINE_ATTEMPT="3", LIFELINE_LINEAGE="abc", SLURM_JOB_ID="77")
+        ck = c.begin_checkpoint(40)
+        self.assertTrue(os.path.basename(ck.path).startswith(".staging-step-000000000040-%d-" % os.getpid()))
+        self.assertEqual(os.path.dirname(ck.path), self.ckpt)
+        ck.write_file("model.pt", b"m" * 1000)
+        os.makedirs(os.path.join(ck.path, "extra"))
+        with open(os.path.join(ck.path, "extra", "notes.txt"), "wb") as f:
+            f.write(b"written directly\n")
+        self.assertTrue(ck.commit({"val_loss": 0.25, "bad": float("nan")}))
+        self.assertEqual(sorted(os.listdir(self.ckpt)), ["step-000000000040"])
+        with open(os.path.join(self.folder(40), "MANIFEST")) as f:
+            m = json.load(f)
+        self.assertEqual(m["format"], "lifeline-checkpoint")
+        self.assertEqual(m["format_version"], 1)
+        self.assertEqual((m["step"], m["attempt"], m["lineage"], m["job_id"]), (40, 3, "abc", "77"))
+        self.assertEqual(m["checksum_algorithm"], "sha256")
+        self.assertEqual(m["metrics"], {"val_loss": 0.25, "bad": None})
+        self.assertRegex(m["created"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertIsInstance(m["created_ns"], int)
+        self.assertEqual([(f["path"], f["bytes"]) for f in m["files"]], [("extra/notes.txt", 17), ("model.pt", 1000)])
+        self.assertEqual(L.checkpoint_problem(self.folder(40)), "")
+
+    @unittest.skipUnless(os.environ.get("LIFELINE_BIN"), "LIFELINE_BIN is not set (run through meson test)")
+    def test_a_python_checkpoint_verifies_with_lifeline_verify_and_a_flipped_byte_is_skipped(self):
+        c = self.client()
+        self.assertTrue(self.commit(c, 10, {"model.pt": bytes(range(256)) * 4}, {"val_loss": 1.5}))
+        self.assertTrue(self.commit(c, 20, {"model.pt": bytes(range(256)) * 4, "sub/x": b"x"}, {"val_loss": 0.5}))
+
+        def verify():
+            p = subprocess.run([os.environ["LIFELINE_BIN"], "verify", self.ckpt, "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            return json.loads(p.stdout)
+
+        v = verify()
+        self.assertEqual(v["resume"]["step"], 20)
+        self.assertEqual(v["resume"]["bytes"], 1025)
+        self.assertEqual(v["resume"]["metrics"], {"val_loss": 0.5})
+        self.assertEqual(v["skipped"], [])
+        flip_byte(os.path.join(self.folder(20), "model.pt"), 100)
+        v = verify()
+        self.assertEqual(v["resume"]["step"], 10)
+        self.assertEqual([s["step"] for s in v["skipped"]], [20])
+        self.assertIn("model.pt", v["skipped"][0]["problem"])
+        self.assertIn("model.pt", L.checkpoint_problem(self.folder(20)))
+
+    def test_recommitting_a_step_keeps_a_valid_one_and_replaces_an_invalid_one(self):
+        c = self.client()
+        self.assertTrue(self.commit(c, 5, {"a.bin": b"first"}))
+        self.assertTrue(self.commit(c, 5, {"a.bin": b"second"}))
+        with open(os.path.join(self.folder(5), "a.bin"), "rb") as f:
+            self.assertEqual(f.read(), b"first")
+        with open(os.path.join(self.folder(5), "a.bin"), "wb") as f:
+            f.write(b"FIRST")
+        self.assertNotEqual(L.checkpoint_problem(self.folder(5)), "")
+        self.assertTrue(self.commit(c, 5, {"a.bin": b"third"}))
+        with open(os.path.join(self.folder(5), "a.bin"), "rb") as f:
+            self.assertEqual(f.read(), b"third")
+        self.assertEqual(L.checkpoint_problem(self.folder(5)), "")
+        self.assertEqual(os.listdir(self.ckpt), ["step-000000000005"])
+
+    def test_unsafe_names_are_refused(self):
+        ck = self.client().begin_checkpoint(1)
+        for bad in ("../x", "/etc/x", "a//b", "./a", "MANIFEST", ""):
+            with self.assertRaises(ValueError, msg=bad):
+                ck.write_file(bad, b"")
+        ck.discard()
+        self.assertEqual(os.listdir(self.ckpt), [])
+
+
+class FailedSaveTest(ClientTestCase):
+    def failed(self, c, step, **patches):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.ExitStack() as stack:
+            for name, fn in patches.items():
+                stack.enter_context(mock.patch.object(L.os, name, fn))
+            ok = self.commit(c, step)
+        self.assertFalse(ok)
+        self.assertIn("lifeline: checkpoint of step %d failed" % step, err.getvalue())
+        self.assertIn("older checkpoints are intact", err.getvalue())
+        return err.getvalue()
+
+    def test_a_failed_save_returns_false_leaves_older_checkpoints_and_removes_its_staging_folder(self):
+        b = self.block()
+        c = self.client(b)
+        self.assertTrue(self.commit(c, 10))
+
+        def no_space(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        b.request()
+        message = self.failed(c, 20, fsync=no_space)
+        self.assertIn("No space left on device", message)
+        self.assertEqual(os.listdir(self.ckpt), ["step-000000000010"])
+        self.assertEqual(L.checkpoint_problem(self.folder(10)), "")
+        self.assertEqual(b.get("failed_saves"), 1)
+        self.assertEqual(b.get("commit_count"), 1)
+        self.assertFalse(c.should_checkpoint(21))  # answered: no retry on every step
+        self.assertEqual(b.get("client_state"), L.ClientState.ATTACHED)
+
+        def short_write(fd, data):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        self.failed(c, 30, write=short_write)
+        self.assertEqual(os.listdir(self.ckpt), ["step-000000000010"])
+        self.assertEqual(b.get("failed_saves"), 2)
+        self.assertTrue(self.commit(c, 40))  # training and saving go on afterwards
+
+    def test_a_symbolic_link_in_the_staging_folder_fails_the_save(self):
+        c = self.client()
+        ck = c.begin_checkpoint(3)
+        os.symlink("/etc/hostname", os.path.join(ck.path, "link"))
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit())
+        self.assertIn("symbolic link", err.getvalue())
+        self.assertEqual(os.listdir(self.ckpt), [])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

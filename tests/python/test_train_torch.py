@@ -1,0 +1,243 @@
+"""`lifeline run` end to end with the Python client: the real lifeline binary (LIFELINE_BIN)
+supervising examples/train_torch.py on /usr/bin/python3 with Debian's python3-torch. Runs are
+interrupted at a random step and resumed; the final parameters must be bit-identical to an
+uninterrupted run's."""
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.normpath(os.path.join(HERE, "..", ".."))
+TRAINER = os.path.join(SOURCE, "examples", "train_torch.py")
+PYTHON = os.environ.get("PYTHON", "/usr/bin/python3")
+LIFELINE = os.environ.get("LIFELINE_BIN", "")
+STEPS = 120
+sys.path.insert(0, os.path.join(SOURCE, "python"))
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_") and k != "SLURM_JOB_ID"}
+    env.update(extra)
+    return env
+
+
+class Process:
+    """A child with stdout+stderr read line by line, so a test waits for what it says."""
+
+    def __init__(self, argv, env=None):
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=env or clean_env())
+        self.output = ""
+
+    def wait_for_line(self, needle):
+        for line in self.p.stdout:
+            self.output += line
+            if needle in line:
+                return line
+        return ""
+
+    def wait(self):
+        self.output += self.p.stdout.read()
+        self.p.stdout.close()
+        return self.p.wait()
+
+    def __del__(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        self.p.stdout.close()
+
+
+def run(argv, env=None):
+    p = Process(argv, env)
+    return p.wait(), p.output
+
+
+def train_cmd(digest, delay_ms, *extra):
+    return [PYTHON, TRAINER, "--steps", str(STEPS), "--seed", "7", "--step-delay-ms", str(delay_ms),
+            "--log-every", "1", "--digest-out", digest, *extra]
+
+
+def read_digest(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+
+
+def resumed_step(output):
+    m = re.search(r"train-example: resumed from step ([0-9]+)", output)
+    assert m, output
+    return int(m.group(1))
+
+
+@unittest.skipUnless(LIFELINE, "LIFELINE_BIN is not set (run through meson test)")
+class TrainTorchTest(unittest.TestCase):
+    reference = ""
+
+    @classmethod
+    def setUpClass(cls):
+        """The digest of an uninterrupted run: the trainer alone, without lifeline."""
+        d = tempfile.mkdtemp(prefix="lifeline-pytest-")
+        try:
+            rc, out = run(train_cmd(os.path.join(d, "digest"), 0))
+            assert rc == 0, out
+            assert "train-example: starting at step 0" in out, out
+            cls.reference = read_digest(os.path.join(d, "digest"))
+            assert os.listdir(d) == ["digest"], "the inert trainer wrote checkpoints"
+        finally:
+            shutil.rmtree(d)
+
+    def setUp(self):
+        self.d = tempfile.mkdtemp(prefix="lifeline-pytest-")
+        self.ckpt = os.path.join(self.d, "ckpt")
+        self.digest = os.path.join(self.d, "digest")
+        self.policy = os.path.join(self.d, "policy.yaml")
+        with open(self.policy, "w") as f:
+            f.write("version: 1\ncheckpoint:\n  every_steps: 20\n  every_seconds: 0\nrestart:\n  backoff_seconds: 0\n")
+
+    def tearDown(self):
+        shutil.rmtree(self.d, ignore_errors=True)
+
+    def lifeline_run(self, cmd, *opts):
+        return [LIFELINE, "run", "--policy", self.policy, "--ckpt-dir", self.ckpt, *opts, "--", *cmd]
+
+    def lifeline(self, *args):
+        rc, out = run([LIFELINE, *args])
+        return rc, out
+
+    def verify(self):
+        rc, out = self.lifeline("verify", self.ckpt, "--json")
+        self.assertEqual(rc, 0, out)
+        return json.loads(out)
+
+    def finish_and_compare(self, min_resume_step):
+        rc, out = run(self.lifeline_run(train_cmd(self.digest, 0)))
+        self.assertEqual(rc, 0, out)
+        self.assertGreaterEqual(resumed_step(out), min_resume_step)
+        self.assertEqual(read_digest(self.digest), self.reference)
+        return out
+
+    def test_an_uninterrupted_run_completes_with_exit_0_and_the_trainers_own_digest(self):
+        rc, out = run(self.lifeline_run(train_cmd(self.digest, 0)))
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(read_digest(self.digest), self.reference)
+        rc, listing = self.lifeline("checkpoints", self.ckpt, "--json")
+        self.assertEqual(rc, 0, listing)
+        ckpts = json.loads(listing)
+        self.assertEqual([c["step"] for c in ckpts], list(range(20, STEPS + 1, 20)))
+        self.assertTrue(all(c["valid"] and "val_loss" in c["metrics"] for c in ckpts), ckpts)
+        with open(os.path.join(ckpts[-1]["path"], "MANIFEST")) as f:
+            self.assertEqual(json.load(f)["checksum_algorithm"], "sha256")
+
+    def test_a_run_interrupted_by_sigusr1_to_the_supervisor_at_a_random_step_resumes_to_the_same_digest(self):
+        k = random.randint(5, STEPS - 15)
+        first = Process(self.lifeline_run(train_cmd(self.digest, 10)))
+        self.assertTrue(first.wait_for_line("step %d " % k), first.output)
+        first.p.send_signal(signal.SIGUSR1)
+        rc = first.wait()
+        self.assertEqual(rc, 75, "k=%d\n%s" % (k, first.output))
+        self.assertIn("train-example: stopping at step", first.output)
+        self.assertFalse(os.path.exists(self.digest))
+        self.finish_and_compare(k)
+
+    def test_a_run_whose_trainer_itself_gets_sigterm_at_a_random_step_resumes_to_the_same_digest(self):
+        k = random.randint(5, STEPS - 15)
+        first = Process(self.lifeline_run(train_cmd(self.digest, 10)))
+        started = first.wait_for_line("trainer started, pid ")
+        self.assertTrue(started, first.output)
+        trainer = int(re.search(r"pid ([0-9]+)", started).group(1))
+        self.assertTrue(first.wait_for_line("step %d " % k), first.output)
+        os.kill(trainer, signal.SIGTERM)
+        rc = first.wait()
+        self.assertEqual(rc, 75, "k=%d\n%s" % (k, first.output))
+        self.assertIn("received SIGTERM itself", first.output)
+        self.assertIn("train-example: stopping at step", first.output)
+        self.finish_and_compare(k)
+
+    def test_a_corrupted_newest_checkpoint_is_skipped_by_verify_and_by_the_next_run_which_ends_bit_exact(self):
+        first = Process(self.lifeline_run(train_cmd(self.digest, 10)))
+        self.assertTrue(first.wait_for_line("step 65 "), first.output)
+        first.p.send_signal(signal.SIGUSR1)
+        self.assertEqual(first.wait(), 75, first.output)
+        v = self.verify()
+        newest, newest_step = v["resume"]["path"], v["resume"]["step"]
+        flip_byte(os.path.join(newest, "model.pt"), 100)
+        v = self.verify()
+        self.assertLess(v["resume"]["step"], newest_step)
+        self.assertEqual([s["step"] for s in v["skipped"]], [newest_step])
+        self.assertIn("model.pt", v["skipped"][0]["problem"])
+        out = self.finish_and_compare(v["resume"]["step"])
+        self.assertEqual(resumed_step(out), v["resume"]["step"])
+        self.assertIn("skipping checkpoint", out)
+
+    def test_a_trainer_that_crashes_once_is_restarted_in_place_and_completes_bit_exact(self):
+        rc, out = run(self.lifeline_run(train_cmd(self.digest, 0, "--crash-at-step", "50", "--crash-once"),
+                                        "--requeue", "local"))
+        self.assertEqual(rc, 0, out)
+        self.assertIn("crashing at step 50 as asked", out)
+        self.assertEqual(resumed_step(out), 40)
+        self.assertEqual(read_digest(self.digest), self.reference)
+
+    def test_outside_a_supervisor_the_trainer_saves_only_its_final_checkpoint_and_it_verifies(self):
+        rc, out = run(train_cmd(self.digest, 0), env=clean_env(LIFELINE_CKPT_DIR=self.ckpt))
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(read_digest(self.digest), self.reference)
+        self.assertEqual(os.listdir(self.ckpt), ["step-%012d" % STEPS])
+        self.assertEqual(self.verify()["resume"]["step"], STEPS)
+
+
+class LifelineTorchTest(unittest.TestCase):
+    def test_the_three_line_helper_saves_and_resumes_model_optimizer_and_rng_bit_exactly(self):
+        import torch
+        import lifeline_client
+        import lifeline_torch
+
+        d = tempfile.mkdtemp(prefix="lifeline-pytest-")
+        self.addCleanup(shutil.rmtree, d)
+
+        def model_and_optimizer():
+            torch.manual_seed(3)
+            m = torch.nn.Linear(4, 2)
+            return m, torch.optim.Adam(m.parameters(), lr=0.1)
+
+        def train(m, opt):
+            loss = m(torch.randn(8, 4)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        m, opt = model_and_optimizer()
+        saver = lifeline_client.Client({"LIFELINE_CKPT_DIR": d})
+        self.assertEqual(lifeline_torch.resume(m, opt, client=saver), 0)
+        for step in range(1, 4):
+            loss = train(m, opt)
+            self.assertFalse(lifeline_torch.checkpoint(step, m, opt, {"loss": loss.item()}, final=step == 3,
+                                                       client=saver))
+        self.assertEqual(os.listdir(d), ["step-000000000003"])
+        expected = [train(m, opt).item() for _ in range(3)]
+
+        m2, opt2 = model_and_optimizer()
+        train(m2, opt2)  # diverge first: resume must overwrite everything
+        resumer = lifeline_client.Client({"LIFELINE_RESUME_FROM": os.path.join(d, "step-000000000003"),
+                                          "LIFELINE_RESUME_STEP": "3"})
+        self.assertEqual(lifeline_torch.resume(m2, opt2, client=resumer), 3)
+        self.assertEqual([train(m2, opt2).item() for _ in range(3)], expected)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,243 @@
+// lifeline under a real Slurm 22.05 (munge + slurmctld + slurmd on loopback, started by
+// tests/slurm/cluster.sh for each test): preemption, time limits, requeue modes and restart
+// budgets, each ending with the digest of an uninterrupted run. meson runs each TEST_CASE
+// as its own test (see tests/meson.build).
+#include <doctest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "support/process.h"
+#include "support/slurm_cluster.h"
+#include "support/temp_dir.h"
+
+using namespace lifeline::test;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string first_line(const std::string& path) {
+  std::string s = slurp(path);
+  return s.substr(0, s.find('\n'));
+}
+
+std::vector<json> history(const std::string& ckpt) {
+  std::vector<json> v;
+  std::istringstream in(slurp(ckpt + "/history.jsonl"));
+  std::string line;
+  while (std::getline(in, line))
+    if (auto j = json::parse(line, nullptr, false); j.is_object()) v.push_back(j);
+  return v;
+}
+
+std::vector<json> events(const std::string& ckpt, const std::string& name) {
+  std::vector<json> v;
+  for (auto& e : history(ckpt))
+    if (e["event"] == name) v.push_back(e);
+  return v;
+}
+
+// One test's world: a cluster, a checkpoint dir, a policy, the trainer command.
+struct World {
+  TempDir dir;
+  SlurmCluster cluster;
+  std::string ckpt = dir / "ckpt";
+  std::string policy = dir / "policy.yaml";
+  std::string digest = dir / "digest";
+
+  explicit World(const std::vector<std::string>& cluster_options, const std::string& policy_extra = "")
+      : cluster(dir / "slurm", cluster_options) {
+    fs::permissions(dir.path(), fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                    fs::perms::others_read | fs::perms::others_exec);
+    std::ofstream(policy) << "version: 1\ncheckpoint:\n  every_steps: 20\n  every_seconds: 0\n"
+                             "restart:\n  backoff_seconds: 0\n  max_failures: 3\n"
+                          << policy_extra;
+  }
+
+  std::vector<std::string> cpp_trainer(int steps, int delay_ms, const std::vector<std::string>& extra = {}) const {
+    std::vector<std::string> v = {binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(steps), "--seed", "7",
+                                  "--step-delay-ms", std::to_string(delay_ms), "--log-every", "1",
+                                  "--digest-out", digest};
+    v.insert(v.end(), extra.begin(), extra.end());
+    return v;
+  }
+
+  std::string out_file() const { return dir / "job-%j.out"; }
+  std::string out_of(const std::string& job) const { return dir / ("job-" + job + ".out"); }
+
+  std::map<std::string, std::string> env(const std::string& requeue = "") const {
+    std::map<std::string, std::string> e = {{"LIFELINE", binary("LIFELINE_BIN")},
+                                            {"LIFELINE_CKPT_DIR", ckpt},
+                                            {"LIFELINE_POLICY", policy}};
+    if (!requeue.empty()) e["LIFELINE_REQUEUE"] = requeue;
+    return e;
+  }
+
+  std::string submit(const std::string& jobscript, const std::vector<std::string>& opts,
+                     const std::vector<std::string>& trainer, const std::string& requeue = "") {
+    std::vector<std::string> o = {"--output=" + out_file()};
+    o.insert(o.end(), opts.begin(), opts.end());
+    return cluster.submit(o, std::string(LIFELINE_SOURCE_DIR) + "/jobscripts/" + jobscript, trainer, env(requeue));
+  }
+
+  // Waits until the job's output shows the trainer past `step`.
+  bool wait_for_step(const std::string& job, int step, std::chrono::seconds timeout = 120s) const {
+    std::string needle = "\nstep " + std::to_string(step) + " ";
+    return SlurmCluster::wait_until([&] { return slurp(out_of(job)).find(needle) != std::string::npos; }, timeout);
+  }
+
+  // A job in the high partition that takes every CPU: it preempts whatever runs in low.
+  std::string preempt_with_high_priority_job() {
+    std::string script = dir / "high.sbatch";
+    std::ofstream(script) << "#!/bin/bash\necho high-priority job ran\n";
+    return cluster.submit({"-p", "high", "--exclusive", "--output=" + (dir / "high-%j.out")}, script);
+  }
+};
+
+// The digest of an uninterrupted run: the trainer alone, outside Slurm and lifeline.
+std::string reference_digest(int steps) {
+  TempDir d;
+  std::vector<std::string> cmd = {binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(steps), "--seed", "7",
+                                   "--digest-out", d / "digest"};
+  std::string out;
+  REQUIRE_MESSAGE(run(cmd, &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}}) == 0, out);
+  return first_line(d / "digest");
+}
+
+std::string describe(const World& w, const std::string& job) {
+  return "job output:\n" + slurp(w.out_of(job)) + "\nhistory:\n" + slurp(w.ckpt + "/history.jsonl");
+}
+
+}  // namespace
+
+TEST_CASE("preemption: SIGTERM at grace end reaches trainer and supervisor and the requeued job resumes bit-exact") {
+  World w({"--grace", "15", "--kill-wait", "10"});
+  const int steps = 700;
+  std::string job = w.submit("single-node.sbatch", {"-p", "low", "--exclusive", "--time=10"}, w.cpp_trainer(steps, 40));
+  REQUIRE_MESSAGE(w.wait_for_step(job, 60), describe(w, job));
+  w.preempt_with_high_priority_job();
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 240s), describe(w, job));
+  INFO(describe(w, job));
+  CHECK(w.cluster.state(job) == "COMPLETED");
+  CHECK(w.cluster.job(job)["Restarts"] == "1");
+  CHECK(first_line(w.digest) == reference_digest(steps));
+  auto ends = events(w.ckpt, "attempt_end");
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0]["end_reason"] == "preempted");
+  CHECK(ends[0]["signal"] == "TERM");
+  CHECK(ends[1]["end_reason"] == "completed");
+  // The second run resumed from the checkpoint written after the grace-end SIGTERM.
+  auto starts = events(w.ckpt, "attempt_start");
+  REQUIRE(starts.size() == 2);
+  CHECK(starts[1]["resumed_from_step"] == ends[0]["last_checkpoint_step"]);
+  CHECK(starts[1]["resumed_from_step"].get<int>() > 60);
+}
+
+TEST_CASE("preemption with preempt_send_user_signal: B:USR1 at grace start and the requeued job resumes bit-exact") {
+  World w({"--grace", "30", "--kill-wait", "10", "--send-user-signal"});
+  const int steps = 700;
+  std::string job = w.submit("single-node.sbatch", {"-p", "low", "--exclusive", "--time=10", "--signal=B:USR1@5"},
+                             w.cpp_trainer(steps, 40));
+  REQUIRE_MESSAGE(w.wait_for_step(job, 60), describe(w, job));
+  w.preempt_with_high_priority_job();
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 240s), describe(w, job));
+  INFO(describe(w, job));
+  CHECK(w.cluster.state(job) == "COMPLETED");
+  CHECK(first_line(w.digest) == reference_digest(steps));
+  auto ends = events(w.ckpt, "attempt_end");
+  REQUIRE(ends.size() >= 2);
+  CHECK(ends[0]["end_reason"] == "preempted");
+  CHECK(ends[0]["signal"] == "USR1");
+  CHECK(ends.back()["end_reason"] == "completed");
+}
+
+TEST_CASE("time limit: B:USR1 before the limit checkpoints and requeues until the run completes bit-exact") {
+  World w({"--kill-wait", "10"});
+  const int steps = 1400;  // 70 s of training in jobs limited to one minute
+  std::string job = w.submit("single-node.sbatch", {"--time=1", "--signal=B:USR1@30"}, w.cpp_trainer(steps, 50));
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 480s), describe(w, job));
+  INFO(describe(w, job));
+  CHECK(w.cluster.state(job) == "COMPLETED");
+  CHECK(first_line(w.digest) == reference_digest(steps));
+  auto ends = events(w.ckpt, "attempt_end");
+  REQUIRE(ends.size() >= 2);
+  for (size_t i = 0; i + 1 < ends.size(); ++i) CHECK(ends[i]["end_reason"] == "time_limit");
+  CHECK(ends.back()["end_reason"] == "completed");
+}
+
+TEST_CASE("sbatch mode: a stopped job resubmits its own script and the new job completes bit-exact") {
+  World w({});
+  const int steps = 400;
+  std::string job = w.submit("single-node.sbatch", {"--time=10"}, w.cpp_trainer(steps, 30), "sbatch");
+  REQUIRE_MESSAGE(w.wait_for_step(job, 50), describe(w, job));
+  REQUIRE(w.cluster.scancel({"--signal=USR1", "--batch", job}) == 0);
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 120s), describe(w, job));
+  auto requeues = events(w.ckpt, "requeue");
+  REQUIRE_MESSAGE(requeues.size() == 1, describe(w, job));
+  CHECK(requeues[0]["result"] == "resubmitted");
+  std::string next = requeues[0]["new_job_id"];
+  CHECK(next != job);
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(next, 180s), describe(w, next));
+  INFO(describe(w, next));
+  CHECK(w.cluster.state(next) == "COMPLETED");
+  CHECK(first_line(w.digest) == reference_digest(steps));
+  auto starts = events(w.ckpt, "attempt_start");
+  REQUIRE(starts.size() == 2);
+  CHECK(starts[0]["job_id"] == job);
+  CHECK(starts[1]["job_id"] == next);
+  CHECK(starts[1]["lineage"] == starts[0]["lineage"]);
+}
+
+TEST_CASE("exit-code mode: exit 75 with RequeueExit requeues the job and it completes bit-exact") {
+  World w({"--requeue-exit", "75"});
+  const int steps = 400;
+  std::string job = w.submit("requeue-exit.sbatch", {"--time=10"}, w.cpp_trainer(steps, 30));
+  REQUIRE_MESSAGE(w.wait_for_step(job, 50), describe(w, job));
+  REQUIRE(w.cluster.scancel({"--signal=USR1", "--batch", job}) == 0);
+  REQUIRE_MESSAGE(SlurmCluster::wait_until([&] { return w.cluster.job(job)["Restarts"] == "1"; }, 60s),
+                  describe(w, job));
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 180s), describe(w, job));
+  INFO(describe(w, job));
+  CHECK(w.cluster.state(job) == "COMPLETED");
+  CHECK(first_line(w.digest) == reference_digest(steps));
+  auto requeues = events(w.ckpt, "requeue");
+  REQUIRE(requeues.size() == 1);
+  CHECK(requeues[0]["result"] == "exit code");
+}
+
+TEST_CASE("a crash loop under Slurm stops after max_failures with a non-zero exit and a clear message") {
+  World w({});
+  std::string job = w.submit("single-node.sbatch", {"--time=10"}, w.cpp_trainer(200, 0, {"--crash-at-step", "10"}));
+  REQUIRE(w.cluster.wait_for_end(job, 120s));
+  INFO(describe(w, job));
+  CHECK(w.cluster.state(job) == "FAILED");
+  CHECK(slurp(w.out_of(job)).find("giving up: 3 failed attempts in a row without a new checkpoint") != std::string::npos);
+  CHECK(events(w.ckpt, "attempt_end").size() == 3);
+}
+
+TEST_CASE("a trainer that crashes once under Slurm is restarted and completes bit-exact") {
+  World w({});
+  const int steps = 200;
+  std::string job = w.submit("single-node.sbatch", {"--time=10"},
+                             w.cpp_trainer(steps, 0, {"--crash-at-step", "50", "--crash-once"}));
+  REQUIRE(w.cluster.wait_for_end(job, 120s));
+  INFO(describe(w, job));
+  CHECK(w.cluster.state(job) == "COMPLETED");
+  CHECK(first_line(w.digest) == reference_digest(steps));
+  auto ends = events(w.ckpt, "attempt_end");
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0]["end_reason"] == "failed");
+  CHECK(ends[1]["end_reason"] == "completed");
+}
