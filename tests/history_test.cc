@@ -222,6 +222,19 @@ TEST_CASE("a dead supervisor's leftover control block extends the lost work by t
   CHECK(a.ended_ns == kT0 + 25 * kSec);
 }
 
+TEST_CASE("a commit the dead supervisor never recorded counts as kept, not lost") {
+  // 10 steps/s; the history knows step 100, the leftover block a commit of 200 and step 250.
+  Liveness dead;
+  dead.state = Liveness::State::dead;
+  dead.attempt = 0;
+  dead.stale_block_step = 250;
+  dead.stale_block_commit_step = 200;
+  const Attempt a = fold_history({start(0, 0), commit(10, 0, 100)}, dead, kT0 + 1000 * kSec).attempts.at(0);
+  CHECK(a.last_checkpoint_step == 200);
+  CHECK(a.lost_seconds == doctest::Approx(5));
+  CHECK(a.ended_ns == kT0 + 25 * kSec);
+}
+
 TEST_CASE("a supervisor on another host keeps the unfinished newest attempt running") {
   TempDir d;
   write_history(d.path(), {start(0, 0, nullptr, "17"), commit(10, 0, 20)});

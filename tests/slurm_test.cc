@@ -185,7 +185,8 @@ TEST_CASE("sbatch mode: a stopped job resubmits its own script and the new job c
   REQUIRE(w.cluster.scancel({"--signal=USR1", "--batch", job}) == 0);
   REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 120s), describe(w, job));
   auto requeues = events(w.ckpt, "requeue");
-  REQUIRE_MESSAGE(requeues.size() == 1, describe(w, job));
+  INFO(describe(w, job));
+  REQUIRE(requeues.size() == 1);
   CHECK(requeues[0]["result"] == "resubmitted");
   std::string next = requeues[0]["new_job_id"];
   CHECK(next != job);

@@ -14,12 +14,42 @@
 //     }
 //   }
 //
-// Thread safety: one thread calls a Client; the signal handlers it installs only perform
-// lock-free atomic stores. Outside a supervisor (no LIFELINE_CONTROL) the client is inert:
+// Asynchronous checkpoints: only the copy of the state to memory stalls training; a background
+// thread writes it, commits it and only then acks the supervisor.
+//
+//     if (c.should_checkpoint(step)) {
+//       c.save_async(step, [&] {                   // runs now, on this thread: copy the state
+//         auto copy = std::make_shared<State>(state);
+//         return [copy](lifeline::Checkpoint& w) {  // runs on the background thread
+//           w.write_file("state.bin", copy->data(), copy->size());
+//         };
+//       }, {{"val_loss", v}});
+//       if (c.should_exit()) { c.wait_for_saves(); return 0; }   // the stop checkpoint is durable
+//     }
+//     ...
+//     c.wait_for_saves();                          // before reporting success
+//
+// Rules of the asynchronous path:
+//  - At most one save is in flight. save_async() and begin_checkpoint() first wait for it.
+//  - A request or an every_steps point that comes while a save is in flight is coalesced into
+//    it: should_checkpoint() stays false and that save's commit acks every request posted before
+//    the commit (as a synchronous commit does). A request posted after that commit is answered by
+//    the next save.
+//  - A stop request is never coalesced away: while a save is in flight should_checkpoint() is
+//    true so the trainer reaches should_exit(); save_async() then waits for the save in flight
+//    and, when its commit answered the stop, takes no new snapshot. The trainer leaves after
+//    wait_for_saves(), so the stop checkpoint is durable and acked before the trainer exits.
+//  - A crash during the background write leaves the previous checkpoint the newest valid one:
+//    nothing is renamed into place before every file and the manifest are durable.
+//  - ~Client waits for a save in flight.
+//
+// Thread safety: one thread calls a Client (the background save thread is the client's own);
+// the signal handlers it installs only perform lock-free atomic stores. Outside a supervisor (no LIFELINE_CONTROL) the client is inert:
 // should_checkpoint and should_exit are false, no handler is installed, and resume() reads
 // LIFELINE_RESUME_FROM / LIFELINE_RESUME_STEP only.
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -59,6 +89,13 @@ class Checkpoint {
   std::unique_ptr<Impl> impl_;
 };
 
+// Writes a snapshot's files into a checkpoint; runs on the background save thread.
+using PersistFn = std::function<void(Checkpoint&)>;
+// Copies the training state to memory and returns how to persist that copy; runs on the
+// training thread (the only part of an asynchronous checkpoint that stalls training).
+using SnapshotFn = std::function<PersistFn()>;
+
+// The trainer's connection to its supervisor: requests in, commits and acks out.
 class Client {
  public:
   // Attaches to the supervisor's control block named by LIFELINE_CONTROL, if any.
@@ -80,12 +117,24 @@ class Client {
   bool should_checkpoint(uint64_t step) {
     if (!request_seq_) return false;
     current_step_->store(step, std::memory_order_relaxed);
-    if (request_seq_->load(std::memory_order_relaxed) != seen_seq_) return true;
+    if (request_seq_->load(std::memory_order_relaxed) != seen_seq_) return request_pending();
     return step >= next_periodic_step_ && periodic_due(step);
   }
 
-  // Starts a checkpoint of `step` (a staging folder in the checkpoint directory).
+  // Starts a checkpoint of `step` (a staging folder in the checkpoint directory). Waits for an
+  // asynchronous save in flight first.
   Checkpoint begin_checkpoint(uint64_t step);
+
+  // Asynchronous checkpoint of `step`: waits for a save in flight, then (unless a stop request
+  // is already answered by a commit) calls `snapshot` on this thread and runs what it returns on
+  // a background thread, followed by the commit and the ack. Returns true when it started a
+  // save. A failed background save is reported like a failed commit (stderr, failed-save count
+  // in the control block); older checkpoints stay intact. Exceptions of `snapshot` propagate.
+  bool save_async(uint64_t step, const SnapshotFn& snapshot, const std::map<std::string, double>& metrics = {});
+  // Waits until no save is in flight. Returns false when the last asynchronous save failed.
+  bool wait_for_saves();
+  // True while an asynchronous save is being written.
+  bool save_in_flight() const;
 
   // True once a stop was requested (by the supervisor or a signal to the trainer).
   bool should_exit() const;
@@ -94,6 +143,10 @@ class Client {
   struct State;
   Client();
   bool periodic_due(uint64_t step);
+  // should_checkpoint() with a request pending: coalesces it into a save in flight.
+  bool request_pending();
+  // Takes in what background commits answered.
+  void absorb_settled();
 
   std::atomic<uint64_t>* request_seq_ = nullptr;
   std::atomic<uint64_t>* current_step_ = nullptr;

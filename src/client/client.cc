@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "client/background_save.h"
 #include "common/clock.h"
 #include "control/control_block.h"
 #include "store/checkpoint_writer.h"
@@ -68,6 +69,10 @@ struct Client::State {
   CheckpointMeta meta;
   struct sigaction old_actions[3];
   bool handlers_installed = false;
+  // The newest request sequence a background save settled (answered, or gave up on).
+  std::atomic<uint64_t> settled_seq{0};
+  // Declared last: destroyed first, so a save in flight finishes while the block is mapped.
+  BackgroundSave saver;
 };
 
 static constexpr int kStopSignals[3] = {SIGTERM, SIGUSR1, SIGINT};
@@ -78,6 +83,7 @@ Client& Client::operator=(Client&& o) noexcept = default;
 
 Client::~Client() {
   if (!state_) return;
+  state_->saver.wait();
   if (state_->handlers_installed) {
     for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &state_->old_actions[i], nullptr);
   }
@@ -131,7 +137,24 @@ bool Client::periodic_due(uint64_t step) {
     return false;
   }
   next_periodic_step_ = (step / every + 1) * every;
+  // A point that comes while a save is in flight is coalesced into that save.
+  if (state_->saver.busy()) return false;
   return step % every == 0 && step > 0 && step >= state_->skip_first_steps;
+}
+
+void Client::absorb_settled() {
+  uint64_t settled = state_->settled_seq.load(std::memory_order_acquire);
+  if (settled > seen_seq_) seen_seq_ = settled;
+}
+
+bool Client::request_pending() {
+  // Coalesced into the save in flight, whose commit acks it; a stop must still reach should_exit().
+  if (state_->saver.busy()) return should_exit();
+  absorb_settled();
+  if (request_seq_->load(std::memory_order_acquire) != seen_seq_) return true;
+  // A background commit answered it before the trainer looked: true once more for a stop, so
+  // the trainer reaches should_exit().
+  return should_exit();
 }
 
 std::optional<ResumeInfo> Client::resume() const { return state_->resume; }
@@ -148,9 +171,29 @@ bool Client::should_exit() const {
 struct Checkpoint::Impl {
   std::optional<CheckpointWriter> writer;
   ControlBlock* block = nullptr;
-  uint64_t* seen_seq = nullptr;
+  uint64_t* seen_seq = nullptr;                  // synchronous save: the client's, same thread
+  std::atomic<uint64_t>* settled_seq = nullptr;  // background save: absorbed by the client later
   std::string error;
   std::string path;
+
+  // Every request up to `seq` is settled: do not ask for it again.
+  void settle(uint64_t seq) {
+    if (seen_seq) *seen_seq = seq;
+    if (settled_seq) settled_seq->store(seq, std::memory_order_release);
+  }
+
+  // Reports a save that failed: stderr, the block's failed-save count; returns false.
+  static bool report_failure(ControlBlock* b, uint64_t step, const std::string& what, Impl* impl) {
+    std::fprintf(stderr, "lifeline: checkpoint of step %llu failed: %s (older checkpoints are intact)\n",
+                 static_cast<unsigned long long>(step), what.c_str());
+    if (b) {
+      b->u64(kFailedSavesOff).fetch_add(1);
+      uint64_t seq = b->u64(kRequestSeqOff).load();  // do not retry on every step
+      if (impl) impl->settle(seq);
+      b->u32(kClientStateOff).store(uint32_t(ClientState::attached));
+    }
+    return false;
+  }
 };
 
 Checkpoint::Checkpoint(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -182,7 +225,7 @@ bool Checkpoint::commit(const std::map<std::string, double>& metrics) {
       uint64_t seq;
       do {
         seq = b->u64(kRequestSeqOff).load(std::memory_order_acquire);
-        *impl_->seen_seq = seq;
+        impl_->settle(seq);
         b->u64(kAckSeqOff).store(seq, std::memory_order_release);
       } while (b->u64(kRequestSeqOff).load(std::memory_order_acquire) != seq);
       b->u32(kClientStateOff).store(uint32_t(ClientState::attached));
@@ -190,19 +233,14 @@ bool Checkpoint::commit(const std::map<std::string, double>& metrics) {
     return true;
   } catch (const std::exception& e) {
     impl_->error = e.what();
-    std::fprintf(stderr, "lifeline: checkpoint of step %llu failed: %s (older checkpoints are intact)\n",
-                 static_cast<unsigned long long>(step), e.what());
-    if (b) {
-      b->u64(kFailedSavesOff).fetch_add(1);
-      *impl_->seen_seq = b->u64(kRequestSeqOff).load();  // do not retry on every step
-      b->u32(kClientStateOff).store(uint32_t(ClientState::attached));
-    }
-    return false;
+    return Checkpoint::Impl::report_failure(b, step, e.what(), impl_.get());
   }
 }
 
 Checkpoint Client::begin_checkpoint(uint64_t step) {
   State& s = *state_;
+  s.saver.wait();
+  absorb_settled();
   if (s.ckpt_dir.empty())
     throw std::runtime_error("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)");
   auto impl = std::make_unique<Checkpoint::Impl>();
@@ -219,5 +257,53 @@ Checkpoint Client::begin_checkpoint(uint64_t step) {
   }
   return Checkpoint(std::move(impl));
 }
+
+}  // namespace lifeline
+
+namespace lifeline {
+
+bool Client::save_async(uint64_t step, const SnapshotFn& snapshot, const std::map<std::string, double>& metrics) {
+  State& s = *state_;
+  if (s.ckpt_dir.empty())
+    throw std::runtime_error("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)");
+  s.saver.wait();
+  absorb_settled();
+  // A stop that a commit already answered needs no new snapshot: the trainer leaves next.
+  if (request_seq_ && should_exit() && request_seq_->load(std::memory_order_acquire) == seen_seq_) return false;
+  PersistFn persist = snapshot();
+  ControlBlock* block = s.block ? &*s.block : nullptr;
+  if (block) block->u32(kClientStateOff).store(uint32_t(ClientState::saving));
+  State* state = &s;
+  s.saver.start([state, block, step, persist = std::move(persist), metrics]() -> bool {
+    auto impl = std::make_unique<Checkpoint::Impl>();
+    impl->block = block;
+    impl->settled_seq = &state->settled_seq;
+    Checkpoint::Impl* raw = impl.get();
+    try {
+      std::error_code ec;
+      std::filesystem::create_directories(state->ckpt_dir, ec);
+      impl->writer.emplace(default_file_system(), state->ckpt_dir, step, state->meta);
+      impl->path = impl->writer->path();
+      Checkpoint checkpoint(std::move(impl));
+      try {
+        persist(checkpoint);
+      } catch (const std::exception& e) {
+        return Checkpoint::Impl::report_failure(block, step, e.what(), raw);
+      }
+      return checkpoint.commit(metrics);
+    } catch (const std::exception& e) {
+      return Checkpoint::Impl::report_failure(block, step, e.what(), raw);
+    }
+  });
+  return true;
+}
+
+bool Client::wait_for_saves() {
+  bool ok = state_->saver.wait();
+  absorb_settled();
+  return ok;
+}
+
+bool Client::save_in_flight() const { return state_->saver.busy(); }
 
 }  // namespace lifeline

@@ -40,7 +40,8 @@ double seconds_between(uint64_t from_ns, uint64_t to_ns) {
 
 double round3(double v) { return std::round(v * 1000.0) / 1000.0; }
 
-// An attempt that never recorded its end and is not running: its end is estimated.
+// An attempt that never recorded its end and is not running: its end is estimated from the
+// last event, or further from a leftover control block's step count at the attempt's rate.
 void mark_lost(Attempt& a, const Liveness& live, bool stale_block_applies) {
   a.running = false;
   a.end_reason = "lost";
@@ -49,17 +50,22 @@ void mark_lost(Attempt& a, const Liveness& live, bool stale_block_applies) {
   a.lost_estimate_from = "last event";
   a.lost_seconds = seconds_between(a.last_safe_ns(), *a.ended_ns);
   if (!stale_block_applies || !live.stale_block_step) return;
-  uint64_t base = a.last_checkpoint_step.value_or(a.resumed_from_step.value_or(0));
-  auto rate = step_rate(a);
-  if (*live.stale_block_step > base && rate) {
-    double from_steps = double(*live.stale_block_step - base) / *rate;
-    if (from_steps > a.lost_seconds) {
-      a.lost_seconds = from_steps;
-      a.ended_ns = a.last_safe_ns() + uint64_t(from_steps * 1e9);
-      a.lost_estimate_from = "control block step";
-    }
+  uint64_t step = *live.stale_block_step;
+  uint64_t recorded = a.last_checkpoint_step.value_or(a.resumed_from_step.value_or(0));
+  // Commits the supervisor died before recording: the work up to them is kept.
+  uint64_t kept = recorded;
+  if (live.stale_block_commit_step && *live.stale_block_commit_step > kept) {
+    kept = *live.stale_block_commit_step;
+    a.last_checkpoint_step = kept;
   }
-  if (!a.last_step || *a.last_step < *live.stale_block_step) a.last_step = live.stale_block_step;
+  if (!a.last_step || *a.last_step < step) a.last_step = step;
+  auto rate = step_rate(a);
+  if (!rate || step <= recorded) return;
+  uint64_t end = a.last_safe_ns() + uint64_t(double(step - recorded) / *rate * 1e9);
+  if (end <= *a.ended_ns) return;
+  a.ended_ns = end;
+  a.lost_seconds = step > kept ? double(step - kept) / *rate : 0.0;
+  a.lost_estimate_from = "control block step";
 }
 
 }  // namespace

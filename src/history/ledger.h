@@ -101,8 +101,10 @@ struct Liveness {
   enum class State { none, alive, dead, elsewhere };  // elsewhere: another host, cannot tell
   State state = State::none;
   std::optional<uint64_t> attempt;  // the attempt supervisor.json names
-  // A dead supervisor's control block that was never unlinked (SIGKILL): the trainer's last step.
+  // A dead supervisor's control block that was never unlinked (SIGKILL): the trainer's last step,
+  // and its last commit, which may be newer than the history knows.
   std::optional<uint64_t> stale_block_step;
+  std::optional<uint64_t> stale_block_commit_step;
 };
 
 // Attempts and summary of one checkpoint directory's history.

@@ -70,8 +70,11 @@ Liveness probe_liveness(const std::string& dir) {
   if (live.state == Liveness::State::dead && record->control) {
     try {
       ControlBlock block = ControlBlock::attach(*record->control);
-      if (int64_t(block.u32(layout::kSupervisorPidOff).load()) == record->pid)
+      if (int64_t(block.u32(layout::kSupervisorPidOff).load()) == record->pid) {
         live.stale_block_step = block.u64(layout::kCurrentStepOff).load();
+        if (block.u64(layout::kCommitCountOff).load() > 0)
+          live.stale_block_commit_step = block.u64(layout::kLastCommitStepOff).load();
+      }
     } catch (const std::exception&) {
       // Unlinked: the supervisor ended cleanly enough, or the node rebooted.
     }

@@ -547,6 +547,14 @@ class Supervisor {
       return;
     }
     std::vector<std::string> args = resubmit_args();
+    // 22.05 shows Command as the script path and its arguments joined by spaces.
+    std::string joined;
+    for (const auto& a : args) joined += " " + a;
+    if (!joined.empty() && script.size() > joined.size() &&
+        script.compare(script.size() - joined.size(), joined.size(), joined) == 0)
+      script.resize(script.size() - joined.size());
+    else if (args.empty() && script.find(' ') != std::string::npos)
+      script = script.substr(0, script.find(' '));
     SlurmOutcome o = slurm_client_.resubmit(script, args, workdir);
     if (!o.ok) {
       spdlog::error("resubmission failed: {}", o.detail);
@@ -561,8 +569,8 @@ class Supervisor {
     finish(0);
   }
 
-  // The jobscript's own arguments, passed on by the jobscript in LIFELINE_SCRIPT_ARGS
-  // (NUL-free, one per line) since Slurm 22.05 does not record them.
+  // The jobscript's own arguments, passed on by the jobscript in LIFELINE_SCRIPT_ARGS (one
+  // per line): Slurm 22.05 shows them only joined by spaces after the script in Command=.
   std::vector<std::string> resubmit_args() const {
     std::vector<std::string> args;
     if (auto v = env_str("LIFELINE_SCRIPT_ARGS")) {
