@@ -74,6 +74,12 @@ struct World {
     return v;
   }
 
+  std::vector<std::string> python_trainer(int steps, int delay_ms) const {
+    return {"/usr/bin/python3", std::string(LIFELINE_SOURCE_DIR) + "/examples/train_torch.py", "--steps",
+            std::to_string(steps), "--seed", "7", "--step-delay-ms", std::to_string(delay_ms), "--log-every", "1",
+            "--digest-out", digest};
+  }
+
   std::string out_file() const { return dir / "job-%j.out"; }
   std::string out_of(const std::string& job) const { return dir / ("job-" + job + ".out"); }
 
@@ -240,5 +246,28 @@ TEST_CASE("a trainer that crashes once under Slurm is restarted and completes bi
   auto ends = events(w.ckpt, "attempt_end");
   REQUIRE(ends.size() == 2);
   CHECK(ends[0]["end_reason"] == "failed");
+  CHECK(ends[1]["end_reason"] == "completed");
+}
+
+TEST_CASE("a Python trainer survives a preemption round trip and resumes bit-exact") {
+  World w({"--grace", "10", "--kill-wait", "10"});
+  const int steps = 500;
+  std::string job = w.submit("single-node.sbatch", {"-p", "low", "--exclusive", "--time=10"}, w.python_trainer(steps, 40));
+  REQUIRE_MESSAGE(w.wait_for_step(job, 40), describe(w, job));
+  w.preempt_with_high_priority_job();
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 300s), describe(w, job));
+  INFO(describe(w, job));
+  CHECK(w.cluster.state(job) == "COMPLETED");
+  CHECK(w.cluster.job(job)["Restarts"] == "1");
+  // The uninterrupted digest of the same Python trainer, run alone.
+  TempDir ref;
+  std::vector<std::string> cmd = {"/usr/bin/python3", std::string(LIFELINE_SOURCE_DIR) + "/examples/train_torch.py",
+                                  "--steps", std::to_string(steps), "--seed", "7", "--digest-out", ref / "digest"};
+  std::string out;
+  REQUIRE_MESSAGE(run(cmd, &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}}) == 0, out);
+  CHECK(first_line(w.digest) == first_line(ref / "digest"));
+  auto ends = events(w.ckpt, "attempt_end");
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0]["end_reason"] == "preempted");
   CHECK(ends[1]["end_reason"] == "completed");
 }

@@ -1,5 +1,6 @@
 // `lifeline run`: validates the policy and arguments, then hands over to the supervisor.
 #include <cstdio>
+#include <algorithm>
 #include <filesystem>
 
 #include "cli/commands.h"
@@ -16,6 +17,7 @@ void register_run_command(CLI::App& app, int& rc) {
   struct Args {
     std::string policy, ckpt_dir, requeue;
     double grace = -1;
+    int verbose = 0, quiet = 0;
     std::vector<std::string> command;
   };
   auto args = std::make_shared<Args>();
@@ -25,6 +27,8 @@ void register_run_command(CLI::App& app, int& rc) {
       ->check(CLI::IsMember(kModes));
   sub->add_option("--grace", args->grace, "longest wait for the stop checkpoint, seconds")
       ->check(CLI::NonNegativeNumber);
+  sub->add_flag("-v,--verbose", args->verbose, "more log lines (-vv: trace)");
+  sub->add_flag("-q,--quiet", args->quiet, "fewer log lines (-qq: errors only)");
   sub->add_option("command", args->command, "training command and its arguments (after --)")->required();
   sub->positionals_at_end();
   sub->callback([args, &rc] {
@@ -40,6 +44,11 @@ void register_run_command(CLI::App& app, int& rc) {
     o.requeue_mode = args->requeue.empty() ? o.policy.requeue.mode : args->requeue;
     o.grace_seconds = args->grace >= 0 ? args->grace : o.policy.stop.grace_seconds;
     o.command = args->command;
+    int level = args->verbose - args->quiet;
+    if (level != 0) {
+      const char* names[] = {"off", "error", "warning", "info", "debug", "trace"};
+      o.log_level = names[std::max(0, std::min(5, 3 + level))];
+    }
     std::error_code ec;
     std::filesystem::create_directories(o.ckpt_dir, ec);
     if (ec) {

@@ -8,6 +8,7 @@
 
 namespace lifeline {
 using json = nlohmann::json;
+using ordered_json = nlohmann::ordered_json;
 
 namespace {
 
@@ -42,20 +43,20 @@ double round3(double v) { return std::round(v * 1000.0) / 1000.0; }
 
 // An attempt that never recorded its end and is not running: its end is estimated from the
 // last event, or further from a leftover control block's step count at the attempt's rate.
-void mark_lost(Attempt& a, const Liveness& live, bool stale_block_applies) {
+void mark_lost(Attempt& a) {
   a.running = false;
   a.end_reason = "lost";
   a.end_estimated = true;
   a.ended_ns = std::max(a.last_activity_ns, a.started_ns);
   a.lost_estimate_from = "last event";
   a.lost_seconds = seconds_between(a.last_safe_ns(), *a.ended_ns);
-  if (!stale_block_applies || !live.stale_block_step) return;
-  uint64_t step = *live.stale_block_step;
+  if (!a.block_step) return;
+  uint64_t step = *a.block_step;
   uint64_t recorded = a.last_checkpoint_step.value_or(a.resumed_from_step.value_or(0));
   // Commits the supervisor died before recording: the work up to them is kept.
   uint64_t kept = recorded;
-  if (live.stale_block_commit_step && *live.stale_block_commit_step > kept) {
-    kept = *live.stale_block_commit_step;
+  if (a.block_commit_step && *a.block_commit_step > kept) {
+    kept = *a.block_commit_step;
     a.last_checkpoint_step = kept;
   }
   if (!a.last_step || *a.last_step < step) a.last_step = step;
@@ -131,6 +132,12 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
       continue;
     }
     Attempt& a = record_for(e, t);
+    if (ev == "attempt_lost") {
+      // Written later, by the next supervisor: its time says nothing about this attempt.
+      a.block_step = opt_u64(e, "last_step");
+      a.block_commit_step = opt_u64(e, "last_checkpoint_step");
+      continue;
+    }
     a.last_activity_ns = std::max(a.last_activity_ns, t);
     if (ev == "checkpoint_commit") {
       CommitRecord c;
@@ -150,6 +157,8 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
       ++a.failed_checkpoints;
     } else if (ev == "checkpoint_timeout") {
       ++a.checkpoint_timeouts;
+    } else if (ev == "progress") {
+      if (auto s = opt_u64(e, "step")) a.last_step = s;
     } else if (ev == "hang") {
       a.hang = true;
       if (auto s = opt_u64(e, "step")) a.last_step = s;
@@ -187,7 +196,16 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
       a.running = true;
       a.at_risk_seconds = seconds_between(a.last_safe_ns(), now_ns);
     } else {
-      mark_lost(a, live, newest && named && live.state == Liveness::State::dead);
+      if (newest && named && live.state == Liveness::State::dead && live.stale_block_step) {
+        a.block_step = live.stale_block_step;
+        a.block_commit_step = live.stale_block_commit_step;
+      }
+      mark_lost(a);
+      // It cannot have lasted past the start of the next attempt.
+      if (!newest && *a.ended_ns > attempts[i + 1].started_ns && attempts[i + 1].started_ns >= a.last_safe_ns()) {
+        a.ended_ns = attempts[i + 1].started_ns;
+        a.lost_seconds = std::min(a.lost_seconds, seconds_between(a.last_safe_ns(), *a.ended_ns));
+      }
     }
   }
 
@@ -212,28 +230,28 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
   return ledger;
 }
 
-json attempt_json(const Attempt& a) {
-  auto opt = [](const auto& o) { return o ? json(*o) : json(nullptr); };
-  json signals = json::array();
+ordered_json attempt_json(const Attempt& a) {
+  auto opt = [](const auto& o) { return o ? ordered_json(*o) : ordered_json(nullptr); };
+  ordered_json signals = ordered_json::array();
   for (const auto& sig : a.signals)
     signals.push_back({{"signal", sig.name}, {"to", sig.target}, {"time", iso8601(sig.time_ns)}});
-  json skipped = json::array();
+  ordered_json skipped = ordered_json::array();
   for (const auto& sk : a.skipped) skipped.push_back({{"step", sk.step}, {"problem", sk.problem}});
-  json requests = json::object();
+  ordered_json requests = ordered_json::object();
   for (const auto& r : a.requests) {
     std::string key = r.reason.empty() ? "unknown" : r.reason;
     requests[key] = requests.value(key, 0) + 1;
   }
   uint64_t bytes = 0;
   for (const auto& c : a.commits) bytes += c.bytes;
-  json j{
+  ordered_json j{
       {"attempt", a.attempt},
       {"job_id", opt(a.job_id)},
       {"host", a.host},
       {"started", iso8601(a.started_ns)},
-      {"ended", a.ended_ns ? json(iso8601(*a.ended_ns)) : json(nullptr)},
+      {"ended", a.ended_ns ? ordered_json(iso8601(*a.ended_ns)) : ordered_json(nullptr)},
       {"resumed_from_step", opt(a.resumed_from_step)},
-      {"end_reason", a.running ? json(nullptr) : json(a.end_reason)},
+      {"end_reason", a.running ? ordered_json(nullptr) : ordered_json(a.end_reason)},
       {"exit_code", opt(a.exit_code)},
       {"checkpoints", a.checkpoints},
       {"last_checkpoint_step", opt(a.last_checkpoint_step)},
@@ -243,7 +261,7 @@ json attempt_json(const Attempt& a) {
       {"running", a.running},
       {"lineage", a.lineage},
       {"pid", opt(a.pid)},
-      {"duration_seconds", a.ended_ns ? json(round3(seconds_between(a.started_ns, *a.ended_ns))) : json(nullptr)},
+      {"duration_seconds", a.ended_ns ? ordered_json(round3(seconds_between(a.started_ns, *a.ended_ns))) : ordered_json(nullptr)},
       {"ended_estimated", a.end_estimated},
       {"last_step", opt(a.last_step)},
       {"checkpoint_seconds", round3(a.checkpoint_seconds())},
@@ -254,8 +272,8 @@ json attempt_json(const Attempt& a) {
       {"signals", signals},
       {"skipped_at_resume", skipped},
       {"hang", a.hang},
-      {"requeue_result", a.requeue_result.empty() ? json(nullptr) : json(a.requeue_result)},
-      {"requeue_detail", a.requeue_detail.empty() ? json(nullptr) : json(a.requeue_detail)},
+      {"requeue_result", a.requeue_result.empty() ? ordered_json(nullptr) : ordered_json(a.requeue_result)},
+      {"requeue_detail", a.requeue_detail.empty() ? ordered_json(nullptr) : ordered_json(a.requeue_detail)},
       {"last_activity", iso8601(a.last_activity_ns)},
   };
   if (a.running) j["at_risk_seconds"] = round3(a.at_risk_seconds);
@@ -263,19 +281,19 @@ json attempt_json(const Attempt& a) {
   return j;
 }
 
-json summary_json(const Summary& s) {
+ordered_json summary_json(const Summary& s) {
   return {{"attempts", s.attempts},
-          {"state", s.state.empty() ? json(nullptr) : json(s.state)},
-          {"first_start", s.attempts ? json(iso8601(s.first_start_ns)) : json(nullptr)},
-          {"last_end", s.attempts ? json(iso8601(s.last_end_ns)) : json(nullptr)},
+          {"state", s.state.empty() ? ordered_json(nullptr) : ordered_json(s.state)},
+          {"first_start", s.attempts ? ordered_json(iso8601(s.first_start_ns)) : ordered_json(nullptr)},
+          {"last_end", s.attempts ? ordered_json(iso8601(s.last_end_ns)) : ordered_json(nullptr)},
           {"wall_seconds", round3(s.wall_seconds)},
           {"span_seconds", round3(s.span_seconds)},
           {"useful_seconds", round3(s.useful_seconds)},
           {"checkpoint_seconds", round3(s.checkpoint_seconds)},
           {"lost_seconds", round3(s.lost_seconds)},
-          {"goodput_percent", s.goodput_percent ? json(std::round(*s.goodput_percent * 10) / 10) : json(nullptr)},
+          {"goodput_percent", s.goodput_percent ? ordered_json(std::round(*s.goodput_percent * 10) / 10) : ordered_json(nullptr)},
           {"checkpoints", s.checkpoints},
-          {"last_checkpoint_step", s.last_checkpoint_step ? json(*s.last_checkpoint_step) : json(nullptr)},
+          {"last_checkpoint_step", s.last_checkpoint_step ? ordered_json(*s.last_checkpoint_step) : ordered_json(nullptr)},
           {"interruptions", s.interruptions}};
 }
 

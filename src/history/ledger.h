@@ -69,6 +69,9 @@ struct Attempt {
   uint64_t checkpoint_timeouts = 0;
   bool hang = false;
   uint64_t last_activity_ns = 0;  // newest event of this attempt
+  // From the control block a dead supervisor left behind (probed now, or recorded by the next
+  // supervisor in an attempt_lost event): the trainer's last step and last commit.
+  std::optional<uint64_t> block_step, block_commit_step;
   double lost_seconds = 0;        // work since the last checkpoint the attempt threw away
   double at_risk_seconds = 0;     // running: work since the last checkpoint, not yet lost
 
@@ -120,8 +123,9 @@ Ledger fold_history(const std::vector<nlohmann::json>& events, const Liveness& l
 std::optional<double> step_rate(const Attempt& a);
 
 // The contract's JSON object for an attempt (design.md), plus the extra fields docs/history.md lists.
-nlohmann::json attempt_json(const Attempt& a);
-nlohmann::json summary_json(const Summary& s);
+// Ordered: the contract's fields first, as documented.
+nlohmann::ordered_json attempt_json(const Attempt& a);
+nlohmann::ordered_json summary_json(const Summary& s);
 
 // "2h 05m", "3m 12s", "4.2 s": a duration for people.
 std::string human_duration(double seconds);

@@ -259,16 +259,17 @@ std::string timeline_svg(const Ledger& ledger, const std::string& title, uint64_
         svg.line(xp, mid, xs - 1, mid, kMuted, 1.2, "stroke-dasharray=\"2 3\"");
         std::string wait = "waited " + human_duration(double(a.started_ns - prev.end_or(now_ns)) / 1e9);
         if (text_width(wait, 6) + 8 < xs - xp)
-          svg.text((xp + xs) / 2, bar_y - 3, esc(wait), "text-anchor=\"middle\" font-size=\"10\" " + fill_attr(kMuted));
+          svg.text((xp + xs) / 2, bar_y + kBarHeight + 13, esc(wait),
+                   "text-anchor=\"middle\" font-size=\"10\" " + fill_attr(kMuted));
       }
     }
 
     // Label: bold headline, then details, kept inside the picture.
     std::string h = headline(a), d = details(a);
-    double w = text_width(h) + text_width("  " + d, 6.3);
+    double w = text_width(h, 7.6) + 10 + text_width(d, 6.3);
     double lx = std::clamp(xs, kLeft, std::max(kLeft, kWidth - kRight - w));
     svg.raw("  <text x=\"" + num(lx) + "\" y=\"" + num(label_y) + "\" " + fill_attr(kInk) + "><tspan font-weight=\"bold\">" +
-            esc(h) + "</tspan><tspan font-size=\"11\" fill=\"" + kMuted + "\">  " + esc(d) + "</tspan></text>\n");
+            esc(h) + "</tspan><tspan dx=\"10\" font-size=\"11\" fill=\"" + kMuted + "\">" + esc(d) + "</tspan></text>\n");
 
     // Bar: kept work, then lost (ended) or unsaved (running) work.
     svg.rect(xs, bar_y, xsafe - xs, kBarHeight, kUseful);

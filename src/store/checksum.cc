@@ -5,6 +5,15 @@
 #include <openssl/evp.h>
 #include <unistd.h>
 #include <xxhash.h>
+#if (defined(__x86_64__) || defined(__i386__)) && __has_include(<xxh_x86dispatch.h>)
+// libxxhash's runtime dispatch picks AVX2/AVX-512 when the CPU has them (about 3x the
+// baseline SSE2 speed); the digest is the same whichever vector unit computes it.
+#define XXH_DISPATCH_DISABLE_REPLACE
+#include <xxh_x86dispatch.h>
+#define LIFELINE_XXH3_UPDATE XXH3_64bits_update_dispatch
+#else
+#define LIFELINE_XXH3_UPDATE XXH3_64bits_update
+#endif
 
 #include <cerrno>
 #include <cstdio>
@@ -17,7 +26,7 @@ namespace {
 class Xxh3Hasher : public Hasher {
  public:
   Xxh3Hasher() : state_(XXH3_createState(), &XXH3_freeState) { XXH3_64bits_reset(state_.get()); }
-  void update(const void* data, size_t size) override { XXH3_64bits_update(state_.get(), data, size); }
+  void update(const void* data, size_t size) override { LIFELINE_XXH3_UPDATE(state_.get(), data, size); }
   std::string hex_digest() override {
     char buf[17];
     std::snprintf(buf, sizeof buf, "%016llx",
@@ -76,7 +85,9 @@ bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& byte
     return false;
   }
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  std::vector<char> buf(4u << 20);
+  // 1 MiB: each chunk is hashed while it is still in the CPU cache the read just filled it
+  // through (4 MiB measured about 30% slower; see bench/README.md).
+  std::vector<char> buf(1u << 20);
   for (;;) {
     ssize_t n = ::read(fd, buf.data(), buf.size());
     if (n < 0) {

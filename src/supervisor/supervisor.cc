@@ -816,6 +816,7 @@ class Supervisor {
 int run_supervisor(const RunOptions& options) {
   spdlog::set_default_logger(spdlog::stderr_color_st("lifeline"));
   if (const char* lvl = std::getenv("LIFELINE_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(lvl));
+  if (!options.log_level.empty()) spdlog::set_level(spdlog::level::from_str(options.log_level));
   int status;
   {
     Supervisor s(options);

@@ -15,6 +15,7 @@ struct RunOptions {
   std::string requeue_mode;   // auto | scontrol | sbatch | exit | local | none
   double grace_seconds = 25;  // longest wait for the stop checkpoint
   std::vector<std::string> command;
+  std::string log_level;      // spdlog level name; "" = $LIFELINE_LOG_LEVEL, else info
 };
 
 // Runs the trainer under supervision; returns the exit status of `lifeline run` (design.md).
