@@ -207,3 +207,56 @@ TEST_CASE("bad arguments and a bad policy exit 2 without starting the trainer") 
   CHECK(run({binary("LIFELINE_BIN"), "run", "--ckpt-dir", d / "ckpt", "--", "/nonexistent/trainer"}, &out) == 2);
   CHECK(out.find("/nonexistent/trainer") != std::string::npos);
 }
+
+TEST_CASE("a trainer that ignores the stop request is escalated to SIGTERM then SIGKILL after the deadline") {
+  TempDir d;
+  // A trainer without the client that also ignores SIGTERM: only SIGKILL ends it.
+  Process p(lifeline_run(d, {"/bin/bash", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"}, {"--grace", "1"}));
+  REQUIRE(p.wait_for_line("ready") != "");
+  p.signal(SIGUSR1);
+  int rc = p.wait();
+  CHECK(rc == 75);
+  CHECK(p.output().find("no checkpoint committed in time") != std::string::npos);
+  CHECK(p.output().find("sending SIGTERM to the trainer") != std::string::npos);
+  CHECK(p.output().find("SIGKILL") != std::string::npos);
+}
+
+TEST_CASE("a trainer that stops reporting steps for hang_seconds is treated as hung and retried per budget") {
+  TempDir d;
+  std::string policy = d / "hang.yaml";
+  std::ofstream(policy) << "version: 1\ncheckpoint:\n  every_steps: 20\n  every_seconds: 0\n"
+                           "restart:\n  backoff_seconds: 0\n  max_failures: 2\nstop:\n  hang_seconds: 1\n";
+  std::string out;
+  // One step per minute: the trainer never reports a step within hang_seconds.
+  int rc = run({binary("LIFELINE_BIN"), "run", "--policy", policy, "--ckpt-dir", d / "ckpt", "--requeue", "local", "--",
+                binary("TRAIN_EXAMPLE_BIN"), "--steps", "10", "--step-delay-ms", "60000"},
+               &out);
+  CHECK(rc != 0);
+  CHECK(out.find("treating it as hung") != std::string::npos);
+  CHECK(out.find("giving up: 2 failed attempts in a row") != std::string::npos);
+}
+
+TEST_CASE("a second supervisor on the same directory refuses and names the holder") {
+  TempDir d;
+  Process first(lifeline_run(d, train_cmd(d / "digest", 20)));
+  REQUIRE(first.wait_for_line("trainer started") != "");
+  std::string out;
+  CHECK(run(lifeline_run(d, train_cmd(d / "digest2", 0)), &out) == 2);
+  CHECK(out.find("is in use by another lifeline") != std::string::npos);
+  CHECK(out.find("pid " + std::to_string(first.pid())) != std::string::npos);
+  first.signal(SIGUSR1);
+  CHECK(first.wait() == 75);
+}
+
+TEST_CASE("SIGUSR2 to the supervisor asks for a checkpoint now and training goes on to completion") {
+  TempDir d;
+  Process p(lifeline_run(d, train_cmd(d / "digest", 10)));
+  REQUIRE(p.wait_for_line("step 25 ") != "");
+  p.signal(SIGUSR2);
+  std::string committed = p.wait_for_line("checkpoint committed: step ");
+  REQUIRE(committed != "");
+  CHECK(committed.find("step 40,") == std::string::npos);  // the request's own, not the next periodic one
+  CHECK(p.wait() == 0);
+  CHECK(p.output().find("SIGUSR2: checkpoint requested") != std::string::npos);
+  CHECK(read_all(d / "digest") == reference_digest());
+}

@@ -271,3 +271,30 @@ TEST_CASE("a Python trainer survives a preemption round trip and resumes bit-exa
   CHECK(ends[0]["end_reason"] == "preempted");
   CHECK(ends[1]["end_reason"] == "completed");
 }
+
+TEST_CASE("time limit without --signal: lifeline stops ahead of the job's end by itself and completes bit-exact") {
+  World w({"--kill-wait", "10"});
+  // The single-node jobscript without its --signal line: no warning will ever come.
+  std::string script = w.dir / "no-signal.sbatch";
+  {
+    std::ifstream in(std::string(LIFELINE_SOURCE_DIR) + "/jobscripts/single-node.sbatch");
+    std::ofstream out(script);
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind("#SBATCH --signal", 0) != 0) out << line << "\n";
+  }
+  const int steps = 1200;  // 60 s of training in jobs limited to one minute
+  std::vector<std::string> o = {"--output=" + w.out_file(), "--time=1"};
+  std::string job = w.cluster.submit(o, script, w.cpp_trainer(steps, 50), w.env());
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 480s), describe(w, job));
+  INFO(describe(w, job));
+  CHECK(w.cluster.state(job) == "COMPLETED");
+  CHECK(first_line(w.digest) == reference_digest(steps));
+  auto ends = events(w.ckpt, "attempt_end");
+  REQUIRE(ends.size() >= 2);
+  for (size_t i = 0; i + 1 < ends.size(); ++i) {
+    CHECK(ends[i]["end_reason"] == "time_limit");
+    CHECK(ends[i]["signal"].is_null());  // no signal: lifeline's own timer
+  }
+  CHECK(events(w.ckpt, "time_limit_near").size() == ends.size() - 1);
+}

@@ -1,9 +1,13 @@
 #pragma once
 // lifeline_torch: saves and loads a LibTorch training state (module, optimizer, RNG states,
-// step) into a checkpoint folder, so a resumed run continues bit-exactly.
+// step) into a checkpoint folder, so a resumed run continues bit-exactly. Synchronously (save),
+// or asynchronously: snapshot() copies the state to memory, the only part that stalls
+// training, and persist() writes that copy on the client's background save thread.
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
 
 #include "lifeline/client.h"
@@ -16,5 +20,32 @@ void save(Checkpoint& checkpoint, torch::nn::Module& model, torch::optim::Optimi
 
 // Restores what save() wrote; returns the step the checkpoint holds.
 uint64_t load(const std::string& folder, torch::nn::Module& model, torch::optim::Optimizer& optimizer);
+
+// A training state copied to memory (parameters, buffers, optimizer state, RNG, step), laid out
+// as save() lays it out; training may change the live tensors while it is persisted.
+struct Snapshot {
+  torch::serialize::OutputArchive model;
+  torch::serialize::OutputArchive optimizer;
+  std::string optimizer_bytes;  // set instead of `optimizer` for an optimizer type copied by serializing
+  torch::Tensor rng;
+  uint64_t step = 0;
+  size_t tensor_bytes = 0;  // bytes of tensor data copied
+  size_t model_bytes = 0;   // of which parameters and buffers
+};
+
+// Copies the state. Parameters and buffers are copied as Module::save writes them (a module
+// that overrides save() is copied by its parameters, buffers and children all the same);
+// Adam, AdamW, SGD, RMSprop and Adagrad state is copied tensor by tensor, any other optimizer
+// is serialized here. Tensors stay on their device.
+std::shared_ptr<Snapshot> snapshot(torch::nn::Module& model, torch::optim::Optimizer& optimizer, uint64_t step);
+
+// Writes a snapshot: the same files, byte for byte, as save() of the state it copied.
+// Consumes the snapshot's archives (call it once per snapshot).
+void persist(Checkpoint& checkpoint, Snapshot& snapshot);
+
+// Client::save_async with snapshot() and persist(): returns false when no save was needed
+// (a stop request already answered by a commit).
+bool save_async(Client& client, torch::nn::Module& model, torch::optim::Optimizer& optimizer, uint64_t step,
+                const std::map<std::string, double>& metrics = {});
 
 }  // namespace lifeline::torch_state

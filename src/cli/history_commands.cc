@@ -23,7 +23,7 @@
 namespace lifeline::cli {
 
 namespace {
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;  // fields in the order written
 using namespace layout;
 
 // "2026-11-21 23:40:00" (UTC) for tables.
@@ -203,17 +203,28 @@ json policy_summary(const SupervisorRecord& r) {
   return p;
 }
 
+// "12", "2.5": a policy number as it would be written in the YAML.
+std::string number_text(const json& v) {
+  if (!v.is_number()) return "?";
+  double d = v.get<double>();
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", d);
+  return buf;
+}
+
 std::string policy_text(const json& p) {
-  auto n = [&](const char* k) { return p.contains(k) ? p[k].dump() : std::string("?"); };
-  std::string s = "checkpoint every " + n("every_steps") + " steps / " + n("every_seconds") + " s; keep last " +
-                  n("keep_last") + ", best " + n("keep_best");
+  auto n = [&](const char* k) { return p.contains(k) ? number_text(p[k]) : std::string("?"); };
+  auto every = [&](const char* k, const char* unit) {
+    return p.value(k, 0.0) > 0 ? "every " + n(k) + unit : std::string("off");
+  };
+  std::string s = "checkpoint " + every("every_steps", " steps") + " / " + every("every_seconds", " s") +
+                  "; keep last " + n("keep_last") + " + best " + n("keep_best");
   if (p.contains("metric") && p["metric"].is_string()) s += " by " + p["metric"].get<std::string>();
-  s += "; requeue " + p.value("requeue_mode", std::string("?")) + ", at most " + n("max_requeues") +
-       " requeues, " + n("max_failures") + " failures in a row; grace " + n("grace_seconds") + " s";
-  double hang = p.value("hang_seconds", 0.0);
-  if (hang > 0) s += "; hung after " + n("hang_seconds") + " s";
+  s += "; requeue " + p.value("requeue_mode", std::string("?")) + " (at most " + n("max_requeues") + ", " +
+       n("max_failures") + " failures in a row); grace " + n("grace_seconds") + " s; hang check " +
+       (p.value("hang_seconds", 0.0) > 0 ? "after " + n("hang_seconds") + " s" : std::string("off"));
   if (p.contains("source") && p["source"].is_string() && !p["source"].get<std::string>().empty())
-    s += " (" + p["source"].get<std::string>() + ")";
+    s += "; from " + p["source"].get<std::string>();
   return s;
 }
 
@@ -330,10 +341,13 @@ void print_live_status(const json& j) {
   if (j.contains("note")) std::printf("note            %s\n", j["note"].get<std::string>().c_str());
   if (j["trainer"].is_object()) {
     const json& t = j["trainer"];
-    std::string rate = t["steps_per_second"].is_number()
-                           ? std::to_string(t["steps_per_second"].get<double>()).substr(0, 8) + " steps/s (" +
-                                 t["rate_from"].get<std::string>() + ")"
-                           : "rate unknown";
+    std::string rate = "rate unknown";
+    if (t["steps_per_second"].is_number()) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.1f steps/s (%s)", t["steps_per_second"].get<double>(),
+                    t["rate_from"].get<std::string>() == "sample" ? "just measured" : "from the history");
+      rate = buf;
+    }
     std::printf("trainer         pid %s, %s, step %llu, %s\n", t["pid"].is_number() ? t["pid"].dump().c_str() : "-",
                 t["state"].get<std::string>().c_str(), t["step"].get<unsigned long long>(), rate.c_str());
   }

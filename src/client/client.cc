@@ -275,24 +275,27 @@ bool Client::save_async(uint64_t step, const SnapshotFn& snapshot, const std::ma
   if (block) block->u32(kClientStateOff).store(uint32_t(ClientState::saving));
   State* state = &s;
   s.saver.start([state, block, step, persist = std::move(persist), metrics]() -> bool {
-    auto impl = std::make_unique<Checkpoint::Impl>();
-    impl->block = block;
-    impl->settled_seq = &state->settled_seq;
-    Checkpoint::Impl* raw = impl.get();
+    // Reports a failure outside commit(); the request stays settled, as after a failed commit.
+    auto fail = [&](const std::string& what) {
+      Checkpoint::Impl settle_only;
+      settle_only.settled_seq = &state->settled_seq;
+      return Checkpoint::Impl::report_failure(block, step, what, &settle_only);
+    };
     try {
+      auto impl = std::make_unique<Checkpoint::Impl>();
+      impl->block = block;
+      impl->settled_seq = &state->settled_seq;
       std::error_code ec;
       std::filesystem::create_directories(state->ckpt_dir, ec);
       impl->writer.emplace(default_file_system(), state->ckpt_dir, step, state->meta);
       impl->path = impl->writer->path();
       Checkpoint checkpoint(std::move(impl));
-      try {
-        persist(checkpoint);
-      } catch (const std::exception& e) {
-        return Checkpoint::Impl::report_failure(block, step, e.what(), raw);
-      }
+      persist(checkpoint);  // an exception drops the staging folder with `checkpoint`
       return checkpoint.commit(metrics);
     } catch (const std::exception& e) {
-      return Checkpoint::Impl::report_failure(block, step, e.what(), raw);
+      return fail(e.what());
+    } catch (...) {
+      return fail("unknown exception while persisting");
     }
   });
   return true;

@@ -103,7 +103,7 @@ std::string headline(const Attempt& a) {
   std::string s = "attempt " + std::to_string(a.attempt);
   if (a.job_id) s += " \u00b7 job " + *a.job_id;
   if (a.running) return s + " \u00b7 running";
-  std::string reason = a.end_reason;
+  std::string reason = a.end_reason == "time_limit" ? "time limit" : a.end_reason;
   if (a.end_reason == "failed" && a.hang) reason = "failed (hung)";
   else if (a.end_reason == "failed" && a.exit_code) reason = "failed (exit " + std::to_string(*a.exit_code) + ")";
   else if (a.end_reason == "lost") reason = "lost (end not recorded)";
@@ -258,9 +258,9 @@ std::string timeline_svg(const Ledger& ledger, const std::string& title, uint64_
       if (xs - xp > 3) {
         svg.line(xp, mid, xs - 1, mid, kMuted, 1.2, "stroke-dasharray=\"2 3\"");
         std::string wait = "waited " + human_duration(double(a.started_ns - prev.end_or(now_ns)) / 1e9);
-        if (text_width(wait, 6) + 8 < xs - xp)
-          svg.text((xp + xs) / 2, bar_y + kBarHeight + 13, esc(wait),
-                   "text-anchor=\"middle\" font-size=\"10\" " + fill_attr(kMuted));
+        // Under the dotted line, ending at the bar; it may reach left under the previous row's end.
+        if (xs - 4 - text_width(wait, 6) > kLeft)
+          svg.text(xs - 4, bar_y + kBarHeight + 13, esc(wait), "text-anchor=\"end\" font-size=\"10\" " + fill_attr(kMuted));
       }
     }
 

@@ -50,11 +50,17 @@ class CheckpointWriter {
   const std::string& path() const { return staging_; }
   uint64_t step() const { return step_; }
 
-  // Writes `rel` inside the staging folder, checksumming while writing, and fsyncs it.
+  // Writes `rel` inside the staging folder (creating its parent folders), checksumming while
+  // writing, and fsyncs it. Writeback starts while writing (see PosixWritableFile), so the
+  // fsync at the end is short.
   void write_file(const std::string& rel, const void* data, size_t size);
 
   // Checksums and fsyncs files not written with write_file, writes the manifest, renames.
-  // On failure the staging folder is removed and every older checkpoint is untouched.
+  // On failure the staging folder is removed (when the file system still allows it) and
+  // every older checkpoint is untouched. One exception to "failed = absent": when only the
+  // final directory fsync fails, the renamed folder stays; it is complete and verifies, but
+  // may not survive a power loss. Once that fsync succeeded, the commit reports success even
+  // if removing a replaced invalid folder fails (it stays as a `.trash-` folder for gc).
   CommitResult commit(const std::map<std::string, double>& metrics = {});
 
   // Drops the staging folder.

@@ -20,7 +20,8 @@ std::unique_ptr<Hasher> make_hasher(const std::string& algorithm);
 bool known_checksum(const std::string& algorithm);
 constexpr const char* kDefaultChecksum = "xxh3-64";
 
-// Streams a file through a hasher in large chunks; returns false (errno set) on read errors.
+// Streams a regular file through a hasher in 1 MiB reads; returns false (errno set) on read
+// errors and for anything but a regular file (a FIFO would block). Never follows a symlink.
 // `bytes` receives the number of bytes read.
 bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& bytes);
 

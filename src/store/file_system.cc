@@ -6,7 +6,6 @@
 
 #include <cerrno>
 #include <cstdint>
-#include <cstdlib>
 #include <filesystem>
 #include <system_error>
 
@@ -40,8 +39,7 @@ class PosixWritableFile : public WritableFile {
       size -= size_t(n);
       written_ += uint64_t(n);
     }
-    static const bool off = getenv("NO_SFR") != nullptr;
-    if (!off && written_ - kicked_ >= kWritebackChunk) {
+    if (written_ - kicked_ >= kWritebackChunk) {
       // Advisory: an error here shows up again, and is reported, at fsync.
 #ifdef SYNC_FILE_RANGE_WRITE
       (void)::sync_file_range(fd_, off64_t(kicked_), off64_t(written_ - kicked_), SYNC_FILE_RANGE_WRITE);

@@ -140,6 +140,10 @@ class Supervisor {
     signals_.add(SIGTERM);
     for (int s : opt_.policy.stop.signals)
       if (s != SIGTERM) signals_.add(s);
+    // USR2, unless it is a stop signal, asks for a checkpoint now (`scancel --signal=USR2`);
+    // HUP (a closed terminal) must not kill a training run.
+    if (!is_stop_signal(SIGUSR2)) signals_.add(SIGUSR2);
+    signals_.add(SIGHUP);
     wait_signal();
     if (!start_attempt()) return exit_status_;
     io_.run();
@@ -275,6 +279,14 @@ class Supervisor {
       return;
     }
     if (signo == SIGCONT) return;  // Slurm sends it before its signals; nothing to do
+    if (signo == SIGHUP) {
+      spdlog::info("SIGHUP ignored (lifeline keeps training when its terminal goes away)");
+      return;
+    }
+    if (signo == SIGUSR2 && !is_stop_signal(SIGUSR2)) {
+      request_checkpoint_now();
+      return;
+    }
     history_.append({{"event", "signal"}, {"attempt", attempt_}, {"signal", signal_name(signo)},
                      {"state", state_name(state_)}});
     switch (state_) {
@@ -294,6 +306,24 @@ class Supervisor {
       case State::done:
         break;
     }
+  }
+
+  bool is_stop_signal(int signo) const {
+    const auto& v = opt_.policy.stop.signals;
+    return signo == SIGTERM || std::find(v.begin(), v.end(), signo) != v.end();
+  }
+
+  // A checkpoint without a stop (SIGUSR2), unless one is already pending.
+  void request_checkpoint_now() {
+    if (state_ != State::running || !block_) {
+      spdlog::info("SIGUSR2 while {}: a checkpoint is already on its way", state_name(state_));
+      return;
+    }
+    pending_seq_ = block_->request(Reason::manual, false, 0);
+    state_ = State::checkpointing;
+    spdlog::info("SIGUSR2: checkpoint requested");
+    history_.append({{"event", "checkpoint_request"}, {"attempt", attempt_}, {"reason", "manual"}, {"seq", pending_seq_}});
+    schedule_tick();
   }
 
   void begin_stop(int signo, const std::string& reason) {
