@@ -260,3 +260,30 @@ TEST_CASE("SIGUSR2 to the supervisor asks for a checkpoint now and training goes
   CHECK(p.output().find("SIGUSR2: checkpoint requested") != std::string::npos);
   CHECK(read_all(d / "digest") == reference_digest());
 }
+
+TEST_CASE("requeue by scontrol where scontrol is missing exits 2 and suggests the exit-code mode") {
+  TempDir d;
+  std::string out;
+  // Inside a "job" whose PATH has no Slurm commands, as in a container.
+  int rc = run({binary("LIFELINE_BIN"), "run", "--ckpt-dir", d / "ckpt", "--requeue", "scontrol", "--", "/bin/true"}, &out,
+               {{"PATH", d.path()}, {"SLURM_JOB_ID", "4242"}});
+  CHECK(rc == 2);
+  CHECK(out.find("scontrol is not available") != std::string::npos);
+  CHECK(out.find("--requeue exit") != std::string::npos);
+}
+
+TEST_CASE("exit-code mode exits with the policy's code until max_requeues is spent, then 75") {
+  TempDir d;
+  std::string policy = d / "exit.yaml";
+  std::ofstream(policy) << "version: 1\ncheckpoint:\n  every_steps: 20\n  every_seconds: 0\n"
+                           "restart:\n  max_requeues: 1\nrequeue:\n  mode: exit\n  exit_code: 79\n";
+  auto interrupted_run = [&] {
+    Process p({binary("LIFELINE_BIN"), "run", "--policy", policy, "--ckpt-dir", d / "ckpt", "--",
+               binary("TRAIN_EXAMPLE_BIN"), "--steps", "2000", "--step-delay-ms", "10", "--log-every", "1"});
+    REQUIRE(p.wait_for_line("step 5 ") != "");
+    p.signal(SIGUSR1);
+    return p.wait();
+  };
+  CHECK(interrupted_run() == 79);
+  CHECK(interrupted_run() == 75);
+}
