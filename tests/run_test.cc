@@ -31,7 +31,7 @@ std::string write_policy(const TempDir& d, const std::string& extra = "") {
   std::ofstream(path) << "version: 1\n"
                          "checkpoint:\n  every_steps: 20\n  every_seconds: 0\n"
                          "restart:\n  backoff_seconds: 0\n"
-                      << extra;
+                      << (extra.empty() ? "retention:\n  keep_last: 1000\n  keep_best: 0\n" : extra);
   return path;
 }
 
@@ -44,8 +44,8 @@ std::vector<std::string> train_cmd(const std::string& digest, int delay_ms, cons
 }
 
 std::vector<std::string> lifeline_run(const TempDir& d, const std::vector<std::string>& cmd,
-                                      const std::vector<std::string>& opts = {}) {
-  std::vector<std::string> v = {binary("LIFELINE_BIN"), "run", "--policy", write_policy(d), "--ckpt-dir", d / "ckpt"};
+                                      const std::vector<std::string>& opts = {}, const std::string& policy_extra = "") {
+  std::vector<std::string> v = {binary("LIFELINE_BIN"), "run", "--policy", write_policy(d, policy_extra), "--ckpt-dir", d / "ckpt"};
   v.insert(v.end(), opts.begin(), opts.end());
   v.push_back("--");
   v.insert(v.end(), cmd.begin(), cmd.end());
@@ -286,4 +286,22 @@ TEST_CASE("exit-code mode exits with the policy's code until max_requeues is spe
   };
   CHECK(interrupted_run() == 79);
   CHECK(interrupted_run() == 75);
+}
+
+TEST_CASE("retention runs after each commit: the last N and the best survive, the rest is removed") {
+  TempDir d;
+  std::string out;
+  int rc = run(lifeline_run(d, train_cmd(d / "digest", 0), {}, "retention:\n  keep_last: 2\n  keep_best: 1\n  metric: val_loss\n"), &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  std::string listing;
+  REQUIRE(run({binary("LIFELINE_BIN"), "checkpoints", d / "ckpt", "--json"}, &listing) == 0);
+  json list = json::parse(listing);
+  std::vector<uint64_t> steps;
+  for (auto& c : list) steps.push_back(c["step"]);
+  REQUIRE(steps.size() >= 2);
+  REQUIRE(steps.size() <= 3);
+  CHECK(steps[steps.size() - 1] == 240);
+  CHECK(steps[steps.size() - 2] == 220);
+  CHECK(out.find("retention: removed step 20") != std::string::npos);
+  CHECK(read_all(d / "digest") == reference_digest());
 }

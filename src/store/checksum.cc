@@ -86,7 +86,7 @@ bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& byte
   }
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   // 1 MiB: each chunk is hashed while it is still in the CPU cache the read just filled it
-  // through (4 MiB measured about 30% slower; see bench/README.md).
+  // through (4 MiB measured up to 30% slower; see bench/README.md).
   std::vector<char> buf(1u << 20);
   for (;;) {
     ssize_t n = ::read(fd, buf.data(), buf.size());

@@ -22,6 +22,7 @@
 #include "history/history.h"
 #include "store/checkpoint_store.h"
 #include "store/dir_lock.h"
+#include "store/retention.h"
 #include "slurm/slurm_client.h"
 #include "slurm/slurm_job.h"
 #include "supervisor/trainer_process.h"
@@ -437,6 +438,7 @@ class Supervisor {
       spdlog::info("checkpoint committed: step {}, {} bytes in {:.3f} s", cstep, bytes, secs);
       history_.append({{"event", "checkpoint_commit"}, {"attempt", attempt_}, {"step", cstep},
                        {"bytes", bytes}, {"duration_s", secs}});
+      if (state_ == State::running || state_ == State::checkpointing) apply_retention_now();
     }
     uint64_t failed = block_->u64(kFailedSavesOff).load();
     if (failed != seen_failed_saves_) {
@@ -444,6 +446,23 @@ class Supervisor {
       spdlog::error("the trainer could not save a checkpoint (see its output); older checkpoints are intact");
       history_.append({{"event", "checkpoint_failed"}, {"attempt", attempt_}});
     }
+  }
+
+  // Retention after each commit (not while stopping: the stop checkpoint comes first).
+  void apply_retention_now() {
+    RetentionReport r = apply_retention(default_file_system(), opt_.ckpt_dir, opt_.policy.retention, resumed_step_,
+                                        /*dry_run=*/false);
+    json removed = json::array();
+    for (const auto& d : r.decisions) {
+      if (d.keep) continue;
+      std::string why;
+      for (const auto& w : d.reasons) why += (why.empty() ? "" : "; ") + w;
+      spdlog::info("retention: removed step {} ({})", d.checkpoint.step, why);
+      removed.push_back(d.checkpoint.step);
+    }
+    for (const auto& e : r.errors) spdlog::warn("retention: {}", e);
+    if (!removed.empty())
+      history_.append({{"event", "retention"}, {"attempt", attempt_}, {"removed_steps", removed}, {"bytes_freed", r.bytes_freed}});
   }
 
   void on_tick() {
