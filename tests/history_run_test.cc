@@ -181,8 +181,8 @@ TEST_CASE("an attempt whose supervisor was SIGKILLed shows as lost, with its los
   REQUIRE(first.wait_for_line("checkpoint committed: step 60") != "");
   ::kill(trainer, SIGSTOP);  // freeze its step in the control block
   first.signal(SIGKILL);
+  ::kill(trainer, SIGKILL);  // an orphan now, holding the output pipe open: nobody else would stop it
   first.wait();
-  ::kill(trainer, SIGKILL);  // an orphan now: nobody else would stop it
   int status = -1;
   json h = run_json({"history", d / "ckpt", "--json"}, &status);
   // The killed supervisor never unlinked its control block; history read the trainer's last step from it.

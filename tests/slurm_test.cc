@@ -128,45 +128,48 @@ std::string describe(const World& w, const std::string& job) {
 
 }  // namespace
 
-TEST_CASE("preemption: SIGTERM at grace end reaches trainer and supervisor and the requeued job resumes bit-exact") {
-  World w({"--grace", "15", "--kill-wait", "10"});
-  const int steps = 700;
-  std::string job = w.submit("single-node.sbatch", {"-p", "low", "--exclusive", "--time=10"}, w.cpp_trainer(steps, 40));
+// 60 s of training at 40 ms a step: it must outlast the trigger at step 60 (2.4 s), the
+// grace time and the up to 30 s Slurm may add to it, or the job ends inside the grace
+// period (Slurm then marks it TIMEOUT) and no preemption is seen.
+constexpr int kPreemptedSteps = 1500;
+
+// Submits `trainer` to the low partition, preempts it once it passed step 60 with a job in
+// the high partition, and checks the round trip: one requeue, the second run resumed from
+// the stop checkpoint, the first attempt ended `preempted` after `signal`, digest as
+// `reference`.
+void preemption_round_trip(World& w, const std::vector<std::string>& trainer, const std::string& reference,
+                           const std::vector<std::string>& extra_options, const std::string& signal) {
+  std::vector<std::string> opts = {"-p", "low", "--exclusive", "--time=10"};
+  opts.insert(opts.end(), extra_options.begin(), extra_options.end());
+  std::string job = w.submit("single-node.sbatch", opts, trainer);
   REQUIRE_MESSAGE(w.wait_for_step(job, 60), describe(w, job));
   w.preempt_with_high_priority_job();
-  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 240s), describe(w, job));
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 300s), describe(w, job));
   INFO(describe(w, job));
   CHECK(w.cluster.state(job) == "COMPLETED");
   CHECK(w.cluster.job(job)["Restarts"] == "1");
-  CHECK(first_line(w.digest) == reference_digest(steps));
+  CHECK(first_line(w.digest) == reference);
   auto ends = events(w.ckpt, "attempt_end");
   REQUIRE(ends.size() == 2);
   CHECK(ends[0]["end_reason"] == "preempted");
-  CHECK(ends[0]["signal"] == "TERM");
+  CHECK(ends[0]["signal"] == signal);
   CHECK(ends[1]["end_reason"] == "completed");
-  // The second run resumed from the checkpoint written after the grace-end SIGTERM.
+  // The second run resumed from the stop checkpoint of the first.
   auto starts = events(w.ckpt, "attempt_start");
   REQUIRE(starts.size() == 2);
   CHECK(starts[1]["resumed_from_step"] == ends[0]["last_checkpoint_step"]);
   CHECK(starts[1]["resumed_from_step"].get<int>() > 60);
 }
 
+TEST_CASE("preemption: SIGTERM at grace end reaches trainer and supervisor and the requeued job resumes bit-exact") {
+  World w({"--grace", "15", "--kill-wait", "10"});
+  preemption_round_trip(w, w.cpp_trainer(kPreemptedSteps, 40), reference_digest(kPreemptedSteps), {}, "TERM");
+}
+
 TEST_CASE("preemption with preempt_send_user_signal: B:USR1 at grace start and the requeued job resumes bit-exact") {
   World w({"--grace", "30", "--kill-wait", "10", "--send-user-signal"});
-  const int steps = 700;
-  std::string job = w.submit("single-node.sbatch", {"-p", "low", "--exclusive", "--time=10", "--signal=B:USR1@5"},
-                             w.cpp_trainer(steps, 40));
-  REQUIRE_MESSAGE(w.wait_for_step(job, 60), describe(w, job));
-  w.preempt_with_high_priority_job();
-  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 240s), describe(w, job));
-  INFO(describe(w, job));
-  CHECK(w.cluster.state(job) == "COMPLETED");
-  CHECK(first_line(w.digest) == reference_digest(steps));
-  auto ends = events(w.ckpt, "attempt_end");
-  REQUIRE(ends.size() >= 2);
-  CHECK(ends[0]["end_reason"] == "preempted");
-  CHECK(ends[0]["signal"] == "USR1");
-  CHECK(ends.back()["end_reason"] == "completed");
+  preemption_round_trip(w, w.cpp_trainer(kPreemptedSteps, 40), reference_digest(kPreemptedSteps), {"--signal=B:USR1@5"},
+                        "USR1");
 }
 
 TEST_CASE("time limit: B:USR1 before the limit checkpoints and requeues until the run completes bit-exact") {
@@ -251,25 +254,13 @@ TEST_CASE("a trainer that crashes once under Slurm is restarted and completes bi
 
 TEST_CASE("a Python trainer survives a preemption round trip and resumes bit-exact") {
   World w({"--grace", "10", "--kill-wait", "10"});
-  const int steps = 500;
-  std::string job = w.submit("single-node.sbatch", {"-p", "low", "--exclusive", "--time=10"}, w.python_trainer(steps, 40));
-  REQUIRE_MESSAGE(w.wait_for_step(job, 40), describe(w, job));
-  w.preempt_with_high_priority_job();
-  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 300s), describe(w, job));
-  INFO(describe(w, job));
-  CHECK(w.cluster.state(job) == "COMPLETED");
-  CHECK(w.cluster.job(job)["Restarts"] == "1");
   // The uninterrupted digest of the same Python trainer, run alone.
   TempDir ref;
-  std::vector<std::string> cmd = {"/usr/bin/python3", std::string(LIFELINE_SOURCE_DIR) + "/examples/train_torch.py",
-                                  "--steps", std::to_string(steps), "--seed", "7", "--digest-out", ref / "digest"};
+  std::vector<std::string> alone = {"/usr/bin/python3", std::string(LIFELINE_SOURCE_DIR) + "/examples/train_torch.py",
+                                    "--steps", std::to_string(kPreemptedSteps), "--seed", "7", "--digest-out", ref / "digest"};
   std::string out;
-  REQUIRE_MESSAGE(run(cmd, &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}}) == 0, out);
-  CHECK(first_line(w.digest) == first_line(ref / "digest"));
-  auto ends = events(w.ckpt, "attempt_end");
-  REQUIRE(ends.size() == 2);
-  CHECK(ends[0]["end_reason"] == "preempted");
-  CHECK(ends[1]["end_reason"] == "completed");
+  REQUIRE_MESSAGE(run(alone, &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}}) == 0, out);
+  preemption_round_trip(w, w.python_trainer(kPreemptedSteps, 40), first_line(ref / "digest"), {}, "TERM");
 }
 
 TEST_CASE("time limit without --signal: lifeline stops ahead of the job's end by itself and completes bit-exact") {

@@ -1,6 +1,5 @@
 // `lifeline history`, `lifeline status` and `lifeline request`: what happened to a run, what its
 // supervisor is doing now, and asking it for a checkpoint now.
-#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -220,8 +219,9 @@ std::string policy_text(const json& p) {
   std::string s = "checkpoint " + every("every_steps", " steps") + " / " + every("every_seconds", " s") +
                   "; keep last " + n("keep_last") + " + best " + n("keep_best");
   if (p.contains("metric") && p["metric"].is_string()) s += " by " + p["metric"].get<std::string>();
-  s += "; requeue " + p.value("requeue_mode", std::string("?")) + " (at most " + n("max_requeues") + ", " +
-       n("max_failures") + " failures in a row); grace " + n("grace_seconds") + " s; hang check " +
+  s += "; requeue " + p.value("requeue_mode", std::string("?")) + " (at most " + n("max_requeues") +
+       " requeues, give up after " + n("max_failures") + " failures in a row); grace " + n("grace_seconds") +
+       " s; hang check " +
        (p.value("hang_seconds", 0.0) > 0 ? "after " + n("hang_seconds") + " s" : std::string("off"));
   if (p.contains("source") && p["source"].is_string() && !p["source"].get<std::string>().empty())
     s += "; from " + p["source"].get<std::string>();
@@ -338,6 +338,12 @@ void print_live_status(const json& j) {
   std::printf("supervisor      pid %lld on %s%s, attempt %llu, since %s\n", s["pid"].get<long long>(),
               s["host"].get<std::string>().c_str(), job.c_str(), s["attempt"].get<unsigned long long>(),
               s["started"].is_string() ? s["started"].get<std::string>().c_str() : "?");
+  const json& a = j["attempt"];
+  if (a.is_object())
+    std::printf("attempt         %s, %s so far\n",
+                a["resumed_from_step"].is_number() ? ("resumed from step " + a["resumed_from_step"].dump()).c_str()
+                                                   : "started from scratch",
+                (a["checkpoints"].dump() + " checkpoint(s)").c_str());
   if (j.contains("note")) std::printf("note            %s\n", j["note"].get<std::string>().c_str());
   if (j["trainer"].is_object()) {
     const json& t = j["trainer"];

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   lifeline::cli::register_checkpoint_commands(app, rc);
   lifeline::cli::register_policy_commands(app, rc);
   lifeline::cli::register_gc_command(app, rc);
+  lifeline::cli::register_history_commands(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

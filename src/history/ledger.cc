@@ -190,9 +190,10 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
       continue;
     }
     bool newest = i + 1 == attempts.size();
+    // supervisor.json is rewritten just after attempt_start: it may still name the previous attempt.
     bool named = !live.attempt || *live.attempt == a.attempt;
     bool alive = live.state == Liveness::State::alive || live.state == Liveness::State::elsewhere;
-    if (newest && named && alive) {
+    if (newest && alive && (named || *live.attempt < a.attempt)) {
       a.running = true;
       a.at_risk_seconds = seconds_between(a.last_safe_ns(), now_ns);
     } else {

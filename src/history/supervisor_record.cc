@@ -50,7 +50,8 @@ bool lifeline_pid_alive(int64_t pid) {
   if (!cmdline) return true;  // no /proc: the signal probe is all there is
   std::string argv0;
   std::getline(cmdline, argv0, '\0');
-  std::string base = argv0.substr(argv0.find_last_of('/') == std::string::npos ? 0 : argv0.find_last_of('/') + 1);
+  size_t slash = argv0.find_last_of('/');
+  std::string base = slash == std::string::npos ? argv0 : argv0.substr(slash + 1);
   return base.find("lifeline") != std::string::npos;
 }
 

@@ -220,7 +220,7 @@ std::string timeline_svg(const Ledger& ledger, const std::string& title, uint64_
                       human_duration(s.lost_seconds);
   std::string causes;
   for (const auto& [reason, n] : s.interruptions) causes += (causes.empty() ? "" : ", ") + std::to_string(n) + " " + reason;
-  line2 += " \u00b7 interruptions: " + (causes.empty() ? std::string("none") : causes);
+  line1 += " \u00b7 interruptions: " + (causes.empty() ? std::string("none") : causes);
   svg.text(kLeft, 50, esc(line1), fill_attr(kInk));
   svg.text(kLeft, 68, esc(line2), fill_attr(kInk));
 
@@ -259,8 +259,8 @@ std::string timeline_svg(const Ledger& ledger, const std::string& title, uint64_
         svg.line(xp, mid, xs - 1, mid, kMuted, 1.2, "stroke-dasharray=\"2 3\"");
         std::string wait = "waited " + human_duration(double(a.started_ns - prev.end_or(now_ns)) / 1e9);
         // Under the dotted line, ending at the bar; it may reach left under the previous row's end.
-        if (xs - 4 - text_width(wait, 6) > kLeft)
-          svg.text(xs - 4, bar_y + kBarHeight + 13, esc(wait), "text-anchor=\"end\" font-size=\"10\" " + fill_attr(kMuted));
+        if (xs - 8 - text_width(wait, 6) > kLeft)
+          svg.text(xs - 8, bar_y + kBarHeight + 13, esc(wait), "text-anchor=\"end\" font-size=\"10\" " + fill_attr(kMuted));
       }
     }
 

@@ -75,7 +75,8 @@ LineageState read_lineage(const std::string& dir) {
       uint64_t commits = e.value("checkpoints", uint64_t(0));
       s.failures_in_row = (failed && commits == 0) ? s.failures_in_row + 1 : 0;
     } else if (ev == "checkpoint_commit") {
-      s.commit_seconds.push_back(e.value("duration_s", 0.0));
+      auto d = e.find("duration_s");
+      if (d != e.end() && d->is_number()) s.commit_seconds.push_back(d->get<double>());
     } else if (ev == "requeue") {
       std::string result = e.value("result", "");
       if (result == "requeued" || result == "resubmitted" || result == "exit code") ++s.requeues;
@@ -429,8 +430,9 @@ class Supervisor {
     }
     uint64_t commits = block_->u64(kCommitCountOff).load(std::memory_order_acquire);
     if (commits != seen_commits_) {
-      seen_commits_ = commits;
       uint64_t cstep = block_->u64(kLastCommitStepOff).load();
+      if (commits - seen_commits_ > 1) record_commits_between(last_commit_step_, cstep);
+      seen_commits_ = commits;
       double secs = double(block_->u64(kLastCommitNsOff).load()) / 1e9;
       uint64_t bytes = block_->u64(kLastCommitBytesOff).load();
       last_commit_step_ = cstep;
@@ -445,6 +447,20 @@ class Supervisor {
       seen_failed_saves_ = failed;
       spdlog::error("the trainer could not save a checkpoint (see its output); older checkpoints are intact");
       history_.append({{"event", "checkpoint_failed"}, {"attempt", attempt_}});
+    }
+  }
+
+  // Commits the trainer made faster than we polled: the block holds only the newest, so the
+  // ones in between are read from the directory (their duration is unknown).
+  void record_commits_between(std::optional<uint64_t> after, uint64_t before) {
+    for (const auto& [step, name] : checkpoint_folders(opt_.ckpt_dir)) {
+      if ((after && step <= *after) || step >= before) continue;
+      if (resumed_step_ && step <= *resumed_step_) continue;
+      CheckpointInfo info = verify_checkpoint(opt_.ckpt_dir + "/" + name, VerifyMode::quick);
+      if (!info.valid) continue;
+      spdlog::info("checkpoint committed: step {}, {} bytes", step, info.bytes);
+      history_.append({{"event", "checkpoint_commit"}, {"attempt", attempt_}, {"step", step},
+                       {"bytes", info.bytes}, {"duration_s", nullptr}});
     }
   }
 
