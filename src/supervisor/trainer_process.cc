@@ -8,6 +8,8 @@
 #include <boost/process/extend.hpp>
 #include <stdexcept>
 
+#include "supervisor/child_environment.h"
+
 namespace lifeline {
 namespace bp = boost::process;
 
@@ -31,11 +33,10 @@ TrainerProcess::TrainerProcess(const std::vector<std::string>& argv,
   } else if (::access(argv[0].c_str(), X_OK) != 0) {
     throw std::runtime_error("training command '" + argv[0] + "' is not an executable file");
   }
-  bp::environment env = boost::this_process::environment();
-  for (const auto& [k, v] : extra_env) env[k] = v;
+  ChildEnvironment env(extra_env);
   std::vector<std::string> args(argv.begin() + 1, argv.end());
   std::error_code ec;
-  bp::child child(bp::exe = exe, bp::args = args, env, NewProcessGroup{}, ec);
+  bp::child child(bp::exe = exe, bp::args = args, env.initializer(), NewProcessGroup{}, ec);
   if (ec) throw std::runtime_error("cannot start '" + argv[0] + "': " + ec.message());
   pid_ = child.id();
   // This object reaps the trainer itself (waitpid), so Boost's handle lets go of it.

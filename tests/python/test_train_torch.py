@@ -107,7 +107,8 @@ class TrainTorchTest(unittest.TestCase):
         self.digest = os.path.join(self.d, "digest")
         self.policy = os.path.join(self.d, "policy.yaml")
         with open(self.policy, "w") as f:
-            f.write("version: 1\ncheckpoint:\n  every_steps: 20\n  every_seconds: 0\nrestart:\n  backoff_seconds: 0\n")
+            f.write("version: 1\ncheckpoint:\n  every_steps: 20\n  every_seconds: 0\nrestart:\n  backoff_seconds: 0\n"
+                    "retention:\n  keep_last: 1000\n  keep_best: 0\n")  # keep all: tests count them
 
     def tearDown(self):
         shutil.rmtree(self.d, ignore_errors=True)

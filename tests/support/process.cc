@@ -4,7 +4,10 @@
 #include <sys/wait.h>
 
 #include <boost/process.hpp>
+#include <set>
 #include <stdexcept>
+
+#include "supervisor/child_environment.h"
 
 namespace lifeline::test {
 namespace bp = boost::process;
@@ -17,18 +20,20 @@ struct Process::Impl {
 
 Process::Process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env)
     : impl_(std::make_unique<Impl>()) {
-  bp::environment e = boost::this_process::environment();
+  std::map<std::string, std::string> set;
+  std::set<std::string> remove;
   for (const auto& [k, v] : env) {
     if (v.empty())
-      e.erase(k);
+      remove.insert(k);
     else
-      e[k] = v;
+      set[k] = v;
   }
+  ChildEnvironment e(set, remove);
   std::vector<std::string> args(argv.begin() + 1, argv.end());
   boost::filesystem::path exe = argv[0];
   if (argv[0].find('/') == std::string::npos) exe = bp::search_path(argv[0]);
   if (exe.empty()) throw std::runtime_error(argv[0] + " not found in PATH");
-  impl_->child = bp::child(bp::exe = exe, bp::args = args, e, (bp::std_out & bp::std_err) > impl_->out);
+  impl_->child = bp::child(bp::exe = exe, bp::args = args, e.initializer(), (bp::std_out & bp::std_err) > impl_->out);
 }
 
 Process::~Process() {
