@@ -1,12 +1,15 @@
 // lifeline-train-example: a small LibTorch network trained on deterministic synthetic data,
 // checkpointed through the lifeline client. An interrupted and resumed run ends with the
-// same parameter digest as an uninterrupted one.
+// same parameter digest as an uninterrupted one (with the same flags). --async checkpoints in
+// the background; --state-mib makes the training state big, for benchmarks.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include "lifeline/client.h"
@@ -16,11 +19,30 @@
 namespace {
 
 // The network: two linear layers; Adam gives the optimizer state that must survive resumes.
+// --state-mib adds a wide square layer (its weight is the bulk of the state) that every step
+// runs forward and backward on a widened slice of the batch, through a tiny penalty: each step
+// then computes on, and updates, all of the state and its Adam moments, as a big model does.
 struct Net : torch::nn::Module {
-  Net() : fc1(register_module("fc1", torch::nn::Linear(16, 64))), fc2(register_module("fc2", torch::nn::Linear(64, 1))) {}
+  explicit Net(int64_t wide_floats)
+      : fc1(register_module("fc1", torch::nn::Linear(16, 64))), fc2(register_module("fc2", torch::nn::Linear(64, 1))) {
+    int64_t d = int64_t(std::sqrt(double(wide_floats)));
+    if (d > 0) wide = register_parameter("wide", torch::zeros({d, d}));
+  }
   torch::Tensor forward(torch::Tensor x) { return fc2(torch::tanh(fc1(x))); }
+  torch::Tensor loss(torch::Tensor x, torch::Tensor y) {
+    torch::Tensor l = torch::mse_loss(forward(x), y);
+    if (!wide.defined()) return l;
+    int64_t d = wide.size(0);
+    torch::Tensor u = x.narrow(0, 0, 4).repeat({1, d / x.size(1) + 1}).narrow(1, 0, d);  // 4 rows: 16 d^2 flops
+    return l + 1e-6 * u.matmul(wide).mean();
+  }
   torch::nn::Linear fc1, fc2;
+  torch::Tensor wide;
 };
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 std::string parameter_digest(Net& net) {
   auto hasher = lifeline::make_hasher("sha256");
@@ -36,9 +58,9 @@ std::string parameter_digest(Net& net) {
 
 int main(int argc, char** argv) {
   CLI::App app{"lifeline-train-example: deterministic LibTorch trainer for lifeline"};
-  uint64_t steps = 240, seed = 1, crash_at = 0, log_every = 0;
+  uint64_t steps = 240, seed = 1, crash_at = 0, log_every = 0, state_mib = 0;
   int64_t delay_ms = 0;
-  bool crash_once = false;
+  bool crash_once = false, async = false, report = false;
   std::string digest_out;
   app.add_option("--steps", steps, "steps to train")->check(CLI::PositiveNumber);
   app.add_option("--step-delay-ms", delay_ms, "sleep per step, to make runs long enough to interrupt")
@@ -48,12 +70,16 @@ int main(int argc, char** argv) {
   app.add_option("--crash-at-step", crash_at, "abort when reaching this step");
   app.add_flag("--crash-once", crash_once, "crash only when LIFELINE_ATTEMPT is 0");
   app.add_option("--log-every", log_every, "print 'step N' every N steps (0: never)");
+  app.add_flag("--async", async, "checkpoint asynchronously: copy the state, write it in the background");
+  app.add_option("--state-mib", state_mib, "make the training state (parameters + Adam moments) about this big");
+  app.add_flag("--report", report, "print each checkpoint's stall and the training rate");
   CLI11_PARSE(app, argc, argv);
 
   torch::set_num_threads(1);
   auto client = lifeline::Client::from_env();
   torch::manual_seed(seed);
-  Net net;
+  // Parameters and Adam's two moments: 12 bytes per float of the wide layer.
+  Net net(int64_t((state_mib << 20) / 12));
   torch::optim::Adam opt(net.parameters(), torch::optim::AdamOptions(1e-3));
 
   uint64_t step = 0;
@@ -65,14 +91,28 @@ int main(int argc, char** argv) {
   }
   std::fflush(stdout);
   bool can_save = client.active() || !client.checkpoint_dir().empty();
+  const uint64_t first_step = step;
+  auto started = std::chrono::steady_clock::now();
+  double train_s = 0, stall_s = 0;
+  uint64_t saves = 0;
+  // Steps per second over this run's training, checkpoint stalls included, the final save not.
+  auto print_rate = [&] {
+    if (!report) return;
+    std::printf("train-example: trained %llu steps in %.3f s (%.2f steps/s); checkpoint stall %.3f s over %llu saves\n",
+                static_cast<unsigned long long>(step - first_step), train_s, double(step - first_step) / train_s,
+                stall_s, static_cast<unsigned long long>(saves));
+    std::fflush(stdout);
+  };
   while (step < steps) {
     torch::Tensor x = torch::randn({32, 16});
     torch::Tensor y = torch::sin(x.sum(1, true));
-    torch::Tensor loss = torch::mse_loss(net.forward(x), y);
+    torch::Tensor loss = net.loss(x, y);
     opt.zero_grad();
     loss.backward();
     opt.step();
     ++step;
+    // Once the optimizer state exists: the first snapshot's buffers are faulted in meanwhile.
+    if (async && step == first_step + 1) lifeline::torch_state::prepare(net, opt);
     if (crash_at && step == crash_at && (!crash_once || client.attempt() == 0)) {
       std::fprintf(stderr, "train-example: crashing at step %llu as asked\n", static_cast<unsigned long long>(step));
       std::abort();
@@ -82,16 +122,39 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
     if (delay_ms) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    if (step == steps) train_s = seconds_since(started);
     if ((client.should_checkpoint(step) || step == steps) && can_save) {
-      auto ckpt = client.begin_checkpoint(step);
-      lifeline::torch_state::save(ckpt, net, opt, step);
-      ckpt.commit({{"val_loss", loss.item<double>()}});
+      auto t0 = std::chrono::steady_clock::now();
+      bool saved_this_step = true;
+      std::map<std::string, double> metrics{{"val_loss", loss.item<double>()}};
+      if (async) {
+        saved_this_step = lifeline::torch_state::save_async(client, net, opt, step, metrics);
+      } else {
+        auto ckpt = client.begin_checkpoint(step);
+        lifeline::torch_state::save(ckpt, net, opt, step);
+        ckpt.commit(metrics);
+      }
+      double stall = seconds_since(t0);
+      if (step < steps) {
+        stall_s += stall;
+        saves += saved_this_step;
+      }
+      if (report && saved_this_step)
+        std::printf("train-example: checkpoint of step %llu: stall %.6f s (%s)\n", static_cast<unsigned long long>(step),
+                    stall, async ? "async" : "sync");
       if (client.should_exit() && step < steps) {
-        std::printf("train-example: stopping at step %llu after its checkpoint\n", static_cast<unsigned long long>(step));
+        client.wait_for_saves();  // the stop checkpoint is durable and acked before we leave
+        train_s = seconds_since(started);
+        print_rate();
+        std::printf("train-example: stopping at step %llu after %s\n", static_cast<unsigned long long>(step),
+                    saved_this_step ? "its checkpoint" : "the checkpoint that was in flight");
         return 0;
       }
     }
   }
+  client.wait_for_saves();
+  if (train_s == 0) train_s = seconds_since(started);
+  print_rate();
   std::string digest = parameter_digest(net);
   std::printf("train-example: finished %llu steps, digest %s\n", static_cast<unsigned long long>(steps), digest.c_str());
   if (!digest_out.empty()) std::ofstream(digest_out) << digest << "\n";

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "lifeline/client.h"
 
@@ -31,6 +32,9 @@ struct Snapshot {
   uint64_t step = 0;
   size_t tensor_bytes = 0;  // bytes of tensor data copied
   size_t model_bytes = 0;   // of which parameters and buffers
+  // Second references to every copy: the serializer memoizes shared tensors, so copies must be
+  // shared as the live tensors are for persist() to write save()'s bytes.
+  std::vector<torch::Tensor> copies;
 };
 
 // Copies the state. Parameters and buffers are copied as Module::save writes them (a module
@@ -38,6 +42,13 @@ struct Snapshot {
 // Adam, AdamW, SGD, RMSprop and Adagrad state is copied tensor by tensor, any other optimizer
 // is serialized here. Tensors stay on their device.
 std::shared_ptr<Snapshot> snapshot(torch::nn::Module& model, torch::optim::Optimizer& optimizer, uint64_t step);
+
+// Allocates the buffers snapshot() will copy into and faults their pages in, on a thread of its
+// own, and returns at once. Call it once after the first optimizer step (when the optimizer
+// state exists): the first snapshot then costs what later ones do, a copy, instead of a page
+// fault per 4 KiB as well (1 GiB on the benchmark machine: about 0.07 s instead of 0.5 s).
+// Snapshot buffers are kept for the next snapshot: between saves they hold one copy of the state.
+void prepare(torch::nn::Module& model, torch::optim::Optimizer& optimizer);
 
 // Writes a snapshot: the same files, byte for byte, as save() of the state it copied.
 // Consumes the snapshot's archives (call it once per snapshot).

@@ -8,6 +8,8 @@
 namespace lifeline {
 
 // One job slot and its thread. Used by one owning thread; busy() may be read at any time.
+// The job thread keeps the training thread's priority on purpose: a lower one (nice) cannot be
+// raised back without privileges, and a stop checkpoint must not starve while grace runs out.
 class BackgroundSave {
  public:
   BackgroundSave() = default;

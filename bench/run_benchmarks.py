@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""Runs lifeline's benchmarks (called by bench/run.sh) and prints one table.
+
+Every figure is measured next to its baseline in the same run, and the row gives the ratio
+and the target. Results go to bench/results.json (or --out) as they come, so a run cut short
+still leaves what it measured. Standard library only.
+"""
+import argparse
+import json
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Runner:
+    """Owns the binaries, the scratch folder and the rows measured so far."""
+
+    def __init__(self, args):
+        self.build = os.path.abspath(os.path.join(ROOT, args.build))
+        self.quick = args.quick
+        self.out = os.path.abspath(args.out)
+        self.lifeline = os.path.join(self.build, "src/cli/lifeline")
+        self.example = os.path.join(self.build, "examples/lifeline-train-example")
+        self.bench = os.path.join(self.build, "bench")
+        self.scratch = tempfile.mkdtemp(prefix="bench-run.", dir=self.build)
+        self.rows = []
+        self.notes = []
+        self.started = time.time()
+        self.load_at_start = list(os.getloadavg())
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+
+    # ---- helpers ------------------------------------------------------------------------
+    def free_gib(self):
+        st = os.statvfs(self.scratch)
+        return st.f_bavail * st.f_frsize / 2**30
+
+    def mem_available_gib(self):
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+        return 0.0
+
+    def run(self, argv, timeout=900, env=None):
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                           env=env or self.env)
+        return r.returncode, r.stdout
+
+    def policy(self, every_steps=0, every_seconds=0, grace=600):
+        fd, path = tempfile.mkstemp(suffix=".yaml", dir=self.scratch)
+        os.close(fd)
+        with open(path, "w") as f:
+            f.write(f"version: 1\ncheckpoint:\n  every_steps: {every_steps}\n  every_seconds: {every_seconds}\n"
+                    f"stop:\n  grace_seconds: {grace}\n")
+        return path
+
+    def row(self, figure, what, lifeline, baseline, ratio, target, ok, note=""):
+        self.rows.append({"figure": figure, "measurement": what, "lifeline": lifeline, "baseline": baseline,
+                          "ratio": ratio, "target": target, "meets_target": ok, "note": note})
+        self.save()
+
+    def save(self):
+        doc = {
+            "machine": {"cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+                        "disk_free_gib": round(self.free_gib(), 1), "mem_available_gib": round(self.mem_available_gib(), 1)},
+            "command": "bash bench/run.sh" + (" --quick" if self.quick else ""),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "elapsed_s": round(time.time() - self.started, 1),
+            "load_average_at_start": self.load_at_start,
+            "load_average_now": list(os.getloadavg()),
+            "rows": self.rows,
+            "notes": self.notes,
+        }
+        with open(self.out, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+
+    def rate_of(self, output):
+        m = re.search(r"trained (\d+) steps in ([0-9.]+) s \(([0-9.]+) steps/s\); checkpoint stall ([0-9.]+) s over (\d+) saves",
+                      output)
+        if not m:
+            raise RuntimeError("no rate line in:\n" + output[-2000:])
+        return {"steps": int(m.group(1)), "seconds": float(m.group(2)), "rate": float(m.group(3)),
+                "stall_s": float(m.group(4)), "saves": int(m.group(5))}
+
+    # ---- 1. fast path ---------------------------------------------------------------------
+    def fast_path(self):
+        fp = os.path.join(self.bench, "fast_path_bench")
+        calls = 50_000_000 if self.quick else 200_000_000
+        rc, out = self.run([fp, str(calls), "--json"])
+        j = json.loads(out.strip().splitlines()[-1])
+        self.row("1", f"should_checkpoint, no request pending ({calls:,} calls) vs stat() of a halt file",
+                 f"{j['fast_ns']:.2f} ns/call", f"{j['stat_ns']:.0f} ns/call", f"{j['stat_ns'] / j['fast_ns']:.0f}x faster",
+                 "<= 2 ns", j["fast_ns"] <= 2.0)
+        strace = shutil.which("strace")
+        if not strace:
+            self.row("1", "system calls of the fast path (strace -f -c)", "strace missing", "", "", "constant", None,
+                     "install strace to measure")
+            return
+        counts = {}
+        for n in (1_000_000, 100_000_000):
+            trace = os.path.join(self.scratch, f"strace-{n}.txt")
+            rc, out = self.run([strace, "-f", "-c", "-o", trace, fp, str(n), "--fast-only"])
+            total = None
+            with open(trace) as f:
+                for line in f:
+                    if line.rstrip().endswith("total"):
+                        total = int(line.split()[3])
+            counts[n] = total
+        a, b = counts[1_000_000], counts[100_000_000]
+        self.row("1", "system calls of a whole process: 10^6 vs 10^8 fast-path calls (strace -f -c)",
+                 f"{b} syscalls at 10^8", f"{a} syscalls at 10^6", f"+{b - a} for 99,000,000 more calls",
+                 "+0 (no syscall per call)", a == b)
+
+    # ---- 2. request latency ---------------------------------------------------------------
+    def latency(self):
+        lb = os.path.join(self.bench, "request_latency_bench")
+        n_fork = 500 if self.quick else 2000
+        n_sup = 60 if self.quick else 200
+        results = {}
+        for mode, argv in (("shm", [lb, "shm", str(n_fork)]), ("trainer", [lb, "trainer", str(n_fork)]),
+                           ("supervisor", [lb, "supervisor", self.lifeline, str(n_sup)])):
+            rc, out = self.run(argv)
+            if rc != 0:
+                raise RuntimeError(out)
+            results[mode] = json.loads(out.strip().splitlines()[-1])
+        s, t, u = results["shm"], results["trainer"], results["supervisor"]
+
+        def fmt(j):
+            return f"median {j['median_us']:.0f} us, p99 {j['p99_us']:.0f} us"
+
+        self.row("2", f"SIGUSR1 to `lifeline run` -> trainer's should_checkpoint true ({u['samples']} runs)", fmt(u),
+                 f"shared-memory request alone: median {s['median_us']:.1f} us, p99 {s['p99_us']:.1f} us",
+                 f"p99 {u['p99_us'] / 1000:.2f} ms", "p99 < 1 ms", u["p99_us"] < 1000,
+                 f"whole stop of a trivial trainer (signal -> lifeline exit): median {u['exit_median_ms']:.1f} ms")
+        self.row("2", f"SIGTERM to the trainer -> its handler -> should_checkpoint true ({t['samples']} samples)", fmt(t),
+                 f"shared-memory request alone: median {s['median_us']:.1f} us", f"p99 {t['p99_us'] / 1000:.3f} ms",
+                 "p99 < 1 ms", t["p99_us"] < 1000, "a real trainer adds up to one step: it looks once per step")
+
+    # ---- 3. supervisor overhead -----------------------------------------------------------
+    def overhead(self):
+        pairs = 3 if self.quick else 7
+        steps = 10000 if self.quick else 30000
+        cmd = [self.example, "--steps", str(steps), "--report"]
+        pol = self.policy()
+        alone, wrapped, ratios = [], [], []
+        for i in range(pairs):
+            order = ("alone", "wrapped") if i % 2 == 0 else ("wrapped", "alone")
+            got = {}
+            for which in order:
+                if which == "alone":
+                    rc, out = self.run(cmd)
+                else:
+                    ckpt = os.path.join(self.scratch, f"overhead-{i}")
+                    rc, out = self.run([self.lifeline, "run", "--policy", pol, "--ckpt-dir", ckpt, "--requeue", "none",
+                                        "--"] + cmd)
+                    shutil.rmtree(ckpt, ignore_errors=True)
+                if rc != 0:
+                    raise RuntimeError(out)
+                got[which] = self.rate_of(out)["rate"]
+            alone.append(got["alone"])
+            wrapped.append(got["wrapped"])
+            ratios.append(got["wrapped"] / got["alone"])
+        r = statistics.median(ratios)
+        self.row("3", f"example trainer steps/s under `lifeline run` vs alone ({pairs} alternating pairs, {steps} steps, median)",
+                 f"{statistics.median(wrapped):.0f} steps/s", f"{statistics.median(alone):.0f} steps/s", f"{r:.3f}",
+                 ">= 0.99", r >= 0.99, "pair ratios " + ", ".join(f"{x:.3f}" for x in ratios))
+
+    # ---- 4 and 6. the store engineer's benchmark ------------------------------------------
+    def store_bench(self, args):
+        script = os.path.join(ROOT, "bench/store_bench.sh")
+        if not os.path.exists(script):
+            return None
+        env = dict(self.env, BUILDDIR=os.path.relpath(self.build, ROOT))
+        rc, out = self.run(["bash", script] + args, timeout=1800, env=env)
+        if rc != 0:
+            raise RuntimeError("store_bench.sh " + " ".join(args) + " failed:\n" + out[-3000:])
+        return out
+
+    def save_path(self):
+        script = os.path.join(ROOT, "bench/store_bench.sh")
+        if not os.path.exists(script):
+            self.row("4", "save: write + checksum + fsync + commit vs dd conv=fsync", "missing", "missing", "", ">= 0.9x",
+                     None, "bench/store_bench.sh is missing (the store benchmark)")
+            return
+        sizes = [(64, 3), (1024, 2), (4096, 1)]
+        if self.quick:
+            sizes = [(64, 2), (1024, 1)]
+        for mib, runs in sizes:
+            need = 3 * mib / 1024 + 0.5
+            if mib == 4096 and self.free_gib() < 12:
+                self.row("4", f"save {mib} MiB vs dd", "skipped", "", "", ">= 0.9x", None,
+                         f"only {self.free_gib():.1f} GiB free (< 12 GiB)")
+                continue
+            if self.free_gib() < need:
+                self.row("4", f"save {mib} MiB vs dd", "skipped", "", "", ">= 0.9x", None, "not enough free disk")
+                continue
+            out = self.store_bench(["--mib", str(mib), "--runs", str(runs), "--many", "0"])
+            m = re.search(r"\| save (\d+) MiB[^|]*\| ([0-9.]+) / ([0-9.]+) \| ([0-9.]+) / ([0-9.]+) \| ([0-9.]+) \|", out)
+            if not m:
+                self.row("4", f"save {mib} MiB vs dd", "unparsed", "", "", ">= 0.9x", None, out[-500:])
+                continue
+            life, dd, ratio = float(m.group(2)), float(m.group(4)), float(m.group(6))
+            self.row("4", f"save {mib} MiB: write + checksum + fsync + manifest + rename vs `dd bs=4M conv=fsync` "
+                     f"(bench/store_bench.sh, median of {runs})", f"{life:.0f} MiB/s", f"{dd:.0f} MiB/s", f"{ratio:.2f}",
+                     ">= 0.9x", ratio >= 0.9)
+            v = re.search(r"\| full verify[^|]*\| ([0-9.]+) / ([0-9.]+) \| ([0-9.]+) / ([0-9.]+) \| ([0-9.]+) \|", out)
+            if v and mib == 1024:
+                self.row("4", "full verify (read + checksum, warm cache) vs `cat > /dev/null`", f"{float(v.group(1)):.0f} MiB/s",
+                         f"{float(v.group(3)):.0f} MiB/s", f"{float(v.group(5)):.2f}", ">= 0.8x", float(v.group(5)) >= 0.8)
+
+    def resume(self):
+        many = 2000 if self.quick else 10000
+        out = self.store_bench(["--mib", "4", "--runs", "1", "--many", str(many)])
+        if out is None:
+            self.row("6", f"resume choice among {many:,} checkpoints", "missing", "missing", "", "", None,
+                     "bench/store_bench.sh is missing (the store benchmark)")
+            return
+
+        def ms(label):
+            m = re.search(r"\| " + re.escape(label) + r"[^|]*\| ([0-9.]+) \|", out)
+            return float(m.group(1)) if m else None
+
+        listing, valid, corrupt = ms("list folder names"), ms("choose_resume, newest valid"), ms("choose_resume, newest 10 corrupt")
+        if valid is None or listing is None:
+            self.row("6", f"resume choice among {many:,} checkpoints", "unparsed", "", "", "", None, out[-500:])
+            return
+        self.row("6", f"resume among {many:,} checkpoints: choose the newest + full verify of it vs listing the folder names",
+                 f"{valid:.1f} ms", f"{listing:.1f} ms", f"{valid / listing:.1f}x the listing", "well under 1 s", valid < 1000)
+        if corrupt is not None:
+            self.row("6", "same, newest 10 corrupt (11 full verifies, skips reported)", f"{corrupt:.1f} ms", f"{listing:.1f} ms",
+                     f"{corrupt / listing:.1f}x the listing", "well under 1 s", corrupt < 1000)
+
+    # ---- 5. stop latency -------------------------------------------------------------------
+    def stop_once(self, mib, async_save):
+        ckpt = os.path.join(self.scratch, f"stop-{mib}")
+        argv = [self.lifeline, "run", "--policy", self.policy(), "--ckpt-dir", ckpt, "--requeue", "none", "--grace", "600",
+                "--", self.example, "--steps", "100000000", "--state-mib", str(mib), "--log-every", "1", "--report"]
+        if async_save:
+            argv.append("--async")
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=self.env)
+        lines = queue.Queue()
+
+        def reader():
+            for line in p.stdout:
+                lines.put((time.monotonic(), line))
+            lines.put((time.monotonic(), None))
+
+        threading.Thread(target=reader, daemon=True).start()
+        out = []
+
+        def wait_for(pred, timeout):
+            end = time.monotonic() + timeout
+            while True:
+                t, line = lines.get(timeout=max(0.01, end - time.monotonic()))
+                if line is None:
+                    raise RuntimeError("lifeline ended early:\n" + "".join(out[-40:]))
+                out.append(line)
+                if pred(line):
+                    return t, line
+
+        step_times = []
+        for k in range(1, 4):
+            t, _ = wait_for(lambda l, k=k: l.startswith(f"step {k} "), 600)
+            step_times.append(t)
+        step_s = (step_times[-1] - step_times[0]) / 2
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGUSR1)
+        t_commit, line = wait_for(lambda l: "checkpoint committed: step" in l, 900)
+        m = re.search(r"step (\d+), (\d+) bytes in ([0-9.]+) s", line)
+        save_s = float(m.group(3))
+        gib = int(m.group(2)) / 2**30
+        while True:
+            t, line = lines.get(timeout=900)
+            if line is None:
+                break
+            out.append(line)
+        rc = p.wait()
+        t_exit = time.monotonic()
+        shutil.rmtree(ckpt, ignore_errors=True)
+        if rc != 75:
+            raise RuntimeError(f"lifeline run exited {rc} after the stop:\n" + "".join(out[-40:]))
+        return {"commit_s": t_commit - t0, "exit_s": t_exit - t0, "save_s": save_s, "step_s": step_s, "gib": gib}
+
+    def stop(self):
+        sizes = [64, 1024] if self.quick else [64, 1024, 4096]
+        for mib in sizes:
+            if mib == 4096 and (self.free_gib() < 12 or self.mem_available_gib() < 12):
+                self.row("5", f"stop latency, {mib} MiB state", "skipped", "", "", "", None,
+                         f"needs 12 GiB free disk and memory ({self.free_gib():.0f} / {self.mem_available_gib():.0f} GiB)")
+                continue
+            r = self.stop_once(mib, False)
+            fits = r["exit_s"] < 30
+            self.row("5", f"stop latency, {mib} MiB state ({r['gib']:.2f} GiB written): SIGUSR1 to `lifeline run` -> "
+                     "checkpoint committed -> trainer exited", f"commit {r['commit_s']:.2f} s, exit {r['exit_s']:.2f} s",
+                     "Slurm: KillWait 30 s (SIGTERM->SIGKILL); GraceTime 20-120 s typical", f"{r['exit_s'] / 30:.2f} of KillWait",
+                     "< 30 s", fits,
+                     f"of which the save {r['save_s']:.2f} s; one training step {r['step_s']:.2f} s (the request is seen at the next step)")
+
+    # ---- async checkpoints -------------------------------------------------------------------
+    def async_ckpt(self):
+        # Stall of one checkpoint: bench/async_save_bench, with and without prepare().
+        mib = 256 if self.quick else 1024
+        stall = {}
+        for prep in (True, False):
+            d = os.path.join(self.scratch, "async-save")
+            rc, out = self.run([os.path.join(self.bench, "async_save_bench"), d, "--mib", str(mib), "--runs",
+                                "2" if prep else "1"] + (["--prepare"] if prep else []), timeout=1800)
+            shutil.rmtree(d, ignore_errors=True)
+            if rc != 0:
+                raise RuntimeError(out[-3000:])
+            stall[prep] = json.loads(out.strip().splitlines()[-1])
+        p, n = stall[True], stall[False]
+        sync_s = statistics.median(p["sync_s"] + n["sync_s"])
+        worst = max(p["async_stall_s"])
+        self.row("async", f"training stall of one checkpoint, {mib} MiB state: async (snapshot to memory; "
+                 "write + checksum + fsync + commit in the background) vs sync save",
+                 "snapshot " + ", ".join(f"{x:.3f}" for x in p["async_stall_s"]) + " s",
+                 f"{sync_s:.2f} s (median of {len(p['sync_s']) + len(n['sync_s'])})", f"{worst / sync_s:.1%} (worst)",
+                 "<= 10%", worst / sync_s <= 0.10,
+                 f"with torch_state::prepare() after the first step (the example does this); without it the first "
+                 f"snapshot takes {n['async_stall_s'][0]:.3f} s ({n['async_stall_s'][0] / sync_s:.0%}: page faults), later "
+                 f"ones {n['async_stall_s'][-1]:.3f} s; background part {statistics.median(p['async_background_s']):.2f} s")
+
+        # End to end: the example trainer under `lifeline run`, checkpoint every N s.
+        steps = 20 if self.quick else 48
+        every = 5 if self.quick else 15
+        runs = {}
+        for name, pol, flags in (("none", self.policy(), []), ("async", self.policy(every_seconds=every), ["--async"]),
+                                 ("sync", self.policy(every_seconds=every), [])):
+            ckpt = os.path.join(self.scratch, f"async-{name}")
+            rc, out = self.run([self.lifeline, "run", "--policy", pol, "--ckpt-dir", ckpt, "--requeue", "none", "--",
+                                self.example, "--steps", str(steps), "--state-mib", str(mib), "--report"] + flags, timeout=1800)
+            shutil.rmtree(ckpt, ignore_errors=True)
+            if rc != 0:
+                raise RuntimeError(out[-3000:])
+            stalls = [(int(s), float(t)) for s, t in re.findall(r"checkpoint of step (\d+): stall ([0-9.]+) s", out)]
+            stalls = [t for s, t in stalls if s != steps]  # the final save is outside the timed run
+            commits = [float(x) for x in re.findall(r"checkpoint committed: step \d+, \d+ bytes in ([0-9.]+) s", out)]
+            runs[name] = dict(self.rate_of(out), stalls=stalls, commits=commits)
+            log(f"async figure: {name}: {runs[name]['rate']:.3f} steps/s, stalls {stalls}, commits {commits}")
+        base = runs["none"]["rate"]
+        for name in ("async", "sync"):
+            r = runs[name]
+            slow = 1 - r["rate"] / base
+            self.row("async", f"end-to-end slowdown of the example trainer, {mib} MiB state, checkpoint every {every} s "
+                     f"({name}: {r['saves']} saves in {r['seconds']:.0f} s)", f"{r['rate']:.3f} steps/s",
+                     f"{base:.3f} steps/s (no checkpoints)", f"{slow:+.1%}",
+                     "<= 3.5% (CheckFreq)" if name == "async" else "reference", slow <= 0.035 if name == "async" else None,
+                     (f"stalls {', '.join(f'{x:.2f}' for x in r['stalls'])} s; " if r["stalls"] else "")
+                     + (f"commits {statistics.median(r['commits']):.2f} s median" if r["commits"] else ""))
+
+    # ---- table ------------------------------------------------------------------------------
+    def table(self):
+        cols = ["figure", "measurement", "lifeline", "baseline", "ratio", "target", "ok"]
+        print()
+        print("| " + " | ".join(cols) + " |")
+        print("|" + "---|" * len(cols))
+        for r in self.rows:
+            ok = {True: "yes", False: "NO", None: "-"}[r["meets_target"]]
+            print(f"| {r['figure']} | {r['measurement']} | {r['lifeline']} | {r['baseline']} | {r['ratio']} | {r['target']} | {ok} |")
+            if r["note"]:
+                print(f"|  | ↳ {r['note']} |  |  |  |  |  |")
+        for n in self.notes:
+            print(f"note: {n}")
+        print(f"\n{len(self.rows)} rows in {time.time() - self.started:.0f} s; written to {self.out}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results.json"))
+    args = ap.parse_args()
+    r = Runner(args)
+    figures = [("fast_path", r.fast_path), ("latency", r.latency), ("overhead", r.overhead), ("save", r.save_path),
+               ("stop", r.stop), ("resume", r.resume), ("async", r.async_ckpt)]
+    only = [x for x in args.only.split(",") if x]
+    log(f"{os.cpu_count()} cores, {r.free_gib():.0f} GiB free disk, {r.mem_available_gib():.0f} GiB memory available; "
+        f"scratch {r.scratch}")
+    failed = False
+    try:
+        for name, fn in figures:
+            if only and name not in only:
+                continue
+            t = time.time()
+            log(f"{name} ...")
+            try:
+                fn()
+            except Exception as e:  # a broken figure must not hide the others
+                failed = True
+                r.notes.append(f"{name}: {e}")
+                log(f"{name} FAILED: {e}")
+            log(f"{name} done in {time.time() - t:.0f} s")
+            r.save()
+    finally:
+        shutil.rmtree(r.scratch, ignore_errors=True)
+    r.table()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
