@@ -184,6 +184,24 @@ TEST_CASE("time limit: B:USR1 before the limit checkpoints and requeues until th
   REQUIRE(ends.size() >= 2);
   for (size_t i = 0; i + 1 < ends.size(); ++i) CHECK(ends[i]["end_reason"] == "time_limit");
   CHECK(ends.back()["end_reason"] == "completed");
+  // `lifeline history --json` tells the same story: interrupted attempts by the time limit,
+  // each requeued in place, the last one completed.
+  std::string hist;
+  REQUIRE(run({binary("LIFELINE_BIN"), "history", w.ckpt, "--json"}, &hist) == 0);
+  json attempts = json::parse(hist.substr(hist.find('[')));
+  REQUIRE(attempts.size() == ends.size());
+  for (size_t i = 0; i + 1 < attempts.size(); ++i) {
+    CHECK(attempts[i]["end_reason"] == "time_limit");
+    CHECK(attempts[i]["requeue"] == "scontrol");
+    CHECK(attempts[i]["job_id"] == job);
+    CHECK(attempts[i + 1]["resumed_from_step"] == attempts[i]["last_checkpoint_step"]);
+  }
+  CHECK(attempts.back()["end_reason"] == "completed");
+  // The picture of this run, kept in the build folder (docs/history.md shows how to view it).
+  std::string svg = std::string(LIFELINE_BUILD_DIR) + "/time-limit-timeline.svg";
+  std::string out;
+  CHECK(run({binary("LIFELINE_BIN"), "history", w.ckpt, "--timeline", svg}, &out) == 0);
+  CHECK(slurp(svg).find("time limit") != std::string::npos);
 }
 
 TEST_CASE("sbatch mode: a stopped job resubmits its own script and the new job completes bit-exact") {
