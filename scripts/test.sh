@@ -7,10 +7,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
-if [[ ! -f build-asan/build.ninja ]]; then
-  meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dtorch=disabled >/dev/null || exit 1
-fi
-ninja -C build-asan || { echo "0 passed, 1 failed"; exit 1; }
 
 passed=0
 failed=0
@@ -27,6 +23,14 @@ status=0
 meson test -C build --print-errorlogs --num-processes 1 "$@" 2>&1 | tee build/test-summary.txt
 [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 count build/test-summary.txt
+
+# GCC's -Wmaybe-uninitialized gives false positives under the sanitizers (inside std::regex
+# and std::function here), so that one warning is off in this configuration only.
+if [[ ! -f build-asan/build.ninja ]]; then
+  meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dtorch=disabled \
+    -Dcpp_args=-Wno-maybe-uninitialized >/dev/null || status=1
+fi
+ninja -C build-asan || status=1
 
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build-asan --print-errorlogs --suite unit 2>&1 | tee build-asan/test-summary.txt
