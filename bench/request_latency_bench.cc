@@ -89,6 +89,7 @@ void trainer_sample(Client& c, Shared& sh, uint64_t sample, uint64_t& step) {
   sh.done.store(sample, std::memory_order_release);
 }
 
+// Latency samples in microseconds, printed as one JSON object.
 struct Stats {
   std::vector<double> us;
   void print(const char* mode, const std::string& extra = "") {

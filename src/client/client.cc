@@ -59,6 +59,7 @@ std::string host_name() {
 
 }  // namespace
 
+// Everything a Client owns besides the fields its inline fast path reads.
 struct Client::State {
   std::optional<ControlBlock> block;
   std::string ckpt_dir;
