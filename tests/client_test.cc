@@ -4,10 +4,13 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "control/control_block.h"
 #include "lifeline/client.h"
 #include "store/checkpoint_store.h"
+#include "store/manifest.h"
 #include "support/temp_dir.h"
 
 using namespace lifeline;
@@ -122,4 +125,70 @@ TEST_CASE("a failed save is reported, keeps older checkpoints, and training can 
   auto choice = choose_resume(d.path());
   REQUIRE(choice.resume);
   CHECK(choice.resume->step == 1);
+}
+
+namespace {
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+std::string manifest_of(const std::string& folder) { return read_all(folder + "/" + kManifestName); }
+}  // namespace
+
+TEST_CASE("a streamed file is checksummed while written: same manifest entry as write_file, no read-back") {
+  TempDir d;
+  ControlBlock block = ControlBlock::create("test");
+  Env env(block.name(), d.path());
+  Client c = Client::from_env();
+  std::string bytes(3u << 20, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = char((i * 2654435761u) >> 13);
+
+  std::string whole_path, streamed_path;
+  {
+    auto w = c.begin_checkpoint(10);
+    w.write_file("sub/state.bin", bytes.data(), bytes.size());
+    REQUIRE(w.commit());
+    whole_path = d.path() + "/" + checkpoint_folders(d.path()).back().second;
+  }
+  {
+    auto w = c.begin_checkpoint(20);
+    CheckpointFile f = w.open_file("sub/state.bin");
+    for (size_t off = 0; off < bytes.size(); off += 100000) f.write(bytes.data() + off, std::min<size_t>(100000, bytes.size() - off));
+    f.close();
+    CHECK_THROWS_AS(f.write("x", 1), std::logic_error);
+    // Changed on disk after close (same size): commit trusts the streamed checksum, so the
+    // change shows at verify: commit did not read the file back.
+    {
+      std::fstream out(w.path() + "/sub/state.bin", std::ios::in | std::ios::out | std::ios::binary);
+      out.seekp(12345);
+      out.put(char(~bytes[12345]));
+    }
+    REQUIRE(w.commit());
+    streamed_path = d.path() + "/" + checkpoint_folders(d.path()).back().second;
+  }
+  Manifest whole = manifest_from_json(manifest_of(whole_path));
+  Manifest streamed = manifest_from_json(manifest_of(streamed_path));
+  REQUIRE(whole.files.size() == 1);
+  REQUIRE(streamed.files.size() == 1);
+  CHECK(streamed.files[0].path == "sub/state.bin");
+  CHECK(streamed.files[0].bytes == bytes.size());
+  CHECK(streamed.files[0].checksum == whole.files[0].checksum);
+  CHECK(verify_checkpoint(whole_path, VerifyMode::full).valid);
+  CHECK_FALSE(verify_checkpoint(streamed_path, VerifyMode::full).valid);
+}
+
+TEST_CASE("a file still open at commit is checksummed by commit and cannot be written afterwards") {
+  TempDir d;
+  ControlBlock block = ControlBlock::create("test");
+  Env env(block.name(), d.path());
+  Client c = Client::from_env();
+  auto w = c.begin_checkpoint(5);
+  CheckpointFile f = w.open_file("log.txt");
+  f.write("partial", 7);
+  REQUIRE(w.commit());
+  CHECK_THROWS_AS(f.write("more", 4), std::logic_error);
+  CHECK_THROWS_AS(f.close(), std::logic_error);
+  std::string folder = d.path() + "/" + checkpoint_folders(d.path()).back().second;
+  CHECK(read_all(folder + "/log.txt") == "partial");
+  CHECK(verify_checkpoint(folder, VerifyMode::full).valid);
 }

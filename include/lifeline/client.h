@@ -63,6 +63,25 @@ struct ResumeInfo {
   uint64_t step = 0;
 };
 
+// A file streamed into a checkpoint (a serializer's output, say): checksummed while it is
+// written, so commit() need not read it back. Errors throw std::runtime_error (older checkpoints
+// stay intact). close() it before commit(): close() fsyncs it and records it in the manifest; a
+// file never closed is checksummed by commit() instead, and cannot be written after it.
+class CheckpointFile {
+ public:
+  CheckpointFile(CheckpointFile&&) noexcept;
+  CheckpointFile& operator=(CheckpointFile&&) noexcept;
+  ~CheckpointFile();
+  void write(const void* data, size_t size);
+  void close();
+
+ private:
+  friend class Checkpoint;
+  struct Impl;
+  explicit CheckpointFile(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
 // One checkpoint being written; commit() or destruction (which discards it) ends it.
 class Checkpoint {
  public:
@@ -75,6 +94,8 @@ class Checkpoint {
   uint64_t step() const;
   // Writes a file into the staging folder, checksumming while writing (faster than save+scan).
   void write_file(const std::string& relative_path, const void* data, size_t size);
+  // Creates a file in the staging folder to stream into (see CheckpointFile).
+  CheckpointFile open_file(const std::string& relative_path);
   // Makes the checkpoint durable and tells the supervisor. Returns false when the save failed
   // (disk full, read-only, I/O error): the error is printed, older checkpoints are intact and
   // training may go on.

@@ -210,6 +210,20 @@ void Checkpoint::write_file(const std::string& rel, const void* data, size_t siz
   impl_->writer->write_file(rel, data, size);
 }
 
+struct CheckpointFile::Impl {
+  StagedFile file;
+};
+CheckpointFile::CheckpointFile(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CheckpointFile::CheckpointFile(CheckpointFile&&) noexcept = default;
+CheckpointFile& CheckpointFile::operator=(CheckpointFile&&) noexcept = default;
+CheckpointFile::~CheckpointFile() = default;
+void CheckpointFile::write(const void* data, size_t size) { impl_->file.append(data, size); }
+void CheckpointFile::close() { impl_->file.close(); }
+
+CheckpointFile Checkpoint::open_file(const std::string& rel) {
+  return CheckpointFile(std::make_unique<CheckpointFile::Impl>(CheckpointFile::Impl{impl_->writer->open_file(rel)}));
+}
+
 bool Checkpoint::commit(const std::map<std::string, double>& metrics) {
   ControlBlock* b = impl_->block;
   uint64_t step = impl_->writer->step();

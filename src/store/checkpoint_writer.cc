@@ -28,7 +28,8 @@ std::string trash_folder_name(const std::string& dir, uint64_t step) {
 }
 
 CheckpointWriter::CheckpointWriter(FileSystem& fs, std::string dir, uint64_t step, CheckpointMeta meta)
-    : fs_(&fs), dir_(std::move(dir)), step_(step), meta_(std::move(meta)), started_ns_(mono_ns()) {
+    : fs_(&fs), dir_(std::move(dir)), step_(step), meta_(std::move(meta)), started_ns_(mono_ns()),
+      written_(std::make_shared<StagedFiles>()) {
   if (!known_checksum(meta_.checksum_algorithm))
     throw std::invalid_argument("unknown checksum algorithm " + meta_.checksum_algorithm);
   staging_ = dir_ + "/.staging-" + checkpoint_folder_name(step_) + "-" + std::to_string(getpid()) +
@@ -48,6 +49,7 @@ CheckpointWriter::~CheckpointWriter() { abort(); }
 void CheckpointWriter::abort() noexcept {
   if (done_) return;
   done_ = true;
+  written_->sealed = true;
   try {
     fs_->remove_tree(staging_);
   } catch (...) {
@@ -55,10 +57,10 @@ void CheckpointWriter::abort() noexcept {
   }
 }
 
-void CheckpointWriter::write_file(const std::string& rel, const void* data, size_t size) {
+StagedFile CheckpointWriter::open_file(const std::string& rel) {
+  if (done_ || written_->sealed) throw std::logic_error("checkpoint already committed or aborted");
   std::string why = unsafe_path_reason(rel);
   if (!why.empty() || rel == kManifestName) throw std::invalid_argument("cannot write " + rel + ": " + why);
-  std::string full = staging_ + "/" + rel;
   // Parent folders through the FileSystem, so they are part of what commit makes durable
   // (and what a crash test can see).
   for (size_t slash = rel.find('/'); slash != std::string::npos; slash = rel.find('/', slash + 1)) {
@@ -66,23 +68,47 @@ void CheckpointWriter::write_file(const std::string& rel, const void* data, size
     struct stat st {};
     if (lstat(parent.c_str(), &st) != 0) fs_->make_dir(parent);
   }
-  auto file = fs_->create_file(full);
-  auto hasher = make_hasher(meta_.checksum_algorithm);
+  return StagedFile(written_, rel, fs_->create_file(staging_ + "/" + rel), make_hasher(meta_.checksum_algorithm));
+}
+
+void CheckpointWriter::write_file(const std::string& rel, const void* data, size_t size) {
+  StagedFile f = open_file(rel);
+  f.append(data, size);
+  f.close();
+}
+
+StagedFile::StagedFile(std::shared_ptr<StagedFiles> files, std::string rel, std::unique_ptr<WritableFile> file,
+                       std::unique_ptr<Hasher> hasher)
+    : files_(std::move(files)), rel_(std::move(rel)), file_(std::move(file)), hasher_(std::move(hasher)) {}
+
+StagedFile::~StagedFile() = default;  // an open file is closed by WritableFile; commit() scans it
+
+void StagedFile::append(const void* data, size_t size) {
+  if (!file_) throw std::logic_error("checkpoint file " + rel_ + " is closed");
+  if (files_->sealed) throw std::logic_error("checkpoint file " + rel_ + " written after its checkpoint was committed");
   // Checksum each chunk right after writing it, while it is hot in cache.
   constexpr size_t kChunk = 8u << 20;
   auto* p = static_cast<const char*>(data);
   for (size_t off = 0; off < size; off += kChunk) {
     size_t n = std::min(kChunk, size - off);
-    file->append(p + off, n);
-    hasher->update(p + off, n);
+    file_->append(p + off, n);
+    hasher_->update(p + off, n);
   }
+  size_ += size;
+}
+
+void StagedFile::close() {
+  if (!file_) throw std::logic_error("checkpoint file " + rel_ + " is closed");
+  if (files_->sealed) throw std::logic_error("checkpoint file " + rel_ + " closed after its checkpoint was committed");
+  std::unique_ptr<WritableFile> file = std::move(file_);
   file->sync();
   file->close();
-  written_[rel] = ManifestFile{rel, size, hasher->hex_digest()};
+  files_->closed[rel_] = ManifestFile{rel_, size_, hasher_->hex_digest()};
 }
 
 CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metrics) {
   if (done_) throw std::logic_error("checkpoint already committed or aborted");
+  written_->sealed = true;  // a stream still open must not write into the folder once renamed
   try {
     Manifest m;
     m.step = step_;
@@ -106,8 +132,8 @@ CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metri
       if (!stdfs::is_regular_file(status))
         throw std::runtime_error("checkpoint file " + rel + " is not a regular file");
       if (rel == kManifestName) throw std::runtime_error("the trainer wrote a file named MANIFEST");
-      auto w = written_.find(rel);
-      if (w != written_.end()) {
+      auto w = written_->closed.find(rel);
+      if (w != written_->closed.end()) {
         m.files.push_back(w->second);
         continue;
       }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "store/checksum.h"
 #include "store/file_system.h"
 #include "store/manifest.h"
 
@@ -34,6 +35,38 @@ struct CommitResult {
 // removed, so no reader ever sees a half-removed checkpoint under a committed name.
 std::string trash_folder_name(const std::string& dir, uint64_t step);
 
+// What a checkpoint's streamed files share with it: their manifest entries, and whether the
+// checkpoint was committed (after which a stream may not write into the renamed folder).
+struct StagedFiles {
+  std::map<std::string, ManifestFile> closed;  // checksummed while written, fsynced
+  bool sealed = false;
+};
+
+// One file streamed into a staging folder (a serializer's output, say): checksummed while it
+// is written, so commit() need not read it back. close() fsyncs it and records it for the
+// manifest; a stream never closed leaves its file for commit() to checksum like any other.
+class StagedFile {
+ public:
+  StagedFile(StagedFile&&) noexcept = default;
+  StagedFile& operator=(StagedFile&&) noexcept = default;
+  ~StagedFile();
+
+  // Appends, hashing each piece right after writing it while it is hot in cache.
+  void append(const void* data, size_t size);
+  // Fsyncs and records the file; further appends throw.
+  void close();
+
+ private:
+  friend class CheckpointWriter;
+  StagedFile(std::shared_ptr<StagedFiles> files, std::string rel, std::unique_ptr<WritableFile> file,
+             std::unique_ptr<Hasher> hasher);
+  std::shared_ptr<StagedFiles> files_;
+  std::string rel_;
+  std::unique_ptr<WritableFile> file_;
+  std::unique_ptr<Hasher> hasher_;
+  uint64_t size_ = 0;
+};
+
 // Carries one checkpoint of one step from an empty staging folder to a durable committed folder.
 class CheckpointWriter {
  public:
@@ -55,6 +88,10 @@ class CheckpointWriter {
   // fsync at the end is short.
   void write_file(const std::string& rel, const void* data, size_t size);
 
+  // Creates `rel` inside the staging folder for streaming (see StagedFile). The stream must be
+  // closed before commit(); one still open at commit() can no longer write.
+  StagedFile open_file(const std::string& rel);
+
   // Checksums and fsyncs files not written with write_file, writes the manifest, renames.
   // On failure the staging folder is removed (when the file system still allows it) and
   // every older checkpoint is untouched. One exception to "failed = absent": when only the
@@ -73,7 +110,7 @@ class CheckpointWriter {
   CheckpointMeta meta_;
   std::string staging_;
   uint64_t started_ns_;
-  std::map<std::string, ManifestFile> written_;  // by write_file
+  std::shared_ptr<StagedFiles> written_;  // by write_file and closed streams
   bool done_ = false;
 };
 

@@ -1,6 +1,4 @@
 #include <ATen/CPUGeneratorImpl.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -8,7 +6,6 @@
 #include <map>
 #include <mutex>
 #include <sstream>
-#include <system_error>
 #include <thread>
 
 #include "lifeline/torch.h"
@@ -31,32 +28,16 @@ std::string to_bytes(OutputArchive& archive, size_t expected) {
   return bytes;
 }
 
-// Serializes an archive into a new file (the writer function, not save_to(path), which would
-// name the archive inside the file after the file and so change the bytes).
-void stream_to_file(OutputArchive& archive, const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::system_error(errno, std::generic_category(), "create " + path);
-  try {
-    archive.save_to([fd, &path](const void* data, size_t size) -> size_t {
-      auto* p = static_cast<const char*>(data);
-      for (size_t done = 0; done < size;) {
-        ssize_t n = ::write(fd, p + done, size - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) throw std::system_error(errno, std::generic_category(), "write " + path);
-        done += size_t(n);
-      }
-      return size;
-    });
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
-  if (::close(fd) != 0) throw std::system_error(errno, std::generic_category(), "close " + path);
-}
-
-void write_archive(Checkpoint& c, const std::string& name, OutputArchive& archive, size_t expected) {
-  std::string bytes = to_bytes(archive, expected);
-  c.write_file(name, bytes.data(), bytes.size());
+// Streams an archive into a checkpoint file, checksummed as it goes: no copy of the state in
+// memory, no second read. The writer function, not save_to(path), which would name the archive
+// inside the file after the file and so change the bytes.
+void write_archive(Checkpoint& c, const std::string& name, OutputArchive& archive) {
+  CheckpointFile file = c.open_file(name);
+  archive.save_to([&file](const void* data, size_t size) -> size_t {
+    file.write(data, size);
+    return size;
+  });
+  file.close();
 }
 
 template <class T>
@@ -64,7 +45,7 @@ void write_value(Checkpoint& c, const std::string& name, const T& value) {
   using torch::operator<<;
   OutputArchive archive(std::make_shared<torch::jit::CompilationUnit>());
   archive << value;  // what torch::save does
-  write_archive(c, name, archive, 0);
+  write_archive(c, name, archive);
 }
 
 torch::Tensor rng_state() {
@@ -265,10 +246,7 @@ void save(Checkpoint& c, torch::nn::Module& model, torch::optim::Optimizer& opti
   {
     OutputArchive archive(std::make_shared<torch::jit::CompilationUnit>());
     model.save(archive);
-    size_t expected = 0;
-    for (const auto& p : model.parameters()) expected += nbytes(p);
-    for (const auto& b : model.buffers()) expected += nbytes(b);
-    write_archive(c, "model.pt", archive, expected);
+    write_archive(c, "model.pt", archive);
   }
   write_value(c, "optimizer.pt", optimizer);
   write_value(c, "rng.pt", rng_state());
@@ -316,12 +294,12 @@ std::shared_ptr<Snapshot> snapshot(torch::nn::Module& model, torch::optim::Optim
 }
 
 void persist(Checkpoint& c, Snapshot& s) {
-  // Streamed straight into the staging folder; commit() checksums and fsyncs these files.
-  // No second in-memory copy: on the background thread that would fault in as many fresh
-  // pages as the state has, contending with the training thread for the address space.
-  stream_to_file(s.model, c.path() + "/model.pt");
+  // Streamed straight into the staging folder. No second in-memory copy: on the background
+  // thread that would fault in as many fresh pages as the state has, contending with the
+  // training thread for the address space.
+  write_archive(c, "model.pt", s.model);
   if (s.optimizer_bytes.empty()) {
-    stream_to_file(s.optimizer, c.path() + "/optimizer.pt");
+    write_archive(c, "optimizer.pt", s.optimizer);
   } else {
     c.write_file("optimizer.pt", s.optimizer_bytes.data(), s.optimizer_bytes.size());
   }
