@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -16,24 +15,16 @@
 #include "store/checkpoint_writer.h"
 #include "store/fault_injection_fs.h"
 #include "store/retention.h"
-#include "support/temp_dir.h"
+#include "support/store_fixtures.h"
 
 using namespace lifeline;
-using lifeline::test::TempDir;
+using namespace lifeline::test;
 namespace fs = std::filesystem;
 
 namespace {
 
 // The crash enumeration below runs a few hundred setups: /dev/shm keeps them fast.
-const bool scratch_on_tmpfs = [] {
-  if (std::getenv("TMPDIR") || access("/dev/shm", W_OK) != 0) return false;
-  return setenv("TMPDIR", "/dev/shm", 1) == 0;
-}();
-
-FileSystem& disk() {
-  static NoSyncFileSystem fs(default_file_system());
-  return fs;
-}
+const bool scratch_on_tmpfs = prefer_tmpfs_scratch();
 
 CheckpointInfo ckpt(uint64_t step, bool valid = true, uint64_t bytes = 100, std::map<std::string, double> metrics = {}) {
   CheckpointInfo c;
@@ -77,19 +68,9 @@ bool has_reason(const RetentionDecision& d, const std::string& prefix) {
   return false;
 }
 
-std::string commit(const std::string& dir, uint64_t step, std::map<std::string, double> metrics = {},
-                   const std::string& payload = "weights") {
-  CheckpointWriter w(disk(), dir, step, CheckpointMeta{});
-  w.write_file("weights.bin", payload.data(), payload.size());
-  w.write_file("sub/state.bin", payload.data(), payload.size());
-  return w.commit(metrics).path;
-}
-
-std::vector<std::string> names_in(const std::string& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
-  std::sort(out.begin(), out.end());
-  return out;
+// Commits weights.bin and sub/state.bin, each holding `payload`, without real fsyncs.
+std::string commit(const std::string& dir, uint64_t step, const std::string& payload = "weights") {
+  return commit_step(dir, step, payload, disk());
 }
 
 }  // namespace
@@ -219,11 +200,8 @@ TEST_CASE("retention finds the newest valid checkpoint with a full verify, so a 
   commit(d.path(), 1);
   commit(d.path(), 2);
   std::string newest = commit(d.path(), 3);
-  {  // same size, one byte different: only a full verify sees it
-    std::fstream f(newest + "/weights.bin", std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(0);
-    f.put('W');
-  }
+  // Same size, one byte different: only a full verify sees it.
+  flip_byte(newest + "/weights.bin", 0);
   REQUIRE(verify_checkpoint(newest, VerifyMode::quick).valid);
   RetentionReport r = apply_retention(disk(), d.path(), rules(1), std::nullopt, false);
   CHECK(kept_steps(r) == std::vector<uint64_t>{2, 3});
@@ -233,11 +211,10 @@ TEST_CASE("retention finds the newest valid checkpoint with a full verify, so a 
 }
 
 TEST_CASE("apply_retention deletes by renaming to a trash folder, fsyncing the directory, then removing") {
-  TempDir d;
-  std::string dir = d / "ckpt";
-  fs::create_directory(dir);
+  CheckpointDir d;
+  const std::string& dir = d.dir;
   for (uint64_t s = 1; s <= 4; ++s) commit(dir, s);
-  FaultInjectionFileSystem ffs(disk(), d.path());
+  FaultInjectionFileSystem ffs(disk(), d.tmp.path());
   RetentionReport r = apply_retention(ffs, dir, rules(2), std::nullopt, false);
   CHECK(r.errors.empty());
   CHECK(r.bytes_freed == 2 * 14);
@@ -256,24 +233,15 @@ TEST_CASE("a crash at any point of a retention pass never leaves a damaged check
     for (uint64_t s = 1; s <= 4; ++s) commit(dir, s);
     fs::resize_file(dir + "/step-000000000002/weights.bin", 1);  // invalid, older than the newest valid
   };
-  uint64_t total;
-  {
-    TempDir d;
-    std::string dir = d / "ckpt";
-    fs::create_directory(dir);
-    setup(dir);
-    FaultInjectionFileSystem ffs(disk(), d.path());
-    apply_retention(ffs, dir, rules(1), std::nullopt, false);
-    total = ffs.op_count();
-  }
+  uint64_t total = count_operations(
+      setup, [](FileSystem& fsys, const std::string& dir) { apply_retention(fsys, dir, rules(1), std::nullopt, false); });
   CHECK(total == 7);  // 3 renames, 1 sync_dir, 3 removals
   for (uint64_t n = 1; n <= total + 1; ++n) {
     for (size_t keep = 0; keep < 4; ++keep) {
-      TempDir d;
-      std::string dir = d / "ckpt";
-      fs::create_directory(dir);
+      CheckpointDir d;
+      const std::string& dir = d.dir;
       setup(dir);
-      FaultInjectionFileSystem ffs(disk(), d.path());
+      FaultInjectionFileSystem ffs(disk(), d.tmp.path());
       ffs.crash_at(n);
       try {
         apply_retention(ffs, dir, rules(1), std::nullopt, false);
@@ -386,15 +354,14 @@ class RecommitBeforeRename : public FileSystem {
 }  // namespace
 
 TEST_CASE("a checkpoint folder replaced while retention runs is put back, not deleted") {
-  TempDir d;
-  std::string dir = d / "ckpt";
-  fs::create_directory(dir);
+  CheckpointDir d;
+  const std::string& dir = d.dir;
   for (uint64_t s = 1; s <= 3; ++s) commit(dir, s);
   fs::resize_file(dir + "/step-000000000002/weights.bin", 1);
-  std::string other = d / "other";
+  std::string other = d.tmp / "other";
   fs::create_directory(other);
-  fs::rename(commit(other, 2, {}, "fresh"), d / "fresh");
-  RecommitBeforeRename racing(dir + "/step-000000000002", d / "fresh");
+  fs::rename(commit(other, 2, "fresh"), d.tmp / "fresh");
+  RecommitBeforeRename racing(dir + "/step-000000000002", d.tmp / "fresh");
   RetentionReport r = apply_retention(racing, dir, rules(1), std::nullopt, false);
   REQUIRE(r.errors.size() == 1);
   CHECK(r.errors[0] == "step 2: the folder changed while retention ran; left alone");

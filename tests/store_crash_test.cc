@@ -4,22 +4,19 @@
 // newest valid checkpoint or from the new one (never neither, never a damaged one), and the
 // next commit must succeed.
 #include <doctest.h>
-#include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <sstream>
 
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
 #include "store/fault_injection_fs.h"
 #include "store/retention.h"
-#include "support/temp_dir.h"
+#include "support/store_fixtures.h"
 
 using namespace lifeline;
-using lifeline::test::TempDir;
+using namespace lifeline::test;
 namespace fs = std::filesystem;
 
 namespace {
@@ -27,53 +24,13 @@ namespace {
 // Durability is simulated, so these runs need no disk: a few hundred setups and teardowns go
 // to /dev/shm when it exists (10x faster than a disk mounted with `discard`), unless TMPDIR
 // says otherwise.
-const bool scratch_on_tmpfs = [] {
-  if (std::getenv("TMPDIR") || access("/dev/shm", W_OK) != 0) return false;
-  return setenv("TMPDIR", "/dev/shm", 1) == 0;
-}();
-
-// Durability is simulated by FaultInjectionFileSystem: real fsyncs would only cost time.
-FileSystem& disk() {
-  static NoSyncFileSystem fs(default_file_system());
-  return fs;
-}
-
-const std::vector<std::string> kFiles = {"sub/weights.bin", "opt/state.bin", "meta.json"};
-
-// Distinct bytes for every step, version ("old"/"new") and file.
-std::string content(uint64_t step, const std::string& tag, const std::string& file) {
-  std::string unit = tag + ":" + file + ":" + std::to_string(step) + ";";
-  std::string out;
-  while (out.size() < 3000) out += unit;
-  return out;
-}
-
-std::string read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+const bool scratch_on_tmpfs = prefer_tmpfs_scratch();
 
 // A checkpoint of three files in two subfolders: the trainer writes one itself (its own
-// subfolder, no fsync: commit must sync it) and the writer writes two (one in a folder the
-// writer creates).
-CommitResult save(FileSystem& fsys, const std::string& dir, uint64_t step, const std::string& tag) {
-  CheckpointWriter w(fsys, dir, step, CheckpointMeta{});
-  fsys.make_dir(w.path() + "/sub");
-  {
-    auto f = fsys.create_file(w.path() + "/sub/weights.bin");
-    std::string a = content(step, tag, "sub/weights.bin");
-    f->append(a.data(), a.size() / 2);
-    f->append(a.data() + a.size() / 2, a.size() - a.size() / 2);
-    f->close();
-  }
-  std::string b = content(step, tag, "opt/state.bin");
-  w.write_file("opt/state.bin", b.data(), b.size());
-  std::string c = content(step, tag, "meta.json");
-  w.write_file("meta.json", c.data(), c.size());
-  return w.commit({{"val_loss", 1.0 / double(step)}});
-}
+// subfolder, no fsync: commit must sync it, in two appends) and the writer writes two (one in
+// a folder the writer creates); the commit records val_loss.
+const TaggedCheckpoint ckpt{{"sub/weights.bin", "opt/state.bin", "meta.json"},
+                            /*file_bytes=*/3000, /*trainer_appends=*/2, /*val_loss_metric=*/true};
 
 // One way a commit can meet a crash: what the directory holds before, what is committed, and
 // which checkpoint counts as "old".
@@ -87,8 +44,8 @@ struct Scenario {
 // Step 10 and 20 valid; the commit saves step 30.
 Scenario new_step_scenario() {
   return Scenario{[](const std::string& dir) {
-                    save(disk(), dir, 10, "old");
-                    save(disk(), dir, 20, "old");
+                    ckpt.save(disk(), dir, 10, "old");
+                    ckpt.save(disk(), dir, 20, "old");
                   },
                   30, 20, 40};
 }
@@ -96,8 +53,8 @@ Scenario new_step_scenario() {
 // Step 10 valid, step 20 committed but damaged; the commit saves step 20 again, replacing it.
 Scenario replace_invalid_scenario() {
   return Scenario{[](const std::string& dir) {
-                    save(disk(), dir, 10, "old");
-                    std::string p = save(disk(), dir, 20, "old").path;
+                    ckpt.save(disk(), dir, 10, "old");
+                    std::string p = ckpt.save(disk(), dir, 20, "old").path;
                     fs::resize_file(p + "/sub/weights.bin", 100);
                   },
                   20, 10, 20};
@@ -110,39 +67,33 @@ void require_old_or_new(const std::string& dir, const Scenario& s) {
   REQUIRE(c.resume);
   bool is_new = c.resume->step == s.new_step;
   REQUIRE((is_new || c.resume->step == s.old_step));
-  for (const auto& f : kFiles)
-    CHECK(read(c.resume->path + "/" + f) == content(c.resume->step, is_new ? "new" : "old", f));
+  for (const auto& f : ckpt.files)
+    CHECK(read_file(c.resume->path + "/" + f) == ckpt.content(c.resume->step, is_new ? "new" : "old", f));
   for (const auto& info : list_checkpoints(dir, VerifyMode::full)) {
     if (info.valid) continue;
     INFO("invalid folder after the crash: " << info.path << ": " << info.problem);
     CHECK(info.step == s.new_step);
-    CHECK(read(info.path + "/meta.json") == content(s.new_step, "old", "meta.json"));
+    CHECK(read_file(info.path + "/meta.json") == ckpt.content(s.new_step, "old", "meta.json"));
   }
 }
 
 // Operations one commit of the scenario performs.
 uint64_t count_ops(const Scenario& s) {
-  TempDir t;
-  std::string dir = t / "ckpt";
-  fs::create_directory(dir);
-  s.setup(dir);
-  FaultInjectionFileSystem ffs(disk(), t.path());
-  save(ffs, dir, s.new_step, "new");
-  return ffs.op_count();
+  return count_operations(
+      s.setup, [&](FileSystem& fsys, const std::string& dir) { ckpt.save(fsys, dir, s.new_step, "new"); });
 }
 
 // Runs the scenario with power lost at operation `n`, keeping the oldest `keep` pending
 // directory changes; returns how many were pending at the crash.
 size_t crash_once(const Scenario& s, uint64_t n, size_t keep, std::string& crash_op) {
-  TempDir t;
-  std::string dir = t / "ckpt";
-  fs::create_directory(dir);
+  CheckpointDir t;
+  const std::string& dir = t.dir;
   s.setup(dir);
-  FaultInjectionFileSystem ffs(disk(), t.path());
+  FaultInjectionFileSystem ffs(disk(), t.tmp.path());
   ffs.crash_at(n);
   bool lost = false;
   try {
-    save(ffs, dir, s.new_step, "new");
+    ckpt.save(ffs, dir, s.new_step, "new");
   } catch (const PowerLoss& p) {
     lost = true;
     CHECK(p.op == n);
@@ -156,16 +107,11 @@ size_t crash_once(const Scenario& s, uint64_t n, size_t keep, std::string& crash
   require_old_or_new(dir, s);
 
   // Cleanup after the reboot (the writer is gone), then the next commit succeeds.
-  LeftoverRules gone;
-  gone.dead_writer_grace_ns = 0;
-  gone.writer_alive = [](pid_t) { return false; };
-  Policy::Retention keep_all;
-  keep_all.keep_last = 100;
-  RetentionReport r = apply_retention(disk(), dir, keep_all, std::nullopt, false, gone);
+  RetentionReport r = remove_leftovers_after_reboot(dir);
   CHECK(r.errors.empty());
-  for (const auto& e : fs::directory_iterator(dir)) CHECK(e.path().filename().string()[0] != '.');
+  for (const auto& name : names_in(dir)) CHECK(name[0] != '.');
   require_old_or_new(dir, s);
-  CommitResult next = save(disk(), dir, s.next_step, "new");
+  CommitResult next = ckpt.save(disk(), dir, s.next_step, "new");
   ResumeChoice c = choose_resume(dir);
   REQUIRE(c.resume);
   CHECK(c.resume->step == s.next_step);
@@ -197,12 +143,11 @@ TEST_CASE("a crash at any operation of a commit that replaces an invalid folder 
 }
 
 TEST_CASE("the fault file system counts every operation of the commit protocol") {
-  TempDir t;
-  std::string dir = t / "ckpt";
-  fs::create_directory(dir);
+  CheckpointDir t;
+  const std::string& dir = t.dir;
   replace_invalid_scenario().setup(dir);
-  FaultInjectionFileSystem ffs(disk(), t.path());
-  save(ffs, dir, 20, "new");
+  FaultInjectionFileSystem ffs(disk(), t.tmp.path());
+  ckpt.save(ffs, dir, 20, "new");
   std::string log;
   for (const auto& l : ffs.op_log()) log += l + "\n";
   INFO(log);
@@ -211,13 +156,12 @@ TEST_CASE("the fault file system counts every operation of the commit protocol")
 }
 
 TEST_CASE("power lost after a completed commit keeps the new checkpoint") {
-  TempDir t;
-  std::string dir = t / "ckpt";
-  fs::create_directory(dir);
+  CheckpointDir t;
+  const std::string& dir = t.dir;
   Scenario s = new_step_scenario();
   s.setup(dir);
-  FaultInjectionFileSystem ffs(disk(), t.path());
-  save(ffs, dir, 30, "new");
+  FaultInjectionFileSystem ffs(disk(), t.tmp.path());
+  ckpt.save(ffs, dir, 30, "new");
   ffs.lose_power();
   ResumeChoice c = choose_resume(dir);
   REQUIRE(c.resume);
@@ -226,11 +170,10 @@ TEST_CASE("power lost after a completed commit keeps the new checkpoint") {
 
 TEST_CASE("without the final directory fsync a commit is not durable, and the simulation shows it") {
   // The model must be able to see a missing fsync, or the tests above prove nothing.
-  TempDir t;
-  std::string dir = t / "ckpt";
-  fs::create_directory(dir);
-  save(disk(), dir, 10, "old");
-  FaultInjectionFileSystem ffs(disk(), t.path());
+  CheckpointDir t;
+  const std::string& dir = t.dir;
+  ckpt.save(disk(), dir, 10, "old");
+  FaultInjectionFileSystem ffs(disk(), t.tmp.path());
   std::string staging = dir + "/.staging-by-hand";
   ffs.make_dir(staging);
   auto f = ffs.create_file(staging + "/a.bin");
@@ -256,7 +199,7 @@ TEST_CASE("unsynced data is truncated at power loss and synced data survives") {
   f->close();
   ffs.sync_dir(t.path());
   ffs.lose_power();
-  CHECK(read(t / "data") == "durable");
+  CHECK(read_file(t / "data") == "durable");
 }
 
 TEST_CASE("a removal is undone by power loss until its directory is synced") {
@@ -267,7 +210,7 @@ TEST_CASE("a removal is undone by power loss until its directory is synced") {
   ffs.remove_tree(t / "tree");
   CHECK_FALSE(fs::exists(t / "tree"));
   ffs.lose_power();
-  CHECK(read(t / "tree/file") == "x");
+  CHECK(read_file(t / "tree/file") == "x");
   ffs.remove_tree(t / "tree");
   ffs.sync_dir(t.path());
   ffs.lose_power();

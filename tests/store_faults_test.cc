@@ -2,70 +2,31 @@
 // the commit fails with a message naming the error, cleans its staging folder when the file
 // system still lets it, and never touches an older checkpoint.
 #include <doctest.h>
-#include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <functional>
-#include <sstream>
 
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
 #include "store/fault_injection_fs.h"
 #include "store/retention.h"
-#include "support/temp_dir.h"
+#include "support/store_fixtures.h"
 
 using namespace lifeline;
-using lifeline::test::TempDir;
+using namespace lifeline::test;
 namespace fs = std::filesystem;
 
 namespace {
 
 // Faults are injected, not provoked: no disk needed, so /dev/shm keeps hundreds of runs fast.
-const bool scratch_on_tmpfs = [] {
-  if (std::getenv("TMPDIR") || access("/dev/shm", W_OK) != 0) return false;
-  return setenv("TMPDIR", "/dev/shm", 1) == 0;
-}();
-
-FileSystem& disk() {
-  static NoSyncFileSystem fs(default_file_system());
-  return fs;
-}
-
-std::string content(uint64_t step, const std::string& tag, const std::string& file) {
-  std::string unit = tag + ":" + file + ":" + std::to_string(step) + ";";
-  std::string out;
-  while (out.size() < 2000) out += unit;
-  return out;
-}
-
-std::string read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-const std::vector<std::string> kFiles = {"sub/weights.bin", "opt/state.bin"};
+const bool scratch_on_tmpfs = prefer_tmpfs_scratch();
 
 // A checkpoint with a file the trainer wrote itself (in its own subfolder) and one written
 // through the writer (in a folder the writer creates).
-CommitResult save(FileSystem& fsys, const std::string& dir, uint64_t step, const std::string& tag) {
-  CheckpointWriter w(fsys, dir, step, CheckpointMeta{});
-  fsys.make_dir(w.path() + "/sub");
-  {
-    auto f = fsys.create_file(w.path() + "/sub/weights.bin");
-    std::string a = content(step, tag, "sub/weights.bin");
-    f->append(a.data(), a.size());
-    f->close();
-  }
-  std::string b = content(step, tag, "opt/state.bin");
-  w.write_file("opt/state.bin", b.data(), b.size());
-  return w.commit();
-}
+const TaggedCheckpoint ckpt{{"sub/weights.bin", "opt/state.bin"},
+                            /*file_bytes=*/2000, /*trainer_appends=*/1, /*val_loss_metric=*/false};
 
 // What the directory holds before the failing commit, and which checkpoints must survive it.
 struct Scenario {
@@ -77,61 +38,49 @@ struct Scenario {
 
 std::vector<Scenario> scenarios() {
   return {
-      {"a new step", [](const std::string& d) { save(disk(), d, 10, "old"), save(disk(), d, 20, "old"); }, 30, {10, 20}},
+      {"a new step", [](const std::string& d) { ckpt.save(disk(), d, 10, "old"), ckpt.save(disk(), d, 20, "old"); }, 30, {10, 20}},
       {"the same step over an invalid folder",
        [](const std::string& d) {
-         save(disk(), d, 10, "old");
-         fs::resize_file(save(disk(), d, 20, "old").path + "/opt/state.bin", 7);
+         ckpt.save(disk(), d, 10, "old");
+         fs::resize_file(ckpt.save(disk(), d, 20, "old").path + "/opt/state.bin", 7);
        },
        20,
        {10}},
   };
 }
 
-std::vector<std::string> dot_names(const std::string& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().filename().string()[0] == '.') out.push_back(e.path().filename().string());
-  return out;
-}
-
 void require_older_intact_and_resumable(const std::string& dir, const Scenario& s) {
   for (uint64_t step : s.older_valid) {
     std::string p = dir + "/" + checkpoint_folder_name(step);
     CHECK(verify_checkpoint(p, VerifyMode::full).valid);
-    for (const auto& f : kFiles) CHECK(read(p + "/" + f) == content(step, "old", f));
+    for (const auto& f : ckpt.files) CHECK(read_file(p + "/" + f) == ckpt.content(step, "old", f));
   }
   ResumeChoice c = choose_resume(dir);
   REQUIRE(c.resume);
   bool is_new = c.resume->step == s.new_step;
   CHECK((is_new || c.resume->step == s.older_valid.back()));
-  for (const auto& f : kFiles) CHECK(read(c.resume->path + "/" + f) == content(c.resume->step, is_new ? "new" : "old", f));
+  for (const auto& f : ckpt.files)
+    CHECK(read_file(c.resume->path + "/" + f) == ckpt.content(c.resume->step, is_new ? "new" : "old", f));
 }
 
 uint64_t count_ops(const Scenario& s) {
-  TempDir t;
-  std::string dir = t / "ckpt";
-  fs::create_directory(dir);
-  s.setup(dir);
-  FaultInjectionFileSystem ffs(disk(), t.path());
-  save(ffs, dir, s.new_step, "new");
-  return ffs.op_count();
+  return count_operations(
+      s.setup, [&](FileSystem& fsys, const std::string& dir) { ckpt.save(fsys, dir, s.new_step, "new"); });
 }
 
 // Fails operation `n` with `err`, once or from then on; checks what the commit leaves.
 void fail_commit(const Scenario& s, uint64_t n, int err, bool persistent) {
-  TempDir t;
-  std::string dir = t / "ckpt";
-  fs::create_directory(dir);
+  CheckpointDir t;
+  const std::string& dir = t.dir;
   s.setup(dir);
-  FaultInjectionFileSystem ffs(disk(), t.path());
+  FaultInjectionFileSystem ffs(disk(), t.tmp.path());
   if (persistent)
     ffs.fail_from(n, err);
   else
     ffs.fail_at(n, err);
   std::string error;
   try {
-    save(ffs, dir, s.new_step, "new");
+    ckpt.save(ffs, dir, s.new_step, "new");
   } catch (const std::exception& e) {
     error = e.what();
   }
@@ -151,14 +100,9 @@ void fail_commit(const Scenario& s, uint64_t n, int err, bool persistent) {
   require_older_intact_and_resumable(dir, s);
 
   // The disk is writable again: leftovers go, and the next commit succeeds.
-  LeftoverRules gone;
-  gone.dead_writer_grace_ns = 0;
-  gone.writer_alive = [](pid_t) { return false; };
-  Policy::Retention keep_all;
-  keep_all.keep_last = 100;
-  CHECK(apply_retention(disk(), dir, keep_all, std::nullopt, false, gone).errors.empty());
+  CHECK(remove_leftovers_after_reboot(dir).errors.empty());
   CHECK(dot_names(dir).empty());
-  save(disk(), dir, s.new_step, "new");
+  ckpt.save(disk(), dir, s.new_step, "new");
   ResumeChoice c = choose_resume(dir);
   REQUIRE(c.resume);
   CHECK(c.resume->step == s.new_step);

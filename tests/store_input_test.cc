@@ -10,27 +10,13 @@
 
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
-#include "support/temp_dir.h"
+#include "support/store_fixtures.h"
 
 using namespace lifeline;
-using lifeline::test::TempDir;
+using namespace lifeline::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string commit_step(const std::string& dir, uint64_t step, const std::string& payload) {
-  CheckpointWriter w(default_file_system(), dir, step, CheckpointMeta{});
-  w.write_file("weights.bin", payload.data(), payload.size());
-  w.write_file("sub/state.bin", payload.data(), payload.size());
-  return w.commit().path;
-}
-
-void edit_manifest(const std::string& ckpt, const std::function<void(nlohmann::json&)>& edit) {
-  std::ifstream in(ckpt + "/MANIFEST");
-  nlohmann::json j = nlohmann::json::parse(in);
-  edit(j);
-  std::ofstream(ckpt + "/MANIFEST", std::ios::trunc) << j.dump();
-}
 
 void write_manifest(const std::string& ckpt, const std::string& text) {
   fs::remove(ckpt + "/MANIFEST");

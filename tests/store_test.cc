@@ -10,9 +10,11 @@
 
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
-#include "support/temp_dir.h"
+#include "support/store_fixtures.h"
 
 using namespace lifeline;
+using lifeline::test::edit_manifest;
+using lifeline::test::flip_byte;
 using lifeline::test::TempDir;
 namespace fs = std::filesystem;
 
@@ -27,23 +29,6 @@ std::string commit_step(const std::string& dir, uint64_t step, const std::string
   fs::create_directories(w.path() + "/sub");
   w.write_file("sub/state.bin", payload.data(), payload.size());
   return w.commit({{"val_loss", 1.0 / double(step)}}).path;
-}
-
-void flip_byte(const std::string& path, size_t offset) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(std::streamoff(offset));
-  char c = 0;
-  f.read(&c, 1);
-  c = char(c ^ 0x01);
-  f.seekp(std::streamoff(offset));
-  f.write(&c, 1);
-}
-
-void rewrite_manifest(const std::string& ckpt, const std::function<void(nlohmann::json&)>& edit) {
-  std::ifstream in(ckpt + "/MANIFEST");
-  nlohmann::json j = nlohmann::json::parse(in);
-  edit(j);
-  std::ofstream(ckpt + "/MANIFEST", std::ios::trunc) << j.dump();
 }
 
 }  // namespace
@@ -137,11 +122,11 @@ TEST_CASE("manifest paths that are absolute, contain .. or go through a symlink 
   std::string p = commit_step(d.path(), 10, "payload");
   std::ofstream(d / "outside.bin") << "payload";
   SUBCASE("absolute") {
-    rewrite_manifest(p, [&](nlohmann::json& j) { j["files"][0]["path"] = d / "outside.bin"; });
+    edit_manifest(p, [&](nlohmann::json& j) { j["files"][0]["path"] = d / "outside.bin"; });
     CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("absolute path") != std::string::npos);
   }
   SUBCASE("dot-dot") {
-    rewrite_manifest(p, [&](nlohmann::json& j) { j["files"][0]["path"] = "../outside.bin"; });
+    edit_manifest(p, [&](nlohmann::json& j) { j["files"][0]["path"] = "../outside.bin"; });
     CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("'..'") != std::string::npos);
   }
   SUBCASE("symlink") {
@@ -160,19 +145,19 @@ TEST_CASE("garbage, wrong types and unknown algorithms in a manifest are reporte
     CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("not valid JSON") != std::string::npos);
   }
   SUBCASE("unknown algorithm") {
-    rewrite_manifest(p, [](nlohmann::json& j) { j["checksum_algorithm"] = "md5"; });
+    edit_manifest(p, [](nlohmann::json& j) { j["checksum_algorithm"] = "md5"; });
     CHECK(verify_checkpoint(p, VerifyMode::full).problem == "unknown checksum algorithm 'md5'");
   }
   SUBCASE("wrong type") {
-    rewrite_manifest(p, [](nlohmann::json& j) { j["files"][0]["bytes"] = "many"; });
+    edit_manifest(p, [](nlohmann::json& j) { j["files"][0]["bytes"] = "many"; });
     CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("wrong type") != std::string::npos);
   }
   SUBCASE("wrong size") {
-    rewrite_manifest(p, [](nlohmann::json& j) { j["files"][0]["bytes"] = 3; });
+    edit_manifest(p, [](nlohmann::json& j) { j["files"][0]["bytes"] = 3; });
     CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("manifest says 3") != std::string::npos);
   }
   SUBCASE("step disagrees with the folder") {
-    rewrite_manifest(p, [](nlohmann::json& j) { j["step"] = 11; });
+    edit_manifest(p, [](nlohmann::json& j) { j["step"] = 11; });
     CHECK(verify_checkpoint(p, VerifyMode::full).problem.find("says step 11") != std::string::npos);
   }
   SUBCASE("missing manifest") {
