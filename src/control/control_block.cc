@@ -94,14 +94,17 @@ ControlBlock ControlBlock::attach(const std::string& name) {
   return block;
 }
 
-uint64_t ControlBlock::request(Reason reason, bool stop, uint64_t deadline_wall_ns) const {
-  if (deadline_wall_ns) {
-    // Keep the earliest deadline of all pending requests.
-    auto& d = u64(kDeadlineOff);
-    uint64_t cur = d.load();
-    while ((cur == 0 || deadline_wall_ns < cur) && !d.compare_exchange_weak(cur, deadline_wall_ns)) {
-    }
+void ControlBlock::tighten_deadline(uint64_t deadline_wall_ns) const {
+  if (!deadline_wall_ns) return;
+  // Keep the earliest deadline of all pending requests.
+  auto& d = u64(kDeadlineOff);
+  uint64_t cur = d.load();
+  while ((cur == 0 || deadline_wall_ns < cur) && !d.compare_exchange_weak(cur, deadline_wall_ns)) {
   }
+}
+
+uint64_t ControlBlock::request(Reason reason, bool stop, uint64_t deadline_wall_ns) const {
+  tighten_deadline(deadline_wall_ns);
   u32(kRequestReasonOff).store(uint32_t(reason));
   if (stop) u32(kRequestFlagsOff).fetch_or(kFlagStop);
   return u64(kRequestSeqOff).fetch_add(1, std::memory_order_acq_rel) + 1;

@@ -33,6 +33,8 @@ class ControlBlock {
 
   // Posts a checkpoint request; returns its sequence number. Async-signal-safe.
   uint64_t request(layout::Reason reason, bool stop, uint64_t deadline_wall_ns) const;
+  // Moves the pending deadline earlier (never later), without a new request. Async-signal-safe.
+  void tighten_deadline(uint64_t deadline_wall_ns) const;
 
  private:
   ControlBlock(std::string name, unsigned char* base, bool owner)

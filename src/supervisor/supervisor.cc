@@ -25,6 +25,7 @@
 #include "store/retention.h"
 #include "slurm/slurm_client.h"
 #include "slurm/slurm_job.h"
+#include "supervisor/signal_relay.h"
 #include "supervisor/trainer_process.h"
 
 namespace lifeline {
@@ -104,7 +105,7 @@ const char* state_name(State s) {
 class Supervisor {
  public:
   explicit Supervisor(const RunOptions& o)
-      : opt_(o), history_(o.ckpt_dir), signals_(io_), tick_(io_), deadline_(io_), escalate_(io_),
+      : opt_(o), history_(o.ckpt_dir), signals_(io_), relay_(io_), tick_(io_), deadline_(io_), escalate_(io_),
         periodic_(io_), restart_(io_), end_timer_(io_), slurm_client_(runner_) {}
 
   int run() {
@@ -138,15 +139,17 @@ class Supervisor {
 
     signals_.add(SIGCHLD);
     signals_.add(SIGCONT);
+    // Stop signals through the relay, which posts the stop request from the handler itself.
     // SIGTERM always: Slurm sends it to every process of the batch step at the end.
-    signals_.add(SIGTERM);
+    relay_.add(SIGTERM);
     for (int s : opt_.policy.stop.signals)
-      if (s != SIGTERM) signals_.add(s);
+      if (s != SIGTERM) relay_.add(s);
     // USR2, unless it is a stop signal, asks for a checkpoint now (`scancel --signal=USR2`);
     // HUP (a closed terminal) must not kill a training run.
     if (!is_stop_signal(SIGUSR2)) signals_.add(SIGUSR2);
     signals_.add(SIGHUP);
     wait_signal();
+    wait_relay();
     if (!start_attempt()) return exit_status_;
     io_.run();
     return exit_status_;
@@ -178,7 +181,7 @@ class Supervisor {
     else
       spdlog::info("starting from scratch: no valid checkpoint in {}", opt_.ckpt_dir);
 
-    block_.reset();
+    drop_block();
     block_.emplace(ControlBlock::create(job_id_ ? *job_id_ : "local"));
     block_->u64(kEveryStepsOff).store(opt_.policy.checkpoint.every_steps);
     block_->u64(kSkipFirstStepsOff).store(opt_.policy.checkpoint.skip_first_steps);
@@ -221,6 +224,10 @@ class Supervisor {
     }
     spdlog::info("trainer started, pid {}: {}", trainer_->pid(), command_text());
     state_ = State::running;
+    if (opt_.policy.checkpoint.on_signal) {
+      update_relay_budgets();
+      relay_.arm(*block_);
+    }
     schedule_tick();
     schedule_periodic();
     schedule_time_limit();
@@ -273,6 +280,25 @@ class Supervisor {
       on_signal(signo);
       if (state_ != State::done) wait_signal();
     });
+  }
+
+  void wait_relay() {
+    relay_.async_wait([this](int signo) {
+      on_signal(signo);
+      if (state_ != State::done) wait_relay();
+    });
+  }
+
+  // The deadlines the relay posts with a stop signal (the time left shrinks: refreshed each tick).
+  void update_relay_budgets() {
+    relay_.set_budget(SIGTERM, stop_budget_seconds(SIGTERM));
+    for (int s : opt_.policy.stop.signals) relay_.set_budget(s, stop_budget_seconds(s));
+  }
+
+  // Ends the relay's fast path, then unmaps the control block.
+  void drop_block() {
+    relay_.disarm();
+    block_.reset();
   }
 
   void on_signal(int signo) {
@@ -343,7 +369,14 @@ class Supervisor {
     auto grace = milliseconds(int64_t(budget * 1000));
     uint64_t deadline_wall = wall_ns() + uint64_t(grace.count()) * 1000000ull;
     Reason why = reason == "time_limit" ? Reason::time_limit : Reason::stop_signal;
-    pending_seq_ = block_->request(why, true, deadline_wall);
+    RelayedStop relayed = relay_.disarm();
+    if (relayed.seq && signo != 0) {
+      // The signal handler already posted this stop to the trainer; keep the tighter deadline.
+      pending_seq_ = relayed.seq;
+      block_->tighten_deadline(deadline_wall);
+    } else {
+      pending_seq_ = block_->request(why, true, deadline_wall);
+    }
     spdlog::info("{} at step {}: checkpoint requested, deadline in {:.1f} s",
                  signo ? "SIG" + signal_name(signo) : std::string("job end approaching"),
                  block_->u64(kCurrentStepOff).load(), budget);
@@ -368,6 +401,7 @@ class Supervisor {
 
   // Waits `patience` for the trainer to leave by itself, then SIGTERM, then SIGKILL.
   void begin_drain(int64_t patience_ms) {
+    relay_.disarm();
     state_ = State::draining;
     deadline_.cancel();
     escalate_.expires_after(milliseconds(patience_ms));
@@ -484,6 +518,7 @@ class Supervisor {
   void on_tick() {
     read_block();
     if (!block_) return;
+    if (state_ == State::running || state_ == State::checkpointing) update_relay_budgets();
     uint64_t ack = block_->u64(kAckSeqOff).load(std::memory_order_acquire);
     if (state_ == State::checkpointing && ack >= pending_seq_) state_ = State::running;
     if (state_ == State::stopping && ack >= pending_seq_) {
@@ -519,7 +554,7 @@ class Supervisor {
                            block_->u64(kAckSeqOff).load() >= block_->u64(kRequestSeqOff).load() &&
                            seen_commits_ > 0;
     bool we_stopped = state_ == State::stopping || state_ == State::draining;
-    block_.reset();
+    drop_block();
 
     if (hung_) {
       hung_ = false;
@@ -845,6 +880,7 @@ class Supervisor {
   HistoryLog history_;
   asio::io_context io_;
   asio::signal_set signals_;
+  SignalRelay relay_;
   asio::steady_timer tick_, deadline_, escalate_, periodic_, restart_;
   asio::steady_timer end_timer_;
   ProcessCommandRunner runner_;

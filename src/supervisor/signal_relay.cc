@@ -1,0 +1,113 @@
+#include "supervisor/signal_relay.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <boost/asio/read.hpp>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace lifeline {
+namespace {
+
+constexpr int kMaxSignal = 65;
+
+// Shared with the handler: only lock-free atomics and plain ints written before sigaction.
+std::atomic<const ControlBlock*> g_block{nullptr};
+std::atomic<int> g_in_handler{0};
+std::atomic<uint64_t> g_posted_seq{0};
+std::atomic<int> g_posted_signo{0};
+std::atomic<int64_t> g_budget_ns[kMaxSignal];
+int g_write_fd = -1;
+struct sigaction g_previous[kMaxSignal];
+
+uint64_t wall_now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+extern "C" void relay_handler(int signo) {
+  int saved_errno = errno;
+  g_in_handler.fetch_add(1);
+  // exchange: only the first stop signal posts; the loop coalesces later ones.
+  if (const ControlBlock* block = g_block.exchange(nullptr)) {
+    int64_t budget = (signo > 0 && signo < kMaxSignal) ? g_budget_ns[signo].load() : 0;
+    uint64_t deadline = budget > 0 ? wall_now_ns() + uint64_t(budget) : 0;
+    g_posted_signo.store(signo);
+    g_posted_seq.store(block->request(layout::Reason::stop_signal, true, deadline));
+  }
+  g_in_handler.fetch_sub(1);
+  unsigned char b = static_cast<unsigned char>(signo);
+  (void)!::write(g_write_fd, &b, 1);  // a full pipe drops it: the loop is far behind anyway
+  errno = saved_errno;
+}
+
+}  // namespace
+
+SignalRelay::SignalRelay(boost::asio::io_context& io) : reader_(io) {
+  if (g_write_fd >= 0) throw std::logic_error("only one SignalRelay at a time");
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe2: " + std::string(std::strerror(errno)));
+  reader_.assign(fds[0]);
+  g_write_fd = fds[1];
+  for (auto& b : g_budget_ns) b.store(0);
+}
+
+SignalRelay::~SignalRelay() {
+  disarm();
+  for (int s : added_) ::sigaction(s, &g_previous[s], nullptr);
+  ::close(g_write_fd);
+  g_write_fd = -1;
+}
+
+void SignalRelay::add(int signo) {
+  if (signo <= 0 || signo >= kMaxSignal) throw std::invalid_argument("signal out of range");
+  struct sigaction sa {};
+  sa.sa_handler = relay_handler;
+  sigfillset(&sa.sa_mask);  // one handler at a time: the exchange above sees them in order
+  sa.sa_flags = SA_RESTART;
+  if (::sigaction(signo, &sa, &g_previous[signo]) != 0) throw std::runtime_error("sigaction failed");
+  added_.push_back(signo);
+}
+
+void SignalRelay::async_wait(std::function<void(int)> handler) {
+  handler_ = std::move(handler);
+  read_next();
+}
+
+void SignalRelay::read_next() {
+  boost::asio::async_read(reader_, boost::asio::buffer(&byte_, 1),
+                          [this](const boost::system::error_code& ec, size_t) {
+                            if (ec || !handler_) return;
+                            auto h = std::move(handler_);
+                            handler_ = nullptr;
+                            h(int(byte_));
+                          });
+}
+
+void SignalRelay::arm(const ControlBlock& block) {
+  g_posted_seq.store(0);
+  g_posted_signo.store(0);
+  g_block.store(&block);
+}
+
+void SignalRelay::set_budget(int signo, double seconds) {
+  if (signo > 0 && signo < kMaxSignal) g_budget_ns[signo].store(int64_t(seconds * 1e9));
+}
+
+RelayedStop SignalRelay::disarm() {
+  g_block.store(nullptr);
+  // A handler that took the block before the store above finishes its request first (it may be
+  // running on another thread); one that starts after it sees no block.
+  while (g_in_handler.load() != 0) {
+  }
+  RelayedStop r{g_posted_seq.exchange(0), g_posted_signo.exchange(0)};
+  return r;
+}
+
+}  // namespace lifeline
