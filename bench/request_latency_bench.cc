@@ -4,11 +4,14 @@
 //                spins on should_checkpoint() (the bare shared-memory path);
 //   trainer    : the parent sends SIGTERM to that child; the client's own handler posts the
 //                request (what happens when Slurm signals the trainer directly);
+//   sleeper    : the floor for `supervisor`: SIGUSR1 to a process asleep in pause() whose
+//                handler posts the request, while the trainer-like child spins (what the
+//                kernel and the machine cost to wake a sleeping process, with no lifeline code);
 //   supervisor : SIGUSR1 to a real `lifeline run` whose trainer is this binary (--trainer):
-//                Boost.Asio's signal handling, the state machine, then the block.
+//                its signal handler posts the request (SignalRelay), then its loop runs.
 // After each sample the trainer commits a tiny checkpoint (in /dev/shm), which acks it.
 // A real trainer calls should_checkpoint() once per step: add up to one step to these numbers.
-// Usage: request_latency_bench shm|trainer [SAMPLES]
+// Usage: request_latency_bench shm|trainer|sleeper [SAMPLES]
 //        request_latency_bench supervisor LIFELINE_BIN [SAMPLES]
 // Prints one JSON object: samples, median_us, p99_us, max_us (and exit_median_ms for supervisor).
 #include <fcntl.h>
@@ -138,6 +141,58 @@ int run_forked(bool by_signal, size_t samples) {
   return 0;
 }
 
+// The sleeper's block, for its handler.
+const ControlBlock* g_sleeper_block = nullptr;
+extern "C" void sleeper_handler(int) {
+  g_sleeper_block->request(lifeline::layout::Reason::manual, false, 0);
+}
+
+// sleeper mode: driver -> SIGUSR1 -> a sleeping poster's handler -> the spinning trainer.
+int run_sleeper(size_t samples) {
+  std::string dir = make_temp_dir("/dev/shm");
+  ControlBlock block = ControlBlock::create("bench");
+  Shared* sh = map_shared(-1);
+  pid_t trainer = fork();
+  if (trainer == 0) {
+    setenv("LIFELINE_CONTROL", block.name().c_str(), 1);
+    setenv("LIFELINE_CKPT_DIR", dir.c_str(), 1);
+    Client c = Client::from_env();
+    uint64_t step = 0;
+    for (uint64_t s = 1; s <= samples; ++s) trainer_sample(c, *sh, s, step);
+    _exit(0);
+  }
+  g_sleeper_block = &block;
+  sigset_t usr1, old;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &usr1, &old);  // no signal before the handler is in place
+  pid_t sleeper = fork();
+  if (sleeper == 0) {
+    struct sigaction sa {};
+    sa.sa_handler = sleeper_handler;
+    sigaction(SIGUSR1, &sa, nullptr);
+    sigprocmask(SIG_SETMASK, &old, nullptr);
+    for (;;) pause();
+  }
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+  Stats st;
+  for (uint64_t s = 1; s <= samples; ++s) {
+    if (!wait_until([&] { return sh->ready.load(std::memory_order_acquire) == s; }, 10, true)) throw std::runtime_error("trainer not ready");
+    usleep(2000);  // the sleeper is asleep, as an idle supervisor is
+    uint64_t t0 = mono_ns();
+    kill(sleeper, SIGUSR1);
+    if (!wait_until([&] { return sh->done.load(std::memory_order_acquire) == s; }, 10, true)) throw std::runtime_error("no ack");
+    st.us.push_back(double(sh->seen_ns.load() - t0) / 1e3);
+  }
+  int status = 0;
+  waitpid(trainer, &status, 0);
+  kill(sleeper, SIGKILL);
+  waitpid(sleeper, &status, 0);
+  std::filesystem::remove_all(dir);
+  st.print("sleeper_sigusr1");
+  return 0;
+}
+
 pid_t spawn(const std::vector<std::string>& argv) {
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -212,11 +267,12 @@ int main(int argc, char** argv) {
     if (mode == "--trainer") return run_trainer();
     if (mode == "shm" || mode == "trainer")
       return run_forked(mode == "trainer", argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 2000);
+    if (mode == "sleeper") return run_sleeper(argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 200);
     if (mode == "supervisor" && argc > 2) {
       std::string self = std::filesystem::canonical("/proc/self/exe").string();
       return run_supervised(argv[2], self, argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 100);
     }
-    std::fprintf(stderr, "usage: request_latency_bench shm|trainer [SAMPLES] | supervisor LIFELINE_BIN [SAMPLES]\n");
+    std::fprintf(stderr, "usage: request_latency_bench shm|trainer|sleeper [SAMPLES] | supervisor LIFELINE_BIN [SAMPLES]\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "request_latency_bench: %s\n", e.what());
