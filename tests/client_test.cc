@@ -177,18 +177,51 @@ TEST_CASE("a streamed file is checksummed while written: same manifest entry as 
   CHECK_FALSE(verify_checkpoint(streamed_path, VerifyMode::full).valid);
 }
 
-TEST_CASE("a file still open at commit is checksummed by commit and cannot be written afterwards") {
+TEST_CASE("a file not closed fails the commit, keeps older checkpoints, and cannot be written afterwards") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
   Env env(block.name(), d.path());
   Client c = Client::from_env();
-  auto w = c.begin_checkpoint(5);
-  CheckpointFile f = w.open_file("log.txt");
-  f.write("partial", 7);
+  {
+    auto ok = c.begin_checkpoint(1);
+    REQUIRE(ok.commit());
+  }
+  {
+    auto w = c.begin_checkpoint(5);
+    CheckpointFile f = w.open_file("log.txt");
+    f.write("partial", 7);
+    CHECK_FALSE(w.commit());
+    CHECK(w.error().find("log.txt was not closed") != std::string::npos);
+    CHECK_THROWS_AS(f.write("more", 4), std::logic_error);
+    CHECK_THROWS_AS(f.close(), std::logic_error);
+  }
+  {
+    auto w = c.begin_checkpoint(6);
+    { CheckpointFile dropped = w.open_file("model.bin"); }  // as after an exception mid-write
+    CHECK_FALSE(w.commit());
+    CHECK(w.error().find("model.bin was not closed") != std::string::npos);
+  }
+  auto choice = choose_resume(d.path());
+  REQUIRE(choice.resume);
+  CHECK(choice.resume->step == 1);
+  CHECK(checkpoint_folders(d.path()).size() == 1);
+}
+
+TEST_CASE("a large streamed file that bypasses the page cache commits the exact bytes, tail included") {
+  TempDir d;
+  ControlBlock block = ControlBlock::create("test");
+  Env env(block.name(), d.path());
+  Client c = Client::from_env();
+  // 8 MiB buffered, then O_DIRECT blocks, then an unaligned tail; odd-sized writes throughout.
+  std::string bytes((21u << 20) + 12345, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = char((i * 2654435761u) >> 11);
+  auto w = c.begin_checkpoint(7);
+  CheckpointFile f = w.open_file("model.bin");
+  for (size_t off = 0, n = 1; off < bytes.size(); off += n, n = n * 3 % 4000037 + 1)
+    f.write(bytes.data() + off, std::min(n, bytes.size() - off));
+  f.close();
   REQUIRE(w.commit());
-  CHECK_THROWS_AS(f.write("more", 4), std::logic_error);
-  CHECK_THROWS_AS(f.close(), std::logic_error);
   std::string folder = d.path() + "/" + checkpoint_folders(d.path()).back().second;
-  CHECK(read_all(folder + "/log.txt") == "partial");
+  CHECK(read_all(folder + "/model.bin") == bytes);
   CHECK(verify_checkpoint(folder, VerifyMode::full).valid);
 }

@@ -65,8 +65,9 @@ struct ResumeInfo {
 
 // A file streamed into a checkpoint (a serializer's output, say): checksummed while it is
 // written, so commit() need not read it back. Errors throw std::runtime_error (older checkpoints
-// stay intact). close() it before commit(): close() fsyncs it and records it in the manifest; a
-// file never closed is checksummed by commit() instead, and cannot be written after it.
+// stay intact). close() fsyncs it and records it in the manifest; commit() fails (returns false)
+// while a file is not closed, whether still open or dropped after an error. Large files bypass
+// the page cache (O_DIRECT) where the file system allows; LIFELINE_DIRECT_IO=0 turns that off.
 class CheckpointFile {
  public:
   CheckpointFile(CheckpointFile&&) noexcept;

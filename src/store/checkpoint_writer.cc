@@ -68,7 +68,11 @@ StagedFile CheckpointWriter::open_file(const std::string& rel) {
     struct stat st {};
     if (lstat(parent.c_str(), &st) != 0) fs_->make_dir(parent);
   }
-  return StagedFile(written_, rel, fs_->create_file(staging_ + "/" + rel), make_hasher(meta_.checksum_algorithm));
+  if (written_->closed.count(rel) || written_->unclosed.count(rel))
+    throw std::invalid_argument("checkpoint file " + rel + " is already written");
+  StagedFile f(written_, rel, fs_->create_file(staging_ + "/" + rel), make_hasher(meta_.checksum_algorithm));
+  written_->unclosed.insert(rel);
+  return f;
 }
 
 void CheckpointWriter::write_file(const std::string& rel, const void* data, size_t size) {
@@ -81,7 +85,7 @@ StagedFile::StagedFile(std::shared_ptr<StagedFiles> files, std::string rel, std:
                        std::unique_ptr<Hasher> hasher)
     : files_(std::move(files)), rel_(std::move(rel)), file_(std::move(file)), hasher_(std::move(hasher)) {}
 
-StagedFile::~StagedFile() = default;  // an open file is closed by WritableFile; commit() scans it
+StagedFile::~StagedFile() = default;  // unclosed: stays in files_->unclosed, commit() refuses
 
 void StagedFile::append(const void* data, size_t size) {
   if (!file_) throw std::logic_error("checkpoint file " + rel_ + " is closed");
@@ -104,12 +108,16 @@ void StagedFile::close() {
   file->sync();
   file->close();
   files_->closed[rel_] = ManifestFile{rel_, size_, hasher_->hex_digest()};
+  files_->unclosed.erase(rel_);
 }
 
 CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metrics) {
   if (done_) throw std::logic_error("checkpoint already committed or aborted");
   written_->sealed = true;  // a stream still open must not write into the folder once renamed
   try {
+    if (!written_->unclosed.empty())
+      throw std::logic_error("checkpoint file " + *written_->unclosed.begin() +
+                             " was not closed (close() every stream before commit)");
     Manifest m;
     m.step = step_;
     m.created_ns = wall_ns();

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,16 +36,19 @@ struct CommitResult {
 // removed, so no reader ever sees a half-removed checkpoint under a committed name.
 std::string trash_folder_name(const std::string& dir, uint64_t step);
 
-// What a checkpoint's streamed files share with it: their manifest entries, and whether the
-// checkpoint was committed (after which a stream may not write into the renamed folder).
+// What a checkpoint's streamed files share with it: their manifest entries, the streams not
+// closed, and whether the checkpoint was committed (after which a stream may not write into the
+// renamed folder).
 struct StagedFiles {
   std::map<std::string, ManifestFile> closed;  // checksummed while written, fsynced
+  std::set<std::string> unclosed;              // opened, not (successfully) closed
   bool sealed = false;
 };
 
 // One file streamed into a staging folder (a serializer's output, say): checksummed while it
 // is written, so commit() need not read it back. close() fsyncs it and records it for the
-// manifest; a stream never closed leaves its file for commit() to checksum like any other.
+// manifest. commit() fails while a stream is unclosed (still open, or dropped without close()
+// after an error): its file may lack what the stream still buffered.
 class StagedFile {
  public:
   StagedFile(StagedFile&&) noexcept = default;
@@ -88,8 +92,8 @@ class CheckpointWriter {
   // fsync at the end is short.
   void write_file(const std::string& rel, const void* data, size_t size);
 
-  // Creates `rel` inside the staging folder for streaming (see StagedFile). The stream must be
-  // closed before commit(); one still open at commit() can no longer write.
+  // Creates `rel` inside the staging folder for streaming (see StagedFile). Close it before
+  // commit(); a stream left unclosed makes commit() fail.
   StagedFile open_file(const std::string& rel);
 
   // Checksums and fsyncs files not written with write_file, writes the manifest, renames.

@@ -1,4 +1,5 @@
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -71,7 +72,14 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   torch::Tensor copy(const torch::Tensor& t) {
     size_t size = nbytes(t);
     Buffer buffer = take(size);
-    std::memcpy(buffer.get(), t.data_ptr(), size);
+    // On LibTorch's intra-op threads, idle while training waits for the snapshot: one thread
+    // does not saturate memory bandwidth (1 GiB on the benchmark machine: 0.060 s on one thread,
+    // 0.049 s on two).
+    auto* dst = static_cast<char*>(buffer.get());
+    auto* src = static_cast<const char*>(t.data_ptr());
+    at::parallel_for(0, int64_t(size), int64_t(16) << 20, [dst, src](int64_t begin, int64_t end) {
+      std::memcpy(dst + begin, src + begin, size_t(end - begin));
+    });
     void* data = buffer.get();
     std::shared_ptr<BufferPool> self = shared_from_this();
     auto give_back = [self, size, raw = buffer.release()](void*) { self->give(Buffer(raw), size); };
