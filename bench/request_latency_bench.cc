@@ -109,20 +109,27 @@ std::string make_temp_dir(const char* base) {
   return tmpl;
 }
 
-// shm and trainer modes: a forked trainer-like child, `samples` requests.
-int run_forked(bool by_signal, size_t samples) {
-  std::string dir = make_temp_dir("/dev/shm");
-  ControlBlock block = ControlBlock::create("bench");
-  Shared* sh = map_shared(-1);
+// A forked trainer-like child attached to `block`: `samples` samples, then it exits.
+pid_t fork_trainer(const ControlBlock& block, const std::string& dir, Shared& sh, size_t samples) {
   pid_t child = fork();
   if (child == 0) {
     setenv("LIFELINE_CONTROL", block.name().c_str(), 1);
     setenv("LIFELINE_CKPT_DIR", dir.c_str(), 1);
     Client c = Client::from_env();
     uint64_t step = 0;
-    for (uint64_t s = 1; s <= samples; ++s) trainer_sample(c, *sh, s, step);
+    for (uint64_t s = 1; s <= samples; ++s) trainer_sample(c, sh, s, step);
     _exit(0);
   }
+  if (child < 0) throw std::runtime_error("fork failed");
+  return child;
+}
+
+// shm and trainer modes: a forked trainer-like child, `samples` requests.
+int run_forked(bool by_signal, size_t samples) {
+  std::string dir = make_temp_dir("/dev/shm");
+  ControlBlock block = ControlBlock::create("bench");
+  Shared* sh = map_shared(-1);
+  pid_t child = fork_trainer(block, dir, *sh, samples);
   Stats st;
   for (uint64_t s = 1; s <= samples; ++s) {
     if (!wait_until([&] { return sh->ready.load(std::memory_order_acquire) == s; }, 10, by_signal)) throw std::runtime_error("trainer not ready");
@@ -152,15 +159,7 @@ int run_sleeper(size_t samples) {
   std::string dir = make_temp_dir("/dev/shm");
   ControlBlock block = ControlBlock::create("bench");
   Shared* sh = map_shared(-1);
-  pid_t trainer = fork();
-  if (trainer == 0) {
-    setenv("LIFELINE_CONTROL", block.name().c_str(), 1);
-    setenv("LIFELINE_CKPT_DIR", dir.c_str(), 1);
-    Client c = Client::from_env();
-    uint64_t step = 0;
-    for (uint64_t s = 1; s <= samples; ++s) trainer_sample(c, *sh, s, step);
-    _exit(0);
-  }
+  pid_t trainer = fork_trainer(block, dir, *sh, samples);
   g_sleeper_block = &block;
   sigset_t usr1, old;
   sigemptyset(&usr1);
