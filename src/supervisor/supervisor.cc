@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <cmath>
 #include <memory>
 #include <optional>
@@ -152,12 +153,14 @@ class Supervisor {
     wait_relay();
     if (!start_attempt()) return exit_status_;
     io_.run();
+    settle_retention(/*wait=*/true);
     return exit_status_;
   }
 
  private:
   // ---- attempt lifecycle -------------------------------------------------------------
   bool start_attempt() {
+    settle_retention(/*wait=*/true);  // the resume choice sees a settled directory
     set_log_pattern();
     std::optional<CheckpointInfo> resume;
     json skipped = json::array();
@@ -474,7 +477,7 @@ class Supervisor {
       spdlog::info("checkpoint committed: step {}, {} bytes in {:.3f} s", cstep, bytes, secs);
       history_.append({{"event", "checkpoint_commit"}, {"attempt", attempt_}, {"step", cstep},
                        {"bytes", bytes}, {"duration_s", secs}});
-      if (state_ == State::running || state_ == State::checkpointing) apply_retention_now();
+      if (state_ == State::running || state_ == State::checkpointing) start_retention();
     }
     uint64_t failed = block_->u64(kFailedSavesOff).load();
     if (failed != seen_failed_saves_) {
@@ -498,10 +501,39 @@ class Supervisor {
     }
   }
 
-  // Retention after each commit (not while stopping: the stop checkpoint comes first).
-  void apply_retention_now() {
-    RetentionReport r = apply_retention(default_file_system(), opt_.ckpt_dir, opt_.policy.retention, resumed_step_,
-                                        /*dry_run=*/false);
+  // Retention after each commit (not while stopping: the stop checkpoint comes first), on a
+  // thread of its own: its full verify of the newest checkpoint reads the whole checkpoint
+  // (from the disk: big files bypass the page cache), which must not hold up the loop. One run
+  // at a time; a commit during a run asks for one more.
+  void start_retention() {
+    if (retention_.valid()) {
+      retention_again_ = true;
+      return;
+    }
+    retention_ = std::async(std::launch::async, [dir = opt_.ckpt_dir, policy = opt_.policy.retention,
+                                                 resumed = resumed_step_] {
+      return apply_retention(default_file_system(), dir, policy, resumed, /*dry_run=*/false);
+    });
+  }
+
+  // Reports a finished retention run (history, log) and starts the one asked for meanwhile.
+  void settle_retention(bool wait) {
+    while (retention_.valid()) {
+      if (!wait && retention_.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
+      RetentionReport r;
+      try {
+        r = retention_.get();
+      } catch (const std::exception& e) {
+        spdlog::warn("retention: {}", e.what());
+      }
+      report_retention(r);
+      if (!retention_again_) return;
+      retention_again_ = false;
+      start_retention();
+    }
+  }
+
+  void report_retention(const RetentionReport& r) {
     json removed = json::array();
     for (const auto& d : r.decisions) {
       if (d.keep) continue;
@@ -516,6 +548,7 @@ class Supervisor {
   }
 
   void on_tick() {
+    settle_retention(/*wait=*/false);
     read_block();
     if (!block_) return;
     if (state_ == State::running || state_ == State::checkpointing) update_relay_budgets();
@@ -544,6 +577,7 @@ class Supervisor {
   }
 
   void on_child_exit(int status) {
+    settle_retention(/*wait=*/true);  // requeue, restart or exit with the directory settled
     tick_.cancel();
     deadline_.cancel();
     escalate_.cancel();
@@ -892,6 +926,8 @@ class Supervisor {
   std::vector<double> commit_seconds_;
   std::optional<DirLock> lock_;
   std::optional<ControlBlock> block_;
+  std::future<RetentionReport> retention_;  // the retention run in flight
+  bool retention_again_ = false;            // a commit came during that run
   std::unique_ptr<TrainerProcess> trainer_;
   State state_ = State::running;
   std::string mode_;
