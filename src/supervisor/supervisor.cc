@@ -108,6 +108,10 @@ class Supervisor {
   explicit Supervisor(const RunOptions& o)
       : opt_(o), history_(o.ckpt_dir), signals_(io_), relay_(io_), tick_(io_), deadline_(io_), escalate_(io_),
         periodic_(io_), restart_(io_), end_timer_(io_), slurm_client_(runner_) {}
+  // No signal handler may touch the control block once it is unmapped, however run() ended.
+  ~Supervisor() { relay_.disarm(); }
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
 
   int run() {
     lock_.emplace(opt_.ckpt_dir);
