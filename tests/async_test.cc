@@ -20,6 +20,7 @@
 #include "store/checkpoint_store.h"
 #include "store/manifest.h"
 #include "support/process.h"
+#include "support/client_env.h"
 #include "support/temp_dir.h"
 
 #ifdef LIFELINE_ASYNC_E2E
@@ -33,26 +34,11 @@
 using namespace lifeline;
 using namespace lifeline::layout;
 using lifeline::test::Process;
+using lifeline::test::ClientEnv;
 using lifeline::test::TempDir;
 
 namespace {
 
-// Sets the LIFELINE_* variables a supervisor would pass, and clears them afterwards.
-struct Env {
-  Env(const std::string& control, const std::string& dir) {
-    if (control.empty())
-      unsetenv("LIFELINE_CONTROL");
-    else
-      setenv("LIFELINE_CONTROL", control.c_str(), 1);
-    setenv("LIFELINE_CKPT_DIR", dir.c_str(), 1);
-    unsetenv("LIFELINE_RESUME_FROM");
-    unsetenv("LIFELINE_RESUME_STEP");
-  }
-  ~Env() {
-    for (const char* v : {"LIFELINE_CONTROL", "LIFELINE_CKPT_DIR", "LIFELINE_RESUME_FROM", "LIFELINE_RESUME_STEP"})
-      unsetenv(v);
-  }
-};
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -138,14 +124,14 @@ TEST_CASE("an async save writes the same files, sizes and checksums as a synchro
   TempDir sync_dir, async_dir;
   std::string data = payload(3 << 20, 7);
   {
-    Env env("", sync_dir.path());
+    ClientEnv env("", sync_dir.path());
     Client c = Client::from_env();
     auto w = c.begin_checkpoint(5);
     w.write_file("state.bin", data.data(), data.size());
     REQUIRE(w.commit({{"val_loss", 0.25}}));
   }
   {
-    Env env("", async_dir.path());
+    ClientEnv env("", async_dir.path());
     Client c = Client::from_env();
     CHECK(c.save_async(5, plain_snapshot(data), {{"val_loss", 0.25}}));
     CHECK(c.wait_for_saves());
@@ -171,7 +157,7 @@ TEST_CASE("an async save writes the same files, sizes and checksums as a synchro
 TEST_CASE("the ack of an async save comes only after its durable commit") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   uint64_t seq = block.request(Reason::manual, false, 0);
   REQUIRE(c.should_checkpoint(3));
@@ -196,7 +182,7 @@ TEST_CASE("requests and every_steps points during a save in flight are coalesced
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
   block.u64(kEveryStepsOff).store(10);
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   for (uint64_t s = 1; s < 10; ++s) REQUIRE_FALSE(c.should_checkpoint(s));
   REQUIRE(c.should_checkpoint(10));
@@ -225,7 +211,7 @@ TEST_CASE("requests and every_steps points during a save in flight are coalesced
 
 TEST_CASE("a second save waits for the one in flight: never two at once") {
   TempDir d;
-  Env env("", d.path());
+  ClientEnv env("", d.path());
   Client c = Client::from_env();
   Gate gate;
   REQUIRE(c.save_async(1, gate.snapshot(payload(1 << 20, 1))));
@@ -254,7 +240,7 @@ TEST_CASE("a second save waits for the one in flight: never two at once") {
 TEST_CASE("a stop request during a background save waits for it, and the supervisor sees the ack") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   block.request(Reason::periodic, false, 0);
   REQUIRE(c.should_checkpoint(7));
@@ -284,7 +270,7 @@ TEST_CASE("a stop request during a background save waits for it, and the supervi
 TEST_CASE("a stop answered by a background commit before the trainer looked still reaches should_exit") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   block.request(Reason::manual, false, 0);
   REQUIRE(c.should_checkpoint(1));
@@ -304,7 +290,7 @@ TEST_CASE("a stop answered by a background commit before the trainer looked stil
 TEST_CASE("a failed background save is reported, not retried every step, and older checkpoints stay") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   block.request(Reason::manual, false, 0);
   REQUIRE(c.should_checkpoint(1));
@@ -382,14 +368,14 @@ void check_same_bytes(SmallNet& net, torch::optim::Optimizer& opt) {
   torch::manual_seed(3);
   train(net, opt, 3);
   {
-    Env env("", sync_dir.path());
+    ClientEnv env("", sync_dir.path());
     Client c = Client::from_env();
     auto w = c.begin_checkpoint(3);
     torch_state::save(w, net, opt, 3);
     REQUIRE(w.commit());
   }
   {
-    Env env("", async_dir.path());
+    ClientEnv env("", async_dir.path());
     Client c = Client::from_env();
     std::promise<void> persisted_after_training;
     std::shared_future<void> go = persisted_after_training.get_future().share();

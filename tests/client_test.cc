@@ -11,30 +11,17 @@
 #include "lifeline/client.h"
 #include "store/checkpoint_store.h"
 #include "store/manifest.h"
+#include "support/client_env.h"
 #include "support/temp_dir.h"
 
 using namespace lifeline;
 using namespace lifeline::layout;
+using lifeline::test::ClientEnv;
 using lifeline::test::TempDir;
 
-namespace {
-// Sets the LIFELINE_* variables a supervisor would pass, and clears them afterwards.
-struct Env {
-  Env(const std::string& control, const std::string& dir) {
-    setenv("LIFELINE_CONTROL", control.c_str(), 1);
-    setenv("LIFELINE_CKPT_DIR", dir.c_str(), 1);
-    unsetenv("LIFELINE_RESUME_FROM");
-    unsetenv("LIFELINE_RESUME_STEP");
-  }
-  ~Env() {
-    for (const char* v : {"LIFELINE_CONTROL", "LIFELINE_CKPT_DIR", "LIFELINE_RESUME_FROM", "LIFELINE_RESUME_STEP"})
-      unsetenv(v);
-  }
-};
-}  // namespace
 
 TEST_CASE("outside a supervisor the client is inert and reads resume info from the environment") {
-  Env env("", "");
+  ClientEnv env("", "");
   unsetenv("LIFELINE_CONTROL");
   setenv("LIFELINE_RESUME_FROM", "/data/ckpt/step-000000000040", 1);
   setenv("LIFELINE_RESUME_STEP", "40", 1);
@@ -54,7 +41,7 @@ TEST_CASE("outside a supervisor the client is inert and reads resume info from t
 TEST_CASE("a supervisor request makes should_checkpoint true once and the commit acks it") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   REQUIRE(c.active());
   CHECK_FALSE(c.should_checkpoint(1));
@@ -76,7 +63,7 @@ TEST_CASE("every_steps from the policy makes exactly the multiples due") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
   block.u64(kEveryStepsOff).store(20);
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   std::vector<uint64_t> due;
   for (uint64_t s = 1; s <= 100; ++s)
@@ -89,7 +76,7 @@ TEST_CASE("SIGTERM, SIGUSR1 and SIGINT to the trainer become a stop request, not
     CAPTURE(sig);
     TempDir d;
     ControlBlock block = ControlBlock::create("test");
-    Env env(block.name(), d.path());
+    ClientEnv env(block.name(), d.path());
     Client c = Client::from_env();
     CHECK_FALSE(c.should_checkpoint(1));
     raise(sig);  // the handler runs before raise returns
@@ -106,7 +93,7 @@ TEST_CASE("SIGTERM, SIGUSR1 and SIGINT to the trainer become a stop request, not
 TEST_CASE("a failed save is reported, keeps older checkpoints, and training can go on") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   block.request(Reason::manual, false, 0);
   REQUIRE(c.should_checkpoint(1));
@@ -138,7 +125,7 @@ std::string manifest_of(const std::string& folder) { return read_all(folder + "/
 TEST_CASE("a streamed file is checksummed while written: same manifest entry as write_file, no read-back") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   std::string bytes(3u << 20, '\0');
   for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = char((i * 2654435761u) >> 13);
@@ -180,7 +167,7 @@ TEST_CASE("a streamed file is checksummed while written: same manifest entry as 
 TEST_CASE("a file not closed fails the commit, keeps older checkpoints, and cannot be written afterwards") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   {
     auto ok = c.begin_checkpoint(1);
@@ -210,7 +197,7 @@ TEST_CASE("a file not closed fails the commit, keeps older checkpoints, and cann
 TEST_CASE("a large streamed file that bypasses the page cache commits the exact bytes, tail included") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
-  Env env(block.name(), d.path());
+  ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
   // 8 MiB buffered, then O_DIRECT blocks, then an unaligned tail; odd-sized writes throughout.
   std::string bytes((21u << 20) + 12345, '\0');
