@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <thread>
+#include <vector>
 
 #include "lifeline/client.h"
 #include "lifeline/torch.h"
@@ -95,15 +96,20 @@ int main(int argc, char** argv) {
   auto started = std::chrono::steady_clock::now();
   double train_s = 0, stall_s = 0;
   uint64_t saves = 0;
+  std::vector<double> step_s;  // each step's training time (--report)
   // Steps per second over this run's training, checkpoint stalls included, the final save not.
   auto print_rate = [&] {
     if (!report) return;
     std::printf("train-example: trained %llu steps in %.3f s (%.2f steps/s); checkpoint stall %.3f s over %llu saves\n",
                 static_cast<unsigned long long>(step - first_step), train_s, double(step - first_step) / train_s,
                 stall_s, static_cast<unsigned long long>(saves));
+    std::printf("train-example: step times (s):");
+    for (double t : step_s) std::printf(" %.4f", t);
+    std::printf("\n");
     std::fflush(stdout);
   };
   while (step < steps) {
+    auto step_t0 = std::chrono::steady_clock::now();
     torch::Tensor x = torch::randn({32, 16});
     torch::Tensor y = torch::sin(x.sum(1, true));
     torch::Tensor loss = net.loss(x, y);
@@ -122,6 +128,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
     if (delay_ms) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    if (report) step_s.push_back(seconds_since(step_t0));
     if (step == steps) train_s = seconds_since(started);
     if ((client.should_checkpoint(step) || step == steps) && can_save) {
       auto t0 = std::chrono::steady_clock::now();

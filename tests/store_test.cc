@@ -1,6 +1,8 @@
 // The checkpoint store: commit protocol, verification, and the resume choice with fallback.
 #include <doctest.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,6 +31,40 @@ std::string commit_step(const std::string& dir, uint64_t step, const std::string
   fs::create_directories(w.path() + "/sub");
   w.write_file("sub/state.bin", payload.data(), payload.size());
   return w.commit({{"val_loss", 1.0 / double(step)}}).path;
+}
+
+// The fraction of a file's pages in the page cache (mincore of a mapping, which faults nothing in).
+double cached_fraction(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  size_t size = size_t(fs::file_size(path));
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  REQUIRE(map != MAP_FAILED);
+  size_t page = size_t(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> resident((size + page - 1) / page);
+  REQUIRE(::mincore(map, size, resident.data()) == 0);
+  ::munmap(map, size);
+  size_t in_cache = 0;
+  for (unsigned char r : resident) in_cache += r & 1;
+  return double(in_cache) / double(resident.size());
+}
+
+// Drops a file's clean pages from the page cache.
+void evict(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+}
+
+// Whether files in `dir` can be opened with O_DIRECT (tmpfs: no).
+bool takes_o_direct(const std::string& dir) {
+  int fd = ::open((dir + "/probe").c_str(), O_WRONLY | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+  if (fd >= 0) ::close(fd);
+  fs::remove(dir + "/probe");
+  return fd >= 0;
 }
 
 }  // namespace
@@ -214,4 +250,41 @@ TEST_CASE("the contract's checkpoint JSON has step, path, valid, bytes, created,
   j = nlohmann::json::parse(checkpoint_json(verify_checkpoint(p, VerifyMode::full)));
   CHECK(j["valid"] == false);
   CHECK(j["problem"] == "file weights.bin is missing");
+}
+
+TEST_CASE("retention's full verify reads a big file that is not cached around the page cache; other verifies through it") {
+  TempDir d(fs::current_path());  // the build folder's disk: $TMPDIR may be a tmpfs, which refuses O_DIRECT
+  REQUIRE(!d.path().empty());
+  // 24 MiB and an unaligned tail: whole O_DIRECT reads, then a short last one.
+  std::string bytes((24u << 20) + 777, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = char((i * 2654435761u) >> 13);
+  CheckpointWriter w(default_file_system(), d.path(), 3, CheckpointMeta{});
+  w.write_file("model.bin", bytes.data(), bytes.size());
+  std::string p = w.commit({}).path;
+  std::string file = p + "/model.bin";
+
+  evict(file);
+  REQUIRE(cached_fraction(file) < 0.01);
+  CHECK(verify_checkpoint(p, VerifyMode::full_around_cache).valid);
+  if (takes_o_direct(d.path())) {
+    CHECK(cached_fraction(file) < 0.01);  // read, checked, and still not cached
+  } else {
+    MESSAGE("this file system refuses O_DIRECT: the verify read through the cache");
+  }
+  CHECK(verify_checkpoint(p, VerifyMode::full).valid);
+  CHECK(cached_fraction(file) > 0.99);  // the resume's verify leaves the data for the load
+  // Mostly cached: read through the cache, no disk read.
+  CHECK(verify_checkpoint(p, VerifyMode::full_around_cache).valid);
+
+  // Damage in the middle and in the tail is found either way.
+  for (size_t offset : {size_t(13u << 20) + 5, bytes.size() - 3}) {
+    flip_byte(file, offset);
+    evict(file);
+    CheckpointInfo info = verify_checkpoint(p, VerifyMode::full_around_cache);
+    CHECK_FALSE(info.valid);
+    CHECK(info.problem.find("does not match") != std::string::npos);
+    flip_byte(file, offset);
+    evict(file);
+    CHECK(verify_checkpoint(p, VerifyMode::full_around_cache).valid);
+  }
 }

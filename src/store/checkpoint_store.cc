@@ -130,7 +130,8 @@ CheckpointInfo verify_checkpoint(const std::string& folder, VerifyMode mode) {
     }
     auto hasher = make_hasher(m.checksum_algorithm);
     unsigned long long got = 0;
-    if (!hash_file(full, *hasher, got)) {
+    ReadCache cache = mode == VerifyMode::full_around_cache ? ReadCache::around_cache_when_cold : ReadCache::cached;
+    if (!hash_file(full, *hasher, got, cache)) {
       info.problem = "file " + f.path + " cannot be read: " + std::strerror(errno);
       return info;
     }

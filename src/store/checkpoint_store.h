@@ -22,8 +22,10 @@ struct CheckpointInfo {
   std::string problem;  // set when !valid
 };
 
-// full: every file's size and checksum; quick: manifest and sizes only.
-enum class VerifyMode { full, quick };
+// full: every file's size and checksum; quick: manifest and sizes only. full_around_cache:
+// full, reading big files that are mostly not in the page cache around it (O_DIRECT; see
+// ReadCache in store/checksum.h), for a check whose data nobody reads next (retention's).
+enum class VerifyMode { full, full_around_cache, quick };
 
 // "step-000000000040": the committed folder name of a step.
 std::string checkpoint_folder_name(uint64_t step);

@@ -1,6 +1,9 @@
 #include "store/checksum.h"
 
+#include "store/file_system.h"
+
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <openssl/evp.h>
 #include <unistd.h>
@@ -17,6 +20,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 namespace lifeline {
@@ -74,7 +78,42 @@ bool known_checksum(const std::string& algorithm) {
   return algorithm == "xxh3-64" || algorithm == "sha256";
 }
 
-bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& bytes) {
+namespace {
+
+// Files smaller than this are always read through the page cache.
+constexpr size_t kAroundCacheMin = 8u << 20;
+// O_DIRECT reads: buffer address, length and file offset aligned to this; one read per 8 MiB
+// (each O_DIRECT read waits for the disk: no read-ahead).
+constexpr size_t kDirectAlign = 4096;
+constexpr size_t kDirectChunk = 8u << 20;
+// Buffered reads: each 1 MiB chunk is hashed while it is still in the CPU cache the read just
+// filled it through (4 MiB measured up to 30% slower; see bench/README.md).
+constexpr size_t kBufferedChunk = 1u << 20;
+
+// True when fewer than half of the file's pages are in the page cache (mincore of a mapping,
+// which faults nothing in).
+bool mostly_uncached(int fd, size_t size) {
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) return false;
+  const size_t page = size_t(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> resident((size + page - 1) / page);
+  bool cold = false;
+  if (::mincore(map, size, resident.data()) == 0) {
+    size_t in_cache = 0;
+    for (unsigned char r : resident) in_cache += r & 1;
+    cold = in_cache * 2 < resident.size();
+  }
+  ::munmap(map, size);
+  return cold;
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+}  // namespace
+
+bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& bytes, ReadCache cache) {
   bytes = 0;
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) return false;
@@ -84,12 +123,39 @@ bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& byte
     errno = EINVAL;
     return false;
   }
-  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  // 1 MiB: each chunk is hashed while it is still in the CPU cache the read just filled it
-  // through (4 MiB measured up to 30% slower; see bench/README.md).
-  std::vector<char> buf(1u << 20);
+  // Around the cache when asked, the file is big and mostly not cached, and the file system
+  // takes O_DIRECT (tmpfs does not); otherwise through the cache.
+  std::unique_ptr<char, FreeDeleter> buffer;
+  size_t chunk = kBufferedChunk;
+  if (cache == ReadCache::around_cache_when_cold && direct_io_enabled() && size_t(st.st_size) >= kAroundCacheMin &&
+      mostly_uncached(fd, size_t(st.st_size))) {
+    void* mem = nullptr;
+    int flags = ::fcntl(fd, F_GETFL);
+    if (posix_memalign(&mem, kDirectAlign, kDirectChunk) == 0) {
+      buffer.reset(static_cast<char*>(mem));
+      if (flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_DIRECT) == 0) chunk = kDirectChunk;
+    }
+  }
+  if (chunk == kBufferedChunk) {
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    buffer.reset(static_cast<char*>(std::malloc(chunk)));
+    if (!buffer) {
+      ::close(fd);
+      errno = ENOMEM;
+      return false;
+    }
+  }
   for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
+    ssize_t n = ::read(fd, buffer.get(), chunk);
+    if (n < 0 && errno == EINVAL && chunk == kDirectChunk) {
+      // Took O_DIRECT at fcntl but not this read (or a short read left the offset unaligned):
+      // the rest through the cache, from where the last read ended.
+      int flags = ::fcntl(fd, F_GETFL);
+      if (flags >= 0 && ::fcntl(fd, F_SETFL, flags & ~O_DIRECT) == 0) {
+        chunk = kBufferedChunk;
+        continue;
+      }
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
       int err = errno;
@@ -98,7 +164,7 @@ bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& byte
       return false;
     }
     if (n == 0) break;
-    hasher.update(buf.data(), size_t(n));
+    hasher.update(buffer.get(), size_t(n));
     bytes += static_cast<unsigned long long>(n);
   }
   ::close(fd);

@@ -25,15 +25,6 @@ constexpr size_t kDirectAlign = 4096;
 // The aligned buffer O_DIRECT writes go out from.
 constexpr size_t kDirectBuffer = 8u << 20;
 
-// False when LIFELINE_DIRECT_IO=0: every write goes through the page cache.
-bool direct_io_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("LIFELINE_DIRECT_IO");
-    return !(v && std::string(v) == "0");
-  }();
-  return enabled;
-}
-
 // An O_WRONLY descriptor written with write(2) and synced with fsync(2).
 // The first kDirectAfter bytes go through the page cache; every kWritebackChunk bytes it starts
 // writeback of what was just written (sync_file_range, no waiting), so the disk works while the
@@ -179,6 +170,14 @@ class PosixWritableFile : public WritableFile {
 };
 
 }  // namespace
+
+bool direct_io_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("LIFELINE_DIRECT_IO");
+    return !(v && std::string(v) == "0");
+  }();
+  return enabled;
+}
 
 std::unique_ptr<WritableFile> PosixFileSystem::create_file(const std::string& path) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);

@@ -45,6 +45,9 @@ class PosixFileSystem : public FileSystem {
   void remove_tree(const std::string& path) override;
 };
 
+// False when LIFELINE_DIRECT_IO=0: every read and write goes through the page cache.
+bool direct_io_enabled();
+
 // The process-wide PosixFileSystem.
 FileSystem& default_file_system();
 

@@ -211,7 +211,9 @@ RetentionReport apply_retention(FileSystem& fs, const std::string& dir, const Po
     removed.push_back(RemovedLeftover{name, why});
   }
 
-  // Newest first, full verify until one is valid; quick verify for everything older.
+  // Newest first, full verify until one is valid; quick verify for everything older. The full
+  // verify reads around the page cache: it often runs beside training, just after a commit
+  // that wrote around the cache as well, and nothing reads those bytes next.
   auto folders = checkpoint_folders(dir);
   std::vector<CheckpointInfo> list(folders.size());
   std::map<std::string, ino_t> inode;  // by folder path as judged
@@ -220,7 +222,7 @@ RetentionReport apply_retention(FileSystem& fs, const std::string& dir, const Po
     std::string path = dir + "/" + folders[i].second;
     struct stat st {};
     if (lstat(path.c_str(), &st) == 0) inode[path] = st.st_ino;
-    list[i] = verify_checkpoint(path, found_valid ? VerifyMode::quick : VerifyMode::full);
+    list[i] = verify_checkpoint(path, found_valid ? VerifyMode::quick : VerifyMode::full_around_cache);
     found_valid = found_valid || list[i].valid;
   }
   std::map<std::string, std::string> name_of_path;

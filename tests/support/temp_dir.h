@@ -9,8 +9,10 @@ namespace lifeline::test {
 
 class TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "lifeline-test-XXXXXX").string();
+  TempDir() : TempDir(std::filesystem::temp_directory_path()) {}
+  // Under `parent` instead of $TMPDIR (a test that needs a particular file system).
+  explicit TempDir(const std::filesystem::path& parent) {
+    std::string tmpl = (parent / "lifeline-test-XXXXXX").string();
     path_ = mkdtemp(tmpl.data()) ? tmpl : std::string();
   }
   ~TempDir() {
