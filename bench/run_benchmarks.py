@@ -95,8 +95,11 @@ class Runner:
                       output)
         if not m:
             raise RuntimeError("no rate line in:\n" + output[-2000:])
-        return {"steps": int(m.group(1)), "seconds": float(m.group(2)), "rate": float(m.group(3)),
-                "stall_s": float(m.group(4)), "saves": int(m.group(5))}
+        steps, seconds = int(m.group(1)), float(m.group(2))
+        times = re.search(r"step times \(s\):([0-9. ]*)", output)
+        return {"steps": steps, "seconds": seconds, "rate": steps / seconds,  # not the rounded printed rate
+                "stall_s": float(m.group(4)), "saves": int(m.group(5)),
+                "step_times": [float(x) for x in times.group(1).split()] if times else []}
 
     # ---- 1. fast path ---------------------------------------------------------------------
     def fast_path(self):
@@ -323,7 +326,7 @@ class Runner:
         for prep in (True, False):
             d = os.path.join(self.scratch, "async-save")
             rc, out = self.run([os.path.join(self.bench, "async_save_bench"), d, "--mib", str(mib), "--runs",
-                                "2" if prep else "1"] + (["--prepare"] if prep else []), timeout=1800)
+                                "3" if prep else "1"] + (["--prepare"] if prep else []), timeout=1800)
             shutil.rmtree(d, ignore_errors=True)
             if rc != 0:
                 raise RuntimeError(out[-3000:])
@@ -343,12 +346,15 @@ class Runner:
                  f"ones {n['async_stall_s'][-1]:.3f} s; background part {statistics.median(p['async_background_s']):.2f} s")
 
         # End to end: the example trainer under `lifeline run`, checkpoint every N s. Without
-        # checkpoints and with async ones in the order none, async, async, none (drift on a shared
-        # machine cancels out); synchronous once, as the reference.
+        # checkpoints and with async ones in the order none, async, async, none, none, async
+        # (three adjacent pairs; drift on a shared machine cancels out); synchronous once, as the
+        # reference. Each figure is the median of its runs.
         steps = 20 if self.quick else 40
         every = 5 if self.quick else 15
         runs = {"none": [], "async": [], "sync": []}
-        for name in ("none", "async", "async", "none", "sync"):
+        order = ("none", "async", "async", "none", "sync") if self.quick else \
+            ("none", "async", "async", "none", "none", "async", "sync")
+        for name in order:
             pol = self.policy() if name == "none" else self.policy(every_seconds=every)
             flags = ["--async"] if name == "async" else []
             ckpt = os.path.join(self.scratch, f"async-{name}")
@@ -358,26 +364,49 @@ class Runner:
             if rc != 0:
                 raise RuntimeError(out[-3000:])
             stalls = [(int(s), float(t)) for s, t in re.findall(r"checkpoint of step (\d+): stall ([0-9.]+) s", out)]
-            stalls = [t for s, t in stalls if s != steps]  # the final save is outside the timed run
-            commits = [float(x) for x in re.findall(r"checkpoint committed: step \d+, \d+ bytes in ([0-9.]+) s", out)]
-            runs[name].append(dict(self.rate_of(out), stalls=stalls, commits=commits))
-            log(f"async figure: {name}: {runs[name][-1]['rate']:.3f} steps/s, stalls {stalls}, commits {commits}")
+            run = dict(self.rate_of(out), stalls=[t for s, t in stalls if s != steps],  # the final save is untimed
+                       ckpt_steps=[s for s, t in stalls if s != steps],
+                       commits=[float(x) for x in re.findall(r"checkpoint committed: step \d+, \d+ bytes in ([0-9.]+) s", out)])
+            runs[name].append(run)
+            log(f"async figure: {name}: {run['rate']:.3f} steps/s, stalls {run['stalls']}, commits {run['commits']}")
         base = statistics.median(r["rate"] for r in runs["none"])
+        # The step after each checkpoint (the background save runs beside it) against every step
+        # but the first (which allocates the state) in the runs without checkpoints.
+        plain = statistics.median(t for r in runs["none"] for t in r["step_times"][1:]) if runs["none"][0]["step_times"] else None
+        # Steady state: from step 6 on, past the one-time costs at the start of a run (the first
+        # step allocates the state; prepare() faults in the snapshot buffers beside steps 2-5).
+        skip = 5
+
+        def steady(r):
+            times = r["step_times"][skip:]
+            stall = sum(t for s, t in zip(r["ckpt_steps"], r["stalls"]) if s > skip)
+            return len(times) / (sum(times) + stall) if times else None
+
+        steady_base = statistics.median(steady(r) for r in runs["none"]) if plain else None
         for name in ("async", "sync"):
             rs = runs[name]
             rate = statistics.median(r["rate"] for r in rs)
             slow = 1 - rate / base
             stalls = [x for r in rs for x in r["stalls"]]
             commits = [x for r in rs for x in r["commits"]]
+            after = [r["step_times"][s] for r in rs for s in r["ckpt_steps"] if s < len(r["step_times"])]
             saves = sum(r["saves"] for r in rs)
             seconds = sum(r["seconds"] for r in rs)
+            pairs = ""
+            if name == "async" and len(rs) == len(runs["none"]):
+                ratios = [1 - a["rate"] / n["rate"] for a, n in zip(rs, runs["none"])]
+                pairs = "pairs in run order " + ", ".join(f"{x:+.1%}" for x in ratios) + "; "
             self.row("async", f"end-to-end slowdown of the example trainer, {mib} MiB state, checkpoint every {every} s "
-                     f"({name}: {saves} saves in {seconds:.0f} s over {len(rs)} run{'s' if len(rs) > 1 else ''})",
+                     f"({name}: {saves} saves in {seconds:.0f} s over {len(rs)} run{'s' if len(rs) > 1 else ''}; median)",
                      f"{rate:.3f} steps/s", f"{base:.3f} steps/s (no checkpoints; runs "
                      + ", ".join(f"{r['rate']:.3f}" for r in runs["none"]) + ")", f"{slow:+.1%}",
                      "<= 3.5% (CheckFreq)" if name == "async" else "reference", slow <= 0.035 if name == "async" else None,
-                     ("runs " + ", ".join(f"{r['rate']:.3f}" for r in rs) + " steps/s; " if len(rs) > 1 else "")
+                     ("runs " + ", ".join(f"{r['rate']:.3f}" for r in rs) + " steps/s; " if len(rs) > 1 else "") + pairs
                      + (f"stalls {', '.join(f'{x:.2f}' for x in stalls)} s; " if stalls else "")
+                     + (f"step after a checkpoint {statistics.median(after):.2f} s median (a step without checkpoints: "
+                        f"{plain:.2f} s); " if after and plain else "")
+                     + (f"from step {skip + 1} on (past one-time costs): "
+                        f"{1 - statistics.median(steady(r) for r in rs) / steady_base:+.1%}; " if steady_base else "")
                      + (f"commits {statistics.median(commits):.2f} s median" if commits else ""))
 
     # ---- table ------------------------------------------------------------------------------
