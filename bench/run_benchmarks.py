@@ -349,8 +349,13 @@ class Runner:
         # checkpoints and with async ones in the order none, async, async, none, none, async
         # (three adjacent pairs; drift on a shared machine cancels out); synchronous once, as the
         # reference. Each figure is the median of its runs.
-        steps = 60 if self.quick else 40  # runs of about 13 s (256 MiB) and 36 s (1 GiB)
+        steps = 120 if self.quick else 80  # runs of about 13 s (256 MiB) and 35 s (1 GiB)
         every = 5 if self.quick else 15
+        # glibc keeps freed memory for reuse instead of returning it and faulting it in again
+        # (big blocks: mmap per allocation by default). The example's step allocates and frees
+        # about 1 GiB of temporaries; with the default, half of a step is page faults, which
+        # this VM makes slow and erratic (docs/performance.md). The same setting for every run.
+        malloc_env = dict(self.env, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
         runs = {"none": [], "async": [], "sync": []}
         order = ("none", "async", "async", "none", "sync") if self.quick else \
             ("none", "async", "async", "none", "none", "async", "sync")
@@ -359,7 +364,8 @@ class Runner:
             flags = ["--async"] if name == "async" else []
             ckpt = os.path.join(self.scratch, f"async-{name}")
             rc, out = self.run([self.lifeline, "run", "--policy", pol, "--ckpt-dir", ckpt, "--requeue", "none", "--",
-                                self.example, "--steps", str(steps), "--state-mib", str(mib), "--report"] + flags, timeout=1800)
+                                self.example, "--steps", str(steps), "--state-mib", str(mib), "--report"] + flags,
+                               timeout=1800, env=malloc_env)
             shutil.rmtree(ckpt, ignore_errors=True)
             if rc != 0:
                 raise RuntimeError(out[-3000:])
