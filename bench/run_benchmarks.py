@@ -43,6 +43,15 @@ class Runner:
         self.started = time.time()
         self.load_at_start = list(os.getloadavg())
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+        # The LibTorch programs (the example trainer, async_save_bench) run with glibc keeping the
+        # memory they free for reuse, as PyTorch's caching allocators do, instead of handing each
+        # big block back to the kernel (by default glibc mmaps every block of 32 MiB or more and
+        # unmaps it when freed). A training step allocates and frees temporaries the size of the
+        # state; returning them makes every step fault its memory in again, and on this VM freed
+        # memory goes back to the host, which also makes the next touch of *other* memory slow
+        # (a warm 1 GiB memcpy: 0.054 s, or 0.7-0.9 s seconds after another 1 GiB was freed;
+        # docs/performance.md). Every run of a comparison gets the same setting.
+        self.torch_env = dict(self.env, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
 
     # ---- helpers ------------------------------------------------------------------------
     def free_gib(self):
@@ -259,7 +268,7 @@ class Runner:
                 "--", self.example, "--steps", "100000000", "--state-mib", str(mib), "--log-every", "1", "--report"]
         if async_save:
             argv.append("--async")
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=self.env)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=self.torch_env)
         lines = queue.Queue()
 
         def reader():
@@ -326,7 +335,7 @@ class Runner:
         for prep in (True, False):
             d = os.path.join(self.scratch, "async-save")
             rc, out = self.run([os.path.join(self.bench, "async_save_bench"), d, "--mib", str(mib), "--runs",
-                                "3" if prep else "1"] + (["--prepare"] if prep else []), timeout=1800)
+                                "3" if prep else "1"] + (["--prepare"] if prep else []), timeout=1800, env=self.torch_env)
             shutil.rmtree(d, ignore_errors=True)
             if rc != 0:
                 raise RuntimeError(out[-3000:])
@@ -349,13 +358,8 @@ class Runner:
         # checkpoints and with async ones in the order none, async, async, none, none, async
         # (three adjacent pairs; drift on a shared machine cancels out); synchronous once, as the
         # reference. Each figure is the median of its runs.
-        steps = 120 if self.quick else 80  # runs of about 13 s (256 MiB) and 35 s (1 GiB)
+        steps = 120 if self.quick else 64  # runs of about 13 s (256 MiB) and 35 s (1 GiB): 2 checkpoints
         every = 5 if self.quick else 15
-        # glibc keeps freed memory for reuse instead of returning it and faulting it in again
-        # (big blocks: mmap per allocation by default). The example's step allocates and frees
-        # about 1 GiB of temporaries; with the default, half of a step is page faults, which
-        # this VM makes slow and erratic (docs/performance.md). The same setting for every run.
-        malloc_env = dict(self.env, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
         runs = {"none": [], "async": [], "sync": []}
         order = ("none", "async", "async", "none", "sync") if self.quick else \
             ("none", "async", "async", "none", "none", "async", "sync")
@@ -365,7 +369,7 @@ class Runner:
             ckpt = os.path.join(self.scratch, f"async-{name}")
             rc, out = self.run([self.lifeline, "run", "--policy", pol, "--ckpt-dir", ckpt, "--requeue", "none", "--",
                                 self.example, "--steps", str(steps), "--state-mib", str(mib), "--report"] + flags,
-                               timeout=1800, env=malloc_env)
+                               timeout=1800, env=self.torch_env)
             shutil.rmtree(ckpt, ignore_errors=True)
             if rc != 0:
                 raise RuntimeError(out[-3000:])

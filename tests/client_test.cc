@@ -194,12 +194,12 @@ TEST_CASE("a file not closed fails the commit, keeps older checkpoints, and cann
   CHECK(checkpoint_folders(d.path()).size() == 1);
 }
 
-TEST_CASE("a large streamed file that bypasses the page cache commits the exact bytes, tail included") {
+TEST_CASE("a large streamed file, dropped from the page cache as it is written back, commits the exact bytes") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");
   ClientEnv env(block.name(), d.path());
   Client c = Client::from_env();
-  // 8 MiB buffered, then O_DIRECT blocks, then an unaligned tail; odd-sized writes throughout.
+  // Several 8 MiB write-behind chunks and an unaligned tail; odd-sized writes throughout.
   std::string bytes((21u << 20) + 12345, '\0');
   for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = char((i * 2654435761u) >> 11);
   auto w = c.begin_checkpoint(7);

@@ -2,7 +2,9 @@
 #include <doctest.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -250,6 +252,30 @@ TEST_CASE("the contract's checkpoint JSON has step, path, valid, bytes, created,
   j = nlohmann::json::parse(checkpoint_json(verify_checkpoint(p, VerifyMode::full)));
   CHECK(j["valid"] == false);
   CHECK(j["problem"] == "file weights.bin is missing");
+}
+
+TEST_CASE("a big checkpoint file leaves at most three 8 MiB chunks of itself in the page cache") {
+  TempDir d(fs::current_path());  // the build folder's disk: $TMPDIR may be a tmpfs, whose pages are the data
+  REQUIRE(!d.path().empty());
+  std::string bytes((96u << 20) + 4321, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = char((i * 2654435761u) >> 7);
+  CheckpointWriter w(default_file_system(), d.path(), 5, CheckpointMeta{});
+  // In pieces, as a serializer writes: each written-back chunk is dropped two chunks later.
+  StagedFile f = w.open_file("model.bin");
+  for (size_t off = 0; off < bytes.size(); off += 3u << 20) f.append(bytes.data() + off, std::min<size_t>(3u << 20, bytes.size() - off));
+  f.close();
+  std::string p = w.commit({}).path;
+  std::string file = p + "/model.bin";
+  struct statfs sf {};
+  REQUIRE(::statfs(file.c_str(), &sf) == 0);
+  if (sf.f_type == TMPFS_MAGIC) {
+    MESSAGE("a tmpfs keeps its pages: nothing to drop");
+  } else {
+    CHECK(cached_fraction(file) * double(bytes.size()) <= double(24u << 20) + 8192);
+  }
+  std::ifstream in(file, std::ios::binary);
+  CHECK(std::string(std::istreambuf_iterator<char>(in), {}) == bytes);  // all there, from the disk
+  CHECK(verify_checkpoint(p, VerifyMode::full).valid);
 }
 
 TEST_CASE("retention's full verify reads a big file that is not cached around the page cache; other verifies through it") {

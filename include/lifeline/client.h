@@ -66,8 +66,9 @@ struct ResumeInfo {
 // A file streamed into a checkpoint (a serializer's output, say): checksummed while it is
 // written, so commit() need not read it back. Errors throw std::runtime_error (older checkpoints
 // stay intact). close() fsyncs it and records it in the manifest; commit() fails (returns false)
-// while a file is not closed, whether still open or dropped after an error. Large files bypass
-// the page cache (O_DIRECT) where the file system allows; LIFELINE_DIRECT_IO=0 turns that off.
+// while a file is not closed, whether still open or dropped after an error. A large file does
+// not fill the page cache: each 8 MiB is handed to the disk as it is written and dropped from
+// the cache once written back; LIFELINE_WRITE_BEHIND=0 keeps it cached.
 class CheckpointFile {
  public:
   CheckpointFile(CheckpointFile&&) noexcept;

@@ -23,9 +23,9 @@ constexpr const char* kDefaultChecksum = "xxh3-64";
 // How hash_file reads. `cached`: through the page cache, which keeps the data for whoever
 // reads it next (a resume loads the checkpoint it just verified). `around_cache_when_cold`: a
 // file of 8 MiB or more that is mostly not in the page cache is read with O_DIRECT, for a check
-// nobody reads after (retention's verify of a fresh commit, written with O_DIRECT). Filling
-// the cache costs far more CPU than the disk read (1 GiB on the development VM: 2.4 s of
-// system time buffered, 0.05 s with O_DIRECT), and that CPU comes out of training.
+// nobody reads after (retention's verify of a fresh commit, dropped from the cache as it was
+// written). Filling the cache costs far more CPU than the disk read (1 GiB on the development
+// VM: 2.4 s of system time buffered, 0.05 s with O_DIRECT), and that CPU comes out of training.
 // LIFELINE_DIRECT_IO=0 makes both read through the cache.
 enum class ReadCache { cached, around_cache_when_cold };
 

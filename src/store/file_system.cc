@@ -16,25 +16,19 @@
 namespace lifeline {
 namespace {
 
-// Dirty data beyond this much is handed to the disk right away (see PosixWritableFile).
+// Writeback of a file's dirty data starts every this many bytes (see PosixWritableFile).
 constexpr uint64_t kWritebackChunk = 8u << 20;
-// Bytes a file writes through the page cache before the rest bypasses it (O_DIRECT).
-constexpr uint64_t kDirectAfter = 8u << 20;
-// O_DIRECT granularity: buffer address, length and file offset (covers 512 B and 4 KiB devices).
-constexpr size_t kDirectAlign = 4096;
-// The aligned buffer O_DIRECT writes go out from.
-constexpr size_t kDirectBuffer = 8u << 20;
 
-// An O_WRONLY descriptor written with write(2) and synced with fsync(2).
-// The first kDirectAfter bytes go through the page cache; every kWritebackChunk bytes it starts
-// writeback of what was just written (sync_file_range, no waiting), so the disk works while the
-// file is written. Beyond kDirectAfter (a big checkpoint file) it switches the descriptor to
-// O_DIRECT and writes from an aligned buffer straight to the disk: copying into fresh page-cache
-// pages and writing them back costs several times the CPU of the copy into the buffer (measured:
-// `dd` of 1 GiB took 2-5 s of system time buffered, 0.2-0.3 s with oflag=direct, on the
-// development VM), and that CPU comes out of training when the save runs in the background.
-// The unaligned tail goes through the page cache again; fsync makes all of it durable. Where
-// O_DIRECT is refused (tmpfs, some network file systems) the file stays buffered.
+// An O_WRONLY descriptor written with write(2) and synced with fsync(2), write-behind: every
+// kWritebackChunk bytes it starts writeback of what was just written (sync_file_range, no
+// waiting), so the disk works while the file is written and the final fsync has little left;
+// and two chunks behind, it waits for that writeback and drops those pages from the page cache
+// (POSIX_FADV_DONTNEED). A big checkpoint file thus holds about three chunks of page cache
+// however big it is, at most two chunks are queued at the disk, and the pages it frees are
+// reused for its next chunk at once. On the development VM, fresh page-cache pages cost
+// several times the CPU of the copy (1 GiB buffered: up to 2.6 s of system time without
+// dropping, 0.2 s with), and O_DIRECT writes, which avoid the cache, wait for the disk 8 MiB at
+// a time (1 GiB: 0.9-1.8 s against 0.66-0.71 s write-behind; bench/README.md).
 class PosixWritableFile : public WritableFile {
  public:
   PosixWritableFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
@@ -43,43 +37,6 @@ class PosixWritableFile : public WritableFile {
   }
   void append(const void* data, size_t size) override {
     auto* p = static_cast<const char*>(data);
-    if (!direct_ && may_go_direct_ && written_ + size > kDirectAfter) {
-      size_t head = written_ < kDirectAfter ? size_t(kDirectAfter - written_) : 0;
-      write_buffered(p, head);
-      p += head;
-      size -= head;
-      start_direct();
-    }
-    if (!direct_) {
-      write_buffered(p, size);
-      return;
-    }
-    while (size > 0) {
-      size_t n = std::min(size, kDirectBuffer - fill_);
-      std::memcpy(buffer_.get() + fill_, p, n);
-      fill_ += n;
-      p += n;
-      size -= n;
-      if (fill_ == kDirectBuffer) flush_direct();
-    }
-  }
-  void sync() override {
-    finish_direct();
-    if (::fsync(fd_) != 0) throw_errno("fsync", path_);
-  }
-  void close() override {
-    finish_direct();
-    int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) throw_errno("close", path_);
-  }
-
- private:
-  struct Free {
-    void operator()(char* p) const { std::free(p); }
-  };
-
-  void write_all(const char* p, size_t size) {
     while (size > 0) {
       ssize_t n = ::write(fd_, p, size);
       if (n < 0) {
@@ -90,83 +47,52 @@ class PosixWritableFile : public WritableFile {
       size -= size_t(n);
       written_ += uint64_t(n);
     }
+    if (written_ - kicked_ >= kWritebackChunk) write_behind();
+  }
+  void sync() override {
+    if (::fsync(fd_) != 0) throw_errno("fsync", path_);
+  }
+  void close() override {
+    int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) throw_errno("close", path_);
   }
 
-  void write_buffered(const char* p, size_t size) {
-    write_all(p, size);
-    if (written_ - kicked_ >= kWritebackChunk) {
-      // Advisory: an error here shows up again, and is reported, at fsync.
+ private:
+  void write_behind() {
 #ifdef SYNC_FILE_RANGE_WRITE
-      (void)::sync_file_range(fd_, off64_t(kicked_), off64_t(written_ - kicked_), SYNC_FILE_RANGE_WRITE);
-#endif
-      kicked_ = written_;
-    }
-  }
-
-  void start_direct() {
-    may_go_direct_ = false;  // one try per file
-    if (!direct_io_enabled() || written_ % kDirectAlign != 0) return;
-    void* mem = nullptr;
-    if (posix_memalign(&mem, kDirectAlign, kDirectBuffer) != 0) return;
-    buffer_.reset(static_cast<char*>(mem));
-    int flags = ::fcntl(fd_, F_GETFL);
-    if (flags < 0 || ::fcntl(fd_, F_SETFL, flags | O_DIRECT) != 0) {
-      buffer_.reset();
-      return;
-    }
-    direct_ = true;
-  }
-
-  // Writes the buffer's whole blocks with O_DIRECT; keeps the rest at its start.
-  void flush_direct() {
-    size_t whole = fill_ - fill_ % kDirectAlign;
-    if (whole == 0) return;
-    const char* p = buffer_.get();
-    size_t left = whole;
-    while (left > 0) {
-      ssize_t n = ::write(fd_, p, left);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == EINVAL && left == whole) {
-        // This file system takes O_DIRECT at open but not these writes: back to the page cache.
-        stop_direct();
-        write_buffered(buffer_.get(), fill_);
-        fill_ = 0;
-        return;
+    // Advisory: an error starting writeback shows up again, and is reported, at fsync.
+    (void)::sync_file_range(fd_, off64_t(kicked_), off64_t(written_ - kicked_), SYNC_FILE_RANGE_WRITE);
+    if (recycle_ && previous_kick_ > dropped_) {
+      // Waiting reports a write error and clears it for this descriptor (fsync would not see
+      // it again), so it is thrown here. A file system without the call keeps its pages.
+      const off64_t from = off64_t(dropped_), len = off64_t(previous_kick_ - dropped_);
+      int rc;
+      do {
+        rc = ::sync_file_range(fd_, from, len,
+                               SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+      } while (rc != 0 && errno == EINTR);
+      if (rc != 0 && (errno == EINVAL || errno == ENOSYS || errno == ESPIPE || errno == EOPNOTSUPP)) {
+        recycle_ = false;
+      } else if (rc != 0) {
+        throw_errno("write back", path_);
+      } else {
+        (void)::posix_fadvise(fd_, off_t(from), off_t(len), POSIX_FADV_DONTNEED);  // clean now: dropped
+        dropped_ = previous_kick_;
       }
-      if (n < 0) throw_errno("write", path_);
-      p += n;
-      left -= size_t(n);
-      written_ += uint64_t(n);
     }
-    std::memmove(buffer_.get(), buffer_.get() + whole, fill_ - whole);
-    fill_ -= whole;
-  }
-
-  void stop_direct() {
-    int flags = ::fcntl(fd_, F_GETFL);
-    if (flags < 0 || ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) != 0) throw_errno("fcntl", path_);
-    direct_ = false;
-  }
-
-  // Whole blocks out with O_DIRECT, the tail through the page cache.
-  void finish_direct() {
-    if (!direct_) return;
-    flush_direct();
-    if (!direct_) return;
-    stop_direct();
-    write_all(buffer_.get(), fill_);
-    fill_ = 0;
-    buffer_.reset();
+    previous_kick_ = kicked_;
+#endif
+    kicked_ = written_;
   }
 
   int fd_;
   std::string path_;
-  uint64_t written_ = 0;  // bytes written to the file
-  uint64_t kicked_ = 0;   // bytes whose writeback was started
-  bool may_go_direct_ = true;
-  bool direct_ = false;
-  std::unique_ptr<char, Free> buffer_;  // O_DIRECT staging, kDirectAlign-aligned
-  size_t fill_ = 0;                     // bytes in buffer_
+  uint64_t written_ = 0;        // bytes written to the file
+  uint64_t kicked_ = 0;         // bytes whose writeback was started
+  uint64_t previous_kick_ = 0;  // kicked_ one chunk ago
+  uint64_t dropped_ = 0;        // bytes written back and dropped from the page cache
+  bool recycle_ = write_behind_enabled();
 };
 
 }  // namespace
@@ -174,6 +100,14 @@ class PosixWritableFile : public WritableFile {
 bool direct_io_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("LIFELINE_DIRECT_IO");
+    return !(v && std::string(v) == "0");
+  }();
+  return enabled;
+}
+
+bool write_behind_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("LIFELINE_WRITE_BEHIND");
     return !(v && std::string(v) == "0");
   }();
   return enabled;

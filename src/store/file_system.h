@@ -45,8 +45,13 @@ class PosixFileSystem : public FileSystem {
   void remove_tree(const std::string& path) override;
 };
 
-// False when LIFELINE_DIRECT_IO=0: every read and write goes through the page cache.
+// False when LIFELINE_DIRECT_IO=0: retention's verify of a cold big file reads it through the
+// page cache instead of around it (O_DIRECT; see ReadCache in store/checksum.h).
 bool direct_io_enabled();
+
+// False when LIFELINE_WRITE_BEHIND=0: a file being written keeps its pages in the page cache
+// instead of dropping each written-back chunk (see PosixWritableFile).
+bool write_behind_enabled();
 
 // The process-wide PosixFileSystem.
 FileSystem& default_file_system();
