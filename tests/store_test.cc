@@ -276,6 +276,13 @@ TEST_CASE("a big checkpoint file leaves at most three 8 MiB chunks of itself in 
   std::ifstream in(file, std::ios::binary);
   CHECK(std::string(std::istreambuf_iterator<char>(in), {}) == bytes);  // all there, from the disk
   CHECK(verify_checkpoint(p, VerifyMode::full).valid);
+
+  // One append of the whole file, straight to the file system: written behind all the same.
+  auto whole = default_file_system().create_file(d.path() + "/whole.bin");
+  whole->append(bytes.data(), bytes.size());
+  whole->sync();
+  whole->close();
+  if (sf.f_type != TMPFS_MAGIC) CHECK(cached_fraction(d.path() + "/whole.bin") * double(bytes.size()) <= double(24u << 20) + 8192);
 }
 
 TEST_CASE("retention's full verify reads a big file that is not cached around the page cache; other verifies through it") {

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -38,7 +39,8 @@ class PosixWritableFile : public WritableFile {
   void append(const void* data, size_t size) override {
     auto* p = static_cast<const char*>(data);
     while (size > 0) {
-      ssize_t n = ::write(fd_, p, size);
+      // Up to the next writeback point at most, so that one big append is written behind too.
+      ssize_t n = ::write(fd_, p, std::min<uint64_t>(size, kicked_ + kWritebackChunk - written_));
       if (n < 0) {
         if (errno == EINTR) continue;
         throw_errno("write", path_);
@@ -46,8 +48,8 @@ class PosixWritableFile : public WritableFile {
       p += n;
       size -= size_t(n);
       written_ += uint64_t(n);
+      if (written_ - kicked_ >= kWritebackChunk) write_behind();
     }
-    if (written_ - kicked_ >= kWritebackChunk) write_behind();
   }
   void sync() override {
     if (::fsync(fd_) != 0) throw_errno("fsync", path_);
