@@ -305,3 +305,24 @@ TEST_CASE("retention runs after each commit: the last N and the best survive, th
   CHECK(out.find("retention: removed step 20") != std::string::npos);
   CHECK(read_all(d / "digest") == reference_digest());
 }
+
+TEST_CASE("every_seconds goes on requesting checkpoints after a period that ended before its request was answered") {
+  // Steps of 2.5 s against a period of 1 s: the request of t=1 s is answered at the end of step 1
+  // (about 2.5 s), so the period ending at t=2 s finds it unanswered. That period is skipped; the
+  // series goes on (requests at about 1, 3, 5-6, 8-9 s over the 12.5 s run).
+  TempDir d;
+  std::string policy = d / "seconds.yaml";
+  std::ofstream(policy) << "version: 1\ncheckpoint:\n  every_steps: 0\n  every_seconds: 1\n"
+                           "retention:\n  keep_last: 1000\n  keep_best: 0\n";
+  std::string out;
+  int rc = run({binary("LIFELINE_BIN"), "run", "--policy", policy, "--ckpt-dir", d / "ckpt", "--",
+                binary("TRAIN_EXAMPLE_BIN"), "--steps", "5", "--step-delay-ms", "2500"},
+               &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  size_t requests = 0;
+  for (size_t at = 0; (at = out.find("periodic checkpoint requested", at)) != std::string::npos; ++at) ++requests;
+  CHECK_MESSAGE(requests >= 3, out);
+  std::string listing;
+  REQUIRE(run({binary("LIFELINE_BIN"), "checkpoints", d / "ckpt", "--json"}, &listing) == 0);
+  CHECK_MESSAGE(json::parse(listing).size() >= 4, listing);  // three periodic ones and the final one
+}

@@ -437,12 +437,21 @@ class Supervisor {
     });
   }
 
+  // every_seconds: a request each period. A period that ends while the last request is still
+  // unanswered (a save or a step longer than the period) is skipped, and the next one comes as
+  // usual; only stopping, draining and restarts end the series (the next attempt starts anew).
   void schedule_periodic() {
     double every = opt_.policy.checkpoint.every_seconds;
     if (every <= 0) return;
     periodic_.expires_after(milliseconds(int64_t(every * 1000)));
     periodic_.async_wait([this](const boost::system::error_code& ec) {
-      if (ec || state_ != State::running) return;
+      if (ec) return;
+      if (state_ == State::checkpointing) {
+        spdlog::debug("periodic checkpoint skipped: the last request is not answered yet");
+        schedule_periodic();
+        return;
+      }
+      if (state_ != State::running) return;
       pending_seq_ = block_->request(Reason::periodic, false, 0);
       state_ = State::checkpointing;
       spdlog::info("periodic checkpoint requested ({} s since the last)", opt_.policy.checkpoint.every_seconds);
