@@ -354,6 +354,11 @@ class Runner:
                  f"snapshot takes {n['async_stall_s'][0]:.3f} s ({n['async_stall_s'][0] / sync_s:.0%}: page faults), later "
                  f"ones {n['async_stall_s'][-1]:.3f} s; background part {statistics.median(p['async_background_s']):.2f} s")
 
+        # The same for a PyTorch trainer through the Python client (bench/python_async_bench.py,
+        # run by Debian's Python, which has torch), at a smaller size: the Python sync save is
+        # slower (sha256 in hashlib), and this row must not push the bench past 10 minutes.
+        self.python_stall(256 if not self.quick else 64)
+
         # End to end: the example trainer under `lifeline run`, checkpoint every N s. Without
         # checkpoints and with async ones in the order none, async, async, none (two adjacent
         # pairs; drift on a shared machine cancels out); synchronous once, as the reference.
@@ -451,6 +456,27 @@ class Runner:
                      f"{a:+.1%} vs {y:+.1%} sync", "<= 3.5% (CheckFreq)", a <= 0.035,
                      "neighbouring steps are seconds apart, so the drift between runs that the end-to-end row "
                      "carries cancels; costs spread over a whole run would not show here, and do show above")
+
+    def python_stall(self, mib):
+        python = "/usr/bin/python3"
+        what = (f"training stall of one checkpoint, {mib} MiB PyTorch state, Python client: async "
+                "(lifeline_torch.snapshot; torch.save + sha256 + fsync + commit in the background) vs sync save")
+        if subprocess.run([python, "-c", "import torch"], capture_output=True).returncode != 0:
+            self.row("async", what, "not measured", "-", "-", "<= 10%", None, f"{python} cannot import torch")
+            return
+        d = os.path.join(self.scratch, "python-async")
+        rc, out = self.run([python, os.path.join(ROOT, "bench", "python_async_bench.py"), d, "--mib", str(mib),
+                            "--runs", "3"], timeout=900, env=self.torch_env)
+        shutil.rmtree(d, ignore_errors=True)
+        if rc != 0:
+            raise RuntimeError(out[-3000:])
+        r = json.loads(out.strip().splitlines()[-1])
+        sync_s, typical, worst = statistics.median(r["sync_s"]), statistics.median(r["async_stall_s"]), max(r["async_stall_s"])
+        self.row("async", what, "snapshot " + ", ".join(f"{x:.3f}" for x in r["async_stall_s"]) + " s",
+                 f"{sync_s:.2f} s (median of {len(r['sync_s'])})",
+                 f"{typical / sync_s:.1%} (median), {worst / sync_s:.1%} (worst)", "<= 10%", typical / sync_s <= 0.10,
+                 f"with lifeline_torch.prepare() after the first step; background part "
+                 f"{statistics.median(r['async_background_s']):.2f} s")
 
     # ---- table ------------------------------------------------------------------------------
     def table(self):

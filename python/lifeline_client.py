@@ -13,6 +13,24 @@ commit protocol. Standard library only; it mirrors include/lifeline/client.h.
             ckpt.commit({"val_loss": v})         # fsync, MANIFEST, rename, ack; False if it failed
             if client.should_exit(): break       # stop request: leave now
 
+Asynchronous checkpoints (Client.save_async): only `snapshot` (a copy of the state to memory)
+runs on the training thread; what it returns writes that copy on a background thread, followed by
+the commit and the ack. At most one save is in flight; requests and every_steps points that come
+meanwhile are coalesced into it; a stop is never coalesced away (should_checkpoint stays True so
+the trainer reaches should_exit, then wait_for_saves makes the stop checkpoint durable); a crash
+during the background write leaves the previous checkpoint the newest valid one. Same rules as
+the C++ client (include/lifeline/client.h).
+
+        def snapshot():                          # on the training thread: the part that stalls it
+            copy = bytes(state)
+            return lambda ckpt: ckpt.write_file("state.bin", copy)   # on the background thread
+        if client.should_checkpoint(step):
+            client.save_async(step, snapshot, {"val_loss": v})
+            if client.should_exit():
+                client.wait_for_saves()              # the stop checkpoint is durable and acked
+                break
+    client.wait_for_saves()                          # before reporting success
+
 Outside a supervisor (no LIFELINE_CONTROL) the client is inert: should_checkpoint and
 should_exit are False, no signal handler is installed, resume() reads LIFELINE_RESUME_FROM and
 LIFELINE_RESUME_STEP only, and begin_checkpoint still works when LIFELINE_CKPT_DIR is set.
@@ -43,7 +61,7 @@ import stat
 import sys
 import threading
 import time
-from typing import Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 # --- The control block's byte layout, version 1: the one place Python reads it from. ----------
 # It mirrors include/lifeline/control_layout.h; tests/python_test.cc proves the two agree.
@@ -316,6 +334,76 @@ def checkpoint_problem(folder: str) -> str:
     return ""
 
 
+class CheckpointFile:
+    """One file of a checkpoint being written (Checkpoint.open_file): hashed while written,
+    fsynced by close(). A write error is kept for the checkpoint's commit() to report; later
+    writes are then dropped."""
+
+    def __init__(self, ckpt: "Checkpoint", rel: str):
+        self._ckpt, self._rel = ckpt, rel
+        self._hasher = hashlib.sha256()
+        self._size = 0
+        self._fd = -1
+        if ckpt._pending:
+            return
+        full = os.path.join(ckpt.path, rel)
+        try:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            self._fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            ckpt._pending = e
+
+    def __enter__(self) -> "CheckpointFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        """Writes all of `data` (bytes-like); returns its length."""
+        view = memoryview(data).cast("B")
+        if self._fd >= 0:
+            try:
+                _write_all(self._fd, view, self._hasher)
+                self._size += len(view)
+            except OSError as e:
+                self._fail(e)
+        return len(view)
+
+    def flush(self) -> None:
+        """Nothing is buffered here; close() makes the file durable."""
+
+    def close(self) -> None:
+        """fsyncs and closes the file; its size and checksum then go into the MANIFEST as written."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            self._ckpt._pending = self._ckpt._pending or e
+            return
+        finally:
+            os.close(fd)
+        self._ckpt._written[self._rel] = (self._size, self._hasher.hexdigest())
+
+    def _fail(self, e: OSError) -> None:
+        self._ckpt._pending = self._ckpt._pending or e
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class Checkpoint:
     """One checkpoint being written into a staging folder; commit() or discard() ends it."""
 
@@ -328,6 +416,7 @@ class Checkpoint:
         self.error = ""  # the error of a failed commit
         self._written: Dict[str, Tuple[int, str]] = {}
         self._pending: Optional[OSError] = None  # first write error, reported by commit()
+        self._open: List["CheckpointFile"] = []  # files opened by open_file(), closed by commit()
         self._started = time.monotonic_ns()
         self._done = False
         self._pid = os.getpid()
@@ -352,28 +441,21 @@ class Checkpoint:
 
     def write_file(self, rel: str, data: bytes) -> None:
         """Writes `rel` in the staging folder, hashing while writing; errors surface in commit()."""
+        with self.open_file(rel) as f:
+            f.write(data)
+
+    def open_file(self, rel: str) -> "CheckpointFile":
+        """Opens `rel` for writing in the staging folder: a binary file object (write, flush,
+        close) that hashes while writing, so torch.save(obj, f) streams into the checkpoint.
+        close() makes it durable; commit() closes what is still open. Errors surface in commit()."""
         why = _unsafe_path_reason(rel)
         if why or rel == MANIFEST:
             raise ValueError(f"cannot write {rel}: {why or 'the name is reserved'}")
         if self._done:
             raise RuntimeError("checkpoint already committed or discarded")
-        if self._pending:
-            return
-        full = os.path.join(self.path, rel)
-        view = memoryview(data).cast("B")
-        hasher = hashlib.sha256()
-        try:
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                _write_all(fd, view, hasher)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            self._pending = e
-            return
-        self._written[rel] = (len(view), hasher.hexdigest())
+        f = CheckpointFile(self, rel)
+        self._open.append(f)
+        return f
 
     def commit(self, metrics: Optional[Mapping[str, float]] = None) -> bool:
         """Makes the checkpoint durable and tells the supervisor; False when the save failed."""
@@ -381,16 +463,13 @@ class Checkpoint:
             raise RuntimeError("checkpoint already committed or discarded")
         values = {str(k): float(v) for k, v in (metrics or {}).items()}
         try:
+            for f in self._open:
+                f.close()
             if self._pending:
                 raise self._pending
             nbytes = self._commit(values)
         except (OSError, CheckpointError) as e:
-            self.discard()
-            self.error = str(e)
-            print(f"lifeline: checkpoint of step {self.step} failed: {e} (older checkpoints are intact)",
-                  file=sys.stderr, flush=True)
-            self._client._save_failed()
-            return False
+            return self._failed(str(e))
         self._client._committed(self.step, nbytes, time.monotonic_ns() - self._started)
         return True
 
@@ -398,7 +477,18 @@ class Checkpoint:
         """Drops the staging folder unless committed."""
         if not self._done:
             self._done = True
+            for f in self._open:
+                f._drop()
             shutil.rmtree(self.path, ignore_errors=True)
+
+    def _failed(self, why: str) -> bool:
+        """Reports a save that failed (stderr, the block's failed-save count); returns False."""
+        self.discard()
+        self.error = why
+        print(f"lifeline: checkpoint of step {self.step} failed: {why} (older checkpoints are intact)",
+              file=sys.stderr, flush=True)
+        self._client._save_failed()
+        return False
 
     def _files(self):
         """(relative path, full path) of every file in the staging folder; subfolders fsynced."""
@@ -497,6 +587,9 @@ class Client:
         self._signal_unanswered = False  # ... and no commit has answered it yet
         self._old_handlers: Dict[int, object] = {}
         self._pid = os.getpid()  # forked children (DataLoader workers) inherit us but are not the trainer
+        self._saver: Optional[threading.Thread] = None  # the asynchronous save in flight, if any
+        self._last_save_ok = True
+        self._settled_seq = 0  # the newest request_seq a background save settled; taken in later
 
         name = env.get("LIFELINE_CONTROL", "")
         if not name:
@@ -542,17 +635,71 @@ class Client:
             return False
         b.store("current_step", step)
         if self._signal_unanswered or b.load("request_seq") != self._seen_seq:
-            return True
+            return self._request_pending()
         return step >= self._next_periodic and self._periodic_due(step)
 
     def begin_checkpoint(self, step: int) -> Checkpoint:
-        """Starts a checkpoint of `step` in a staging folder of the checkpoint directory."""
+        """Starts a checkpoint of `step` in a staging folder of the checkpoint directory. Waits for
+        an asynchronous save in flight first."""
         if not self.checkpoint_dir:
             raise RuntimeError("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)")
+        self.wait_for_saves()
+        self._absorb_settled()
         ckpt = Checkpoint(self, step)
         if self._block is not None:
             self._block.store("client_state", ClientState.SAVING)
         return ckpt
+
+    def save_async(self, step: int, snapshot: Callable[[], Callable[[Checkpoint], None]],
+                   metrics: Optional[Mapping[str, float]] = None) -> bool:
+        """Asynchronous checkpoint of `step`: waits for a save in flight, then (unless a stop
+        request is already answered by a commit) calls `snapshot()` on this thread and runs what it
+        returns, `persist(ckpt)`, on a background thread, followed by the commit and the ack.
+        Returns True when it started a save. A failed background save is reported like a failed
+        commit (stderr, failed-save count); older checkpoints stay intact. Exceptions of
+        `snapshot` propagate."""
+        if not self.checkpoint_dir:
+            raise RuntimeError("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)")
+        self.wait_for_saves()
+        self._absorb_settled()
+        b = self._block
+        # A stop that a commit already answered needs no new snapshot: the trainer leaves next.
+        if b is not None and self.should_exit() and not self._signal_unanswered \
+                and b.load("request_seq") == self._seen_seq:
+            return False
+        values = {str(k): float(v) for k, v in (metrics or {}).items()}
+        persist = snapshot()
+        if b is not None:
+            b.store("client_state", ClientState.SAVING)
+        # Not a daemon: an interpreter that exits with a save in flight finishes it first.
+        self._saver = threading.Thread(target=self._save_in_background, args=(step, persist, values),
+                                       name=f"lifeline-save-{step}")
+        self._saver.start()
+        return True
+
+    def wait_for_saves(self) -> bool:
+        """Waits until no save is in flight. Returns False when the last asynchronous save failed."""
+        t = self._saver
+        if t is not None and t is not threading.current_thread():
+            t.join()
+            self._saver = None
+        return self._last_save_ok
+
+    @property
+    def save_in_flight(self) -> bool:
+        """True while an asynchronous save is being written."""
+        t = self._saver
+        return t is not None and t.is_alive()
+
+    def _save_in_background(self, step: int, persist: Callable[[Checkpoint], None], metrics: Dict[str, float]) -> None:
+        ckpt = Checkpoint(self, step)
+        try:
+            persist(ckpt)
+            self._last_save_ok = ckpt.commit(metrics)
+        except Exception as e:
+            # The staging folder goes; the request stays settled, as after a failed commit (no
+            # retry on every step).
+            self._last_save_ok = ckpt._failed(f"{type(e).__name__}: {e}")
 
     def should_exit(self) -> bool:
         """True once a stop was requested (by the supervisor or a signal to the trainer)."""
@@ -563,6 +710,8 @@ class Client:
 
     def close(self) -> None:
         """Restores the previous signal handlers and detaches; the client is inert afterwards."""
+        if os.getpid() == self._pid:
+            self.wait_for_saves()
         b, self._block = self._block, None
         if b is None or os.getpid() != self._pid:
             return
@@ -580,12 +729,29 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _request_pending(self) -> bool:
+        """should_checkpoint() with a request pending."""
+        if self.save_in_flight:
+            return self.should_exit()  # coalesced into the save in flight, whose commit acks it
+        self._absorb_settled()
+        if self._signal_unanswered or self._block.load("request_seq") != self._seen_seq:
+            return True
+        # A background commit answered it before the trainer looked: True once more for a stop,
+        # so the trainer reaches should_exit().
+        return self.should_exit()
+
+    def _absorb_settled(self) -> None:
+        """Takes in what background saves answered (they never move _seen_seq themselves)."""
+        self._seen_seq = max(self._seen_seq, self._settled_seq)
+
     def _periodic_due(self, step: int) -> bool:
         every = self._every_steps
         if every == 0:
             self._next_periodic = _NEVER
             return False
         self._next_periodic = (step // every + 1) * every
+        if self.save_in_flight:
+            return False  # coalesced into the save in flight
         return step % every == 0 and step > 0 and step >= self._skip_first_steps
 
     def _on_signal(self, signo: int, frame: object) -> None:
@@ -613,10 +779,16 @@ class Client:
         b.store("request_seq", b.load("request_seq") + 1)
 
     def _answer(self) -> int:
-        """Marks every request up to now as answered; returns the request_seq answered."""
+        """Marks every request up to now as answered; returns the request_seq answered. On the
+        background save thread it is recorded as settled, for the training thread to take in:
+        should_checkpoint() must still report a stop that the trainer has not looked at yet."""
         self._signal_unanswered = False
-        self._seen_seq = self._block.load("request_seq")
-        return self._seen_seq
+        seq = self._block.load("request_seq")
+        if self._saver is not None and threading.current_thread() is self._saver:
+            self._settled_seq = seq
+        else:
+            self._seen_seq = seq
+        return seq
 
     def _committed(self, step: int, nbytes: int, duration_ns: int) -> None:
         b = self._block

@@ -1,22 +1,27 @@
 """PyTorch state through lifeline: a model, its optimizer, the RNG states and the step, saved with
 torch.save through the client's commit protocol and loaded back bit-exactly.
 
-Three lines wrap a training loop (docs/python.md):
+Three lines wrap a training loop (README.md, "Your trainer (Python / PyTorch)"):
 
     import lifeline_torch
     start = lifeline_torch.resume(model, optimizer)                  # 0 on a fresh start
     for step in range(start + 1, total + 1):
         loss = train_one_step()
         if lifeline_torch.checkpoint(step, model, optimizer, {"loss": loss.item()}): break
+
+With background=True a checkpoint stalls training only for a copy of the state into buffers kept
+between checkpoints (one more copy of the state in host memory); torch.save, the checksums, fsync
+and the commit run on the client's background thread.
 """
 from __future__ import annotations
 
+import copy
 import inspect
-import io
 import os
 import random
 import sys
-from typing import Mapping, Optional
+import threading
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
@@ -35,23 +40,112 @@ def get_client() -> Client:
     return _client
 
 
-def save(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], step: int) -> None:
-    """Writes model.pt, optimizer.pt and state.pt (step and RNG states) into the checkpoint."""
-    def put(name: str, obj: object) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        ckpt.write_file(name, buf.getbuffer())
-
-    put("model.pt", model.state_dict())
-    if optimizer is not None:
-        put("optimizer.pt", optimizer.state_dict())
-    state = {"step": step, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+def _rng_state() -> dict:
+    state = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         state["numpy_rng"] = numpy.random.get_state()
-    put("state.pt", state)
+    return state
+
+
+def _write(ckpt: Checkpoint, objects: Mapping[str, object]) -> None:
+    """torch.save of each object straight into its checkpoint file (hashed while written)."""
+    for name, obj in objects.items():
+        with ckpt.open_file(name) as f:
+            torch.save(obj, f)
+
+
+def save(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], step: int) -> None:
+    """Writes model.pt, optimizer.pt and state.pt (step and RNG states) into the checkpoint."""
+    objects = {"model.pt": model.state_dict()}
+    if optimizer is not None:
+        objects["optimizer.pt"] = optimizer.state_dict()
+    objects["state.pt"] = {"step": step, **_rng_state()}
+    _write(ckpt, objects)
+
+
+class _Buffers:
+    """Host copies of a state's tensors, kept between snapshots so that later snapshots copy into
+    memory that is already there (a fresh page costs a fault; the copy itself is a memcpy)."""
+
+    def __init__(self) -> None:
+        self._by_key: Dict[str, torch.Tensor] = {}
+        self._warmer: Optional[threading.Thread] = None
+
+    def prepare(self, objects: Mapping[str, object]) -> None:
+        """Allocates and faults in buffers for `objects` on a thread of its own (tensor fills
+        release the GIL); the next copy() waits for it."""
+        self.wait()
+        self._warmer = threading.Thread(target=lambda: [self._buffer(o, k, fill=True) for k, o in _tensors(objects)],
+                                        name="lifeline-prepare", daemon=True)
+        self._warmer.start()
+
+    def wait(self) -> None:
+        if self._warmer is not None:
+            self._warmer.join()
+            self._warmer = None
+
+    def copy(self, obj: object, key: str) -> object:
+        """`obj` with every tensor in it (dicts, lists, tuples) replaced by a host copy."""
+        if isinstance(obj, torch.Tensor):
+            return self._buffer(obj, key).copy_(obj.detach())
+        if isinstance(obj, dict):
+            out = type(obj)((k, self.copy(v, f"{key}/{k}")) for k, v in obj.items())
+            if hasattr(obj, "__dict__"):  # a state_dict()'s _metadata (module versions) goes along
+                out.__dict__.update(copy.deepcopy(vars(obj)))
+            return out
+        if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+            return type(obj)(self.copy(v, f"{key}/{i}") for i, v in enumerate(obj))
+        return copy.deepcopy(obj)
+
+    def _buffer(self, t: torch.Tensor, key: str, fill: bool = False) -> torch.Tensor:
+        buf = self._by_key.get(key)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.stride() != t.stride():
+            buf = torch.empty_like(t, device="cpu")
+            if fill:
+                buf.zero_()  # touches every page now rather than in the first snapshot
+            self._by_key[key] = buf
+        return buf
+
+
+def _tensors(obj: object, key: str = ""):
+    """(key, tensor) for every tensor in `obj`, keyed as _Buffers.copy keys them."""
+    if isinstance(obj, torch.Tensor):
+        yield key, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{key}/{k}" if key else str(k))
+    elif isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{key}/{i}")
+
+
+_buffers = _Buffers()
+
+
+def prepare(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Allocates the buffers snapshot() copies into and faults their pages in, on a thread of its
+    own, so that the first snapshot costs no more than the later ones. Call it once the optimizer
+    state exists (after the first step); optional."""
+    objects = {"model.pt": model.state_dict()}
+    if optimizer is not None:
+        objects["optimizer.pt"] = optimizer.state_dict()
+    _buffers.prepare(objects)
+
+
+def snapshot(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
+             step: int) -> Callable[[Checkpoint], None]:
+    """Copies what save() writes into host buffers (reused by the next snapshot: at most one save
+    is in flight, and it finished before this one starts) and returns the function that writes
+    that copy, for Client.save_async. Runs on the training thread: this is the stall."""
+    _buffers.wait()
+    objects = {"model.pt": _buffers.copy(model.state_dict(), "model.pt")}
+    if optimizer is not None:
+        objects["optimizer.pt"] = _buffers.copy(optimizer.state_dict(), "optimizer.pt")
+    objects["state.pt"] = {"step": step, **_rng_state()}  # fresh objects already
+    return lambda ckpt: _write(ckpt, objects)
 
 
 def load(path: str, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> int:
@@ -83,12 +177,20 @@ def resume(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = 
 
 def checkpoint(step: int, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                metrics: Optional[Mapping[str, float]] = None, final: bool = False,
-               client: Optional[Client] = None) -> bool:
-    """Checkpoints after `step` when due (or `final`); True when asked to stop (state saved: leave)."""
+               client: Optional[Client] = None, background: bool = False) -> bool:
+    """Checkpoints after `step` when due (or `final`); True when asked to stop (state saved: leave).
+    With `background`, only snapshot() stalls training; a stop or `final` waits for the write."""
     c = client or get_client()
-    if not (c.should_checkpoint(step) or final) or not c.checkpoint_dir:
-        return c.should_exit()
-    ckpt = c.begin_checkpoint(step)
-    save(ckpt, model, optimizer, step)
-    ckpt.commit(metrics)
-    return c.should_exit()
+    if background and not _buffers._by_key and _buffers._warmer is None and c.checkpoint_dir:
+        prepare(model, optimizer)  # first call: the optimizer state exists by now
+    if (c.should_checkpoint(step) or final) and c.checkpoint_dir:
+        if background:
+            c.save_async(step, lambda: snapshot(model, optimizer, step), metrics)
+        else:
+            ckpt = c.begin_checkpoint(step)
+            save(ckpt, model, optimizer, step)
+            ckpt.commit(metrics)
+    stop = c.should_exit()
+    if stop or final:
+        c.wait_for_saves()  # the stop (or last) checkpoint is durable and acked before we return
+    return stop

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
 from unittest import mock
 
@@ -328,6 +329,40 @@ class CommitTest(ClientTestCase):
         self.assertEqual(os.listdir(self.ckpt), [])
 
 
+class OpenFileTest(ClientTestCase):
+    def test_a_file_streamed_through_open_file_gets_the_same_manifest_entry_as_write_file(self):
+        c = self.client()
+        data = secrets.token_bytes(3 * L._CHUNK + 5)  # more than one chunk
+        ck = c.begin_checkpoint(1)
+        ck.write_file("whole.bin", data)
+        with ck.open_file("streamed.bin") as f:
+            for i in range(0, len(data), 1 << 20):
+                self.assertEqual(f.write(memoryview(data)[i:i + (1 << 20)]), min(1 << 20, len(data) - i))
+        left_open = ck.open_file("open.bin")  # commit() closes (and fsyncs) what is still open
+        left_open.write(data[:10])
+        self.assertTrue(ck.commit())
+        with open(os.path.join(self.folder(1), "MANIFEST")) as f:
+            entries = {e["path"]: (e["bytes"], e["checksum"]) for e in json.load(f)["files"]}
+        self.assertEqual(entries["streamed.bin"], entries["whole.bin"])
+        self.assertEqual(entries["open.bin"][0], 10)
+        self.assertEqual(L.checkpoint_problem(self.folder(1)), "")
+
+    def test_a_write_error_in_a_streamed_file_fails_the_commit(self):
+        c = self.client()
+        self.assertTrue(self.commit(c, 1))
+        ck = c.begin_checkpoint(2)
+
+        def io_error(fd, data):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        with ck.open_file("a.bin") as f, mock.patch.object(L.os, "write", io_error):
+            f.write(b"x" * 100)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit())
+        self.assertIn("Input/output error", err.getvalue())
+        self.assertEqual(os.listdir(self.ckpt), ["step-000000000001"])
+
+
 class FailedSaveTest(ClientTestCase):
     def failed(self, c, step, **patches):
         err = io.StringIO()
@@ -374,6 +409,215 @@ class FailedSaveTest(ClientTestCase):
             self.assertFalse(ck.commit())
         self.assertIn("symbolic link", err.getvalue())
         self.assertEqual(os.listdir(self.ckpt), [])
+
+
+class AsyncSaveTest(ClientTestCase):
+    """Client.save_async: the rules of include/lifeline/client.h, from Python."""
+
+    def setUp(self):
+        super().setUp()
+        self.releases = []
+
+    def tearDown(self):
+        for r in self.releases:  # a failed assertion must not leave close() waiting for a held save
+            r.set()
+        super().tearDown()
+
+    def held_save(self, c, step, files=None, metrics=None):
+        """Starts an async save of `step` whose background write waits for the returned event."""
+        release, writing = threading.Event(), threading.Event()
+        self.releases.append(release)
+        data = dict(files or {"a.bin": b"a" * 100})
+
+        def snapshot():
+            copy = {k: bytes(v) for k, v in data.items()}
+
+            def persist(ck):
+                writing.set()
+                release.wait()
+                for rel, v in copy.items():
+                    ck.write_file(rel, v)
+            return persist
+
+        self.assertTrue(c.save_async(step, snapshot, metrics))
+        self.assertTrue(writing.wait(60))
+        return release
+
+    def manifest_files(self, step):
+        with open(os.path.join(self.folder(step), "MANIFEST")) as f:
+            return json.load(f)["files"]
+
+    def test_an_async_save_writes_the_same_files_as_a_synchronous_one_and_acks_only_after_its_commit(self):
+        b = self.block()
+        c = self.client(b)
+        files = {"a.bin": b"a" * 100, "sub/b.bin": bytes(range(256)) * 3}
+        self.assertTrue(self.commit(c, 1, files))
+        seq = b.request()
+        self.assertTrue(c.should_checkpoint(2))
+        release = self.held_save(c, 2, files, {"loss": 0.5})
+        self.assertTrue(c.save_in_flight)
+        self.assertEqual(b.get("client_state"), L.ClientState.SAVING)
+        self.assertFalse(os.path.exists(self.folder(2)))
+        self.assertEqual(b.get("ack_seq"), seq - 1)  # nothing acked before the commit
+        self.assertEqual(b.get("commit_count"), 1)
+        release.set()
+        self.assertTrue(c.wait_for_saves())
+        self.assertFalse(c.save_in_flight)
+        self.assertEqual(b.get("ack_seq"), seq)
+        self.assertEqual(b.get("ack_step"), 2)
+        self.assertEqual(b.get("commit_count"), 2)
+        self.assertEqual(b.get("client_state"), L.ClientState.ATTACHED)
+        self.assertEqual(L.checkpoint_problem(self.folder(2)), "")
+        self.assertEqual(self.manifest_files(2), self.manifest_files(1))
+        self.assertFalse(c.should_checkpoint(3))
+
+    def test_requests_and_every_steps_points_during_a_save_in_flight_are_coalesced_into_it(self):
+        b = self.block()
+        b.set("every_steps", 2)
+        c = self.client(b)
+        self.assertTrue(c.should_checkpoint(2))
+        release = self.held_save(c, 2)
+        self.assertFalse(c.should_checkpoint(4))  # the every_steps point is coalesced into the save in flight
+        seq = b.request()
+        self.assertFalse(c.should_checkpoint(5))  # and so is the request
+        release.set()
+        self.assertTrue(c.wait_for_saves())
+        self.assertEqual(b.get("ack_seq"), seq)  # the commit answered the request posted meanwhile
+        self.assertFalse(c.should_checkpoint(5))
+        self.assertTrue(c.should_checkpoint(6))
+        self.assertEqual(os.listdir(self.ckpt), ["step-000000000002"])
+
+    def test_a_second_save_waits_for_the_one_in_flight_never_two_at_once(self):
+        c = self.client(self.block())
+        events = []
+        release = self.held_save(c, 1)
+        second_snapshot = threading.Event()
+
+        def snapshot():
+            events.append("snapshot 2, in flight: %s" % os.listdir(self.ckpt))
+            second_snapshot.set()
+            return lambda ck: ck.write_file("b.bin", b"b")
+
+        t = threading.Thread(target=c.save_async, args=(2, snapshot))
+        t.start()
+        self.assertFalse(second_snapshot.wait(0.5), "the second snapshot ran while the first save was in flight")
+        release.set()
+        t.join()
+        self.assertTrue(c.wait_for_saves())
+        self.assertEqual(events, ["snapshot 2, in flight: ['step-000000000001']"])  # after the first commit
+        self.assertEqual(sorted(os.listdir(self.ckpt)), ["step-000000000001", "step-000000000002"])
+
+    def test_begin_checkpoint_waits_for_the_save_in_flight(self):
+        c = self.client(self.block())
+        release = self.held_save(c, 1)
+        threading.Timer(0.2, release.set).start()
+        self.assertTrue(self.commit(c, 2))
+        self.assertEqual(sorted(os.listdir(self.ckpt)), ["step-000000000001", "step-000000000002"])
+
+    def test_a_stop_request_during_a_background_save_is_answered_by_it_and_needs_no_new_snapshot(self):
+        b = self.block()
+        c = self.client(b)
+        release = self.held_save(c, 5)
+        seq = b.request(stop=True)
+        self.assertTrue(c.should_checkpoint(6))  # a stop is never coalesced away
+        self.assertTrue(c.should_exit())
+        release.set()  # the stop was posted before the commit: that commit answers it
+        self.assertFalse(c.save_async(6, lambda: self.fail("snapshot taken for an answered stop")))
+        self.assertTrue(c.wait_for_saves())
+        self.assertEqual(b.get("ack_seq"), seq)
+        self.assertEqual(b.get("ack_step"), 5)
+        self.assertEqual(os.listdir(self.ckpt), ["step-000000000005"])
+
+    def test_a_stop_answered_by_a_background_commit_before_the_trainer_looked_still_reaches_should_exit(self):
+        for stop in ("supervisor", "signal"):
+            with self.subTest(stop=stop):
+                b = self.block()
+                c = self.client(b)
+                release = self.held_save(c, 5)
+                if stop == "supervisor":
+                    b.request(stop=True)
+                else:
+                    signal.raise_signal(signal.SIGTERM)
+                release.set()
+                self.assertTrue(c.wait_for_saves())
+                self.assertEqual(b.get("ack_seq"), b.get("request_seq"))
+                self.assertTrue(c.should_checkpoint(6))  # once more, so the loop reaches should_exit()
+                self.assertTrue(c.should_exit())
+                self.assertFalse(c.save_async(6, lambda: self.fail("snapshot taken for an answered stop")))
+                c.close()
+
+    def test_a_failed_background_save_is_reported_not_retried_every_step_and_older_checkpoints_stay(self):
+        b = self.block()
+        c = self.client(b)
+        self.assertTrue(self.commit(c, 10))
+        b.request()
+
+        def persist(ck):
+            ck.write_file("half.bin", b"h" * 1000)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertTrue(c.save_async(20, lambda: persist))
+            self.assertFalse(c.wait_for_saves())
+        self.assertIn("lifeline: checkpoint of step 20 failed", err.getvalue())
+        self.assertIn("No space left on device", err.getvalue())
+        self.assertEqual(os.listdir(self.ckpt), ["step-000000000010"])  # no staging folder left either
+        self.assertEqual(L.checkpoint_problem(self.folder(10)), "")
+        self.assertEqual(b.get("failed_saves"), 1)
+        self.assertEqual(b.get("client_state"), L.ClientState.ATTACHED)
+        self.assertFalse(c.should_checkpoint(21))  # settled: no retry on every step
+        self.assertTrue(c.save_async(30, lambda: lambda ck: ck.write_file("a.bin", b"a")))
+        self.assertTrue(c.wait_for_saves())  # saving goes on afterwards
+
+    def test_an_exception_in_snapshot_propagates_to_the_trainer_and_starts_no_save(self):
+        c = self.client(self.block())
+
+        def snapshot():
+            raise MemoryError("no room for the copy")
+
+        with self.assertRaises(MemoryError):
+            c.save_async(1, snapshot)
+        self.assertFalse(c.save_in_flight)
+        self.assertFalse(os.path.exists(self.ckpt) and os.listdir(self.ckpt))
+
+    def test_close_waits_for_the_save_in_flight(self):
+        b = self.block()
+        c = self.client(b)
+        release = self.held_save(c, 7)
+        threading.Timer(0.2, release.set).start()
+        c.close()
+        self.assertEqual(L.checkpoint_problem(self.folder(7)), "")
+        self.assertEqual(b.get("ack_step"), 7)
+        self.assertEqual(b.get("client_state"), L.ClientState.EXITING)
+
+    @unittest.skipUnless(os.environ.get("LIFELINE_BIN"), "LIFELINE_BIN is not set (run through meson test)")
+    def test_killing_the_trainer_during_a_background_write_leaves_the_previous_checkpoint_the_resume_choice(self):
+        script = """
+import os, sys, threading
+sys.path.insert(0, %r)
+import lifeline_client as L
+c = L.Client({"LIFELINE_CKPT_DIR": %r})
+ck = c.begin_checkpoint(1); ck.write_file("a.bin", b"a" * 4096); assert ck.commit()
+def persist(ck):
+    with ck.open_file("a.bin") as f:
+        f.write(b"b" * 4096)
+        print(ck.path, flush=True)   # half written: the test kills us now
+        threading.Event().wait()
+c.save_async(2, lambda: persist)
+threading.Event().wait()
+""" % (os.path.dirname(L.__file__), self.ckpt)
+        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        staging = p.stdout.readline().strip()
+        self.assertTrue(staging and os.path.isdir(staging), staging)
+        p.kill()
+        p.wait()
+        p.stdout.close()
+        out = subprocess.run([os.environ["LIFELINE_BIN"], "verify", self.ckpt, "--json"], capture_output=True,
+                             text=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(json.loads(out.stdout)["resume"]["step"], 1)
+        self.assertEqual(sorted(os.listdir(self.ckpt)), sorted(["step-000000000001", os.path.basename(staging)]))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -155,6 +156,21 @@ class TrainTorchTest(unittest.TestCase):
         self.assertFalse(os.path.exists(self.digest))
         self.finish_and_compare(k)
 
+    def test_a_run_with_async_checkpoints_interrupted_by_sigusr1_acks_its_stop_checkpoint_and_resumes_bit_exact(self):
+        k = random.randint(5, STEPS - 15)
+        first = Process(self.lifeline_run(train_cmd(self.digest, 10, "--async")))
+        self.assertTrue(first.wait_for_line("step %d " % k), first.output)
+        first.p.send_signal(signal.SIGUSR1)
+        rc = first.wait()
+        self.assertEqual(rc, 75, "k=%d\n%s" % (k, first.output))
+        stopped = int(re.search(r"train-example: stopping at step ([0-9]+)", first.output).group(1))
+        self.assertIn("stop checkpoint done", first.output)
+        self.assertEqual(self.verify()["resume"]["step"], stopped)  # the stop checkpoint was durable first
+        rc, out = run(self.lifeline_run(train_cmd(self.digest, 0, "--async")))
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(resumed_step(out), stopped)
+        self.assertEqual(read_digest(self.digest), self.reference)
+
     def test_a_run_whose_trainer_itself_gets_sigterm_at_a_random_step_resumes_to_the_same_digest(self):
         k = random.randint(5, STEPS - 15)
         first = Process(self.lifeline_run(train_cmd(self.digest, 10)))
@@ -238,6 +254,83 @@ class LifelineTorchTest(unittest.TestCase):
                                           "LIFELINE_RESUME_STEP": "3"})
         self.assertEqual(lifeline_torch.resume(m2, opt2, client=resumer), 3)
         self.assertEqual([train(m2, opt2).item() for _ in range(3)], expected)
+
+
+class AsyncTorchSaveTest(unittest.TestCase):
+    """lifeline_torch.snapshot() with Client.save_async against lifeline_torch.save()."""
+
+    def setUp(self):
+        import torch
+        import lifeline_client
+        import lifeline_torch
+        self.torch, self.L, self.lt = torch, lifeline_client, lifeline_torch
+        self.d = tempfile.mkdtemp(prefix="lifeline-pytest-")
+        self.addCleanup(shutil.rmtree, self.d)
+        torch.manual_seed(5)
+        # BatchNorm brings an int64 buffer and state_dict() _metadata (module versions) along.
+        self.model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=0.05)
+
+    def train(self):
+        loss = self.model(self.torch.randn(16, 6)).pow(2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def client(self, name):
+        return self.L.Client({"LIFELINE_CKPT_DIR": os.path.join(self.d, name)})
+
+    def files(self, name, step):
+        with open(os.path.join(self.d, name, "step-%012d" % step, "MANIFEST")) as f:
+            return json.load(f)["files"]
+
+    def sync_save(self, name, step):
+        ck = self.client(name).begin_checkpoint(step)
+        self.lt.save(ck, self.model, self.opt, step)
+        self.assertTrue(ck.commit())
+
+    def test_an_async_save_writes_the_same_bytes_as_a_synchronous_one_even_when_training_goes_on_meanwhile(self):
+        self.train()
+        self.sync_save("sync", 1)
+        c = self.client("async")
+        release = threading.Event()
+
+        def snapshot():
+            persist = self.lt.snapshot(self.model, self.opt, 1)
+
+            def held(ck):
+                release.wait()
+                persist(ck)
+            return held
+
+        self.assertTrue(c.save_async(1, snapshot))
+        self.train()  # changes every parameter and moment while the save is in flight
+        release.set()
+        self.assertTrue(c.wait_for_saves())
+        self.assertEqual(self.files("async", 1), self.files("sync", 1))
+
+    def test_later_snapshots_reuse_their_buffers_and_write_the_new_state(self):
+        c = self.client("async")
+        self.train()
+        first = self.lt.snapshot(self.model, self.opt, 1)
+        weight = self.lt._buffers._by_key["model.pt/0.weight"]
+        self.assertTrue(c.save_async(1, lambda: first))
+        self.assertTrue(c.wait_for_saves())
+        self.train()
+        self.sync_save("sync", 2)
+        self.assertTrue(c.save_async(2, lambda: self.lt.snapshot(self.model, self.opt, 2)))
+        self.assertTrue(c.wait_for_saves())
+        self.assertIs(self.lt._buffers._by_key["model.pt/0.weight"], weight)
+        self.assertEqual(self.files("async", 2), self.files("sync", 2))
+        self.assertNotEqual(self.files("async", 1), self.files("async", 2))
+
+    def test_the_helper_with_background_returns_from_the_final_checkpoint_only_once_it_is_committed(self):
+        c = self.client("async")
+        self.train()
+        self.assertFalse(self.lt.checkpoint(1, self.model, self.opt, client=c, background=True, final=True))
+        self.assertFalse(c.save_in_flight)
+        self.assertEqual(os.listdir(os.path.join(self.d, "async")), ["step-000000000001"])
+        self.assertEqual(self.L.checkpoint_problem(os.path.join(self.d, "async", "step-000000000001")), "")
 
 
 if __name__ == "__main__":
