@@ -8,7 +8,8 @@ snapshot buffers after the first step, as the example does. Between saves the st
 by one training step.
 
 Usage: /usr/bin/python3 bench/python_async_bench.py DIR [--mib N] [--runs R]   (DIR: scratch)
-Prints one JSON object: sync_s, async_stall_s, async_background_s."""
+Prints one JSON object: sync_s, async_stall_s, async_background_s, and how long the background
+save kept the interpreter lock from the training thread (gil_longest_s, gil_held_s)."""
 import argparse
 import json
 import os
@@ -59,16 +60,32 @@ def main() -> int:
         if not ckpt.commit():
             return 1
         sync_s.append(time.monotonic() - t0)
+    gil_max_s, gil_held_s = [], []
     for _ in range(args.runs):
         train()
         t0 = time.monotonic()
         client.save_async(step, lambda: lifeline_torch.snapshot(net, opt, step))
-        t1 = time.monotonic()
+        t1 = last = time.monotonic()
+        # While the save runs, this thread wakes every millisecond, as a training loop comes back
+        # from its LibTorch calls (which release the interpreter lock), and reads the clock: a
+        # gap well past 1 ms is time the background save held the lock, time that a Python
+        # training loop would wait too. Python makes a holder let go after 5 ms
+        # (sys.getswitchinterval) unless it is inside one C call, so gaps up to 10 ms do not count.
+        longest = held = 0.0
+        while client.save_in_flight:
+            time.sleep(0.001)
+            now = time.monotonic()
+            gap, last = now - last, now
+            longest = max(longest, gap)
+            held += gap - 0.001 if gap > 0.010 else 0.0
         if not client.wait_for_saves():
             return 1
         stall_s.append(t1 - t0)
         background_s.append(time.monotonic() - t1)
-    print(json.dumps({"sync_s": sync_s, "async_stall_s": stall_s, "async_background_s": background_s}))
+        gil_max_s.append(longest)
+        gil_held_s.append(held)
+    print(json.dumps({"sync_s": sync_s, "async_stall_s": stall_s, "async_background_s": background_s,
+                      "gil_longest_s": gil_max_s, "gil_held_s": gil_held_s}))
     return 0
 
 

@@ -476,7 +476,9 @@ class Runner:
                  f"{sync_s:.2f} s (median of {len(r['sync_s'])})",
                  f"{typical / sync_s:.1%} (median), {worst / sync_s:.1%} (worst)", "<= 10%", typical / sync_s <= 0.10,
                  f"with lifeline_torch.prepare() after the first step; background part "
-                 f"{statistics.median(r['async_background_s']):.2f} s")
+                 f"{statistics.median(r['async_background_s']):.2f} s, of which it held the interpreter lock for "
+                 f"{statistics.median(r['gil_held_s']):.2f} s (longest {max(r['gil_longest_s']):.3f} s: torch.save "
+                 "copies and CRCs each storage holding it), time a Python training loop can lose to it too")
 
     # ---- table ------------------------------------------------------------------------------
     def table(self):
