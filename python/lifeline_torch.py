@@ -137,9 +137,10 @@ def prepare(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] =
 
 def snapshot(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
              step: int) -> Callable[[Checkpoint], None]:
-    """Copies what save() writes into host buffers (reused by the next snapshot: at most one save
-    is in flight, and it finished before this one starts) and returns the function that writes
-    that copy, for Client.save_async. Runs on the training thread: this is the stall."""
+    """Copies what save() writes into host buffers and returns the function that writes that copy.
+    Call it from the snapshot function given to Client.save_async, which first waits for the
+    save in flight: the next snapshot reuses the same buffers. Runs on the training thread: this
+    is the stall."""
     _buffers.wait()
     objects = {"model.pt": _buffers.copy(model.state_dict(), "model.pt")}
     if optimizer is not None:

@@ -266,6 +266,7 @@ class AsyncTorchSaveTest(unittest.TestCase):
         self.torch, self.L, self.lt = torch, lifeline_client, lifeline_torch
         self.d = tempfile.mkdtemp(prefix="lifeline-pytest-")
         self.addCleanup(shutil.rmtree, self.d)
+        lifeline_torch._buffers._by_key.clear()  # the module keeps them: start each test without
         torch.manual_seed(5)
         # BatchNorm brings an int64 buffer and state_dict() _metadata (module versions) along.
         self.model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
@@ -323,6 +324,22 @@ class AsyncTorchSaveTest(unittest.TestCase):
         self.assertIs(self.lt._buffers._by_key["model.pt/0.weight"], weight)
         self.assertEqual(self.files("async", 2), self.files("sync", 2))
         self.assertNotEqual(self.files("async", 1), self.files("async", 2))
+
+    def test_prepare_allocates_in_the_background_the_buffers_that_the_first_snapshot_then_copies_into(self):
+        self.train()
+        self.lt.prepare(self.model, self.opt)
+        self.lt._buffers.wait()
+        prepared = dict(self.lt._buffers._by_key)
+        self.assertIn("model.pt/0.weight", prepared)
+        self.assertIn("optimizer.pt/state/0/exp_avg", prepared)
+        self.assertTrue(all(not b.any() for b in prepared.values()))  # zero-filled: every page touched
+        c = self.client("async")
+        self.assertTrue(c.save_async(1, lambda: self.lt.snapshot(self.model, self.opt, 1)))
+        self.assertTrue(c.wait_for_saves())
+        self.assertEqual(self.lt._buffers._by_key.keys(), prepared.keys())
+        self.assertTrue(all(self.lt._buffers._by_key[k] is b for k, b in prepared.items()))
+        self.sync_save("sync", 1)
+        self.assertEqual(self.files("async", 1), self.files("sync", 1))
 
     def test_the_helper_with_background_returns_from_the_final_checkpoint_only_once_it_is_committed(self):
         c = self.client("async")
