@@ -398,25 +398,35 @@ class Runner:
 
         # What each checkpoint costs the run it is in, against its own neighbouring steps
         # (seconds apart, so the drift between runs cancels): its stall, plus how much longer
-        # the 3 steps after it (beside the background save and retention) took than the median of
+        # the steps that began in the `window` seconds after it (beside the background save and
+        # retention's verify of the new checkpoint, about 3-4 s at 1 GiB) took than the median of
         # the 5 steps before it. Summed over the run, as a share of the run's training time.
-        # Applied to the runs without checkpoints at the async runs' checkpoint steps, it
-        # gives the method's own noise.
+        # Applied to the runs without checkpoints at the checkpoint steps of the async run next
+        # to them, it gives the method's own noise. (Until 2026-12-01 the window was the 3 steps
+        # after a checkpoint, about 1.3 s, and missed most of the background save's effect.)
+        window = every / 3
+
         def attributed(r, at):
             t, extra = r["step_times"], 0.0
             stall_at = dict(zip(r["ckpt_steps"], r["stalls"]))
-            for s in at:
+            for i, s in enumerate(at):
+                extra += stall_at.get(s, 0.0)
                 before = t[max(skip, s - 5):s]
-                if len(before) < 3 or s + 3 > len(t):
+                if len(before) < 3:
                     continue
                 base_step = statistics.median(before)
-                extra += stall_at.get(s, 0.0) + sum(x - base_step for x in t[s:s + 3])
+                end = at[i + 1] if i + 1 < len(at) else len(t)
+                began = 0.0
+                for x in t[s:end]:
+                    if began >= window:
+                        break
+                    extra += x - base_step
+                    began += x
             return extra / r["seconds"]
 
         attr = {name: [attributed(r, r["ckpt_steps"]) for r in runs[name]] for name in ("async", "sync")}
         if plain:
-            at = sorted({s for r in runs["async"] for s in r["ckpt_steps"]})
-            attr["none"] = [attributed(r, at) for r in runs["none"]]
+            attr["none"] = [attributed(n, a["ckpt_steps"]) for n, a in zip(runs["none"], runs["async"])]
         for name in ("async", "sync"):
             rs = runs[name]
             rate = statistics.median(r["rate"] for r in rs)
@@ -446,7 +456,7 @@ class Runner:
         if plain and any(r["ckpt_steps"] for r in runs["async"]):
             a, y, n = (statistics.median(attr[k]) for k in ("async", "sync", "none"))
             self.row("async", f"what the checkpoints cost within each run, {mib} MiB state, every {every} s: each one's stall + "
-                     "how much longer the 3 steps after it took than the median of the 5 before it, summed, as a share "
+                     f"how much longer the steps in the {window:.0f} s after it took than the median of the 5 before it, summed, as a share "
                      "of the run (same runs as above; median)",
                      f"async {a:+.1%} (runs {', '.join(f'{x:+.1%}' for x in attr['async'])})",
                      f"sync {y:+.1%}; runs without checkpoints, at the same steps: {n:+.1%} "

@@ -3,9 +3,14 @@
 //            manifest, rename, directory fsync) against `dd bs=4M conv=fsync` of the same bytes;
 //   verify : a full verify (read + checksum) against `cat FILE > /dev/null`, both warm-cache;
 //   resume : choose_resume over M small checkpoints, newest valid / newest 10 corrupt.
+//   --neighbour R (only this): what a save costs a memory-bound neighbour, i.e. a training step
+//            beside a background save. A thread runs a STREAM triad over three 256 MiB arrays
+//            and times each pass; R saves and R `dd` runs alternate, 2 s apart; the table gives
+//            the neighbour's time lost per save against per `dd` (its passes that overlap the
+//            run, minus the median pass between runs).
 // Save and dd alternate (which goes first swaps every run) after one warm-up pair; the
 // table gives median and best.
-// Usage: store_bench DIR [--mib N] [--runs R] [--many M]   (DIR: an empty scratch folder)
+// Usage: store_bench DIR [--mib N] [--runs R] [--many M] [--neighbour R]   (DIR: an empty scratch folder)
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -19,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -27,6 +33,7 @@
 #include "store/checkpoint_writer.h"
 #include "store/fault_injection_fs.h"
 #include "store/retention.h"
+#include "neighbour.h"
 
 extern char** environ;
 
@@ -108,21 +115,72 @@ std::string fs_type(const std::string& dir) {
   }
 }
 
+
+// Saves and dd runs alternating beside a Neighbour; prints the neighbour's time lost per run.
+void neighbour_bench(const std::string& dir, const std::vector<char>& data, const std::string& source,
+                     const std::string& count, size_t runs) {
+  std::vector<bench::Neighbour::Span> spans;  // kind 1: a save, 0: a dd run
+  std::string ckpt = dir + "/ckpt", dd_out = dir + "/dd.bin";
+  stdfs::create_directories(ckpt);
+  auto gap = [] { std::this_thread::sleep_for(std::chrono::seconds(2)); };
+  bench::Neighbour neighbour;
+  gap();
+  for (size_t r = 0; r < runs; ++r) {
+    for (int turn = 0; turn < 2; ++turn) {
+      bool save = (turn == 0) == (r % 2 == 0);
+      ::sync();
+      gap();
+      double t0 = now_s();
+      if (save) {
+        CheckpointWriter w(default_file_system(), ckpt, r + 1, CheckpointMeta{});
+        w.write_file("model.bin", data.data(), data.size());
+        std::string path = w.commit().path;
+        spans.push_back({t0, now_s(), 1});
+        stdfs::remove_all(path);
+      } else {
+        run_timed({"dd", "if=" + source, "of=" + dd_out, "bs=4M", "count=" + count, "conv=fsync", "status=none"});
+        spans.push_back({t0, now_s(), 0});
+        stdfs::remove(dd_out);
+      }
+    }
+  }
+  gap();
+  neighbour.stop();
+  const double typical = neighbour.median_pass();
+  std::vector<double> lost_save, lost_dd, secs_save, secs_dd;
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const auto& m = spans[i];
+    (m.kind ? lost_save : lost_dd).push_back(neighbour.lost(spans, i));
+    (m.kind ? secs_save : secs_dd).push_back(m.to - m.from);
+  }
+  std::printf("\n| neighbour (STREAM triad, %.0f ms a pass alone) beside a %zu MiB save | lifeline save | `dd bs=4M conv=fsync` | ratio (median) |\n",
+              typical * 1e3, data.size() >> 20);
+  std::printf("|---|---|---|---|\n");
+  std::printf("| neighbour time lost per run, s (median / each) | %.2f /", median(lost_save));
+  for (double x : lost_save) std::printf(" %.2f", x);
+  std::printf(" | %.2f /", median(lost_dd));
+  for (double x : lost_dd) std::printf(" %.2f", x);
+  std::printf(" | %.2f |\n", median(lost_save) / std::max(median(lost_dd), 1e-3));
+  std::printf("| run time, s (median) | %.2f | %.2f | %.2f |\n", median(secs_save), median(secs_dd),
+              median(secs_save) / median(secs_dd));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: store_bench DIR [--mib N] [--runs R] [--many M]\n");
+    std::fprintf(stderr, "usage: store_bench DIR [--mib N] [--runs R] [--many M] [--neighbour R]\n");
     return 2;
   }
   std::string dir = stdfs::absolute(argv[1]).string();
-  size_t mib = 1024, runs = 3, many = 10000;
+  size_t mib = 1024, runs = 3, many = 10000, neighbour = 0;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     size_t v = std::strtoull(argv[i + 1], nullptr, 10);
     if (k == "--mib") mib = v;
     else if (k == "--runs") runs = v;
     else if (k == "--many") many = v;
+    else if (k == "--neighbour") neighbour = v;
   }
   if (mib % 4 != 0 || mib == 0 || runs == 0) {
     std::fprintf(stderr, "store_bench: --mib must be a positive multiple of 4, --runs positive\n");
@@ -131,12 +189,18 @@ int main(int argc, char** argv) {
   try {
     stdfs::create_directories(dir);
     const size_t bytes = mib << 20;
-    std::printf("store_bench: %zu MiB, %zu runs each, in %s (%s)\n", mib, runs, dir.c_str(), fs_type(dir).c_str());
+    std::printf("store_bench: %zu MiB, %zu runs each%s, in %s (%s)\n", mib, neighbour ? neighbour : runs,
+                neighbour ? " beside a memory-bound neighbour" : "", dir.c_str(), fs_type(dir).c_str());
     std::vector<char> data = make_data(bytes);
     std::string source = dir + "/source.bin", dd_out = dir + "/dd.bin", ckpt = dir + "/ckpt";
     write_plain(source, data);  // dd's input: the same bytes, in the page cache
     stdfs::create_directories(ckpt);
     const std::string count = std::to_string(mib / 4);
+    if (neighbour > 0) {
+      neighbour_bench(dir, data, source, count, neighbour);
+      stdfs::remove(source);
+      return 0;
+    }
 
     // ---- save vs dd, alternating -------------------------------------------------------
     std::vector<double> save_t, dd_t;

@@ -2,7 +2,7 @@
 # Store benchmark (see bench/README.md): saving a 1 GiB checkpoint vs dd, full verify vs cat,
 # and the resume choice over 10,000 checkpoints. Runs on a fresh clone after scripts/setup.sh,
 # in a scratch folder inside the build directory (the same disk as the build), removed after.
-# Takes about two minutes on 2 cores. Usage: bench/store_bench.sh [--mib N] [--runs R] [--many M]
+# Takes about two minutes on 2 cores. Usage: bench/store_bench.sh [--mib N] [--runs R] [--many M] [--neighbour R]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 builddir=${BUILDDIR:-build}
