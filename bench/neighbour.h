@@ -40,11 +40,12 @@ class Neighbour {
   }
 
   // The neighbour's time lost to spans[i]: its passes that overlap the span (or begin within
-  // 0.5 s after it: writeback outlives the call), each minus the median pass of the quiet gap
-  // just before the span (so a drift of the machine's speed over the run cancels).
+  // 0.5 s after it: writeback outlives the call), each minus the median pass of the 1.5 s
+  // just before the span (so a drift of the machine's speed over the run cancels). Callers
+  // leave a quiet gap of 2 s before each span, after their own clean-up.
   double lost(const std::vector<Span>& spans, size_t i) const {
     const Span& s = spans[i];
-    const double quiet_from = i ? spans[i - 1].to + 0.5 : passes_.front().start + 1.0;
+    const double quiet_from = std::max({s.from - 1.5, i ? spans[i - 1].to + 0.5 : 0.0, passes_.front().start + 1.0});
     std::vector<double> quiet;
     for (const auto& p : passes_)
       if (p.start >= quiet_from && p.start + p.seconds <= s.from) quiet.push_back(p.seconds);
