@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
       lifeline::torch_state::save(w, *layer, opt, step);
       if (!w.commit()) return 1;
       sync_s.push_back(seconds_since(t0));
-      for (const auto& e : std::filesystem::directory_iterator(dir)) std::filesystem::remove_all(e.path());
+      clear(dir);
       train_step(layer, opt);
       ++step;
     }
@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
       train_step(layer, opt);  // training goes on while the save is written
       if (!client.wait_for_saves()) return 1;
       background_s.push_back(seconds_since(t0));
-      for (const auto& e : std::filesystem::directory_iterator(dir)) std::filesystem::remove_all(e.path());
+      clear(dir);
       ++step;
     }
     std::printf("{\"mib\": %llu, \"prepare\": %s, \"sync_s\": %s, \"async_stall_s\": %s, \"async_background_s\": %s}\n",
