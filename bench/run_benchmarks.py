@@ -6,6 +6,7 @@ and the target. Results go to bench/results.json (or --out) as they come, so a r
 still leaves what it measured. Standard library only.
 """
 import argparse
+import glob
 import json
 import os
 import platform
@@ -43,15 +44,26 @@ class Runner:
         self.started = time.time()
         self.load_at_start = list(os.getloadavg())
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
-        # The LibTorch programs (the example trainer, async_save_bench) run with glibc keeping the
-        # memory they free for reuse, as PyTorch's caching allocators do, instead of handing each
-        # big block back to the kernel (by default glibc mmaps every block of 32 MiB or more and
-        # unmaps it when freed). A training step allocates and frees temporaries the size of the
-        # state; returning them makes every step fault its memory in again, and on this VM freed
-        # memory goes back to the host, which also makes the next touch of *other* memory slow
-        # (a warm 1 GiB memcpy: 0.054 s, or 0.7-0.9 s seconds after another 1 GiB was freed;
-        # docs/performance.md). Every run of a comparison gets the same setting.
-        self.torch_env = dict(self.env, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
+        # The LibTorch programs (the example trainer, async_save_bench) run on a caching allocator,
+        # as PyTorch's own allocators are and as its CPU performance guides advise (tcmalloc or
+        # jemalloc by LD_PRELOAD): Debian's libtcmalloc-minimal4, keeping what is freed for reuse
+        # (TCMALLOC_RELEASE_RATE=0). glibc's default mmaps every block of 32 MiB or more and unmaps
+        # it when freed, so every training step would fault its temporaries in again; on this VM
+        # freed memory also goes back to the host, and touching fresh memory costs about 1.4 s per
+        # GiB (docs/performance.md). Until 2026-12-01 the bench made glibc keep its big blocks
+        # instead (MALLOC_MMAP_MAX_=0, which it still falls back to without tcmalloc). Big and small
+        # blocks then share one best-fit heap: a small block allocated between steps that outlives
+        # the step (a background save's, or anyone's) takes the front of a freed temporary, the next
+        # step grows the heap and faults 341 MiB in, a step of 1.7-2.5 s, once or twice per run.
+        # A caching allocator keeps small blocks apart from big ones. Every run of a comparison
+        # gets the same allocator.
+        tcmalloc = next(iter(sorted(glob.glob("/usr/lib/*/libtcmalloc_minimal.so.4"))), None)
+        if tcmalloc:
+            self.allocator = "tcmalloc (libtcmalloc-minimal4, TCMALLOC_RELEASE_RATE=0)"
+            self.torch_env = dict(self.env, LD_PRELOAD=tcmalloc, TCMALLOC_RELEASE_RATE="0")
+        else:
+            self.allocator = "glibc keeping its big blocks (MALLOC_MMAP_MAX_=0; libtcmalloc-minimal4 is not installed)"
+            self.torch_env = dict(self.env, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
 
     # ---- helpers ------------------------------------------------------------------------
     def free_gib(self):
@@ -86,7 +98,8 @@ class Runner:
     def save(self):
         doc = {
             "machine": {"cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-                        "disk_free_gib": round(self.free_gib(), 1), "mem_available_gib": round(self.mem_available_gib(), 1)},
+                        "disk_free_gib": round(self.free_gib(), 1), "mem_available_gib": round(self.mem_available_gib(), 1),
+                        "trainer_allocator": self.allocator},
             "command": "bash bench/run.sh" + (" --quick" if self.quick else ""),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "elapsed_s": round(time.time() - self.started, 1),
@@ -516,7 +529,7 @@ def main():
                ("stop", r.stop), ("resume", r.resume), ("async", r.async_ckpt)]
     only = [x for x in args.only.split(",") if x]
     log(f"{os.cpu_count()} cores, {r.free_gib():.0f} GiB free disk, {r.mem_available_gib():.0f} GiB memory available; "
-        f"scratch {r.scratch}")
+        f"LibTorch programs on {r.allocator}; scratch {r.scratch}")
     failed = False
     try:
         for name, fn in figures:

@@ -11,6 +11,7 @@ packages=(
   libtorch-dev python3-torch
   slurm-wlm munge
   librsvg2-bin
+  libtcmalloc-minimal4  # bench/: the trainer's allocator in the end-to-end figures
 )
 missing=()
 for p in "${packages[@]}"; do

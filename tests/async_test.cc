@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -453,6 +454,36 @@ TEST_CASE("an async LibTorch save of big tensors, pooled and copied on several t
   SmallNet net(4200);  // 67 MiB per tensor: parameter and two Adam moments, each copied in parts
   torch::optim::Adam opt(net.parameters(), torch::optim::AdamOptions(1e-3));
   check_same_bytes(net, opt);
+}
+
+TEST_CASE("snapshots copy into the buffers prepare() mapped, reuse them, and copy a state of new shapes right") {
+  auto big_copies = [](const torch_state::Snapshot& s) {
+    std::set<const void*> p;
+    for (const auto& t : s.copies)
+      if (size_t(t.numel()) * t.element_size() >= (1u << 20)) p.insert(t.data_ptr());
+    return p;
+  };
+  SmallNet net(600);  // 1.4 MiB per tensor: pooled
+  torch::optim::Adam opt(net.parameters(), torch::optim::AdamOptions(1e-3));
+  train(net, opt, 1);
+  torch_state::prepare(net, opt);
+  std::set<const void*> first;
+  {
+    auto s = torch_state::snapshot(net, opt, 1);
+    first = big_copies(*s);
+    REQUIRE(first.size() == 3);  // the parameter and its two Adam moments
+    CHECK(torch::equal(s->copies.front(), net.wide));  // the module's own parameter is copied first
+  }
+  train(net, opt, 1);
+  {
+    auto s = torch_state::snapshot(net, opt, 2);
+    CHECK(big_copies(*s) == first);  // the buffers the last snapshot gave back
+  }
+  // New shapes: the old buffers do not fit and are unmapped; the copy is still the state's.
+  SmallNet wider(700);
+  torch::optim::Adam opt2(wider.parameters(), torch::optim::AdamOptions(1e-3));
+  train(wider, opt2, 2);
+  check_same_bytes(wider, opt2);
 }
 
 TEST_CASE("an async LibTorch save (SGD with momentum) writes the same bytes as a synchronous save") {

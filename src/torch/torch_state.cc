@@ -1,4 +1,5 @@
 #include <ATen/CPUGeneratorImpl.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -75,7 +76,8 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
     parallel_copy(static_cast<char*>(buffer.get()), static_cast<const char*>(t.data_ptr()), size);
     void* data = buffer.get();
     std::shared_ptr<BufferPool> self = shared_from_this();
-    auto give_back = [self, size, raw = buffer.release()](void*) { self->give(Buffer(raw), size); };
+    Unmap unmap = buffer.get_deleter();
+    auto give_back = [self, size, unmap, raw = buffer.release()](void*) { self->give(Buffer(raw, unmap), size); };
     return torch::from_blob(data, t.sizes(), t.strides(), give_back, t.options());
   }
 
@@ -111,10 +113,14 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   ~BufferPool() { join_warmer(); }
 
  private:
-  struct Free {
-    void operator()(void* p) const { std::free(p); }
+  // A buffer is a mapping of its own, not a block from the trainer's allocator: big and
+  // long-lived, it would otherwise sit in the allocator the training step takes its
+  // temporaries from.
+  struct Unmap {
+    size_t size = 0;
+    void operator()(void* p) const { munmap(p, size); }
   };
-  using Buffer = std::unique_ptr<void, Free>;
+  using Buffer = std::unique_ptr<void, Unmap>;
 
   Buffer take(size_t size) {
     {
@@ -157,9 +163,10 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   }
 
   static Buffer allocate(size_t size) {
-    void* p = nullptr;
-    if (posix_memalign(&p, 64, std::max<size_t>(size, 64)) != 0) throw std::bad_alloc();
-    return Buffer(p);
+    size = std::max<size_t>(size, 1);
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    return Buffer(p, Unmap{size});
   }
 
   void give(Buffer b, size_t size) {
