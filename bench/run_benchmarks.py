@@ -409,6 +409,11 @@ class Runner:
 
         steady_base = statistics.median(steady(r) for r in runs["none"]) if plain else None
 
+        def speed(r, pair_async):
+            first = pair_async["ckpt_steps"][0] if pair_async["ckpt_steps"] else len(r["step_times"])
+            before, after_start = r["step_times"][skip:first], r["step_times"][skip:]
+            return f"{statistics.median(before):.2f}/{max(after_start):.2f}" if before else "-"
+
         # What each checkpoint costs the run it is in, against its own neighbouring steps
         # (seconds apart, so the drift between runs cancels): its stall, plus how much longer
         # the steps that began in the `window` seconds after it (beside the background save and
@@ -453,6 +458,12 @@ class Runner:
             if name == "async" and len(rs) == len(runs["none"]):
                 ratios = [1 - a["rate"] / n["rate"] for a, n in zip(rs, runs["none"])]
                 pairs = "pairs in run order " + ", ".join(f"{x:+.1%}" for x in ratios) + "; "
+                if plain:
+                    pairs += ("each run's median step from step 6 to the first checkpoint (the VM's speed of the "
+                              "moment: until then a pair does the same work) / longest step from step 6: "
+                              + ", ".join(f"{k} {speed(r, a)}" for n, a in zip(runs["none"], rs)
+                                          for k, r in (("none", n), ("async", a)))
+                              + " s; ")
             self.row("async", f"end-to-end slowdown of the example trainer, {mib} MiB state, checkpoint every {every} s "
                      f"({name}: {saves} saves in {seconds:.0f} s over {len(rs)} run{'s' if len(rs) > 1 else ''}; median)",
                      f"{rate:.3f} steps/s", f"{base:.3f} steps/s (no checkpoints; runs "
