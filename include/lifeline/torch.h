@@ -45,9 +45,10 @@ std::shared_ptr<Snapshot> snapshot(torch::nn::Module& model, torch::optim::Optim
 
 // Maps the buffers snapshot() will copy into and faults their pages in, on a thread of its own,
 // and returns at once. The buffers are mappings of lifeline's own, not blocks of the trainer's
-// allocator, whose heap they would otherwise crowd. Call it once after the first optimizer step (when the optimizer
-// state exists): the first snapshot then costs what later ones do, a copy, instead of a page
-// fault per 4 KiB as well (1 GiB on the benchmark machine: about 0.07 s instead of 0.5 s).
+// allocator, whose heap they would otherwise crowd. Call it once after the first optimizer step
+// (when the optimizer state exists): the first snapshot then costs what later ones do, a copy,
+// instead of a page fault per 4 KiB as well (1 GiB on the benchmark machine: about 0.07 s
+// instead of 0.5 s).
 // Snapshot buffers are kept for the next snapshot: between saves they hold one copy of the state.
 void prepare(torch::nn::Module& model, torch::optim::Optimizer& optimizer);
 
