@@ -8,12 +8,18 @@
 //                handler posts the request, while the trainer-like child spins (what the
 //                kernel and the machine cost to wake a sleeping process, with no lifeline code);
 //   supervisor : SIGUSR1 to a real `lifeline run` whose trainer is this binary (--trainer):
-//                its signal handler posts the request (SignalRelay), then its loop runs.
+//                its signal handler posts the request (SignalRelay), then its loop runs. The
+//                signal comes SETTLE_MS after the trainer started spinning (default 150). A real
+//                stop comes minutes into a run; in the first ~100 ms the scheduler's load
+//                averages (PELT, 32 ms half-life) still rate the new trainer's core as light, may
+//                wake lifeline on it, and lifeline then waits up to a tick (4 ms at HZ=250) for
+//                the spinning trainer to be preempted (docs/performance.md, "Row 2").
 // After each sample the trainer commits a tiny checkpoint (in /dev/shm), which acks it.
 // A real trainer calls should_checkpoint() once per step: add up to one step to these numbers.
 // Usage: request_latency_bench shm|trainer|sleeper [SAMPLES]
-//        request_latency_bench supervisor LIFELINE_BIN [SAMPLES]
-// Prints one JSON object: samples, median_us, p99_us, max_us (and exit_median_ms for supervisor).
+//        request_latency_bench supervisor LIFELINE_BIN [SAMPLES [SETTLE_MS]]
+// Prints one JSON object: samples, median_us, p99_us, max_us (and settle_ms, exit_median_ms for
+// supervisor).
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -208,7 +214,7 @@ pid_t spawn(const std::vector<std::string>& argv) {
 }
 
 // supervisor mode: every sample is one `lifeline run` whose trainer is `self --trainer`.
-int run_supervised(const std::string& lifeline, const std::string& self, size_t samples) {
+int run_supervised(const std::string& lifeline, const std::string& self, size_t samples, double settle_ms) {
   std::string dir = make_temp_dir("/dev/shm");
   std::string shm_path = dir + "/shared";
   int fd = open(shm_path.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
@@ -224,7 +230,7 @@ int run_supervised(const std::string& lifeline, const std::string& self, size_t 
     std::string ckpt = dir + "/ckpt-" + std::to_string(s);
     pid_t pid = spawn({lifeline, "run", "--policy", policy, "--ckpt-dir", ckpt, "--requeue", "none", "--", self, "--trainer"});
     if (!wait_until([&] { return sh->ready.load(std::memory_order_acquire) == s; }, 30, true)) throw std::runtime_error("trainer not ready");
-    usleep(2000);  // let lifeline settle into its idle loop, as it is in a real run
+    usleep(useconds_t(settle_ms * 1000));  // lifeline idles in its loop, as it does in a real run
     uint64_t t0 = mono_ns();
     kill(pid, SIGUSR1);
     int status = 0;
@@ -239,7 +245,7 @@ int run_supervised(const std::string& lifeline, const std::string& self, size_t 
   std::filesystem::remove_all(dir);
   std::sort(exit_ms.begin(), exit_ms.end());
   char extra[96];
-  std::snprintf(extra, sizeof extra, ", \"exit_median_ms\": %.1f", exit_ms[exit_ms.size() / 2]);
+  std::snprintf(extra, sizeof extra, ", \"settle_ms\": %g, \"exit_median_ms\": %.1f", settle_ms, exit_ms[exit_ms.size() / 2]);
   st.print("supervisor_sigusr1", extra);
   return 0;
 }
@@ -269,9 +275,10 @@ int main(int argc, char** argv) {
     if (mode == "sleeper") return run_sleeper(argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 200);
     if (mode == "supervisor" && argc > 2) {
       std::string self = std::filesystem::canonical("/proc/self/exe").string();
-      return run_supervised(argv[2], self, argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 100);
+      return run_supervised(argv[2], self, argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 100,
+                            argc > 4 ? std::strtod(argv[4], nullptr) : 150.0);
     }
-    std::fprintf(stderr, "usage: request_latency_bench shm|trainer|sleeper [SAMPLES] | supervisor LIFELINE_BIN [SAMPLES]\n");
+    std::fprintf(stderr, "usage: request_latency_bench shm|trainer|sleeper [SAMPLES] | supervisor LIFELINE_BIN [SAMPLES [SETTLE_MS]]\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "request_latency_bench: %s\n", e.what());
