@@ -1,4 +1,6 @@
 // lifeline: the command-line entry point; dispatches to the subcommands in src/cli/.
+#include <signal.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +25,9 @@ std::string resolve_ckpt_dir(const std::string& given, const std::string& policy
 }  // namespace lifeline::cli
 
 int main(int argc, char** argv) {
+  // A closed output pipe (`lifeline history | head`) is a write error to report, never a kill:
+  // a supervisor killed by SIGPIPE would leave its trainer unsupervised.
+  ::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"lifeline: keeps long training jobs alive on Slurm clusters"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("lifeline 0.1.0"));

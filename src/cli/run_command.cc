@@ -49,6 +49,12 @@ void register_run_command(CLI::App& app, int& rc) {
       const char* names[] = {"off", "error", "warning", "info", "debug", "trace"};
       o.log_level = names[std::max(0, std::min(5, 3 + level))];
     }
+    // Everything that can be refused is refused before anything is written.
+    if (std::string why = preflight_error(o); !why.empty()) {
+      std::fprintf(stderr, "lifeline run: %s (nothing started)\n", why.c_str());
+      rc = kExitUsage;
+      return;
+    }
     std::error_code ec;
     std::filesystem::create_directories(o.ckpt_dir, ec);
     if (ec) {

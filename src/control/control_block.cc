@@ -37,11 +37,14 @@ ControlBlock ControlBlock::create(const std::string& tag) {
       if (errno == EEXIST) continue;
       throw_errno("create shared memory", name);
     }
-    if (ftruncate(fd, kSize) != 0) {
-      int err = errno;
+    // Reserve the pages now: a block only sized with ftruncate is sparse, and the first store
+    // into it on a full /dev/shm kills the process with SIGBUS instead of failing here.
+    if (int err = posix_fallocate(fd, 0, kSize); err != 0) {
       close(fd);
       shm_unlink(name.c_str());
-      throw SystemError("size shared memory", name, err);
+      throw std::runtime_error("cannot reserve the " + std::to_string(kSize) + "-byte control block " + name +
+                               " in /dev/shm: " + std::strerror(err) +
+                               (err == ENOSPC ? " (/dev/shm is full: see df /dev/shm and remove stale files there)" : ""));
     }
     unsigned char* base;
     try {
@@ -51,7 +54,7 @@ ControlBlock ControlBlock::create(const std::string& tag) {
       throw;
     }
     ControlBlock block(name, base, true);
-    // ftruncate zero-filled the block; fill the header, magic last.
+    // posix_fallocate zero-filled the block; fill the header, magic last.
     block.u32(kVersionOff).store(kVersion);
     block.u32(kSizeOff).store(kSize);
     block.u32(kOwnerUidOff).store(getuid());

@@ -140,8 +140,8 @@ double parse_duration(const std::string& text) {
   if (!to_double(nu.number, v))
     throw std::invalid_argument("invalid duration '" + shown_text + "': expected " + kForms);
   double seconds = v * factor;
-  if (!std::isfinite(seconds) || seconds > 1e15)
-    throw std::invalid_argument("invalid duration '" + shown_text + "': too large");
+  if (!std::isfinite(seconds) || seconds > kMaxDurationSeconds)
+    throw std::invalid_argument("invalid duration '" + shown_text + "': too large (at most 365d)");
   return seconds;
 }
 

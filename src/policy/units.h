@@ -13,8 +13,14 @@ namespace lifeline {
 // std::invalid_argument with a message saying what is accepted.
 uint64_t parse_size(const std::string& text);
 
+// The longest duration lifeline accepts anywhere (policy, --grace, explain): 365 days. Every
+// deadline is a 64-bit count of nanoseconds on the wall clock; anything longer than a year is
+// a typo, and a value near the double's range would overflow that arithmetic into "no time".
+constexpr double kMaxDurationSeconds = 365.0 * 86400;
+
 // Seconds from "45", "90s", "30m", "2h", "1d" or "1.5h" (units s m h d, optionally after a
-// space). Throws std::invalid_argument with a message saying what is accepted.
+// space), at most kMaxDurationSeconds. Throws std::invalid_argument with a message saying
+// what is accepted.
 double parse_duration(const std::string& text);
 
 // "0 B", "512 B", "1.5 KiB", "50 GiB": binary units, at most one decimal.

@@ -19,7 +19,8 @@ namespace lifeline {
 // What the handler posted while armed.
 struct RelayedStop {
   uint64_t seq = 0;  // request sequence number (0: nothing posted)
-  int signo = 0;
+  int signo = 0;     // the stop's signal; of several that arrived together, the one that ranks first
+  uint64_t together = 0;  // bit s set for each signal s that was pending with it (0: it came alone)
 };
 
 // Process-wide (signal dispositions are): at most one SignalRelay exists at a time.

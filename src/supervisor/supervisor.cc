@@ -1,6 +1,7 @@
 #include "supervisor/supervisor.h"
 
 #include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <boost/asio.hpp>
@@ -14,16 +15,20 @@
 #include <random>
 #include <sstream>
 #include <algorithm>
+#include <thread>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "common/clock.h"
+#include "policy/units.h"
 #include "control/control_block.h"
 #include "history/history.h"
 #include "store/checkpoint_store.h"
 #include "store/dir_lock.h"
 #include "store/retention.h"
+#include "store/writers_lock.h"
+#include "history/supervisor_record.h"
 #include "slurm/slurm_client.h"
 #include "slurm/slurm_job.h"
 #include "supervisor/signal_relay.h"
@@ -55,6 +60,37 @@ std::string new_lineage_id() {
   std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
   return buf;
 }
+
+}  // namespace
+
+std::string effective_requeue_mode(const std::string& mode, bool in_slurm_job) {
+  if (mode == "auto") return in_slurm_job ? "scontrol" : "local";
+  return mode;
+}
+
+std::string preflight_error(const RunOptions& o) {
+  try {
+    TrainerProcess::resolve(o.command.empty() ? std::string() : o.command[0]);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  if (!std::isfinite(o.grace_seconds) || o.grace_seconds < 0 || o.grace_seconds > kMaxDurationSeconds)
+    return "--grace " + std::to_string(o.grace_seconds) + ": a stop grace period must be between 0 and " +
+           format_duration(kMaxDurationSeconds);
+  bool in_slurm = SlurmJob::from_env().has_value();
+  std::string mode = effective_requeue_mode(o.requeue_mode, in_slurm);
+  if ((mode == "scontrol" || mode == "sbatch") && !in_slurm)
+    return "--requeue " + mode + " needs a Slurm batch job (SLURM_JOB_ID is unset); use local, exit or none";
+  if (mode == "scontrol") {
+    std::string hint = SlurmClient::scontrol_missing_hint();
+    if (!hint.empty()) return hint;
+  }
+  if (mode == "sbatch" && !program_available("sbatch"))
+    return "sbatch is not available here: use --requeue exit with the site's RequeueExit";
+  return "";
+}
+
+namespace {
 
 // What earlier attempts of this lineage left in the history.
 struct LineageState {
@@ -114,6 +150,10 @@ class Supervisor {
   Supervisor& operator=(const Supervisor&) = delete;
 
   int run() {
+    if (std::string why = preflight_error(opt_); !why.empty()) {
+      spdlog::error("{}", why);
+      return kExitUsage;
+    }
     lock_.emplace(opt_.ckpt_dir);
     LineageState ls = read_lineage(opt_.ckpt_dir);
     lineage_ = ls.lineage;
@@ -123,23 +163,7 @@ class Supervisor {
     commit_seconds_ = ls.commit_seconds;
     slurm_ = SlurmJob::from_env();
     if (slurm_) job_id_ = slurm_->display_id();
-    mode_ = opt_.requeue_mode;
-    if (mode_ == "auto") mode_ = slurm_ ? "scontrol" : "local";
-    if ((mode_ == "scontrol" || mode_ == "sbatch") && !slurm_) {
-      spdlog::error("--requeue {} needs a Slurm batch job (SLURM_JOB_ID is unset); use local, exit or none", mode_);
-      return kExitUsage;
-    }
-    if (mode_ == "scontrol") {
-      std::string hint = SlurmClient::scontrol_missing_hint();
-      if (!hint.empty()) {
-        spdlog::error("{}", hint);
-        return kExitUsage;
-      }
-    }
-    if (mode_ == "sbatch" && !program_available("sbatch")) {
-      spdlog::error("sbatch is not available here: use --requeue exit with the site's RequeueExit");
-      return kExitUsage;
-    }
+    mode_ = effective_requeue_mode(opt_.requeue_mode, slurm_.has_value());
     if (slurm_) read_slurm_config();
 
     signals_.add(SIGCHLD);
@@ -166,6 +190,10 @@ class Supervisor {
   bool start_attempt() {
     settle_retention(/*wait=*/true);  // the resume choice sees a settled directory
     set_log_pattern();
+    if (!settle_earlier_attempts()) {
+      finish(kExitUsage);
+      return false;
+    }
     std::optional<CheckpointInfo> resume;
     json skipped = json::array();
     if (opt_.policy.restart.resume != Policy::Resume::off) {
@@ -189,7 +217,13 @@ class Supervisor {
       spdlog::info("starting from scratch: no valid checkpoint in {}", opt_.ckpt_dir);
 
     drop_block();
-    block_.emplace(ControlBlock::create(job_id_ ? *job_id_ : "local"));
+    try {
+      block_.emplace(ControlBlock::create(job_id_ ? *job_id_ : "local"));
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+      finish(attempt_ == 0 ? kExitUsage : kExitStopped);
+      return false;
+    }
     block_->u64(kEveryStepsOff).store(opt_.policy.checkpoint.every_steps);
     block_->u64(kSkipFirstStepsOff).store(opt_.policy.checkpoint.skip_first_steps);
     seen_commits_ = 0;
@@ -200,6 +234,7 @@ class Supervisor {
     last_progress_ns_ = mono_ns();
     stop_signal_ = 0;
     stop_reason_.clear();
+    timed_out_ = false;
 
     std::map<std::string, std::string> env{
         {"LIFELINE_CONTROL", block_->name()},
@@ -239,6 +274,71 @@ class Supervisor {
     schedule_periodic();
     schedule_time_limit();
     return true;
+  }
+
+  // No process of an earlier attempt (ours, or a supervisor's that was killed) may still commit
+  // when an attempt starts: the writers' lock, which every client holds while it lives, proves
+  // it. Such processes get kWritersPatience to leave (a killed supervisor's trainer goes at once:
+  // PR_SET_PDEATHSIG, the client's watchdog), then SIGKILL; one that cannot be seen or stopped
+  // from here (another host) makes the start fail. Then the leftovers go at once: staging
+  // folders of dead writers, the control block a killed supervisor left in /dev/shm.
+  bool settle_earlier_attempts() {
+    try {
+      std::vector<LockHolder> holders;
+      uint64_t give_up = mono_ns() + uint64_t(kWritersPatienceMs) * 1000000ull;
+      bool warned = false, killed = false;
+      while (!no_writers(opt_.ckpt_dir, &holders)) {
+        if (!warned)
+          spdlog::warn("waiting for {} of an earlier attempt to exit: it may still commit into {}",
+                       holders.empty() ? std::string("a process on another host") : describe_holders(holders),
+                       opt_.ckpt_dir);
+        warned = true;
+        if (mono_ns() > give_up) {
+          if (killed || holders.empty()) {
+            spdlog::error("{} still holds {}/{}: a process of an earlier attempt could still commit a "
+                          "checkpoint; stop it and start again",
+                          holders.empty() ? std::string("a process on another host") : describe_holders(holders),
+                          opt_.ckpt_dir, kWritersLockName);
+            return false;
+          }
+          spdlog::warn("stopping {} with SIGKILL", describe_holders(holders));
+          for (const auto& h : holders)
+            if (h.pid > 0 && h.pid != getpid()) ::kill(h.pid, SIGKILL);
+          killed = true;
+          give_up = mono_ns() + uint64_t(kKillAfterMs) * 1000000ull;
+        }
+        std::this_thread::sleep_for(milliseconds(20));
+      }
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+      return false;
+    }
+    remove_leaked_block();
+    return true;
+  }
+
+  // The control block of a supervisor of this directory that was killed (SIGKILL, OOM) stays
+  // in /dev/shm: its record names it. What its trainer last reported goes into the history,
+  // then the block is unlinked.
+  void remove_leaked_block() {
+    auto rec = read_supervisor_record(opt_.ckpt_dir);
+    if (!rec || !rec->control || rec->pid == getpid()) return;
+    if (supervisor_state(*rec) != Liveness::State::dead) return;
+    const std::string& name = *rec->control;
+    std::string ours = "/lifeline-" + std::to_string(getuid()) + "-";
+    if (name.rfind(ours, 0) != 0 || name.find('/', 1) != std::string::npos) return;
+    json event{{"event", "stale_control_block"}, {"attempt", rec->attempt}, {"control", name}, {"pid", rec->pid}};
+    try {
+      ControlBlock old = ControlBlock::attach(name);
+      event["last_step"] = old.u64(kCurrentStepOff).load();
+      if (old.u64(kCommitCountOff).load() > 0) event["last_checkpoint_step"] = old.u64(kLastCommitStepOff).load();
+    } catch (const std::exception&) {
+      return;  // already gone (or not a block of ours): nothing to clean
+    }
+    if (::shm_unlink(name.c_str()) == 0) {
+      spdlog::info("removed the control block {} that supervisor pid {} left behind", name, rec->pid);
+      history_.append(event);
+    }
   }
 
   // <dir>/supervisor.json: who supervises this directory and where its control block is, for
@@ -322,12 +422,28 @@ class Supervisor {
       request_checkpoint_now();
       return;
     }
+    if (state_ == State::running || state_ == State::checkpointing) {
+      // The relay knows which stop signal its handler posted, and which came at the same instant.
+      RelayedStop relayed = relay_.disarm();
+      int stop = relayed.seq && relayed.signo ? relayed.signo : signo;
+      json event{{"event", "signal"}, {"attempt", attempt_}, {"signal", signal_name(stop)}, {"state", state_name(state_)}};
+      if (relayed.together) {
+        json together = json::array();
+        for (int s = 1; s < 64; ++s)
+          if (relayed.together & (1ull << s)) together.push_back(signal_name(s));
+        event["together"] = together;
+        spdlog::info("{} arrived at the same instant: the stop is taken as SIG{} (its deadline is the tightest)",
+                     together.dump(), signal_name(stop));
+      }
+      history_.append(event);
+      begin_stop(stop, "stopped", relayed);
+      return;
+    }
     history_.append({{"event", "signal"}, {"attempt", attempt_}, {"signal", signal_name(signo)},
                      {"state", state_name(state_)}});
     switch (state_) {
       case State::running:
       case State::checkpointing:
-        begin_stop(signo, "stopped");
         break;
       case State::stopping:
       case State::draining:
@@ -361,7 +477,8 @@ class Supervisor {
     schedule_tick();
   }
 
-  void begin_stop(int signo, const std::string& reason) {
+  // `relayed`: what the relay posted, when the caller already disarmed it.
+  void begin_stop(int signo, const std::string& reason, std::optional<RelayedStop> relayed_now = std::nullopt) {
     stop_signal_ = signo;
     stop_reason_ = reason;
     end_timer_.cancel();
@@ -376,7 +493,7 @@ class Supervisor {
     auto grace = milliseconds(int64_t(budget * 1000));
     uint64_t deadline_wall = wall_ns() + uint64_t(grace.count()) * 1000000ull;
     Reason why = reason == "time_limit" ? Reason::time_limit : Reason::stop_signal;
-    RelayedStop relayed = relay_.disarm();
+    RelayedStop relayed = relayed_now ? *relayed_now : relay_.disarm();
     if (relayed.seq && signo != 0) {
       // The signal handler already posted this stop to the trainer; keep the tighter deadline.
       pending_seq_ = relayed.seq;
@@ -401,6 +518,7 @@ class Supervisor {
       if (ec || state_ != State::stopping) return;
       spdlog::warn("no checkpoint committed in time: stopping the trainer; resume will use the newest valid checkpoint");
       history_.append({{"event", "checkpoint_timeout"}, {"attempt", attempt_}, {"seq", pending_seq_}});
+      timed_out_ = true;
       begin_drain(0);
     });
     schedule_tick();
@@ -601,6 +719,10 @@ class Supervisor {
                            block_->u64(kAckSeqOff).load() >= block_->u64(kRequestSeqOff).load() &&
                            seen_commits_ > 0;
     bool we_stopped = state_ == State::stopping || state_ == State::draining;
+    // The stop's checkpoint exists when a commit acked the stop request (the supervisor's, or
+    // the one the trainer posted on its own signal).
+    uint64_t stop_seq = pending_seq_ ? pending_seq_ : block_->u64(kRequestSeqOff).load();
+    bool stop_committed = stop_seq > 0 && seen_commits_ > 0 && block_->u64(kAckSeqOff).load() >= stop_seq;
     drop_block();
 
     if (hung_) {
@@ -612,7 +734,8 @@ class Supervisor {
     if (we_stopped || (status == 0 && trainer_stopped)) {
       if (slurm_) refine_cause();
       std::string reason = stop_reason_.empty() ? "stopped" : stop_reason_;
-      record_end(reason, status);
+      json stop = stop_checkpoint_report(stop_committed, status);
+      record_end(reason, status, stop);
       spdlog::info("attempt {} {}: last checkpoint at step {}", attempt_, reason,
                    last_commit_step_ ? std::to_string(*last_commit_step_) : std::string("none"));
       on_stopped();
@@ -893,15 +1016,40 @@ class Supervisor {
     });
   }
 
-  void record_end(const std::string& reason, std::optional<int> status) {
-    history_.append({{"event", "attempt_end"},
-                     {"attempt", attempt_},
-                     {"end_reason", reason},
-                     {"exit_code", status ? json(*status) : json(nullptr)},
-                     {"checkpoints", seen_commits_},
-                     {"last_checkpoint_step", last_commit_step_ ? json(*last_commit_step_) : json(nullptr)},
-                     {"last_step", last_step_},
-                     {"signal", stop_signal_ ? json(signal_name(stop_signal_)) : json(nullptr)}});
+  // What a stop left: "committed", or "missing" with why, the step the next attempt resumes
+  // from (the newest checkpoint this lineage committed, as far as the supervisor saw) and the
+  // steps lost; logged, and recorded in attempt_end as `stop_checkpoint`.
+  json stop_checkpoint_report(bool committed, int status) {
+    if (committed) return {{"state", "committed"}, {"step", last_commit_step_ ? json(*last_commit_step_) : json(nullptr)}};
+    std::string why;
+    if (!opt_.policy.checkpoint.on_signal && stop_signal_ != 0)
+      why = "not requested (checkpoint.on_signal: false)";
+    else if (timed_out_)
+      why = "the trainer did not commit it before the deadline and was stopped";
+    else
+      why = "the trainer exited (status " + std::to_string(status) + ") before committing it";
+    std::optional<uint64_t> resume = last_commit_step_ ? last_commit_step_ : resumed_step_;
+    uint64_t lost = last_step_ > resume.value_or(0) ? last_step_ - resume.value_or(0) : 0;
+    spdlog::warn("no stop checkpoint: {}; the next attempt resumes from {}; {} step(s) of work are lost (steps {}..{})",
+                 why, resume ? "step " + std::to_string(*resume) : std::string("scratch"), lost,
+                 resume.value_or(0) + (lost ? 1 : 0), last_step_);
+    return {{"state", "missing"},
+            {"why", why},
+            {"resume_step", resume ? json(*resume) : json(nullptr)},
+            {"lost_steps", lost}};
+  }
+
+  void record_end(const std::string& reason, std::optional<int> status, json stop = nullptr) {
+    json event{{"event", "attempt_end"},
+               {"attempt", attempt_},
+               {"end_reason", reason},
+               {"exit_code", status ? json(*status) : json(nullptr)},
+               {"checkpoints", seen_commits_},
+               {"last_checkpoint_step", last_commit_step_ ? json(*last_commit_step_) : json(nullptr)},
+               {"last_step", last_step_},
+               {"signal", stop_signal_ ? json(signal_name(stop_signal_)) : json(nullptr)}};
+    if (!stop.is_null()) event["stop_checkpoint"] = std::move(stop);
+    history_.append(event);
   }
 
   void set_log_pattern() {
@@ -922,6 +1070,7 @@ class Supervisor {
   static constexpr double kTimeLimitWindowS = 300;  // a stop this close to EndTime is the time limit
   static constexpr int64_t kExitPatienceMs = 10000;  // after the stop checkpoint, before SIGTERM
   static constexpr int64_t kKillAfterMs = 5000;      // after SIGTERM, before SIGKILL
+  static constexpr int64_t kWritersPatienceMs = 10000;  // for an earlier attempt's writers to leave
 
   const RunOptions& opt_;
   HistoryLog history_;
@@ -957,6 +1106,7 @@ class Supervisor {
   int stop_signal_ = 0;
   std::string stop_reason_;
   bool hung_ = false;
+  bool timed_out_ = false;  // the stop deadline passed without a commit
   bool sent_term_ = false;
   int exit_status_ = 0;
 };

@@ -21,6 +21,14 @@ struct RunOptions {
 // Runs the trainer under supervision; returns the exit status of `lifeline run` (design.md).
 int run_supervisor(const RunOptions& options);
 
+// What `lifeline run` can refuse before it writes anything (no directory, lock or history):
+// a training command that is not an executable, a requeue mode this environment cannot do, a
+// grace period out of range. "" when the run may start, else the message to print.
+std::string preflight_error(const RunOptions& options);
+
+// `auto` made concrete: scontrol inside a Slurm batch job, local outside; others unchanged.
+std::string effective_requeue_mode(const std::string& mode, bool in_slurm_job);
+
 // Exit status when the trainer stopped with a committed checkpoint and no requeue happened.
 constexpr int kExitStopped = 75;
 // Exit status for bad arguments or a bad policy (nothing started).

@@ -1,6 +1,8 @@
 #include "supervisor/trainer_process.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,11 +16,23 @@ namespace lifeline {
 namespace bp = boost::process;
 
 namespace {
-// Puts the child in a process group of its own, so escalation reaches its children too.
-struct NewProcessGroup : bp::extend::handler {
+// Sets the child up before exec: a process group of its own (so escalation reaches its
+// children too), killed with the supervisor (PR_SET_PDEATHSIG: a trainer must never outlive
+// lifeline, even a kill -9 of it), and the default disposition and an empty mask for every
+// signal lifeline itself ignores or blocks (SIG_IGN survives exec: a trainer would inherit an
+// ignored SIGPIPE). Only async-signal-safe calls: this runs between fork and exec.
+struct TrainerSetup : bp::extend::handler {
+  pid_t supervisor = ::getpid();  // taken in the parent, before the fork
   template <class Executor>
   void on_exec_setup(Executor&) const {
     ::setpgid(0, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // The supervisor died between fork and prctl: nobody would deliver that signal any more.
+    if (::getppid() != supervisor) ::_exit(127);
+    for (int s : {SIGPIPE, SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGCONT, SIGCHLD}) ::signal(s, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
   }
 };
 }  // namespace
@@ -26,23 +40,30 @@ struct NewProcessGroup : bp::extend::handler {
 TrainerProcess::TrainerProcess(const std::vector<std::string>& argv,
                                const std::map<std::string, std::string>& extra_env) {
   if (argv.empty()) throw std::runtime_error("no training command given");
-  boost::filesystem::path exe = argv[0];
-  if (argv[0].find('/') == std::string::npos) {
-    exe = bp::search_path(argv[0]);
-    if (exe.empty()) throw std::runtime_error("training command '" + argv[0] + "' not found in PATH");
-  } else if (::access(argv[0].c_str(), X_OK) != 0) {
-    throw std::runtime_error("training command '" + argv[0] + "' is not an executable file");
-  }
+  boost::filesystem::path exe = resolve(argv[0]);
   ChildEnvironment env(extra_env);
   std::vector<std::string> args(argv.begin() + 1, argv.end());
   std::error_code ec;
-  bp::child child(bp::exe = exe, bp::args = args, env.initializer(), NewProcessGroup{}, ec);
+  bp::child child(bp::exe = exe, bp::args = args, env.initializer(), TrainerSetup{}, ec);
   if (ec) throw std::runtime_error("cannot start '" + argv[0] + "': " + ec.message());
   pid_ = child.id();
   // This object reaps the trainer itself (waitpid), so Boost's handle lets go of it.
   child.detach();
   // Close the race where the group is signalled before the child ran setpgid.
   ::setpgid(pid_, pid_);
+}
+
+std::string TrainerProcess::resolve(const std::string& argv0) {
+  if (argv0.empty()) throw std::runtime_error("no training command given");
+  if (argv0.find('/') == std::string::npos) {
+    boost::filesystem::path exe = bp::search_path(argv0);
+    if (exe.empty()) throw std::runtime_error("training command '" + argv0 + "' not found in PATH");
+    return exe.string();
+  }
+  struct stat st {};
+  if (::stat(argv0.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || ::access(argv0.c_str(), X_OK) != 0)
+    throw std::runtime_error("training command '" + argv0 + "' is not an executable file");
+  return argv0;
 }
 
 TrainerProcess::~TrainerProcess() {

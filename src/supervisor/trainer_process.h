@@ -20,6 +20,10 @@ class TrainerProcess {
   // Kills and reaps a trainer that is still running.
   ~TrainerProcess();
 
+  // The executable argv0 names (searched in PATH when it has no '/'); throws
+  // std::runtime_error saying why when there is none. Writes nothing: a preflight check.
+  static std::string resolve(const std::string& argv0);
+
   pid_t pid() const { return pid_; }
   // Reaps the trainer if it has exited: its shell-style status (code, or 128+signal).
   std::optional<int> poll_exit();

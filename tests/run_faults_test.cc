@@ -1,0 +1,322 @@
+// `lifeline run` under faults of its own and of its surroundings: the supervisor killed with
+// SIGKILL, a closed output pipe, a full /dev/shm, signals that arrive together, a stop that
+// produced no checkpoint, out-of-range durations, a trainer that cannot start. The real lifeline
+// binary, real trainers, real signals and mounts (the suite runs as root).
+#include <doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "support/process.h"
+#include "support/temp_dir.h"
+
+using namespace lifeline::test;
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string write_policy(const TempDir& d, const std::string& extra = "") {
+  std::string path = d / "policy.yaml";
+  std::ofstream(path) << "version: 1\n"
+                         "checkpoint:\n  every_steps: 20\n  every_seconds: 0\n"
+                         "restart:\n  backoff_seconds: 0\n"
+                         "retention:\n  keep_last: 1000\n  keep_best: 0\n"
+                      << extra;
+  return path;
+}
+
+std::vector<std::string> lifeline_run(const TempDir& d, const std::vector<std::string>& cmd,
+                                      const std::vector<std::string>& opts = {}) {
+  std::vector<std::string> v = {binary("LIFELINE_BIN"), "run", "--policy", write_policy(d), "--ckpt-dir", d / "ckpt"};
+  v.insert(v.end(), opts.begin(), opts.end());
+  v.push_back("--");
+  v.insert(v.end(), cmd.begin(), cmd.end());
+  return v;
+}
+
+std::vector<std::string> train_cmd(const TempDir& d, int steps, int delay_ms) {
+  return {binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(steps), "--seed", "7", "--step-delay-ms",
+          std::to_string(delay_ms), "--log-every", "1", "--digest-out", d / "digest"};
+}
+
+std::vector<json> history_events(const std::string& dir) {
+  std::vector<json> out;
+  std::ifstream in(dir + "/history.jsonl");
+  std::string line;
+  while (std::getline(in, line))
+    if (auto j = json::parse(line, nullptr, false); j.is_object()) out.push_back(j);
+  return out;
+}
+
+std::vector<json> events_named(const std::string& dir, const std::string& name) {
+  std::vector<json> out;
+  for (auto& e : history_events(dir))
+    if (e.value("event", "") == name) out.push_back(e);
+  return out;
+}
+
+bool process_gone(pid_t pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
+
+// Waits (bounded) until `pid` no longer exists; true when it went.
+bool wait_gone(pid_t pid, std::chrono::seconds limit) {
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!process_gone(pid)) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+pid_t trainer_pid_from(const std::string& line) {
+  std::smatch m;
+  std::regex re("trainer started, pid ([0-9]+)");
+  REQUIRE_MESSAGE(std::regex_search(line, m, re), line);
+  return pid_t(std::stol(m[1]));
+}
+
+// Runs argv in a child whose stdout and stderr go to a pipe closed at the other end before it
+// starts, as `lifeline run ... 2>&1 | head` leaves it once head has quit. The exit status.
+int run_into_closed_pipe(const std::vector<std::string>& argv) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  ::close(fds[0]);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::signal(SIGPIPE, SIG_DFL);
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// Runs argv in a mount namespace of its own whose /dev/shm is a full 4 KiB tmpfs; the output
+// (stdout and stderr) goes to `out`. The exit status.
+int run_with_full_dev_shm(const std::vector<std::string>& argv, std::string* out) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    auto fail = [](const char* what) {
+      std::fprintf(stderr, "test setup: %s: %s\n", what, std::strerror(errno));
+      ::_exit(99);
+    };
+    if (::unshare(CLONE_NEWNS) != 0) fail("unshare(CLONE_NEWNS)");
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) fail("make / private");
+    if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=4k") != 0) fail("mount a 4k tmpfs on /dev/shm");
+    int fd = ::open("/dev/shm/filler", O_CREAT | O_WRONLY, 0600);
+    char page[4096] = {};
+    while (fd >= 0 && ::write(fd, page, sizeof page) > 0) {
+    }
+    ::close(fd);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) out->append(buf, size_t(n));
+  ::close(fds[0]);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+}  // namespace
+
+TEST_CASE("a supervisor killed with SIGKILL takes its trainer with it; the next run removes its control block and resumes") {
+  TempDir d;
+  pid_t trainer = 0;
+  std::string control;
+  {
+    Process first(lifeline_run(d, train_cmd(d, 400, 20)));
+    trainer = trainer_pid_from(first.wait_for_line("trainer started"));
+    REQUIRE(first.wait_for_line("checkpoint committed: step 20") != "");
+    json record = json::parse(std::ifstream(d / "ckpt/supervisor.json"));
+    control = record["control"].get<std::string>();
+    first.signal(SIGKILL);
+    CHECK(first.wait() == 128 + SIGKILL);
+  }
+  // The trainer must not go on training (and writing) without its supervisor.
+  CHECK_MESSAGE(wait_gone(trainer, std::chrono::seconds(10)), "trainer pid ", trainer, " outlived its supervisor");
+  // The killed supervisor could not unlink its control block.
+  CHECK(fs::exists("/dev/shm" + control));
+
+  std::string out;
+  int rc = run(lifeline_run(d, train_cmd(d, 60, 0)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK_MESSAGE(out.find("resuming from step") != std::string::npos, out);
+  CHECK_FALSE(fs::exists("/dev/shm" + control));
+  auto stale = events_named(d / "ckpt", "stale_control_block");
+  REQUIRE(stale.size() == 1);
+  CHECK(stale[0]["control"] == control);
+  CHECK(stale[0]["last_step"].get<uint64_t>() >= 20);
+}
+
+TEST_CASE("a run waits while a process of an earlier attempt still holds the writers' lock, then stops it") {
+  TempDir d;
+  fs::create_directories(d / "ckpt");
+  // A writer whose supervisor is gone: it holds the lock shared, as a client does, and nothing
+  // else stops it (flock -o: only flock itself holds the lock, its sleeping child does not).
+  Process writer({"/usr/bin/flock", "--shared", "--close", d / "ckpt/.writers.lock", "/bin/sh", "-c",
+                  "echo locked $$; exec sleep 600"});
+  std::string locked = writer.wait_for_line("locked");
+  REQUIRE(locked != "");
+  pid_t sleeper = pid_t(std::stol(locked.substr(locked.find("locked ") + 7)));
+  std::string out;
+  int rc = run(lifeline_run(d, {"/bin/true"}), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK_MESSAGE(out.find("waiting for pid " + std::to_string(writer.pid()) + " (flock") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("stopping pid " + std::to_string(writer.pid())) != std::string::npos, out);
+  ::kill(sleeper, SIGKILL);
+  CHECK(writer.wait() == 128 + SIGKILL);
+  // The trainer started only once the writer was gone.
+  CHECK(out.find("stopping pid") < out.find("trainer started"));
+}
+
+TEST_CASE("staging folders that dead writers left are removed when an attempt starts") {
+  TempDir d;
+  fs::create_directories(d / "ckpt/.staging-step-000000000010-999999-deadbeef");
+  std::ofstream(d / "ckpt/.staging-step-000000000010-999999-deadbeef/model.pt") << "half a checkpoint";
+  Process p(lifeline_run(d, {"/bin/sh", "-c", "echo started; sleep 600"}));
+  REQUIRE(p.wait_for_line("started") != "");
+  CHECK_FALSE(fs::exists(d / "ckpt/.staging-step-000000000010-999999-deadbeef"));
+  p.signal(SIGUSR1);
+  p.wait();
+}
+
+TEST_CASE("a closed output pipe does not kill the supervisor") {
+  TempDir d;
+  // The trainer writes nothing; lifeline logs to the closed pipe at start and at the end.
+  int rc = run_into_closed_pipe(lifeline_run(d, {"/bin/sleep", "0.5"}));
+  CHECK(rc == 0);
+  auto ends = events_named(d / "ckpt", "attempt_end");
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0]["end_reason"] == "completed");
+}
+
+TEST_CASE("a full /dev/shm makes lifeline run exit 2 with a message naming /dev/shm, not die of SIGBUS") {
+  TempDir d;
+  std::string out;
+  int rc = run_with_full_dev_shm(lifeline_run(d, {"/bin/true"}), &out);
+  CHECK_MESSAGE(rc == 2, out);
+  CHECK_MESSAGE(out.find("/dev/shm") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("No space left") != std::string::npos, out);
+}
+
+TEST_CASE("SIGTERM and SIGINT that arrive together are reported as SIGTERM, with SIGINT beside it") {
+  TempDir d;
+  Process p(lifeline_run(d, train_cmd(d, 2000, 20)));
+  REQUIRE(p.wait_for_line("step 5 ") != "");
+  // Stopped, the supervisor cannot take a signal: both wait, pending together, as they do when
+  // a loaded node schedules it late. The kernel then delivers the lower number (INT) first.
+  REQUIRE(::kill(p.pid(), SIGSTOP) == 0);
+  ::kill(p.pid(), SIGTERM);
+  ::kill(p.pid(), SIGINT);
+  REQUIRE(::kill(p.pid(), SIGCONT) == 0);
+  int rc = p.wait();
+  CHECK_MESSAGE(rc == 75, p.output());
+  auto signals = events_named(d / "ckpt", "signal");
+  REQUIRE(!signals.empty());
+  CHECK(signals[0]["signal"] == "TERM");
+  REQUIRE(signals[0].contains("together"));
+  CHECK(signals[0]["together"] == json({"INT", "TERM"}));
+  auto ends = events_named(d / "ckpt", "attempt_end");
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0]["signal"] == "TERM");
+}
+
+TEST_CASE("a stop that produced no checkpoint exits 75 and says so: why, the resume step, the steps lost") {
+  TempDir d;
+  Process p(lifeline_run(d, train_cmd(d, 100000, 20), {"--grace", "1"}));
+  pid_t trainer = trainer_pid_from(p.wait_for_line("trainer started"));
+  REQUIRE(p.wait_for_line("checkpoint committed: step 40") != "");
+  // The trainer stops answering (SIGSTOP: its client can neither save nor exit) until the
+  // supervisor's deadline passes and SIGKILL ends it.
+  REQUIRE(::kill(trainer, SIGSTOP) == 0);
+  p.signal(SIGUSR1);
+  int rc = p.wait();
+  CHECK(rc == 75);
+  auto ends = events_named(d / "ckpt", "attempt_end");
+  REQUIRE(ends.size() == 1);
+  REQUIRE(ends[0].contains("stop_checkpoint"));
+  const json& stop = ends[0]["stop_checkpoint"];
+  CHECK(stop["state"] == "missing");
+  CHECK(stop["why"].get<std::string>().find("deadline") != std::string::npos);
+  // The next attempt resumes from the newest commit; everything after it is lost.
+  uint64_t resume = stop["resume_step"].get<uint64_t>();
+  CHECK(resume == ends[0]["last_checkpoint_step"].get<uint64_t>());
+  CHECK(resume >= 40);
+  CHECK(stop["lost_steps"].get<uint64_t>() == ends[0]["last_step"].get<uint64_t>() - resume);
+  CHECK_MESSAGE(p.output().find("no stop checkpoint") != std::string::npos, p.output());
+  CHECK(p.output().find("the next attempt resumes from step " + std::to_string(resume)) != std::string::npos);
+}
+
+TEST_CASE("a stop with its checkpoint committed records it as committed") {
+  TempDir d;
+  Process p(lifeline_run(d, train_cmd(d, 100000, 20)));
+  REQUIRE(p.wait_for_line("step 25 ") != "");
+  p.signal(SIGUSR1);
+  CHECK(p.wait() == 75);
+  auto ends = events_named(d / "ckpt", "attempt_end");
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0]["stop_checkpoint"]["state"] == "committed");
+  CHECK(ends[0]["stop_checkpoint"]["step"] == ends[0]["last_checkpoint_step"]);
+}
+
+TEST_CASE("out-of-range durations are refused with exit 2 before anything starts: --grace and the policy") {
+  TempDir d;
+  std::string out;
+  CHECK(run({binary("LIFELINE_BIN"), "run", "--grace", "1e300", "--ckpt-dir", d / "ckpt", "--", "/bin/true"}, &out) == 2);
+  CHECK_MESSAGE(out.find("--grace") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(d / "ckpt"));
+  std::ofstream(d / "long.yaml") << "version: 1\nstop:\n  grace_seconds: 99999999999999\n";
+  CHECK(run({binary("LIFELINE_BIN"), "policy", "check", d / "long.yaml"}, &out) == 2);
+  CHECK_MESSAGE(out.find("long.yaml:3") != std::string::npos, out);
+  CHECK(out.find("too large") != std::string::npos);
+  CHECK(run({binary("LIFELINE_BIN"), "run", "--policy", d / "long.yaml", "--ckpt-dir", d / "ckpt", "--", "/bin/true"},
+            &out) == 2);
+  CHECK_FALSE(fs::exists(d / "ckpt"));
+}
+
+TEST_CASE("a trainer that cannot start leaves nothing behind: no directory, no history, exit 2") {
+  TempDir d;
+  std::string out;
+  CHECK(run({binary("LIFELINE_BIN"), "run", "--ckpt-dir", d / "ckpt", "--", "/nonexistent/trainer"}, &out) == 2);
+  CHECK(out.find("/nonexistent/trainer") != std::string::npos);
+  CHECK_FALSE(fs::exists(d / "ckpt"));
+  CHECK(run({binary("LIFELINE_BIN"), "run", "--ckpt-dir", d / "ckpt", "--", "no-such-trainer-in-path"}, &out) == 2);
+  CHECK(out.find("not found in PATH") != std::string::npos);
+  CHECK_FALSE(fs::exists(d / "ckpt"));
+  // A directory is not a trainer either.
+  CHECK(run({binary("LIFELINE_BIN"), "run", "--ckpt-dir", d / "ckpt", "--", d.path()}, &out) == 2);
+  CHECK_FALSE(fs::exists(d / "ckpt"));
+}
