@@ -1,6 +1,7 @@
 #include "store/writers_lock.h"
 
 #include <fcntl.h>
+#include <dirent.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -9,6 +10,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -36,6 +38,42 @@ int open_lock_file(const std::string& path) {
   return fd;
 }
 
+// Processes of this host that have `st`'s file open: a flock lives as long as any descriptor
+// of the open file description that took it, and /proc/locks names only the process that took
+// it, which may be gone while a forked child still holds it.
+std::vector<pid_t> processes_with_open(const struct stat& target) {
+  std::vector<pid_t> out;
+  DIR* proc = ::opendir("/proc");
+  if (!proc) return out;
+  while (dirent* e = ::readdir(proc)) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (pid <= 0 || *end != '\0') continue;
+    std::string fds = std::string("/proc/") + e->d_name + "/fd";
+    DIR* d = ::opendir(fds.c_str());
+    if (!d) continue;  // gone, or not ours to look at
+    while (dirent* f = ::readdir(d)) {
+      if (f->d_name[0] == '.') continue;
+      struct stat st {};
+      if (::stat((fds + "/" + f->d_name).c_str(), &st) == 0 && st.st_dev == target.st_dev &&
+          st.st_ino == target.st_ino) {
+        out.push_back(pid_t(pid));
+        break;
+      }
+    }
+    ::closedir(d);
+  }
+  ::closedir(proc);
+  return out;
+}
+
+std::string command_of(pid_t pid) {
+  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  return name;
+}
+
 }  // namespace
 
 std::vector<LockHolder> flock_holders(const std::string& path) {
@@ -60,9 +98,22 @@ std::vector<LockHolder> flock_holders(const std::string& path) {
     LockHolder h;
     h.pid = pid_t(pid);
     h.exclusive = mode == "WRITE";
-    std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
-    std::getline(comm, h.command);
+    h.command = command_of(h.pid);
     out.push_back(h);
+  }
+  // A holder that is gone passed its descriptor on (fork): name who has the file open now.
+  bool gone = false;
+  for (const auto& h : out) gone = gone || h.command.empty();
+  if (gone) {
+    for (pid_t pid : processes_with_open(st)) {
+      bool known = false;
+      for (const auto& h : out) known = known || h.pid == pid;
+      if (known || pid == ::getpid()) continue;
+      LockHolder h;
+      h.pid = pid;
+      h.command = command_of(pid);
+      out.push_back(h);
+    }
   }
   return out;
 }

@@ -22,7 +22,9 @@ struct LockHolder {
   bool exclusive = false;
 };
 
-// Who holds a flock on `path` on this host (a shared file system's other hosts are not seen).
+// Who holds a flock on `path` on this host (a shared file system's other hosts are not seen):
+// the processes /proc/locks names and, when one of those is gone (it forked, then exited), the
+// processes that have the file open now (a scan of /proc/*/fd).
 std::vector<LockHolder> flock_holders(const std::string& path);
 
 // "pid 123 (python3, shared), pid 456 (gone, exclusive)"; "" for none.
