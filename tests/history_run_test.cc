@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -102,6 +103,7 @@ TEST_CASE("history shows a run stopped by SIGUSR1 and its resumed completion as 
 
 TEST_CASE("history answers 1 with an empty array when nothing ran") {
   TempDir d;
+  std::filesystem::create_directory(d / "nothing");  // a missing directory is an input error (2)
   int status = -1;
   json h = run_json({"history", d / "nothing", "--json"}, &status);
   CHECK(status == 1);
@@ -164,6 +166,7 @@ TEST_CASE("request --wait makes the running trainer commit a checkpoint and repo
 
 TEST_CASE("request and status answer 1 when no supervisor runs") {
   TempDir d;
+  std::filesystem::create_directory(d / "ckpt");  // a missing directory is an input error (2)
   std::string out;
   CHECK(run(cli({"request", d / "ckpt"}), &out) == 1);
   CHECK(out.find("no supervisor.json") != std::string::npos);

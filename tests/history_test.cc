@@ -1,9 +1,12 @@
 // The history ledger: hand-written history.jsonl files (torn, unfinished, running) folded into
 // attempts and a summary, the contract's JSON shape, the supervisor record, and the timeline.
 #include <doctest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -341,4 +344,96 @@ TEST_CASE("the timeline labels each bar with attempt, job and end reason and mar
   CHECK(svg.find("url(#lost)") != std::string::npos);
   CHECK(svg.find("goodput") != std::string::npos);
   CHECK(svg.find(">45<") != std::string::npos);  // commit step label
+}
+
+namespace {
+
+// Ends the test process (SIGALRM) when the scope takes longer than `seconds`: opening a FIFO
+// for reading or writing without a peer blocks forever, and that is the failure to catch.
+struct Deadline {
+  explicit Deadline(unsigned seconds) { alarm(seconds); }
+  ~Deadline() { alarm(0); }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+};
+
+std::string first_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+}  // namespace
+
+TEST_CASE("a history.jsonl or supervisor.json that is a FIFO is refused without blocking") {
+  TempDir d;
+  REQUIRE(mkfifo((d / kHistoryName).c_str(), 0644) == 0);
+  REQUIRE(mkfifo((d / kSupervisorRecordName).c_str(), 0644) == 0);
+  Deadline deadline(20);
+  HistoryLog(d.path()).append({{"event", "attempt_start"}, {"attempt", 0}});
+  CHECK(read_history_events(d.path()).empty());
+  std::string error;
+  CHECK(read_history_events(d.path(), &error).empty());
+  CHECK(error == d / "history.jsonl is not a regular file (a FIFO): remove it");
+  CHECK_FALSE(read_supervisor_record(d.path(), &error));
+  CHECK(error == d / "supervisor.json is not a regular file (a FIFO): remove it");
+  CHECK(probe_liveness(d.path()).state == Liveness::State::none);
+}
+
+TEST_CASE("a history.jsonl or supervisor.json that is a symbolic link or a hard link is never written or read through") {
+  TempDir d;
+  std::string line = json{{"event", "attempt_start"}, {"attempt", 0}, {"time_ns", kT0}}.dump();
+  std::string victim = d / "victim";
+  std::ofstream(victim) << line << "\n";
+  SUBCASE("symbolic link") {
+    std::filesystem::create_symlink(victim, d / kHistoryName);
+    std::filesystem::create_symlink(victim, d / kSupervisorRecordName);
+    std::string error;
+    CHECK(read_history_events(d.path(), &error).empty());
+    CHECK(error == d / "history.jsonl is a symbolic link: lifeline never follows one; remove it");
+    CHECK_FALSE(read_supervisor_record(d.path()));
+  }
+  SUBCASE("hard link") {
+    std::filesystem::create_hard_link(victim, d / kHistoryName);
+  }
+  HistoryLog(d.path()).append({{"event", "attempt_end"}, {"attempt", 0}});
+  std::ifstream in(victim);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(text == line + "\n");
+}
+
+TEST_CASE("HistoryLog::append never throws, and strings with invalid UTF-8 are kept as \\xNN") {
+  TempDir d;
+  HistoryLog log(d.path());
+  CHECK_NOTHROW(log.append({{"event", "checkpoint_failed"}, {"attempt", 0}, {"error", "bad \xff\xfe bytes"},
+                            {"metrics", {{"loss\xc3", 1.5}}}}));
+  CHECK_NOTHROW(log.append(json::array({1, 2})));  // not an object: kept under "value"
+  auto events = read_history_events(d.path());
+  REQUIRE(events.size() == 2);
+  CHECK(events[0]["error"] == "bad \\xff\\xfe bytes");
+  CHECK(events[0]["metrics"]["loss\\xc3"] == 1.5);
+  CHECK(events[1]["value"] == json::array({1, 2}));
+  CHECK(events[1]["time_ns"].is_number());
+}
+
+TEST_CASE("a supervisor.json with odd field types is read without throwing and keeps only scalar policy numbers") {
+  TempDir d;
+  std::ofstream(d / kSupervisorRecordName)
+      << R"({"pid": "not a number", "host": 7, "attempt": 2, "policy": {"every_steps": 20, "deep": [[[[1]]]]}})";
+  std::optional<SupervisorRecord> r;
+  REQUIRE_NOTHROW(r = read_supervisor_record(d.path()));
+  REQUIRE(r);
+  CHECK(r->pid == 0);
+  CHECK(r->host == "");
+  CHECK(r->attempt == 2);
+  CHECK(r->policy == json{{"every_steps", 20}});
+  CHECK(first_line(d / kSupervisorRecordName).find("not a number") != std::string::npos);
+}
+
+TEST_CASE("the timeline of a directory whose name is not valid UTF-8 is valid UTF-8") {
+  Ledger l = fold_history(stopped_then_completed(), {}, kT0 + 200 * kSec);
+  std::string svg = timeline_svg(l, "/scratch/run-\xff", kT0 + 200 * kSec);
+  CHECK(svg.find("/scratch/run-\\xff") != std::string::npos);
+  CHECK(svg.find("\xff") == std::string::npos);
 }

@@ -368,3 +368,46 @@ TEST_CASE("a checkpoint folder replaced while retention runs is put back, not de
   CHECK(verify_checkpoint(dir + "/step-000000000002", VerifyMode::full).valid);
   CHECK_FALSE(fs::exists(dir + "/step-000000000001"));
 }
+
+TEST_CASE("a newest checkpoint whose MANIFEST lists no files never makes retention delete the older valid ones") {
+  TempDir d;
+  commit(d.path(), 10);
+  commit(d.path(), 20);
+  std::string empty = commit(d.path(), 30);
+  edit_manifest(empty, [](nlohmann::json& j) { j["files"] = nlohmann::json::array(); });
+  RetentionReport r = apply_retention(disk(), d.path(), rules(1), std::nullopt, false);
+  CHECK(r.errors.empty());
+  CHECK(kept_steps(r) == std::vector<uint64_t>{20, 30});
+  CHECK(has_reason(at(r, 20), "newest valid"));
+  CHECK(has_reason(at(r, 30), "invalid and newer than the newest valid"));
+  ResumeChoice c = choose_resume(d.path());
+  REQUIRE(c.resume);
+  CHECK(c.resume->step == 20);
+}
+
+TEST_CASE("remove_all_leftovers removes every staging and trash folder at once, whatever its age or writer, and nothing else") {
+  TempDir d;
+  commit(d.path(), 1);
+  // A staging folder of this very (live) process, touched just now: only proof that no writer
+  // is alive (which the caller has) lets it go.
+  std::string live = ".staging-step-000000000002-" + std::to_string(getpid()) + "-0000abcd";
+  std::vector<std::string> leftovers = {live, ".staging-foreign", ".trash-step-000000000001-1-ff"};
+  for (const auto& n : leftovers) fs::create_directories(d / n + "/sub");
+  std::ofstream(d / (live + "/sub/state.bin")) << "partial";
+  for (const auto& n : {"lock", "history.jsonl", "supervisor.json", "notes"}) std::ofstream(d / n) << "x";
+  fs::create_directory(d / "foreign-folder");
+
+  std::vector<std::string> errors;
+  std::vector<RemovedLeftover> removed = remove_all_leftovers(disk(), d.path(), &errors);
+  CHECK(errors.empty());
+  REQUIRE(removed.size() == 3);
+  CHECK(removed[0].name == ".staging-foreign");
+  CHECK(removed[0].why == "staging folder of a writer that is gone");
+  CHECK(removed[1].name == live);
+  CHECK(removed[2].name == ".trash-step-000000000001-1-ff");
+  CHECK(removed[2].why == "trash");
+  CHECK(names_in(d.path()) ==
+        std::vector<std::string>{"foreign-folder", "history.jsonl", "lock", "notes", "step-000000000001", "supervisor.json"});
+  CHECK(verify_checkpoint(d / "step-000000000001", VerifyMode::full).valid);
+  CHECK(remove_all_leftovers(disk(), d.path()).empty());
+}

@@ -4,6 +4,7 @@
 #include <doctest.h>
 #include <signal.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -169,6 +170,7 @@ TEST_CASE("a corrupted newest checkpoint is skipped by verify and by the next ru
 
 TEST_CASE("verify answers 1 when there is no valid checkpoint") {
   TempDir d;
+  std::filesystem::create_directory(d / "nothing");  // a missing directory is an input error (2)
   std::string out;
   CHECK(run({binary("LIFELINE_BIN"), "verify", d / "nothing", "--json"}, &out) == 1);
   json v = json::parse(out);

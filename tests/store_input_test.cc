@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "store/checkpoint_store.h"
@@ -114,7 +115,104 @@ TEST_CASE("a huge MANIFEST is refused without reading it") {
   commit_step(d.path(), 10, "good");
   std::string p = commit_step(d.path(), 20, "payload");
   fs::resize_file(p + "/MANIFEST", uint64_t(65) << 20);  // sparse: costs no disk
-  CHECK(problem_of(d.path(), p) == "MANIFEST is not a regular file of sane size");
+  CHECK(contains(problem_of(d.path(), p), "over the limit of 4 MiB"));
+}
+
+TEST_CASE("a MANIFEST over 4 MiB is invalid without being read, and the problem names the limit") {
+  TempDir d;
+  commit_step(d.path(), 10, "good");
+  std::string p = commit_step(d.path(), 20, "payload");
+  fs::resize_file(p + "/MANIFEST", (uint64_t(4) << 20) + 1);  // sparse: costs no disk
+  std::string problem = problem_of(d.path(), p);
+  CHECK(problem == "MANIFEST is 4194305 bytes, over the limit of 4 MiB (kMaxManifestBytes): not read");
+}
+
+TEST_CASE("a MANIFEST with invalid UTF-8 is reported with its bytes as \\xNN and its JSON can be written") {
+  TempDir d;
+  commit_step(d.path(), 10, "good");
+  std::string p = commit_step(d.path(), 20, "payload");
+  std::string text = read_file(p + "/MANIFEST");
+  text.replace(text.find("\"host\""), 6, "\"h\xff\xfe\"");  // a raw byte inside a key: the parser stops there
+  write_manifest(p, text);
+  std::string problem = problem_of(d.path(), p);
+  CHECK(contains(problem, "not valid JSON"));
+  CHECK(contains(problem, "\\xff"));
+  CHECK_NOTHROW(nlohmann::json(problem).dump());  // valid UTF-8: nlohmann serialises it
+  for (const auto& c : list_checkpoints(d.path(), VerifyMode::full)) {
+    std::string j;
+    REQUIRE_NOTHROW(j = checkpoint_json(c));
+    CHECK(nlohmann::json::parse(j)["step"] == c.step);
+  }
+}
+
+TEST_CASE("a MANIFEST that lists no files is invalid and resume falls back to the older checkpoint") {
+  TempDir d;
+  commit_step(d.path(), 10, "good");
+  std::string p = commit_step(d.path(), 20, "payload");
+  edit_manifest(p, [](nlohmann::json& j) { j["files"] = nlohmann::json::array(); });
+  CHECK(contains(problem_of(d.path(), p), "MANIFEST lists no files"));
+  CHECK_FALSE(verify_checkpoint(p, VerifyMode::quick).valid);
+}
+
+TEST_CASE("the writer refuses to commit a checkpoint without files and removes its staging folder") {
+  TempDir d;
+  commit_step(d.path(), 10, "good");
+  CheckpointWriter w(default_file_system(), d.path(), 20, CheckpointMeta{});
+  fs::create_directory(w.path() + "/empty-sub");  // a folder is not a file
+  CHECK_THROWS_WITH(w.commit(), doctest::Contains("has no files"));
+  CHECK_FALSE(fs::exists(w.path()));
+  CHECK_FALSE(fs::exists(d / "step-000000000020"));
+  ResumeChoice c = choose_resume(d.path());
+  REQUIRE(c.resume);
+  CHECK(c.resume->step == 10);
+}
+
+TEST_CASE("the writer refuses to commit a checkpoint whose MANIFEST would exceed 4 MiB") {
+  TempDir d;
+  commit_step(d.path(), 10, "good");
+  CheckpointWriter w(default_file_system(), d.path(), 20, CheckpointMeta{});
+  w.write_file("weights.bin", "w", 1);
+  std::map<std::string, double> metrics;  // ~4.4 MB of metric names
+  for (int i = 0; metrics.size() < 40000; ++i) metrics["metric_" + std::string(100, 'x') + std::to_string(i)] = i;
+  CHECK_THROWS_WITH(w.commit(metrics), doctest::Contains("over the limit of 4 MiB"));
+  CHECK_FALSE(fs::exists(w.path()));
+  CHECK_FALSE(fs::exists(d / "step-000000000020"));
+}
+
+TEST_CASE("a metric name that is not valid UTF-8 is committed as \\xNN; a file name that is not is refused") {
+  TempDir d;
+  commit_step(d.path(), 10, "good");
+  SUBCASE("metric name") {
+    CheckpointWriter w(default_file_system(), d.path(), 20, CheckpointMeta{});
+    w.write_file("weights.bin", "w", 1);
+    REQUIRE_NOTHROW(w.commit({{"loss\xff", 0.5}}));
+    CheckpointInfo info = verify_checkpoint(d / "step-000000000020", VerifyMode::full);
+    CHECK(info.valid);
+    CHECK(info.metrics.count("loss\\xff") == 1);
+    CHECK(nlohmann::json::parse(checkpoint_json(info))["metrics"]["loss\\xff"] == 0.5);
+  }
+  SUBCASE("file name") {
+    CheckpointWriter w(default_file_system(), d.path(), 20, CheckpointMeta{});
+    w.write_file("weights.bin", "w", 1);
+    std::ofstream(w.path() + "/state\xff.bin") << "s";
+    CHECK_THROWS_WITH(w.commit(), doctest::Contains("state\\xff.bin"));
+    CHECK_FALSE(fs::exists(w.path()));
+    CHECK_FALSE(fs::exists(d / "step-000000000020"));
+  }
+}
+
+TEST_CASE("a checkpoint directory whose path is not valid UTF-8 is shown with \\xNN in the checkpoint JSON") {
+  TempDir d;
+  std::string dir = d / "run-\xff\xfe";
+  fs::create_directory(dir);
+  commit_step(dir, 10, "good");
+  auto list = list_checkpoints(dir, VerifyMode::full);
+  REQUIRE(list.size() == 1);
+  CHECK(list[0].valid);
+  CHECK(list[0].path == dir + "/step-000000000010");  // the real path, to open it
+  std::string j;
+  REQUIRE_NOTHROW(j = checkpoint_json(list[0]));
+  CHECK(nlohmann::json::parse(j)["path"] == d / "run-\\xff\\xfe/step-000000000010");
 }
 
 TEST_CASE("deeply nested, empty, binary or truncated JSON in a MANIFEST is reported, never fatal") {
@@ -193,9 +291,9 @@ TEST_CASE("manifest entries with wrong sizes, types, paths or algorithms are rep
     edit_manifest(p, [](nlohmann::json& j) { j["files"][0]["path"] = "sub/../weights.bin"; });
     CHECK(contains(problem_of(d.path(), p), "'..'"));
   }
-  SUBCASE("a hundred thousand entries for files that do not exist") {
+  SUBCASE("thirty thousand entries for files that do not exist") {  // ~1.3 MB, under kMaxManifestBytes
     edit_manifest(p, [](nlohmann::json& j) {
-      for (int i = 0; i < 100000; ++i) j["files"].push_back({{"path", "f" + std::to_string(i)}, {"bytes", 1}, {"checksum", "0"}});
+      for (int i = 0; i < 30000; ++i) j["files"].push_back({{"path", "f" + std::to_string(i)}, {"bytes", 1}, {"checksum", "0"}});
     });
     CHECK(problem_of(d.path(), p) == "file f0 is missing");
   }

@@ -5,7 +5,9 @@
 
 #include "cli/commands.h"
 #include "common/clock.h"
+#include "common/json_text.h"
 #include "store/checkpoint_store.h"
+#include "store/dir_safety.h"
 
 namespace lifeline::cli {
 
@@ -44,11 +46,16 @@ void register_checkpoint_commands(CLI::App& app, int& rc) {
     sub->add_flag("--quick", *quick, "check manifests and sizes only, not checksums");
     sub->callback([=, &rc] {
       std::string d = resolve_ckpt_dir(*dir);
+      if (std::string why = checkpoint_dir_problem(d); !why.empty()) {
+        std::fprintf(stderr, "lifeline checkpoints: %s\n", why.c_str());
+        rc = 2;
+        return;
+      }
       auto list = list_checkpoints(d, *quick ? VerifyMode::quick : VerifyMode::full);
       if (*as_json) {
         nlohmann::json arr = nlohmann::json::array();
-        for (const auto& c : list) arr.push_back(nlohmann::json::parse(checkpoint_json(c)));
-        std::printf("%s\n", arr.dump(2).c_str());
+        for (const auto& c : list) arr.push_back(checkpoint_object(c));
+        std::printf("%s\n", dump_json(arr, 2).c_str());
       } else if (list.empty()) {
         std::printf("no checkpoints in %s\n", d.c_str());
       } else {
@@ -70,13 +77,18 @@ void register_checkpoint_commands(CLI::App& app, int& rc) {
     sub->add_flag("--json", *as_json, "JSON object {resume, skipped}");
     sub->callback([=, &rc] {
       std::string d = resolve_ckpt_dir(*dir);
+      if (std::string why = checkpoint_dir_problem(d); !why.empty()) {
+        std::fprintf(stderr, "lifeline verify: %s\n", why.c_str());
+        rc = 2;
+        return;
+      }
       ResumeChoice choice = choose_resume(d);
       if (*as_json) {
         nlohmann::json j;
-        j["resume"] = choice.resume ? nlohmann::json::parse(checkpoint_json(*choice.resume)) : nlohmann::json(nullptr);
+        j["resume"] = choice.resume ? checkpoint_object(*choice.resume) : nlohmann::json(nullptr);
         j["skipped"] = nlohmann::json::array();
-        for (const auto& s : choice.skipped) j["skipped"].push_back(nlohmann::json::parse(checkpoint_json(s)));
-        std::printf("%s\n", j.dump(2).c_str());
+        for (const auto& s : choice.skipped) j["skipped"].push_back(checkpoint_object(s));
+        std::printf("%s\n", dump_json(j, 2).c_str());
       } else {
         for (const auto& s : choice.skipped)
           std::printf("skip   step %llu: %s\n", static_cast<unsigned long long>(s.step), s.problem.c_str());

@@ -1,22 +1,23 @@
 // `lifeline gc [DIR] [--policy FILE] [--dry-run]`: applies the retention policy now and says
 // what it keeps and why, and what it deletes (or would delete).
 //
+// A missing checkpoint directory is an input error (exit 2), and so is one that another user
+// controls or every user can write into (see store/dir_safety.h): gc deletes there.
+//
 // Sharing the directory with a running supervisor: the supervisor applies retention itself
 // after every commit, holding the directory lock. `gc` deletes only while it holds that lock
 // too, so two deleters never race: when a supervisor (or another gc) holds it, `gc` refuses
 // with exit status 1, naming the holder. `--dry-run` takes no lock and changes nothing, so it
 // always runs; it notes the holder when there is one.
-#include <sys/stat.h>
-
 #include <cstdio>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "cli/commands.h"
-#include "common/errors.h"
 #include "policy/policy.h"
 #include "store/dir_lock.h"
+#include "store/dir_safety.h"
 #include "store/file_system.h"
 #include "store/retention.h"
 
@@ -41,10 +42,13 @@ int run_gc(const std::string& dir_arg, const std::string& policy_file, bool dry_
     return 2;
   }
   std::string dir = resolve_ckpt_dir(dir_arg, policy.checkpoint.dir);
-  struct stat st {};
-  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    std::printf("no checkpoint directory at %s: nothing to collect\n", dir.c_str());
-    return 0;
+  if (std::string why = checkpoint_dir_problem(dir); !why.empty()) {
+    std::fprintf(stderr, "lifeline gc: %s\n", why.c_str());
+    return 2;
+  }
+  if (std::string why = unsafe_dir_reason(dir); !why.empty()) {
+    std::fprintf(stderr, "lifeline gc: %s\nlifeline gc: nothing deleted\n", why.c_str());
+    return 2;
   }
   std::unique_ptr<DirLock> lock;
   std::optional<std::string> holder;
@@ -53,15 +57,15 @@ int run_gc(const std::string& dir_arg, const std::string& policy_file, bool dry_
   } else {
     try {
       lock = std::make_unique<DirLock>(dir, "gc");
-    } catch (const SystemError& e) {  // cannot even try (permissions, read-only file system)
-      std::fprintf(stderr, "lifeline gc: %s\n", e.what());
-      return 2;
-    } catch (const std::exception& e) {
+    } catch (const DirInUse& e) {
       std::fprintf(stderr,
                    "lifeline gc: %s\nlifeline gc: nothing deleted; a running supervisor applies retention itself "
                    "after each commit (use --dry-run to see the plan)\n",
                    e.what());
       return 1;
+    } catch (const std::exception& e) {  // cannot even try (permissions, a link or FIFO as lock file)
+      std::fprintf(stderr, "lifeline gc: %s\n", e.what());
+      return 2;
     }
   }
   std::printf("%s %s (%s)\n", dry_run ? "dry run of gc in" : "gc in", dir.c_str(), rules_text(policy.retention).c_str());

@@ -1,5 +1,8 @@
 // `lifeline history`, `lifeline status` and `lifeline request`: what happened to a run, what its
-// supervisor is doing now, and asking it for a checkpoint now.
+// supervisor is doing now, and asking it for a checkpoint now. A missing checkpoint directory,
+// or a history.jsonl or supervisor.json that cannot be used (a FIFO, a link: never opened
+// through nor waited on), is an input error: exit 2 naming it. `history` only warns about
+// supervisor.json, which it needs only to tell a running attempt from a lost one.
 #include <unistd.h>
 
 #include <chrono>
@@ -12,12 +15,14 @@
 
 #include "cli/commands.h"
 #include "common/clock.h"
+#include "common/json_text.h"
 #include "control/control_block.h"
 #include "history/history.h"
 #include "history/ledger.h"
 #include "history/supervisor_record.h"
 #include "history/timeline_svg.h"
 #include "store/checkpoint_store.h"
+#include "store/dir_safety.h"
 
 namespace lifeline::cli {
 
@@ -127,9 +132,9 @@ struct LiveSupervisor {
 
 // Finds the supervisor of `dir` and attaches to its block; on failure says why in `why`.
 std::optional<LiveSupervisor> attach_supervisor(const std::string& dir, std::string& why) {
-  auto record = read_supervisor_record(dir);
+  auto record = read_supervisor_record(dir, &why);
   if (!record) {
-    why = "no supervisor.json in " + dir + ": no supervisor has run here";
+    if (why.empty()) why = "no supervisor.json in " + dir + ": no supervisor has run here";
     return std::nullopt;
   }
   auto state = supervisor_state(*record);
@@ -170,8 +175,19 @@ void register_history(CLI::App& app, int& rc) {
   sub->add_option("--timeline", *svg, "also draw the attempts as an SVG timeline into this file");
   sub->callback([=, &rc] {
     std::string d = resolve_ckpt_dir(*dir);
+    std::string input_error = checkpoint_dir_problem(d);
+    std::vector<nlohmann::json> events;
+    if (input_error.empty()) events = read_history_events(d, &input_error);
+    if (!input_error.empty()) {
+      std::fprintf(stderr, "lifeline history: %s\n", input_error.c_str());
+      rc = 2;
+      return;
+    }
+    std::string record_error;
+    Liveness live = probe_liveness(d, &record_error);
+    if (!record_error.empty()) std::fprintf(stderr, "lifeline history: warning: %s\n", record_error.c_str());
     uint64_t now = wall_ns();
-    Ledger ledger = fold_history(read_history_events(d), probe_liveness(d), now);
+    Ledger ledger = fold_history(events, live, now);
     if (!svg->empty()) {
       if (!write_text_file(*svg, timeline_svg(ledger, d, now))) {
         std::fprintf(stderr, "lifeline history: cannot write %s\n", svg->c_str());
@@ -182,7 +198,7 @@ void register_history(CLI::App& app, int& rc) {
     if (*as_json) {
       json arr = json::array();
       for (const Attempt& a : ledger.attempts) arr.push_back(attempt_json(a));
-      std::printf("%s\n", arr.dump(2).c_str());
+      std::printf("%s\n", dump_json(arr, 2).c_str());
     } else if (ledger.attempts.empty()) {
       std::printf("no history in %s\n", d.c_str());
     } else {
@@ -341,9 +357,9 @@ void print_live_status(const json& j) {
   const json& a = j["attempt"];
   if (a.is_object())
     std::printf("attempt         %s, %s so far\n",
-                a["resumed_from_step"].is_number() ? ("resumed from step " + a["resumed_from_step"].dump()).c_str()
+                a["resumed_from_step"].is_number() ? ("resumed from step " + dump_json(a["resumed_from_step"])).c_str()
                                                    : "started from scratch",
-                (a["checkpoints"].dump() + " checkpoint(s)").c_str());
+                (dump_json(a["checkpoints"]) + " checkpoint(s)").c_str());
   if (j.contains("note")) std::printf("note            %s\n", j["note"].get<std::string>().c_str());
   if (j["trainer"].is_object()) {
     const json& t = j["trainer"];
@@ -354,7 +370,7 @@ void print_live_status(const json& j) {
                     t["rate_from"].get<std::string>() == "sample" ? "just measured" : "from the history");
       rate = buf;
     }
-    std::printf("trainer         pid %s, %s, step %llu, %s\n", t["pid"].is_number() ? t["pid"].dump().c_str() : "-",
+    std::printf("trainer         pid %s, %s, step %llu, %s\n", t["pid"].is_number() ? dump_json(t["pid"]).c_str() : "-",
                 t["state"].get<std::string>().c_str(), t["step"].get<unsigned long long>(), rate.c_str());
   }
   if (j["last_checkpoint"].is_object())
@@ -378,7 +394,7 @@ void print_live_status(const json& j) {
     const json& n = j["next_checkpoint"];
     std::string text;
     if (n["step"].is_number()) {
-      text = "step " + n["step"].dump();
+      text = "step " + dump_json(n["step"]);
       if (n["step_in_seconds"].is_number()) text += " (in ~" + human_duration(n["step_in_seconds"].get<double>()) + ")";
     }
     if (n["periodic_at"].is_string())
@@ -400,9 +416,18 @@ void register_status(CLI::App& app, int& rc) {
       ->check(CLI::Range(0.0, 60.0));
   sub->callback([=, &rc] {
     std::string d = resolve_ckpt_dir(*dir);
-    auto record = read_supervisor_record(d);
+    std::string input_error = checkpoint_dir_problem(d);
+    std::optional<SupervisorRecord> record;
+    std::vector<nlohmann::json> events;
+    if (input_error.empty()) record = read_supervisor_record(d, &input_error);
+    if (input_error.empty()) events = read_history_events(d, &input_error);
+    if (!input_error.empty()) {
+      std::fprintf(stderr, "lifeline status: %s\n", input_error.c_str());
+      rc = 2;
+      return;
+    }
     Liveness live = probe_liveness(d);
-    Ledger ledger = fold_history(read_history_events(d), live, wall_ns());
+    Ledger ledger = fold_history(events, live, wall_ns());
     bool last_open = !ledger.attempts.empty() && ledger.attempts.back().running;
 
     json j;
@@ -425,11 +450,11 @@ void register_status(CLI::App& app, int& rc) {
            {"reason", why},
            {"last_attempt", ledger.attempts.empty() ? json(nullptr) : attempt_json(ledger.attempts.back())},
            {"summary", summary_json(ledger.summary)},
-           {"newest_checkpoint", newest ? json::parse(checkpoint_json(*newest)) : json(nullptr)}};
+           {"newest_checkpoint", newest ? json(checkpoint_object(*newest)) : json(nullptr)}};
     }
 
     if (*as_json) {
-      std::printf("%s\n", j.dump(2).c_str());
+      std::printf("%s\n", dump_json(j, 2).c_str());
     } else if (j["running"].get<bool>()) {
       print_live_status(j);
     } else {
@@ -467,11 +492,21 @@ void register_request(CLI::App& app, int& rc) {
   sub->add_flag("--json", *as_json, "JSON object {seq, committed_step}");
   sub->callback([=, &rc] {
     std::string d = resolve_ckpt_dir(*dir);
+    std::string input_error = checkpoint_dir_problem(d);
+    if (input_error.empty()) read_supervisor_record(d, &input_error);
+    if (!input_error.empty()) {  // not "no supervisor runs" (1): the directory is not usable
+      std::fprintf(stderr, "lifeline request: %s\n", input_error.c_str());
+      if (*as_json)
+        std::printf("%s\n",
+                    dump_json(json{{"seq", nullptr}, {"committed_step", nullptr}, {"error", input_error}}, 2).c_str());
+      rc = 2;
+      return;
+    }
     std::string why;
     auto sup = attach_supervisor(d, why);
     if (!sup) {
       std::fprintf(stderr, "lifeline request: %s\n", why.c_str());
-      if (*as_json) std::printf("%s\n", json{{"seq", nullptr}, {"committed_step", nullptr}, {"error", why}}.dump(2).c_str());
+      if (*as_json) std::printf("%s\n", dump_json(json{{"seq", nullptr}, {"committed_step", nullptr}, {"error", why}}, 2).c_str());
       rc = 1;
       return;
     }
@@ -487,7 +522,7 @@ void register_request(CLI::App& app, int& rc) {
       std::printf("checkpoint requested from supervisor pid %lld (request seq %llu)\n", (long long)sup->record.pid,
                   (unsigned long long)seq);
     if (!*wait) {
-      if (*as_json) std::printf("%s\n", json{{"seq", seq}, {"committed_step", nullptr}}.dump(2).c_str());
+      if (*as_json) std::printf("%s\n", dump_json(json{{"seq", seq}, {"committed_step", nullptr}}, 2).c_str());
       rc = 0;
       return;
     }
@@ -511,14 +546,14 @@ void register_request(CLI::App& app, int& rc) {
     }
     if (!failure.empty()) {
       std::fprintf(stderr, "lifeline request: %s\n", failure.c_str());
-      if (*as_json) std::printf("%s\n", json{{"seq", seq}, {"committed_step", nullptr}, {"error", failure}}.dump(2).c_str());
+      if (*as_json) std::printf("%s\n", dump_json(json{{"seq", seq}, {"committed_step", nullptr}, {"error", failure}}, 2).c_str());
       rc = 1;
       return;
     }
     uint64_t step = block.u64(kAckStepOff).load();
     double secs = double(mono_ns() - start) / 1e9;
     if (*as_json)
-      std::printf("%s\n", json{{"seq", seq}, {"committed_step", step}, {"waited_seconds", round3(secs)}}.dump(2).c_str());
+      std::printf("%s\n", dump_json(json{{"seq", seq}, {"committed_step", step}, {"waited_seconds", round3(secs)}}, 2).c_str());
     else
       std::printf("committed step %llu (%s after the request)\n", (unsigned long long)step, human_duration(secs).c_str());
     rc = 0;

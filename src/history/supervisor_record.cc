@@ -1,38 +1,104 @@
 #include "history/supervisor_record.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
-#include <sstream>
+#include <random>
 
 #include "common/clock.h"
+#include "common/json_text.h"
+#include "common/regular_file.h"
 #include "control/control_block.h"
 
 namespace lifeline {
 using json = nlohmann::json;
 
-std::optional<SupervisorRecord> read_supervisor_record(const std::string& dir) {
-  std::ifstream in(dir + "/" + kSupervisorRecordName);
-  if (!in) return std::nullopt;
-  std::stringstream text;
-  text << in.rdbuf();
-  json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object()) return std::nullopt;
+namespace {
+constexpr uint64_t kMaxRecordBytes = 1 << 20;  // a record is a few hundred bytes
+}  // namespace
+
+std::optional<SupervisorRecord> read_supervisor_record(const std::string& dir, std::string* error) {
+  std::string path = dir + "/" + kSupervisorRecordName, text, why;
+  if (error) error->clear();
+  if (!read_regular_file(path, kMaxRecordBytes, text, why)) {
+    if (error) *error = why;
+    return std::nullopt;
+  }
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) {
+    if (error) *error = path + " is not a JSON object (damaged): remove it; the next lifeline run writes a new one";
+    return std::nullopt;
+  }
   SupervisorRecord r;
   r.raw = j;
-  r.pid = j.value("pid", int64_t(0));
-  r.host = j.value("host", "");
+  auto num = [&](const char* key, auto fallback) {
+    auto it = j.find(key);
+    return it != j.end() && it->is_number() ? it->get<decltype(fallback)>() : fallback;
+  };
+  auto str = [&](const char* key) {
+    auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  r.pid = num("pid", int64_t(0));
+  r.host = str("host");
   if (auto it = j.find("job_id"); it != j.end() && it->is_string()) r.job_id = it->get<std::string>();
   if (auto it = j.find("control"); it != j.end() && it->is_string()) r.control = it->get<std::string>();
-  r.attempt = j.value("attempt", uint64_t(0));
-  r.lineage = j.value("lineage", "");
-  r.started_ns = parse_iso8601(j.value("started", ""));
-  r.requeue_mode = j.value("requeue_mode", "");
-  r.grace_seconds = j.value("grace_seconds", 0.0);
-  if (auto it = j.find("policy"); it != j.end() && it->is_object()) r.policy = *it;
+  r.attempt = num("attempt", uint64_t(0));
+  r.lineage = str("lineage");
+  r.started_ns = parse_iso8601(str("started"));
+  r.requeue_mode = str("requeue_mode");
+  r.grace_seconds = num("grace_seconds", 0.0);
+  if (auto it = j.find("policy"); it != j.end() && it->is_object())
+    for (auto& [k, v] : it->items())
+      if (v.is_primitive()) r.policy[k] = v;
   return r;
+}
+
+bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& record, std::string* error) {
+  std::string dst = dir + "/" + kSupervisorRecordName;
+  std::string tmp;
+  int fd = -1;
+  auto fail = [&](const std::string& why) {
+    if (fd >= 0) ::close(fd);
+    if (!tmp.empty()) ::unlink(tmp.c_str());
+    if (error) *error = "cannot write " + dst + ": " + why;
+    return false;
+  };
+  try {
+    std::string text = dump_json(record, 2) + "\n";
+    std::random_device rd;
+    char rnd[9];
+    std::snprintf(rnd, sizeof rnd, "%08x", rd());
+    std::string name = dir + "/.supervisor.json.tmp-" + std::to_string(getpid()) + "-" + rnd;
+    fd = ::open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return fail("create " + name + ": " + std::strerror(errno));
+    tmp = name;
+    for (size_t done = 0; done < text.size();) {
+      ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return fail(std::string("write: ") + std::strerror(errno));
+      done += size_t(n);
+    }
+    if (::fsync(fd) != 0) return fail(std::string("fsync: ") + std::strerror(errno));
+    int rc = ::close(fd);
+    fd = -1;
+    if (rc != 0) return fail(std::string("close: ") + std::strerror(errno));
+    if (::rename(tmp.c_str(), dst.c_str()) != 0) return fail(std::string("rename: ") + std::strerror(errno));
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  }
+  tmp.clear();  // renamed: nothing to remove
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int rc = dfd < 0 ? -1 : ::fsync(dfd);
+  int err = errno;
+  if (dfd >= 0) ::close(dfd);
+  if (rc != 0) return fail(std::string("fsync of the directory after the rename: ") + std::strerror(err));
+  return true;
 }
 
 std::string this_host() {
@@ -62,9 +128,9 @@ Liveness::State supervisor_state(const SupervisorRecord& record) {
   return lifeline_pid_alive(record.pid) ? Liveness::State::alive : Liveness::State::dead;
 }
 
-Liveness probe_liveness(const std::string& dir) {
+Liveness probe_liveness(const std::string& dir, std::string* error) {
   Liveness live;
-  auto record = read_supervisor_record(dir);
+  auto record = read_supervisor_record(dir, error);
   if (!record) return live;
   live.state = supervisor_state(*record);
   live.attempt = record->attempt;

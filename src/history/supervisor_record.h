@@ -28,8 +28,20 @@ struct SupervisorRecord {
   nlohmann::json raw;
 };
 
-// None when the file is missing or is not a JSON object.
-std::optional<SupervisorRecord> read_supervisor_record(const std::string& dir);
+// None when the file is missing or unusable; then `error` (when given) says why it is
+// unusable: a link, a FIFO or anything but a regular file (never followed, never waited on),
+// over 1 MiB, or not a JSON object. Missing leaves `error` empty. `policy` keeps only the
+// scalar members of the recorded policy.
+std::optional<SupervisorRecord> read_supervisor_record(const std::string& dir, std::string* error = nullptr);
+
+// Replaces `dir`/supervisor.json with `record` (dump_json, indented) atomically and durably:
+// a temporary file `.supervisor.json.tmp-<pid>-<random>` created with O_CREAT|O_EXCL|O_NOFOLLOW,
+// written in full, fsynced and closed, renamed over supervisor.json, then the directory
+// fsynced. On any failure before the rename the temporary file is removed and the old
+// supervisor.json is untouched; false with the reason in `error` (when given). A failed
+// directory fsync after the rename also gives false: the new record is in place but may not
+// survive a crash. Never throws.
+bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& record, std::string* error);
 
 // gethostname(), as the supervisor records it.
 std::string this_host();
@@ -39,7 +51,8 @@ std::string this_host();
 Liveness::State supervisor_state(const SupervisorRecord& record);
 
 // Everything fold_history needs beyond the history: the supervisor's state and, when it died
-// without unlinking its control block (SIGKILL), the trainer's last step from that block.
-Liveness probe_liveness(const std::string& dir);
+// without unlinking its control block (SIGKILL), the trainer's last step from that block. An
+// unusable supervisor.json counts as none, its reason in `error` (read_supervisor_record).
+Liveness probe_liveness(const std::string& dir, std::string* error = nullptr);
 
 }  // namespace lifeline

@@ -7,6 +7,8 @@
 #include <sstream>
 #include <vector>
 
+#include "common/json_text.h"
+
 namespace lifeline {
 
 namespace {
@@ -30,9 +32,10 @@ const char* const kLost = "#e45756";
 const char* const kCommit = "#111827";
 const char* const kSignal = "#b91c1c";
 
+// XML text: markup escaped, and valid UTF-8 (a directory name may hold any bytes).
 std::string esc(const std::string& s) {
   std::string out;
-  for (char c : s) {
+  for (char c : valid_utf8(s)) {
     switch (c) {
       case '&': out += "&amp;"; break;
       case '<': out += "&lt;"; break;

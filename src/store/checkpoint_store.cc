@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "common/clock.h"
+#include "common/json_text.h"
 #include "store/checksum.h"
 
 namespace lifeline {
@@ -49,15 +50,22 @@ static bool read_small_file(const std::string& path, std::string& out, std::stri
     return false;
   }
   struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (64 << 20)) {
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    problem = "MANIFEST is not a regular file of sane size";
+    problem = "MANIFEST is not a regular file";
+    return false;
+  }
+  if (uint64_t(st.st_size) > kMaxManifestBytes) {
+    ::close(fd);
+    problem = "MANIFEST is " + std::to_string(st.st_size) + " bytes, over the limit of " +
+              std::to_string(kMaxManifestBytes >> 20) + " MiB (kMaxManifestBytes): not read";
     return false;
   }
   out.resize(size_t(st.st_size));
   size_t got = 0;
   while (got < out.size()) {
     ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     got += size_t(n);
   }
@@ -84,7 +92,7 @@ static std::string check_no_links(const std::string& root, const std::string& re
   }
 }
 
-CheckpointInfo verify_checkpoint(const std::string& folder, VerifyMode mode) {
+static CheckpointInfo verify_folder(const std::string& folder, VerifyMode mode) {
   CheckpointInfo info;
   std::error_code ec;
   fs::path abs = fs::absolute(folder, ec);
@@ -149,6 +157,12 @@ CheckpointInfo verify_checkpoint(const std::string& folder, VerifyMode mode) {
   return info;
 }
 
+CheckpointInfo verify_checkpoint(const std::string& folder, VerifyMode mode) {
+  CheckpointInfo info = verify_folder(folder, mode);
+  info.problem = valid_utf8(info.problem);  // it quotes paths and parser messages: any bytes
+  return info;
+}
+
 std::vector<std::pair<uint64_t, std::string>> checkpoint_folders(const std::string& dir) {
   std::vector<std::pair<uint64_t, std::string>> out;
   DIR* d = opendir(dir.c_str());
@@ -181,17 +195,19 @@ ResumeChoice choose_resume(const std::string& dir) {
   return choice;
 }
 
-std::string checkpoint_json(const CheckpointInfo& info, int indent) {
+nlohmann::json checkpoint_object(const CheckpointInfo& info) {
   nlohmann::json j;
   j["step"] = info.step;
-  j["path"] = info.path;
+  j["path"] = valid_utf8(info.path);
   j["valid"] = info.valid;
   j["bytes"] = info.bytes;
   j["created"] = info.created_ns ? nlohmann::json(iso8601(info.created_ns)) : nlohmann::json(nullptr);
   j["metrics"] = nlohmann::json::object();
-  for (const auto& [k, v] : info.metrics) j["metrics"][k] = v;
-  if (!info.valid) j["problem"] = info.problem;
-  return j.dump(indent);
+  for (const auto& [k, v] : info.metrics) j["metrics"][valid_utf8(k)] = v;
+  if (!info.valid) j["problem"] = valid_utf8(info.problem);
+  return j;
 }
+
+std::string checkpoint_json(const CheckpointInfo& info, int indent) { return dump_json(checkpoint_object(info), indent); }
 
 }  // namespace lifeline

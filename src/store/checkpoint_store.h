@@ -2,6 +2,7 @@
 // Reading side of the checkpoint directory: listing, verification, and the resume choice.
 #include <cstdint>
 #include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <utility>
@@ -19,7 +20,7 @@ struct CheckpointInfo {
   uint64_t bytes = 0;
   uint64_t created_ns = 0;
   std::map<std::string, double> metrics;
-  std::string problem;  // set when !valid
+  std::string problem;  // set when !valid; always valid UTF-8 (odd bytes written as \xNN)
 };
 
 // full: every file's size and checksum; quick: manifest and sizes only. full_around_cache:
@@ -50,7 +51,10 @@ struct ResumeChoice {
 };
 ResumeChoice choose_resume(const std::string& dir);
 
-// The contract's JSON object for a checkpoint (see design.md).
+// The contract's JSON object for a checkpoint (see design.md), every string valid UTF-8 (a path
+// or metric name with other bytes shows them as \xNN), ready to embed in a bigger document.
+nlohmann::json checkpoint_object(const CheckpointInfo& info);
+// checkpoint_object as text (dump_json in common/json_text.h): never throws on odd bytes.
 std::string checkpoint_json(const CheckpointInfo& info, int indent = -1);
 
 }  // namespace lifeline

@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "common/errors.h"
+#include "common/json_text.h"
 #include "store/checkpoint_store.h"
 #include "store/checksum.h"
 
@@ -60,7 +61,7 @@ void CheckpointWriter::abort() noexcept {
 StagedFile CheckpointWriter::open_file(const std::string& rel) {
   if (done_ || written_->sealed) throw std::logic_error("checkpoint already committed or aborted");
   std::string why = unsafe_path_reason(rel);
-  if (!why.empty() || rel == kManifestName) throw std::invalid_argument("cannot write " + rel + ": " + why);
+  if (!why.empty() || rel == kManifestName) throw std::invalid_argument("cannot write " + valid_utf8(rel) + ": " + why);
   // Parent folders through the FileSystem, so they are part of what commit makes durable
   // (and what a crash test can see).
   for (size_t slash = rel.find('/'); slash != std::string::npos; slash = rel.find('/', slash + 1)) {
@@ -132,13 +133,15 @@ CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metri
       std::string rel = it->path().lexically_relative(staging_).generic_string();
       auto status = it->symlink_status();
       if (stdfs::is_symlink(status))
-        throw std::runtime_error("checkpoint file " + rel + " is a symbolic link: not allowed");
+        throw std::runtime_error("checkpoint file " + valid_utf8(rel) + " is a symbolic link: not allowed");
+      std::string why = unsafe_path_reason(rel);  // a name JSON cannot carry, say
+      if (!why.empty()) throw std::runtime_error("checkpoint file " + valid_utf8(rel) + ": " + why);
       if (stdfs::is_directory(status)) {
         subdirs.push_back(it->path().string());
         continue;
       }
       if (!stdfs::is_regular_file(status))
-        throw std::runtime_error("checkpoint file " + rel + " is not a regular file");
+        throw std::runtime_error("checkpoint file " + valid_utf8(rel) + " is not a regular file");
       if (rel == kManifestName) throw std::runtime_error("the trainer wrote a file named MANIFEST");
       auto w = written_->closed.find(rel);
       if (w != written_->closed.end()) {
@@ -151,8 +154,17 @@ CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metri
       fs_->sync_file(it->path().string());
       m.files.push_back(ManifestFile{rel, bytes, hasher->hex_digest()});
     }
+    if (m.files.empty())
+      throw std::runtime_error("checkpoint of step " + std::to_string(step_) +
+                               " has no files: write the trainer's state into its folder before commit");
     for (auto& d : subdirs) fs_->sync_dir(d);
     std::string text = manifest_to_json(m);
+    if (text.size() > kMaxManifestBytes)
+      throw std::runtime_error("the MANIFEST of step " + std::to_string(step_) + " would be " +
+                               std::to_string(text.size()) + " bytes, over the limit of " +
+                               std::to_string(kMaxManifestBytes >> 20) + " MiB (" + std::to_string(m.files.size()) +
+                               " files, " + std::to_string(m.metrics.size()) +
+                               " metrics): save fewer, bigger files");
     auto mf = fs_->create_file(staging_ + "/" + kManifestName);
     mf->append(text.data(), text.size());
     mf->sync();

@@ -97,7 +97,8 @@ class CheckpointWriter {
   StagedFile open_file(const std::string& rel);
 
   // Checksums and fsyncs files not written with write_file, writes the manifest, renames.
-  // On failure the staging folder is removed (when the file system still allows it) and
+  // Refuses (throws) a checkpoint without any file, a file name that is not valid UTF-8, and a
+  // manifest over kMaxManifestBytes (store/manifest.h). On failure the staging folder is removed (when the file system still allows it) and
   // every older checkpoint is untouched. One exception to "failed = absent": when only the
   // final directory fsync fails, the renamed folder stays; it is complete and verifies, but
   // may not survive a power loss. Once that fsync succeeded, the commit reports success even

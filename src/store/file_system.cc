@@ -116,14 +116,20 @@ bool write_behind_enabled() {
 }
 
 std::unique_ptr<WritableFile> PosixFileSystem::create_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) throw_errno("create", path);
   return std::make_unique<PosixWritableFile>(fd, path);
 }
 
 void PosixFileSystem::sync_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  // Never through a link, never blocking on a FIFO put there since it was checked.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) throw_errno("open for fsync", path);
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw SystemError("fsync (not a regular file)", path, EINVAL);
+  }
   int rc = ::fsync(fd);
   int err = errno;
   ::close(fd);

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "common/clock.h"
+#include "common/json_text.h"
 #include "store/checksum.h"
 
 namespace lifeline {
@@ -32,11 +33,13 @@ std::string manifest_to_json(const Manifest& m) {
   j["files"] = json::array();
   for (const auto& f : m.files)
     j["files"].push_back({{"path", f.path}, {"bytes", f.bytes}, {"checksum", f.checksum}});
-  return j.dump(1) + "\n";
+  return dump_json(j, 1) + "\n";
 }
 
 std::string unsafe_path_reason(const std::string& path) {
   if (path.empty()) return "empty file path";
+  std::string shown = valid_utf8(path);
+  if (shown != path) return "path '" + shown + "' is not valid UTF-8 (a MANIFEST cannot name it)";
   if (path[0] == '/') return "absolute path '" + path + "'";
   size_t start = 0;
   while (start <= path.size()) {
@@ -66,7 +69,8 @@ Manifest manifest_from_json(const std::string& text) {
   try {
     j = json::parse(text);
   } catch (const json::parse_error& e) {
-    throw std::runtime_error(std::string("MANIFEST is not valid JSON (") + e.what() + ")");
+    // The parser quotes the bytes it stopped at: made valid, so the problem can go into JSON.
+    throw std::runtime_error("MANIFEST is not valid JSON (" + valid_utf8(e.what()) + ")");
   }
   if (!j.is_object()) throw std::runtime_error("MANIFEST is not a JSON object");
   if (j.value("format", "") != "lifeline-checkpoint")
@@ -99,6 +103,7 @@ Manifest manifest_from_json(const std::string& text) {
     if (mf.path == kManifestName) throw std::runtime_error("manifest lists itself");
     m.files.push_back(std::move(mf));
   }
+  if (m.files.empty()) throw std::runtime_error("MANIFEST lists no files (an empty checkpoint has nothing to resume)");
   return m;
 }
 

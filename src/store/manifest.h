@@ -1,5 +1,11 @@
 #pragma once
 // Manifest: the JSON record that makes a checkpoint folder a checkpoint. Written last.
+//
+// Limits: a MANIFEST is at most kMaxManifestBytes (4 MiB, some 20000 files): the reader refuses
+// a bigger one as invalid without reading it, and the writer refuses to commit a checkpoint
+// whose manifest would be bigger (a 45 MB manifest cost every command ~560 MB of memory and
+// ~3 s). A manifest must list at least one file: an empty checkpoint is reported invalid, so
+// it can never be resumed nor count as the newest valid checkpoint that retention keeps.
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -9,6 +15,7 @@
 namespace lifeline {
 
 constexpr const char* kManifestName = "MANIFEST";
+constexpr uint64_t kMaxManifestBytes = 4 << 20;
 
 // One file of a checkpoint, relative to the checkpoint folder.
 struct ManifestFile {
@@ -32,8 +39,11 @@ struct Manifest {
   uint64_t total_bytes() const;
 };
 
+// The MANIFEST text; strings that are not valid UTF-8 (a metric name, a host) are made valid
+// (see valid_utf8 in common/json_text.h).
 std::string manifest_to_json(const Manifest& m);
-// Parses and checks the shape; throws std::runtime_error naming the problem.
+// Parses and checks the shape (at least one file); throws std::runtime_error naming the
+// problem, in valid UTF-8 whatever bytes `text` holds.
 Manifest manifest_from_json(const std::string& text);
 // Empty when `path` is a safe relative path inside a checkpoint, else why it is not.
 std::string unsafe_path_reason(const std::string& path);

@@ -109,6 +109,21 @@ std::optional<pid_t> staging_writer_pid(const std::string& name) {
   return pid;
 }
 
+std::vector<RemovedLeftover> remove_all_leftovers(FileSystem& fs, const std::string& dir,
+                                                  std::vector<std::string>* errors) {
+  std::vector<RemovedLeftover> removed;
+  for (const auto& name : leftover_names(dir)) {
+    try {
+      fs.remove_tree(dir + "/" + name);
+    } catch (const std::exception& e) {
+      if (errors) errors->push_back("leftover " + name + ": " + e.what());
+      continue;
+    }
+    removed.push_back(RemovedLeftover{name, is_staging_name(name) ? "staging folder of a writer that is gone" : "trash"});
+  }
+  return removed;
+}
+
 RetentionReport plan_retention(const std::vector<CheckpointInfo>& list, const Policy::Retention& rules,
                                std::optional<uint64_t> protected_step) {
   RetentionReport report;

@@ -93,6 +93,14 @@ RetentionReport apply_retention(FileSystem& fs, const std::string& dir, const Po
                                 std::optional<uint64_t> protected_step, bool dry_run,
                                 const LeftoverRules& leftovers = {});
 
+// Removes every `.staging-*` and `.trash-*` folder of `dir` now, whatever its age or writer pid,
+// and returns those removed ("trash", "staging folder of a writer that is gone"). Only for a
+// caller that has proved no writer of `dir` is alive: it holds the DirLock and no_writers()
+// (store/writers_lock.h) was true, as a supervisor knows at the start of an attempt. Removals
+// that fail go to `errors` when given (those folders stay for the next pass); never throws.
+std::vector<RemovedLeftover> remove_all_leftovers(FileSystem& fs, const std::string& dir,
+                                                  std::vector<std::string>* errors = nullptr);
+
 // The writer pid in a staging folder name `.staging-step-<step>-<pid>-<random>`, if any.
 std::optional<pid_t> staging_writer_pid(const std::string& name);
 
