@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "store/dir_safety.h"
 #include "supervisor/supervisor.h"
 
 namespace lifeline::cli {
@@ -51,6 +52,11 @@ void register_run_command(CLI::App& app, int& rc) {
     }
     // Everything that can be refused is refused before anything is written.
     if (std::string why = preflight_error(o); !why.empty()) {
+      std::fprintf(stderr, "lifeline run: %s (nothing started)\n", why.c_str());
+      rc = kExitUsage;
+      return;
+    }
+    if (std::string why = unsafe_dir_reason(o.ckpt_dir); !why.empty()) {
       std::fprintf(stderr, "lifeline run: %s (nothing started)\n", why.c_str());
       rc = kExitUsage;
       return;

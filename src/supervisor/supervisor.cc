@@ -21,6 +21,8 @@
 #include <spdlog/spdlog.h>
 
 #include "common/clock.h"
+#include "common/json_text.h"
+#include "store/dir_safety.h"
 #include "policy/units.h"
 #include "control/control_block.h"
 #include "history/history.h"
@@ -154,6 +156,10 @@ class Supervisor {
       spdlog::error("{}", why);
       return kExitUsage;
     }
+    if (std::string why = unsafe_dir_reason(opt_.ckpt_dir); !why.empty()) {
+      spdlog::error("{}", why);
+      return kExitUsage;
+    }
     lock_.emplace(opt_.ckpt_dir);
     LineageState ls = read_lineage(opt_.ckpt_dir);
     lineage_ = ls.lineage;
@@ -200,7 +206,7 @@ class Supervisor {
       ResumeChoice choice = choose_resume(opt_.ckpt_dir);
       for (const auto& s : choice.skipped) {
         spdlog::warn("skipping checkpoint {} (step {}): {}", s.path, s.step, s.problem);
-        skipped.push_back(json::parse(checkpoint_json(s)));
+        skipped.push_back(checkpoint_object(s));
       }
       resume = choice.resume;
     }
@@ -313,6 +319,10 @@ class Supervisor {
       spdlog::error("{}", e.what());
       return false;
     }
+    std::vector<std::string> errors;
+    for (const auto& r : remove_all_leftovers(default_file_system(), opt_.ckpt_dir, &errors))
+      spdlog::info("removed {} ({})", r.name, r.why);
+    for (const auto& e : errors) spdlog::warn("could not remove a leftover: {}", e);
     remove_leaked_block();
     return true;
   }
@@ -364,14 +374,9 @@ class Supervisor {
              {"max_requeues", p.restart.max_requeues},
              {"max_failures", p.restart.max_failures},
              {"hang_seconds", p.stop.hang_seconds}}}};
-    std::string tmp = opt_.ckpt_dir + "/.supervisor.json.tmp";
-    std::string dst = opt_.ckpt_dir + "/supervisor.json";
-    {
-      std::ofstream out(tmp, std::ios::trunc);
-      out << j.dump(2) << "\n";
-      if (!out) return;
-    }
-    std::rename(tmp.c_str(), dst.c_str());
+    // Temp file, fsync, rename: a full disk keeps the previous record whole.
+    std::string error;
+    if (!write_supervisor_record_file(opt_.ckpt_dir, j, &error)) spdlog::warn("{}", error);
   }
 
   void finish(int status) {
@@ -433,7 +438,7 @@ class Supervisor {
           if (relayed.together & (1ull << s)) together.push_back(signal_name(s));
         event["together"] = together;
         spdlog::info("{} arrived at the same instant: the stop is taken as SIG{} (its deadline is the tightest)",
-                     together.dump(), signal_name(stop));
+                     dump_json(together), signal_name(stop));
       }
       history_.append(event);
       begin_stop(stop, "stopped", relayed);
