@@ -178,7 +178,7 @@ TEST_CASE("a supervisor killed with SIGKILL takes its trainer with it; the next 
   CHECK_MESSAGE(rc == 0, out);
   CHECK_MESSAGE(out.find("resuming from step") != std::string::npos, out);
   CHECK_FALSE(fs::exists("/dev/shm" + control));
-  auto stale = events_named(d / "ckpt", "stale_control_block");
+  auto stale = events_named(d / "ckpt", "attempt_lost");
   REQUIRE(stale.size() == 1);
   CHECK(stale[0]["control"] == control);
   CHECK(stale[0]["last_step"].get<uint64_t>() >= 20);
@@ -281,6 +281,17 @@ TEST_CASE("a stop that produced no checkpoint exits 75 and says so: why, the res
   CHECK(stop["lost_steps"].get<uint64_t>() == ends[0]["last_step"].get<uint64_t>() - resume);
   CHECK_MESSAGE(p.output().find("no stop checkpoint") != std::string::npos, p.output());
   CHECK(p.output().find("the next attempt resumes from step " + std::to_string(resume)) != std::string::npos);
+  // history and status say the same.
+  std::string out;
+  REQUIRE(run({binary("LIFELINE_BIN"), "history", d / "ckpt", "--json"}, &out) == 0);
+  json attempts = json::parse(out);
+  REQUIRE(attempts.size() == 1);
+  CHECK(attempts[0]["stop_checkpoint"]["state"] == "missing");
+  CHECK(attempts[0]["stop_checkpoint"]["resume_step"] == resume);
+  REQUIRE(run({binary("LIFELINE_BIN"), "history", d / "ckpt"}, &out) == 0);
+  CHECK_MESSAGE(out.find("the stop produced no checkpoint") != std::string::npos, out);
+  CHECK(run({binary("LIFELINE_BIN"), "status", d / "ckpt"}, &out) == 1);
+  CHECK_MESSAGE(out.find("the next attempt resumes from step " + std::to_string(resume)) != std::string::npos, out);
 }
 
 TEST_CASE("a stop with its checkpoint committed records it as committed") {

@@ -67,22 +67,38 @@ std::string end_text(const Attempt& a) {
   if (a.hang) s += " (hung)";
   else if (a.end_reason == "failed" && a.exit_code) s += " (" + std::to_string(*a.exit_code) + ")";
   else if (!a.signals.empty() && a.end_reason != "completed") s += " (" + a.signals.front().name + ")";
+  if (a.stop_checkpoint == "missing") s += ", no stop ckpt";
+  return s;
+}
+
+// "the stop produced no checkpoint (WHY): the next attempt resumes from step N; K step(s) lost",
+// or "" when the attempt's stop committed its checkpoint (or it did not stop).
+std::string missing_stop_text(const Attempt& a) {
+  if (a.stop_checkpoint != "missing") return "";
+  std::string s = "the stop produced no checkpoint";
+  if (!a.stop_checkpoint_why.empty()) s += " (" + a.stop_checkpoint_why + ")";
+  s += ": the next attempt resumes from " +
+       (a.stop_resume_step ? "step " + std::to_string(*a.stop_resume_step) : std::string("scratch"));
+  if (a.stop_lost_steps) s += "; " + std::to_string(*a.stop_lost_steps) + " step(s) of work lost";
   return s;
 }
 
 void print_history_table(const Ledger& ledger, uint64_t now) {
-  std::printf("%-7s %-10s %-14s %-19s %9s %8s %-18s %5s %9s  %s\n", "ATTEMPT", "JOB", "HOST", "START (UTC)",
+  std::printf("%-7s %-10s %-14s %-19s %9s %8s %-33s %5s %9s  %s\n", "ATTEMPT", "JOB", "HOST", "START (UTC)",
               "DURATION", "RESUMED", "END", "CKPTS", "LOST", "REQUEUE");
   for (const Attempt& a : ledger.attempts) {
     double dur = double(a.end_or(now) - std::min(a.started_ns, a.end_or(now))) / 1e9;
     std::string lost = a.running ? "-" : (a.end_reason == "completed" ? "0" : human_duration(a.lost_seconds));
     if (a.end_estimated) lost = "~" + lost;
-    std::printf("%-7llu %-10s %-14s %-19s %9s %8s %-18s %5llu %9s  %s\n", (unsigned long long)a.attempt,
+    std::printf("%-7llu %-10s %-14s %-19s %9s %8s %-33s %5llu %9s  %s\n", (unsigned long long)a.attempt,
                 a.job_id ? a.job_id->c_str() : "-", a.host.empty() ? "-" : a.host.c_str(),
                 short_time(a.started_ns).c_str(), (human_duration(dur) + (a.running ? "+" : "")).c_str(),
                 opt_text(a.resumed_from_step).c_str(), end_text(a).c_str(), (unsigned long long)a.checkpoints,
                 lost.c_str(), a.requeue.c_str());
   }
+  for (const Attempt& a : ledger.attempts)
+    if (std::string m = missing_stop_text(a); !m.empty())
+      std::printf("attempt %llu: %s\n", (unsigned long long)a.attempt, m.c_str());
   const Summary& s = ledger.summary;
   std::string causes;
   for (const auto& [reason, n] : s.interruptions) causes += (causes.empty() ? "" : ", ") + std::to_string(n) + " " + reason;
@@ -466,6 +482,7 @@ void register_status(CLI::App& app, int& rc) {
                     a.ended_ns ? short_time(*a.ended_ns).c_str() : "?", end_text(a).c_str(),
                     (unsigned long long)a.checkpoints,
                     a.last_checkpoint_step ? (", last step " + std::to_string(*a.last_checkpoint_step)).c_str() : "");
+        if (std::string m = missing_stop_text(a); !m.empty()) std::printf("                %s\n", m.c_str());
       }
       const json& n = j["newest_checkpoint"];
       if (n.is_object())

@@ -170,6 +170,12 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
       if (auto s = opt_u64(e, "last_checkpoint_step")) a.last_checkpoint_step = s;
       if (auto s = opt_u64(e, "last_step")) a.last_step = s;
       if (auto n = opt_u64(e, "checkpoints")) a.checkpoints = *n;
+      if (auto sc = e.find("stop_checkpoint"); sc != e.end() && sc->is_object()) {
+        a.stop_checkpoint = str(*sc, "state");
+        a.stop_checkpoint_why = str(*sc, "why");
+        a.stop_resume_step = opt_u64(*sc, "resume_step");
+        a.stop_lost_steps = opt_u64(*sc, "lost_steps");
+      }
     } else if (ev == "requeue") {
       // Only a requeue that happened counts; "not requeued", "failed", "budget exhausted" do not.
       std::string result = str(e, "result");
@@ -272,6 +278,13 @@ ordered_json attempt_json(const Attempt& a) {
       {"checkpoint_requests", requests},
       {"signals", signals},
       {"skipped_at_resume", skipped},
+      {"stop_checkpoint", a.stop_checkpoint.empty()
+                              ? ordered_json(nullptr)
+                              : ordered_json{{"state", a.stop_checkpoint},
+                                             {"why", a.stop_checkpoint_why.empty() ? ordered_json(nullptr)
+                                                                                   : ordered_json(a.stop_checkpoint_why)},
+                                             {"resume_step", opt(a.stop_resume_step)},
+                                             {"lost_steps", opt(a.stop_lost_steps)}}},
       {"hang", a.hang},
       {"requeue_result", a.requeue_result.empty() ? ordered_json(nullptr) : ordered_json(a.requeue_result)},
       {"requeue_detail", a.requeue_detail.empty() ? ordered_json(nullptr) : ordered_json(a.requeue_detail)},

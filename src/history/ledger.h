@@ -72,6 +72,12 @@ struct Attempt {
   // From the control block a dead supervisor left behind (probed now, or recorded by the next
   // supervisor in an attempt_lost event): the trainer's last step and last commit.
   std::optional<uint64_t> block_step, block_commit_step;
+  // What the attempt's stop left (attempt_end.stop_checkpoint): "committed", "missing" (with
+  // why, the step the next attempt resumes from, the steps lost), or "" (no stop, or unrecorded).
+  std::string stop_checkpoint;
+  std::string stop_checkpoint_why;
+  std::optional<uint64_t> stop_resume_step;
+  std::optional<uint64_t> stop_lost_steps;
   double lost_seconds = 0;        // work since the last checkpoint the attempt threw away
   double at_risk_seconds = 0;     // running: work since the last checkpoint, not yet lost
 

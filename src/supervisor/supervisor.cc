@@ -337,7 +337,7 @@ class Supervisor {
     const std::string& name = *rec->control;
     std::string ours = "/lifeline-" + std::to_string(getuid()) + "-";
     if (name.rfind(ours, 0) != 0 || name.find('/', 1) != std::string::npos) return;
-    json event{{"event", "stale_control_block"}, {"attempt", rec->attempt}, {"control", name}, {"pid", rec->pid}};
+    json event{{"event", "attempt_lost"}, {"attempt", rec->attempt}, {"control", name}, {"pid", rec->pid}};
     try {
       ControlBlock old = ControlBlock::attach(name);
       event["last_step"] = old.u64(kCurrentStepOff).load();
