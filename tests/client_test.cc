@@ -88,6 +88,7 @@ TEST_CASE("SIGTERM, SIGUSR1 and SIGINT to the trainer become a stop request, not
     CHECK(block.u32(kTrainerSignalOff).load() == uint32_t(sig));
     CHECK(Reason(block.u32(kRequestReasonOff).load()) == Reason::trainer_signal);
     auto ck = c.begin_checkpoint(2);
+    ck.write_file("w.bin", "ab", 2);  // the store refuses an empty checkpoint
     CHECK(ck.commit());
     CHECK(block.u64(kAckSeqOff).load() == block.u64(kRequestSeqOff).load());
   }
@@ -102,6 +103,7 @@ TEST_CASE("a failed save is reported, keeps older checkpoints, and training can 
   REQUIRE(c.should_checkpoint(1));
   {
     auto ok = c.begin_checkpoint(1);
+    ok.write_file("w.bin", "ab", 2);
     CHECK(ok.commit());
   }
   block.request(Reason::manual, false, 0);
@@ -174,6 +176,7 @@ TEST_CASE("a file not closed fails the commit, keeps older checkpoints, and cann
   Client c = Client::from_env();
   {
     auto ok = c.begin_checkpoint(1);
+    ok.write_file("w.bin", "ab", 2);
     REQUIRE(ok.commit());
   }
   {
