@@ -240,6 +240,11 @@ def _write_all(fd: int, data: memoryview, hasher=None) -> None:
         data = data[n:]
 
 
+def _os_error(what: str, path: str, e: OSError) -> str:
+    """ "write /ckpt/.staging-.../model.pt: No space left on device", as the C++ client says it."""
+    return f"{what} {path}: {e.strerror or e}"
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -336,22 +341,29 @@ def checkpoint_problem(folder: str) -> str:
 
 class CheckpointFile:
     """One file of a checkpoint being written (Checkpoint.open_file): hashed while written,
-    fsynced by close(). A write error is kept for the checkpoint's commit() to report; later
-    writes are then dropped."""
+    fsynced by close().
+
+    write() never raises: torch.save(obj, f) calls it from PyTorch's C++ writer, which cannot
+    survive a Python exception (it ends in std::terminate, the whole trainer gone). An I/O error
+    fails the whole checkpoint at once (its staging folder is removed, commit() returns False with
+    that error); later writes are dropped. Any other exception raised while writing
+    (KeyboardInterrupt, MemoryError) fails the checkpoint too and is raised again by close(),
+    outside torch.save."""
 
     def __init__(self, ckpt: "Checkpoint", rel: str):
         self._ckpt, self._rel = ckpt, rel
+        self._full = os.path.join(ckpt.path, rel)
         self._hasher = hashlib.sha256()
         self._size = 0
         self._fd = -1
-        if ckpt._pending:
+        self._deferred: Optional[BaseException] = None  # raised by close()
+        if ckpt.failed:
             return
-        full = os.path.join(ckpt.path, rel)
         try:
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            self._fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            os.makedirs(os.path.dirname(self._full), exist_ok=True)
+            self._fd = os.open(self._full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            ckpt._pending = e
+            ckpt._fail(_os_error("create", self._full, e))
 
     def __enter__(self) -> "CheckpointFile":
         return self
@@ -367,36 +379,42 @@ class CheckpointFile:
         return True
 
     def write(self, data) -> int:
-        """Writes all of `data` (bytes-like); returns its length."""
-        view = memoryview(data).cast("B")
-        if self._fd >= 0:
-            try:
+        """Writes all of `data` (bytes-like); returns its length. Never raises (see the class)."""
+        try:
+            view = memoryview(data).cast("B")
+            if self._fd >= 0:
                 _write_all(self._fd, view, self._hasher)
                 self._size += len(view)
-            except OSError as e:
-                self._fail(e)
-        return len(view)
+            return len(view)
+        except OSError as e:
+            self._ckpt._fail(_os_error("write", self._full, e))
+        except BaseException as e:  # noqa: B036 - deferred to close(), outside PyTorch's writer
+            self._deferred = self._deferred or e
+            self._ckpt._fail(f"{type(e).__name__} while writing {self._full}")
+        try:
+            return memoryview(data).nbytes
+        except BaseException:  # noqa: B036
+            return 0
 
     def flush(self) -> None:
         """Nothing is buffered here; close() makes the file durable."""
 
     def close(self) -> None:
-        """fsyncs and closes the file; its size and checksum then go into the MANIFEST as written."""
-        if self._fd < 0:
-            return
-        fd, self._fd = self._fd, -1
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            self._ckpt._pending = self._ckpt._pending or e
-            return
-        finally:
-            os.close(fd)
-        self._ckpt._written[self._rel] = (self._size, self._hasher.hexdigest())
-
-    def _fail(self, e: OSError) -> None:
-        self._ckpt._pending = self._ckpt._pending or e
-        self._drop()
+        """fsyncs and closes the file; its size and checksum then go into the MANIFEST as written.
+        Raises what a write() deferred (see the class)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                os.close(fd)  # before the staging folder goes, so that its space is freed
+                self._ckpt._fail(_os_error("fsync", self._full, e))
+            else:
+                os.close(fd)
+                self._ckpt._written[self._rel] = (self._size, self._hasher.hexdigest())
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            raise deferred
 
     def _drop(self) -> None:
         if self._fd >= 0:
@@ -413,9 +431,8 @@ class Checkpoint:
         self._dir = client.checkpoint_dir
         self.path = os.path.join(self._dir, ".staging-%s-%d-%s" % (folder_name(step), os.getpid(),
                                                                    secrets.token_hex(4)))
-        self.error = ""  # the error of a failed commit
+        self.error = ""  # what failed the checkpoint: its first I/O error, or the commit's
         self._written: Dict[str, Tuple[int, str]] = {}
-        self._pending: Optional[OSError] = None  # first write error, reported by commit()
         self._open: List["CheckpointFile"] = []  # files opened by open_file(), closed by commit()
         self._started = time.monotonic_ns()
         self._done = False
@@ -424,7 +441,13 @@ class Checkpoint:
             os.makedirs(self._dir, exist_ok=True)
             os.mkdir(self.path)
         except OSError as e:
-            self._pending = e
+            self._fail(_os_error("mkdir", self.path, e))
+
+    @property
+    def failed(self) -> bool:
+        """True once an error failed this checkpoint (see `error`): its staging folder is gone,
+        further writes are dropped, commit() returns False."""
+        return bool(self.error)
 
     def __enter__(self) -> "Checkpoint":
         return self
@@ -440,14 +463,16 @@ class Checkpoint:
             pass
 
     def write_file(self, rel: str, data: bytes) -> None:
-        """Writes `rel` in the staging folder, hashing while writing; errors surface in commit()."""
+        """Writes `rel` in the staging folder, hashing while writing; an I/O error fails the
+        checkpoint (see `failed`) and surfaces in commit()."""
         with self.open_file(rel) as f:
             f.write(data)
 
     def open_file(self, rel: str) -> "CheckpointFile":
         """Opens `rel` for writing in the staging folder: a binary file object (write, flush,
         close) that hashes while writing, so torch.save(obj, f) streams into the checkpoint.
-        close() makes it durable; commit() closes what is still open. Errors surface in commit()."""
+        close() makes it durable; commit() closes what is still open. An I/O error fails the
+        checkpoint at once (its staging folder is removed) and surfaces in commit()."""
         why = _unsafe_path_reason(rel)
         if why or rel == MANIFEST:
             raise ValueError(f"cannot write {rel}: {why or 'the name is reserved'}")
@@ -458,15 +483,17 @@ class Checkpoint:
         return f
 
     def commit(self, metrics: Optional[Mapping[str, float]] = None) -> bool:
-        """Makes the checkpoint durable and tells the supervisor; False when the save failed."""
+        """Makes the checkpoint durable and tells the supervisor. False when the save failed (an
+        I/O error): the error is printed and counted, the staging
+        folder is gone, older checkpoints are intact and training may go on."""
         if self._done:
             raise RuntimeError("checkpoint already committed or discarded")
         values = {str(k): float(v) for k, v in (metrics or {}).items()}
         try:
             for f in self._open:
                 f.close()
-            if self._pending:
-                raise self._pending
+            if self.failed:
+                return self._failed(self.error)
             nbytes = self._commit(values)
         except (OSError, CheckpointError) as e:
             return self._failed(str(e))
@@ -481,10 +508,20 @@ class Checkpoint:
                 f._drop()
             shutil.rmtree(self.path, ignore_errors=True)
 
+    def _fail(self, why: str) -> None:
+        """Fails the checkpoint at an error: keeps the first, and drops the staging folder at once
+        (on a full disk its space goes back to the supervisor's history). commit() reports it."""
+        if not self.error:
+            self.error = why
+        for f in self._open:
+            f._drop()
+        if os.getpid() == self._pid:
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def _failed(self, why: str) -> bool:
         """Reports a save that failed (stderr, the block's failed-save count); returns False."""
         self.discard()
-        self.error = why
+        self.error = self.error or why
         print(f"lifeline: checkpoint of step {self.step} failed: {why} (older checkpoints are intact)",
               file=sys.stderr, flush=True)
         self._client._save_failed()
@@ -533,12 +570,16 @@ class Checkpoint:
             "checksum_algorithm": CHECKSUM, "files": files,
         }
         text = (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
-        fd = os.open(os.path.join(self.path, MANIFEST), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        path = os.path.join(self.path, MANIFEST)
         try:
-            _write_all(fd, memoryview(text))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, memoryview(text))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise OSError(e.errno, _os_error("write", path, e)) from e
         _fsync_dir(self.path)
 
         final = os.path.join(self._dir, folder_name(self.step))

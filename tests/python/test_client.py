@@ -401,6 +401,65 @@ class FailedSaveTest(ClientTestCase):
         self.assertEqual(b.get("failed_saves"), 2)
         self.assertTrue(self.commit(c, 40))  # training and saving go on afterwards
 
+    def test_a_write_error_fails_the_checkpoint_at_once_its_staging_folder_is_gone_before_commit(self):
+        b = self.block()
+        c = self.client(b)
+        self.assertTrue(self.commit(c, 10))
+        b.request()
+        ck = c.begin_checkpoint(20)
+        f = ck.open_file("model.pt")
+        f.write(b"m" * 1000)
+
+        def no_space(fd, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        with mock.patch.object(L.os, "write", no_space):
+            self.assertEqual(f.write(b"x" * 100), 100)  # never raises: torch.save would not survive it
+        self.assertFalse(os.path.exists(ck.path))  # at once: its space is back before commit()
+        self.assertTrue(ck.failed)
+        self.assertIn("write %s: No space left on device" % os.path.join(ck.path, "model.pt"), ck.error)
+        ck.write_file("more.pt", b"y" * 10)  # the rest of the state is dropped
+        self.assertFalse(os.path.exists(ck.path))
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit())
+        self.assertIn("No space left on device", err.getvalue())
+        self.assertEqual(os.listdir(self.ckpt), ["step-000000000010"])
+        self.assertEqual(b.get("failed_saves"), 1)
+        self.assertFalse(c.should_checkpoint(21))
+        self.assertTrue(self.commit(c, 30))
+
+    def test_an_exception_other_than_an_os_error_inside_a_write_is_raised_by_close_not_by_write(self):
+        c = self.client(self.block())
+        ck = c.begin_checkpoint(1)
+        f = ck.open_file("model.pt")
+
+        def interrupted(fd, data):
+            raise KeyboardInterrupt
+
+        with mock.patch.object(L.os, "write", interrupted):
+            self.assertEqual(f.write(b"x" * 100), 100)  # inside torch.save this must not raise
+        self.assertTrue(ck.failed)
+        self.assertFalse(os.path.exists(ck.path))
+        with self.assertRaises(KeyboardInterrupt):
+            f.close()
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit())
+        self.assertIn("KeyboardInterrupt while writing", err.getvalue())
+
+    def test_a_staging_folder_that_cannot_be_made_gives_a_failed_checkpoint_not_an_exception(self):
+        c = self.client(self.block())
+
+        def no_space(path, mode=0o777):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        with mock.patch.object(L.os, "mkdir", no_space):
+            ck = c.begin_checkpoint(1)
+        self.assertTrue(ck.failed)
+        ck.write_file("a.bin", b"a")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit())
+        self.assertIn("mkdir %s: No space left on device" % ck.path, err.getvalue())
+
     def test_a_symbolic_link_in_the_staging_folder_fails_the_save(self):
         c = self.client()
         ck = c.begin_checkpoint(3)

@@ -360,5 +360,46 @@ class AsyncTorchSaveTest(unittest.TestCase):
         self.assertEqual(self.L.checkpoint_problem(os.path.join(self.d, "async", "step-000000000001")), "")
 
 
+
+class TorchSaveFailureTest(unittest.TestCase):
+    def test_an_exception_while_torch_save_writes_into_a_checkpoint_comes_after_torch_save_not_through_it(self):
+        """PyTorch's C++ writer cannot survive an exception from the file object's write(): it ends
+        in std::terminate. A KeyboardInterrupt (Ctrl-C outside lifeline) or a MemoryError while
+        writing must reach the trainer only once torch.save has returned, with the checkpoint
+        failed. In a child process, which the old behaviour aborts."""
+        d = tempfile.mkdtemp(prefix="lifeline-pytest-")
+        self.addCleanup(shutil.rmtree, d)
+        script = """
+import os, sys
+sys.path.insert(0, %r)
+import torch
+import lifeline_client as L
+import lifeline_torch
+c = L.Client({"LIFELINE_CKPT_DIR": %r})
+ck = c.begin_checkpoint(1)
+real_write, calls = os.write, [0]
+def write(fd, data):
+    calls[0] += 1
+    if calls[0] == 2:
+        raise KeyboardInterrupt
+    return real_write(fd, data)
+os.write = write
+try:
+    lifeline_torch.save(ck, torch.nn.Linear(64, 64), None, 1)
+except KeyboardInterrupt:
+    print("interrupted after torch.save", flush=True)
+finally:
+    os.write = real_write
+assert ck.failed and not os.path.exists(ck.path), ck.path
+print("commit", ck.commit(), flush=True)
+""" % (os.path.join(SOURCE, "python"), d)
+        p = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("interrupted after torch.save", p.stdout)
+        self.assertIn("commit False", p.stdout)
+        self.assertIn("KeyboardInterrupt while writing", p.stderr)
+        self.assertEqual(os.listdir(d), [])
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
