@@ -133,6 +133,7 @@ def layout_table() -> dict:
 
 # --- Store constants (src/store) ----------------------------------------------------------------
 MANIFEST = "MANIFEST"
+MAX_MANIFEST_BYTES = 4 << 20  # the store's kMaxManifestBytes: bigger is refused on write and invalid on read
 CHECKSUM = "sha256"  # the C++ verifier accepts "xxh3-64" and "sha256"; hashlib has the latter
 _CHUNK = 8 << 20
 _NEVER = 2**64 - 1
@@ -290,9 +291,13 @@ def checkpoint_problem(folder: str) -> str:
         return f"cannot read MANIFEST: {e.strerror}"
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 64 << 20:
-            return "MANIFEST is not a regular file of sane size"
-        text = f.read()
+        if not stat.S_ISREG(st.st_mode):
+            return "MANIFEST is not a regular file"
+        if st.st_size > MAX_MANIFEST_BYTES:
+            return f"MANIFEST is {st.st_size} bytes, over the {MAX_MANIFEST_BYTES >> 20} MiB limit"
+        text = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            return f"MANIFEST is over the {MAX_MANIFEST_BYTES >> 20} MiB limit"
     try:
         j = json.loads(text)
     except ValueError as e:
@@ -307,6 +312,8 @@ def checkpoint_problem(folder: str) -> str:
         return f"cannot check {j.get('checksum_algorithm')!r} checksums from Python"
     if not isinstance(j.get("files"), list):
         return "manifest field 'files' is missing or has the wrong type"
+    if not j["files"]:
+        return "manifest lists no files (an empty checkpoint)"
     for entry in j["files"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
                 or type(entry.get("bytes")) is not int or not isinstance(entry.get("checksum"), str):
@@ -484,7 +491,7 @@ class Checkpoint:
 
     def commit(self, metrics: Optional[Mapping[str, float]] = None) -> bool:
         """Makes the checkpoint durable and tells the supervisor. False when the save failed (an
-        I/O error): the error is printed and counted, the staging
+        I/O error, no files, a MANIFEST over 4 MiB): the error is printed and counted, the staging
         folder is gone, older checkpoints are intact and training may go on."""
         if self._done:
             raise RuntimeError("checkpoint already committed or discarded")
@@ -560,6 +567,9 @@ class Checkpoint:
         for rel, full in self._files():
             size, digest = self._written[rel] if rel in self._written else _hash_file(full, sync=True)
             files.append({"path": rel, "bytes": size, "checksum": digest})
+        if not files:
+            raise CheckpointError(f"checkpoint of step {self.step} has no files: nothing to commit "
+                                  "(write the state with write_file/open_file or into ckpt.path first)")
         created = time.time_ns()
         manifest = {
             "format": "lifeline-checkpoint", "format_version": 1, "step": self.step,
@@ -570,6 +580,9 @@ class Checkpoint:
             "checksum_algorithm": CHECKSUM, "files": files,
         }
         text = (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise CheckpointError(f"its MANIFEST would be {len(text)} bytes, over the {MAX_MANIFEST_BYTES >> 20} MiB "
+                                  f"limit ({len(files)} files, {len(metrics)} metrics)")
         path = os.path.join(self.path, MANIFEST)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)

@@ -3,6 +3,7 @@ signals, the commit protocol and failed saves. Standard library only; run by mes
 /usr/bin/python3 (LIFELINE_BIN names the lifeline binary for the cross-check with `verify`)."""
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import mmap
@@ -468,6 +469,51 @@ class FailedSaveTest(ClientTestCase):
             self.assertFalse(ck.commit())
         self.assertIn("symbolic link", err.getvalue())
         self.assertEqual(os.listdir(self.ckpt), [])
+
+
+class ManifestLimitTest(ClientTestCase):
+    """The store's limits, as the C++ writer and verifier apply them: no empty checkpoint, no
+    MANIFEST over MAX_MANIFEST_BYTES (4 MiB)."""
+
+    def test_an_empty_checkpoint_is_refused_with_a_clear_message(self):
+        b = self.block()
+        c = self.client(b)
+        ck = c.begin_checkpoint(5)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit())
+        self.assertIn("checkpoint of step 5 has no files: nothing to commit", err.getvalue())
+        self.assertEqual(b.get("failed_saves"), 1)
+        self.assertEqual(os.listdir(self.ckpt), [])
+
+    def test_a_manifest_over_4_mib_is_refused_on_write(self):
+        self.assertEqual(L.MAX_MANIFEST_BYTES, 4 << 20)
+        c = self.client(self.block())
+        ck = c.begin_checkpoint(6)
+        ck.write_file("a.bin", b"a")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit({"m" * (L.MAX_MANIFEST_BYTES + 1): 1.0}))
+        self.assertIn("over the 4 MiB limit", err.getvalue())
+        self.assertEqual(os.listdir(self.ckpt), [])
+
+    def write_manifest(self, step, files, pad=0):
+        folder = self.folder(step)
+        os.makedirs(folder)
+        entries = []
+        for rel, data in files.items():
+            with open(os.path.join(folder, rel), "wb") as f:
+                f.write(data)
+            entries.append({"path": rel, "bytes": len(data), "checksum": hashlib.sha256(data).hexdigest()})
+        manifest = {"format": "lifeline-checkpoint", "format_version": 1, "step": step, "checksum_algorithm": "sha256",
+                    "files": entries, "metrics": {}}
+        with open(os.path.join(folder, "MANIFEST"), "w") as f:
+            f.write(json.dumps(manifest) + " " * pad)
+        return folder
+
+    def test_verify_treats_an_over_size_or_empty_file_list_manifest_as_invalid(self):
+        self.assertEqual(L.checkpoint_problem(self.write_manifest(1, {"a.bin": b"a"})), "")
+        self.assertIn("over the 4 MiB limit",
+                      L.checkpoint_problem(self.write_manifest(2, {"a.bin": b"a"}, pad=L.MAX_MANIFEST_BYTES)))
+        self.assertIn("lists no files", L.checkpoint_problem(self.write_manifest(3, {})))
 
 
 class AsyncSaveTest(ClientTestCase):
