@@ -51,10 +51,27 @@
 // without commit() is reported the same way. The LibTorch helper (lifeline/torch.h) does not
 // throw for a write error at all: its commit() reports it.
 //
-// Thread safety: one thread calls a Client (the background save thread is the client's own);
-// the signal handlers it installs only perform lock-free atomic stores. Outside a supervisor (no
-// LIFELINE_CONTROL) the client is inert: should_checkpoint and should_exit are false, no handler
-// is installed, and resume() reads LIFELINE_RESUME_FROM / LIFELINE_RESUME_STEP only.
+// Under a supervisor the client also, for as long as it lives:
+//  - registers as a writer of the checkpoint directory: it holds `<dir>/.writers.lock` shared,
+//    which lets the next attempt's supervisor prove that this process cannot commit any more
+//    (store/writers_lock.h). Forked children share the hold until they exit. A file system
+//    without flock gets a warning instead.
+//  - watches the supervisor (its pid is in the control block) from a thread of its own, blocked
+//    in poll() on a pidfd (once a second with kill(pid, 0) where pidfd_open is missing): when the
+//    supervisor is gone (kill -9, say) it prints "lifeline: supervisor pid N is gone: stopping
+//    this trainer" and SIGKILLs the trainer's process group (only itself when it shares the
+//    supervisor's group), so that no trainer, grandchild or daemon outlives its supervisor and
+//    writes on. A trainer that attaches after its supervisor died stops at once.
+//    LIFELINE_WATCH_SUPERVISOR=0 turns the watch off (a supervisor in another PID namespace).
+//    The watch costs should_checkpoint() nothing; ~Client wakes and joins its thread.
+// A forked child (a data-loader worker) has neither thread; destroying its copy of the Client
+// does nothing (the block, the lock and the watch stay the parent's).
+//
+// Thread safety: one thread calls a Client (the background save and watch threads are the
+// client's own); the signal handlers it installs only perform lock-free atomic stores. Outside a
+// supervisor (no LIFELINE_CONTROL) the client is inert: should_checkpoint and should_exit are
+// false, no handler, thread or lock is installed, and resume() reads LIFELINE_RESUME_FROM /
+// LIFELINE_RESUME_STEP only.
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -135,8 +152,10 @@ using SnapshotFn = std::function<PersistFn()>;
 // The trainer's connection to its supervisor: requests in, commits and acks out.
 class Client {
  public:
-  // Attaches to the supervisor's control block named by LIFELINE_CONTROL, if any.
-  // Throws std::runtime_error when the variable names a block that cannot be used.
+  // Attaches to the supervisor's control block named by LIFELINE_CONTROL, if any, registers as a
+  // writer of LIFELINE_CKPT_DIR and starts watching the supervisor (see above). Throws
+  // std::runtime_error when the variable names a block that cannot be used, or when the
+  // writers' lock stays held exclusively for 10 s or cannot be opened (a link, not a file).
   static Client from_env();
 
   Client(Client&&) noexcept;

@@ -9,11 +9,13 @@
 #include <filesystem>
 
 #include "client/background_save.h"
+#include "client/supervisor_watch.h"
 #include "common/clock.h"
 #include "common/errors.h"
 #include "control/control_block.h"
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
+#include "store/writers_lock.h"
 
 namespace lifeline {
 using namespace layout;
@@ -59,6 +61,34 @@ std::string host_name() {
   return buf;
 }
 
+// Registers this process as a writer of `dir` (see store/writers_lock.h). A file system without
+// flock (Lustre mounted noflock, say) gets a warning instead: the trainer still runs, but a
+// supervisor cannot prove that it has stopped.
+std::optional<WriterRegistration> register_writer(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  try {
+    return WriterRegistration(dir);
+  } catch (const SystemError& e) {
+    if (e.code != ENOSYS && e.code != EOPNOTSUPP && e.code != ENOLCK && e.code != EINVAL) throw;
+    std::fprintf(stderr, "lifeline: %s: this file system cannot lock; going on without the writers' lock\n", e.what());
+    return std::nullopt;
+  }
+}
+
+// Watches the supervisor named in the block, unless it names none or LIFELINE_WATCH_SUPERVISOR=0
+// (for setups where its pid means nothing here: another PID namespace).
+std::unique_ptr<SupervisorWatch> watch_supervisor(const ControlBlock& b) {
+  pid_t supervisor = pid_t(b.u32(kSupervisorPidOff).load());
+  const char* opt = std::getenv("LIFELINE_WATCH_SUPERVISOR");
+  if (supervisor <= 0 || (opt && std::string(opt) == "0")) return nullptr;
+  // A trainer in its supervisor's process group (the jobscript's, say) stops alone.
+  pid_t supervisor_group = getpgid(supervisor);
+  bool whole_group = supervisor_group < 0 || supervisor_group != getpgrp();
+  return std::make_unique<SupervisorWatch>(
+      supervisor, [whole_group](pid_t pid) { SupervisorWatch::stop_trainer(pid, whole_group); });
+}
+
 // What a checkpoint and the files streamed into it share: the writer, and the first I/O error,
 // which fails the checkpoint and removes its staging folder at once.
 struct Staging {
@@ -90,6 +120,7 @@ struct Staging {
 
 // Everything a Client owns besides the fields its inline fast path reads.
 struct Client::State {
+  pid_t owner = getpid();  // the trainer; a forked child's copy of the client is not it
   std::optional<ControlBlock> block;
   std::string ckpt_dir;
   std::optional<ResumeInfo> resume;
@@ -101,7 +132,12 @@ struct Client::State {
   bool handlers_installed = false;
   // The newest request sequence a background save settled (answered, or gave up on).
   std::atomic<uint64_t> settled_seq{0};
-  // Declared last: destroyed first, so a save in flight finishes while the block is mapped.
+  // Held while the client lives (under a supervisor): this process may commit into ckpt_dir.
+  std::optional<WriterRegistration> registration;
+  // Stops the trainer when the supervisor is gone (under a supervisor).
+  std::unique_ptr<SupervisorWatch> watch;
+  // Declared last: destroyed first, so a save in flight finishes while the block is mapped, the
+  // writers' lock is held and the supervisor watched.
   BackgroundSave saver;
 };
 
@@ -113,7 +149,16 @@ Client& Client::operator=(Client&& o) noexcept = default;
 
 Client::~Client() {
   if (!state_) return;
+  if (getpid() != state_->owner) {
+    // A forked child (a data-loader worker) dropping its copy: the threads are the parent's and
+    // the block, the watch's eventfd and the writers' lock are shared with it. Touch nothing; the
+    // child's copies go when it exits.
+    (void)state_.release();
+    return;
+  }
   state_->saver.wait();
+  state_->watch.reset();
+  state_->registration.reset();
   if (state_->handlers_installed) {
     for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &state_->old_actions[i], nullptr);
   }
@@ -139,6 +184,8 @@ Client Client::from_env() {
   if (name.empty()) return c;  // inert
   s.block = ControlBlock::attach(name);
   ControlBlock& b = *s.block;
+  if (!s.ckpt_dir.empty()) s.registration = register_writer(s.ckpt_dir);
+  s.watch = watch_supervisor(b);
   s.every_steps = b.u64(kEveryStepsOff).load();
   s.skip_first_steps = b.u64(kSkipFirstStepsOff).load();
   b.u32(kTrainerPidOff).store(uint32_t(getpid()));
