@@ -161,6 +161,7 @@ TEST_CASE("a trainer that attaches after its supervisor is gone stops at once") 
   CHECK_MESSAGE(gone, "the trainer runs on without its supervisor");
   CHECK(trainer.wait() == 128 + SIGKILL);
   CHECK_MESSAGE(trainer.output().find("is gone: stopping this trainer") != std::string::npos, trainer.output());
+  CHECK(trainer.output().find("attached") == std::string::npos);  // from_env() never returned
   CHECK(no_writers(d / "ckpt"));
 }
 

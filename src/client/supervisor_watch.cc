@@ -42,14 +42,21 @@ bool is_zombie(pid_t pid) {
 
 SupervisorWatch::SupervisorWatch(pid_t supervisor, OnGone on_gone, Mode mode)
     : supervisor_(supervisor), on_gone_(std::move(on_gone)), mode_(mode), owner_(::getpid()) {
+  bool gone = false;
   if (mode_ == Mode::pidfd) {
     pidfd_ = open_pidfd(supervisor_);
     if (pidfd_ < 0) {
       if (errno == ESRCH)
-        gone_at_start_ = true;
+        gone = true;
       else
         mode_ = Mode::polling;  // ENOSYS (kernel < 5.3), EPERM (a seccomp filter), ...
     }
+  }
+  if (gone || (mode_ == Mode::polling && supervisor_gone())) {
+    if (pidfd_ >= 0) ::close(pidfd_);
+    pidfd_ = -1;
+    on_gone_(supervisor_);  // a trainer that attaches too late never starts training
+    return;
   }
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) {
@@ -68,18 +75,19 @@ SupervisorWatch::SupervisorWatch(pid_t supervisor, OnGone on_gone, Mode mode)
     if (pidfd_ >= 0) ::close(pidfd_);
     throw std::system_error(err, std::generic_category(), "thread for the supervisor watch");
   }
+  started_ = true;
 }
 
 SupervisorWatch::~SupervisorWatch() {
   // In a forked child the thread does not exist and the eventfd is shared with the parent:
   // writing it would stop the parent's watch, joining would wait forever.
-  if (::getpid() == owner_) {
+  if (started_ && ::getpid() == owner_) {
     uint64_t one = 1;
     ssize_t n = ::write(wake_fd_, &one, sizeof one);
     (void)n;  // EAGAIN only when already woken
     pthread_join(thread_, nullptr);
   }
-  ::close(wake_fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
   if (pidfd_ >= 0) ::close(pidfd_);
 }
 
@@ -94,7 +102,7 @@ bool SupervisorWatch::supervisor_gone() const noexcept {
 
 void* SupervisorWatch::run(void* arg) noexcept {
   auto* self = static_cast<SupervisorWatch*>(arg);
-  bool gone = self->gone_at_start_ || (self->pidfd_ < 0 && self->supervisor_gone());
+  bool gone = false;
   while (!gone) {
     struct pollfd fds[2] = {{self->wake_fd_, POLLIN, 0}, {self->pidfd_, POLLIN, 0}};
     nfds_t n = self->pidfd_ >= 0 ? 2 : 1;

@@ -23,7 +23,8 @@ class SupervisorWatch {
   using OnGone = std::function<void(pid_t supervisor)>;
 
   // Starts watching `supervisor` (> 0). A supervisor that is already gone is reported at once,
-  // on the watch thread. `mode` pidfd falls back to polling when pidfd_open is unavailable.
+  // on this thread, before the constructor returns (and no thread is started). `mode` pidfd
+  // falls back to polling when pidfd_open is unavailable.
   // Throws std::system_error when no thread or eventfd can be had.
   SupervisorWatch(pid_t supervisor, OnGone on_gone, Mode mode = Mode::pidfd);
   // Wakes the thread and joins it (in the process that started it only).
@@ -50,7 +51,7 @@ class SupervisorWatch {
   pid_t owner_;         // the process that started the thread
   int pidfd_ = -1;      // -1 in polling mode
   int wake_fd_ = -1;    // eventfd
-  bool gone_at_start_ = false;
+  bool started_ = false;
   pthread_t thread_{};
 };
 
