@@ -31,9 +31,29 @@ the C++ client (include/lifeline/client.h).
                 break
     client.wait_for_saves()                          # before reporting success
 
+A failed save (disk full, I/O error) never ends training: the checkpoint fails at its first
+error (its staging folder is removed at once), commit() returns False, and the failure is printed
+and counted for the supervisor (its history records `checkpoint_failed`); older checkpoints stay
+intact. Nothing raises into torch.save's C++ writer (see CheckpointFile).
+
+Under a supervisor the client also, for as long as it lives (until close()), as the C++ client:
+ - registers as a writer of the checkpoint directory: a shared flock on <dir>/.writers.lock, which
+   lets the next attempt's supervisor prove that this process cannot commit any more. Forked
+   children share the hold until they exit. A file system without flock gets a warning instead.
+ - watches the supervisor (its pid is in the control block) from a daemon thread blocked in
+   poll() on os.pidfd_open(pid) (os.kill(pid, 0) once a second where that is missing): when the
+   supervisor is gone (kill -9, say) it prints "lifeline: supervisor pid N is gone: stopping this
+   trainer" and SIGKILLs the trainer's process group (only itself when it shares the supervisor's
+   group), so that no trainer, worker or grandchild writes on without its supervisor. A trainer
+   that attaches after its supervisor died stops at once. LIFELINE_WATCH_SUPERVISOR=0 turns the
+   watch off (a supervisor in another PID namespace). The thread needs the interpreter lock only
+   once, to act; should_checkpoint() does not see it. Forked children have no such thread and
+   their close() leaves the parent's alone.
+
 Outside a supervisor (no LIFELINE_CONTROL) the client is inert: should_checkpoint and
-should_exit are False, no signal handler is installed, resume() reads LIFELINE_RESUME_FROM and
-LIFELINE_RESUME_STEP only, and begin_checkpoint still works when LIFELINE_CKPT_DIR is set.
+should_exit are False, no signal handler, thread or lock is installed, resume() reads
+LIFELINE_RESUME_FROM and LIFELINE_RESUME_STEP only, and begin_checkpoint still works when
+LIFELINE_CKPT_DIR is set.
 
 Shared memory without atomics. The supervisor uses std::atomic on the control block; Python has
 none. This module touches the block only through naturally aligned 4- and 8-byte loads and stores
@@ -47,13 +67,17 @@ gains the same bit), and once per received signal on request_seq (see Client._on
 from __future__ import annotations
 
 import atexit
+import contextlib
 import enum
+import errno
+import fcntl
 import hashlib
 import json
 import mmap
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -146,6 +170,10 @@ class ControlBlockError(RuntimeError):
 
 class CheckpointError(Exception):
     """A checkpoint folder holds something the store does not allow."""
+
+
+class WritersLockError(RuntimeError):
+    """The checkpoint directory's writers' lock cannot be held (see register_writer)."""
 
 
 class ResumeInfo(NamedTuple):
@@ -614,6 +642,174 @@ class Checkpoint:
         return sum(f["bytes"] for f in files)
 
 
+# --- The writers' lock and the supervisor watch (src/store/writers_lock.h, src/client/supervisor_watch.h)
+WRITERS_LOCK = ".writers.lock"
+WRITERS_LOCK_PATIENCE = 10.0  # seconds a shared hold is retried while a supervisor probes the lock
+_NO_FLOCK = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL)
+
+
+def _flock_holders(path: str) -> str:
+    """Who holds a flock on `path` on this host, from /proc/locks: "pid 12 (python3, exclusive)"."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return "another process"
+    want = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    out = []
+    for line in lines:  # "1: FLOCK  ADVISORY  READ 5430 fe:00:10953095 0 EOF"; waiters have "->"
+        words = line.split()
+        if len(words) < 6 or words[1] != "FLOCK" or words[5] != want:
+            continue
+        try:
+            with open(f"/proc/{words[4]}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            comm = "gone"
+        out.append(f"pid {words[4]} ({comm}, {'exclusive' if words[3] == 'WRITE' else 'shared'})")
+    return ", ".join(out) or "another process"
+
+
+def register_writer(ckpt_dir: str, patience: Optional[float] = None) -> Optional[int]:
+    """Registers this process as a writer of `ckpt_dir`, as the C++ WriterRegistration does: opens
+    <dir>/.writers.lock (created 0600, never through a link, refused unless a regular file) and
+    takes a shared flock, retried for `patience` seconds (WRITERS_LOCK_PATIENCE) while a supervisor
+    holds it exclusively. Returns the descriptor, which holds the lock until closed; None on a file
+    system without flock (with a warning). Raises WritersLockError."""
+    path = os.path.join(ckpt_dir, WRITERS_LOCK)
+    os.makedirs(ckpt_dir, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise WritersLockError(f"{path} is a symbolic link: lifeline never follows one; remove it") from e
+        raise WritersLockError(f"cannot open {path}: {e.strerror}") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WritersLockError(f"{path} is not a regular file: remove it")
+        deadline = time.monotonic() + (WRITERS_LOCK_PATIENCE if patience is None else patience)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WritersLockError(f"cannot register as a writer of {ckpt_dir}: {path} is held "
+                                           f"exclusively by {_flock_holders(path)}") from None
+            except OSError as e:
+                if e.errno not in _NO_FLOCK:
+                    raise WritersLockError(f"cannot lock {path}: {e.strerror}") from e
+                print(f"lifeline: cannot lock {path} ({e.strerror}): this file system cannot lock; going on "
+                      "without the writers' lock", file=sys.stderr, flush=True)
+                os.close(fd)
+                return None
+            time.sleep(0.005)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    """False once `pid` is gone or a zombie (exited, not reaped: os.kill(pid, 0) still succeeds)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+        return text[text.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+class SupervisorWatch:
+    """Calls `on_gone(pid)` as soon as the process `pid` (the supervisor) is gone, from a daemon
+    thread blocked in poll() on os.pidfd_open(pid) and on a pipe that stop() writes; without
+    pidfd_open (Python < 3.9, Linux < 5.3, a seccomp filter) or with use_pidfd=False it checks the
+    process once a second. A process already gone is reported at once, by the constructor, which
+    then starts no thread. Only the process that started it can stop it (a forked child has no
+    such thread)."""
+
+    def __init__(self, pid: int, on_gone: Callable[[int], None], use_pidfd: bool = True):
+        self.pid = pid
+        self._on_gone = on_gone
+        self._owner = os.getpid()
+        self._pidfd: Optional[int] = None
+        self._thread: Optional[threading.Thread] = None
+        gone = False
+        if use_pidfd and hasattr(os, "pidfd_open"):
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                gone = True
+            except OSError:
+                pass  # ENOSYS, EPERM: polling
+        self.mode = "pidfd" if self._pidfd is not None or gone else "polling"
+        if gone or (self._pidfd is None and not _alive(pid)):
+            on_gone(pid)  # a trainer that attaches too late never starts training
+            return
+        self._wake_r, self._wake_w = os.pipe()  # close-on-exec, as every descriptor Python makes
+        self._thread = threading.Thread(target=self._run, name="lifeline-supervisor-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        gone = False
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        if self._pidfd is not None:
+            poller.register(self._pidfd, select.POLLIN)
+        while not gone:
+            events = poller.poll(None if self._pidfd is not None else 1000)
+            if any(fd == self._wake_r for fd, _ in events):
+                return
+            gone = bool(events) if self._pidfd is not None else not _alive(self.pid)
+        self._on_gone(self.pid)
+
+    def stop(self) -> None:
+        """Wakes the thread and joins it, and closes the descriptors (in the owning process)."""
+        if os.getpid() != self._owner or self._thread is None:
+            return
+        os.write(self._wake_w, b"x")
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        for fd in (self._wake_r, self._wake_w, self._pidfd):
+            if fd is not None:
+                os.close(fd)
+
+    @staticmethod
+    def stop_trainer(pid: int, whole_group: bool) -> None:
+        """One line on stderr (unless it would block: a pipe nobody reads any more), then SIGKILL
+        to this process group, or to this process alone when it shares the supervisor's group."""
+        line = f"lifeline: supervisor pid {pid} is gone: stopping this trainer\n".encode()
+        try:
+            poller = select.poll()
+            poller.register(2, select.POLLOUT)
+            if any(ev & select.POLLOUT for _, ev in poller.poll(100)):
+                os.write(2, line)
+        except OSError:
+            pass
+        if whole_group:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _watch_supervisor(pid: int, env: Mapping[str, str]) -> Optional[SupervisorWatch]:
+    """The watch of the supervisor named in the block, unless it names none or
+    LIFELINE_WATCH_SUPERVISOR=0."""
+    if pid <= 0 or env.get("LIFELINE_WATCH_SUPERVISOR", "") == "0":
+        return None
+    try:  # a trainer in its supervisor's process group (the jobscript's, say) stops alone
+        whole_group = os.getpgid(pid) != os.getpgrp()
+    except OSError:
+        whole_group = True
+    return SupervisorWatch(pid, lambda p: SupervisorWatch.stop_trainer(p, whole_group))
+
+
 def _env_u64(env: Mapping[str, str], name: str) -> int:
     m = re.match(r"\s*\+?([0-9]+)", env.get(name, ""))
     return int(m.group(1)) if m else 0
@@ -644,11 +840,22 @@ class Client:
         self._saver: Optional[threading.Thread] = None  # the asynchronous save in flight, if any
         self._last_save_ok = True
         self._settled_seq = 0  # the newest request_seq a background save settled; taken in later
+        self._writers_lock: Optional[int] = None  # held while attached: this process may commit
+        self._watch: Optional[SupervisorWatch] = None
 
         name = env.get("LIFELINE_CONTROL", "")
         if not name:
             return  # inert
-        b = self._block = ControlBlock(name)
+        b = ControlBlock(name)
+        try:
+            if self.checkpoint_dir:
+                self._writers_lock = register_writer(self.checkpoint_dir)
+            self._watch = _watch_supervisor(b.load("supervisor_pid"), env)
+        except BaseException:
+            self._release()
+            b.close()
+            raise
+        self._block = b
         self._every_steps = b.load("every_steps")
         self._skip_first_steps = b.load("skip_first_steps")
         b.store("trainer_pid", os.getpid())
@@ -763,7 +970,8 @@ class Client:
         return self._local_stop or bool(b.load("request_flags") & FLAG_STOP)
 
     def close(self) -> None:
-        """Restores the previous signal handlers and detaches; the client is inert afterwards."""
+        """Restores the previous signal handlers, stops watching the supervisor, lets the writers'
+        lock go and detaches; the client is inert afterwards. In a forked child it does nothing."""
         if os.getpid() == self._pid:
             self.wait_for_saves()
         b, self._block = self._block, None
@@ -774,8 +982,18 @@ class Client:
             if old is not None:  # None: installed outside Python; ours stays, now harmless
                 signal.signal(sig, old)
         self._old_handlers.clear()
+        self._release()
         b.store("client_state", ClientState.EXITING)
         b.close()
+
+    def _release(self) -> None:
+        """Stops the supervisor watch and lets the writers' lock go."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
+        fd, self._writers_lock = self._writers_lock, None
+        if fd is not None:
+            os.close(fd)
 
     def __enter__(self) -> "Client":
         return self
