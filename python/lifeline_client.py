@@ -646,6 +646,7 @@ class Checkpoint:
 WRITERS_LOCK = ".writers.lock"
 WRITERS_LOCK_PATIENCE = 10.0  # seconds a shared hold is retried while a supervisor probes the lock
 _NO_FLOCK = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL)
+_NO_LOCK_FILE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _flock_holders(path: str) -> str:
@@ -675,15 +676,22 @@ def register_writer(ckpt_dir: str, patience: Optional[float] = None) -> Optional
     """Registers this process as a writer of `ckpt_dir`, as the C++ WriterRegistration does: opens
     <dir>/.writers.lock (created 0600, never through a link, refused unless a regular file) and
     takes a shared flock, retried for `patience` seconds (WRITERS_LOCK_PATIENCE) while a supervisor
-    holds it exclusively. Returns the descriptor, which holds the lock until closed; None on a file
-    system without flock (with a warning). Raises WritersLockError."""
+    holds it exclusively. Returns the descriptor, which holds the lock until closed; None, with a
+    warning, where the file cannot be made (a read-only or foreign directory: its saves will fail,
+    visibly) or the file system cannot lock. Raises WritersLockError (a link, not a regular file,
+    held exclusively for longer than the patience)."""
     path = os.path.join(ckpt_dir, WRITERS_LOCK)
-    os.makedirs(ckpt_dir, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.makedirs(ckpt_dir, exist_ok=True)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise WritersLockError(f"{path} is a symbolic link: lifeline never follows one; remove it") from e
+        if e.errno in _NO_LOCK_FILE:
+            print(f"lifeline: cannot open {path} ({e.strerror}): going on without the writers' lock",
+                  file=sys.stderr, flush=True)
+            return None
         raise WritersLockError(f"cannot open {path}: {e.strerror}") from e
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -700,8 +708,8 @@ def register_writer(ckpt_dir: str, patience: Optional[float] = None) -> Optional
             except OSError as e:
                 if e.errno not in _NO_FLOCK:
                     raise WritersLockError(f"cannot lock {path}: {e.strerror}") from e
-                print(f"lifeline: cannot lock {path} ({e.strerror}): this file system cannot lock; going on "
-                      "without the writers' lock", file=sys.stderr, flush=True)
+                print(f"lifeline: cannot lock {path} ({e.strerror}): going on without the writers' lock",
+                      file=sys.stderr, flush=True)
                 os.close(fd)
                 return None
             time.sleep(0.005)

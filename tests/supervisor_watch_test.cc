@@ -6,6 +6,8 @@
 #include <doctest.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,6 +25,7 @@
 #include "support/client_env.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
+#include "support/tmpfs_mount.h"
 
 using namespace lifeline;
 using namespace lifeline::layout;
@@ -189,6 +192,36 @@ TEST_CASE("outside lifeline the client starts no thread and takes no lock") {
   CHECK_FALSE(c.active());
   CHECK(thread_count() == threads);
   CHECK_FALSE(std::filesystem::exists(d / kWritersLockName));
+}
+
+TEST_CASE("a checkpoint directory where the lock file cannot be made gets a warning, not a trainer that cannot start") {
+  lifeline::test::TmpfsMount read_only("size=1m", MS_RDONLY);
+  if (!read_only.mounted()) {
+    MESSAGE("skipped: cannot mount a tmpfs (" << read_only.why() << "); run as root");
+    return;
+  }
+  ControlBlock block = ControlBlock::create("test");
+  ClientEnv env(block.name(), read_only.path());
+  std::optional<Client> c;
+  CHECK_NOTHROW(c.emplace(Client::from_env()));
+  REQUIRE(c);
+  CHECK(c->active());
+  CHECK_FALSE(std::filesystem::exists(read_only / kWritersLockName));
+  auto w = c->begin_checkpoint(1);  // its saves fail, visibly, and training goes on
+  CHECK(w.failed());
+  CHECK_FALSE(w.commit());
+}
+
+TEST_CASE("a writers' lock that is a symbolic link or not a regular file is refused") {
+  TempDir d;
+  ControlBlock block = ControlBlock::create("test");
+  ClientEnv env(block.name(), d.path());
+  std::filesystem::create_symlink(d / "elsewhere", d / kWritersLockName);
+  CHECK_THROWS_WITH_AS(Client::from_env(), doctest::Contains("symbolic link"), std::runtime_error);
+  CHECK_FALSE(std::filesystem::exists(d / "elsewhere"));
+  std::filesystem::remove(d / kWritersLockName);
+  REQUIRE(mkfifo((d / kWritersLockName).c_str(), 0600) == 0);
+  CHECK_THROWS_WITH_AS(Client::from_env(), doctest::Contains("not a regular file"), std::runtime_error);
 }
 
 TEST_CASE("LIFELINE_WATCH_SUPERVISOR=0 turns the watch off, not the writers' lock") {

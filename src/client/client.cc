@@ -61,18 +61,22 @@ std::string host_name() {
   return buf;
 }
 
-// Registers this process as a writer of `dir` (see store/writers_lock.h). A file system without
-// flock (Lustre mounted noflock, say) gets a warning instead: the trainer still runs, but a
-// supervisor cannot prove that it has stopped.
+// Registers this process as a writer of `dir` (see store/writers_lock.h). Where the lock file
+// cannot be made (a read-only or foreign directory: its saves will fail, visibly) or the file
+// system cannot lock (Lustre mounted noflock, say) it warns instead: the trainer still runs, but
+// a supervisor cannot prove that it has stopped. A link or a non-file there still throws.
 std::optional<WriterRegistration> register_writer(const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   try {
     return WriterRegistration(dir);
   } catch (const SystemError& e) {
-    if (e.code != ENOSYS && e.code != EOPNOTSUPP && e.code != ENOLCK && e.code != EINVAL) throw;
-    std::fprintf(stderr, "lifeline: %s: this file system cannot lock; going on without the writers' lock\n", e.what());
-    return std::nullopt;
+    for (int code : {ENOSYS, EOPNOTSUPP, ENOLCK, EINVAL, EROFS, EACCES, EPERM}) {
+      if (e.code != code) continue;
+      std::fprintf(stderr, "lifeline: %s: going on without the writers' lock\n", e.what());
+      return std::nullopt;
+    }
+    throw;
   }
 }
 

@@ -591,6 +591,19 @@ class WritersLockTest(ClientTestCase):
         with self.assertRaisesRegex(L.WritersLockError, "not a regular file"):
             self.client(self.block())
 
+    def test_a_directory_where_the_lock_file_cannot_be_made_gets_a_warning_not_a_refusal(self):
+        real_open = os.open
+
+        def read_only(path, flags, mode=0o777):
+            if path.endswith(L.WRITERS_LOCK):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return real_open(path, flags, mode)
+
+        with mock.patch.object(L.os, "open", read_only), contextlib.redirect_stderr(io.StringIO()) as err:
+            c = self.client(self.block())
+        self.assertTrue(c.active)
+        self.assertIn("Read-only file system): going on without the writers' lock", err.getvalue())
+
     def test_a_file_system_without_flock_gets_a_warning_not_a_refusal(self):
         def no_flock(fd, op):
             raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))

@@ -20,9 +20,10 @@ namespace lifeline::test {
 
 class TmpfsMount {
  public:
-  // `options` as for mount -o: "size=8m", "size=8m,nr_inodes=16".
-  explicit TmpfsMount(const std::string& options) {
-    if (::mount("tmpfs", dir_.path().c_str(), "tmpfs", 0, options.c_str()) == 0)
+  // `options` as for mount -o: "size=8m", "size=8m,nr_inodes=16"; `flags` as for mount(2):
+  // MS_RDONLY for a read-only one.
+  explicit TmpfsMount(const std::string& options, unsigned long flags = 0) {
+    if (::mount("tmpfs", dir_.path().c_str(), "tmpfs", flags, options.c_str()) == 0)
       mounted_ = true;
     else
       why_ = std::strerror(errno);
