@@ -263,7 +263,8 @@ TEST_CASE("a Python trainer whose supervisor is killed with SIGKILL is stopped w
   bool worker_gone = wait_exit(worker, false);
   CHECK_MESSAGE(trainer_gone, "the Python trainer outlived its supervisor");
   CHECK_MESSAGE(worker_gone, "the Python trainer's worker outlived its supervisor");
-  if (!worker_gone) kill(worker, SIGKILL);
+  if (!worker_gone) kill(worker, SIGKILL);  // so that a failure fails, not hangs
+  if (!trainer_gone) trainer.signal(SIGKILL);
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));  // a pidfd wakes the watch at once
   CHECK(trainer.wait() == 128 + SIGKILL);
   CHECK_MESSAGE(trainer.output().find("lifeline: supervisor pid " + std::to_string(sup.process.pid()) +
@@ -278,7 +279,13 @@ TEST_CASE("a Python trainer that attaches after its supervisor is gone stops at 
   sup.process.signal(SIGKILL);
   REQUIRE(sup.process.wait() == 128 + SIGKILL);
   Process trainer = python_trainer(sup.block, d / "ckpt");
-  CHECK_MESSAGE(wait_exit(trainer.pid(), true), "the Python trainer runs on without its supervisor");
+  bool gone = wait_exit(trainer.pid(), true);
+  CHECK_MESSAGE(gone, "the Python trainer runs on without its supervisor");
+  if (!gone) {  // so that a failure fails, not hangs: the trainer and its worker
+    std::string line = trainer.wait_for_line("attached, worker ");
+    if (!line.empty()) kill(pid_t(std::stoi(line.substr(line.rfind(' ') + 1))), SIGKILL);
+    trainer.signal(SIGKILL);
+  }
   CHECK(trainer.wait() == 128 + SIGKILL);
   CHECK_MESSAGE(trainer.output().find("is gone: stopping this trainer") != std::string::npos, trainer.output());
   CHECK(trainer.output().find("attached") == std::string::npos);

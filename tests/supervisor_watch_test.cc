@@ -144,7 +144,8 @@ TEST_CASE("a trainer whose supervisor is killed with SIGKILL is stopped with its
   std::optional<double> worker_gone = wait_exit(worker, false);
   CHECK_MESSAGE(trainer_gone, "the trainer outlived its supervisor");
   CHECK_MESSAGE(worker_gone, "the trainer's worker outlived its supervisor");
-  if (!worker_gone) kill(worker, SIGKILL);
+  if (!worker_gone) kill(worker, SIGKILL);  // so that a failure fails, not hangs
+  if (!trainer_gone) trainer.signal(SIGKILL);
   if (trainer_gone) CHECK(*trainer_gone < 2.0);  // a pidfd wakes the watch at once
   CHECK(trainer.wait() == 128 + SIGKILL);
   CHECK_MESSAGE(trainer.output().find("lifeline: supervisor pid " + std::to_string(sup.process.pid()) +
@@ -162,6 +163,11 @@ TEST_CASE("a trainer that attaches after its supervisor is gone stops at once") 
                   {{"LIFELINE_WATCH_HELPER", "trainer"}, {"LIFELINE_CONTROL", sup.block}, {"LIFELINE_CKPT_DIR", d / "ckpt"}});
   std::optional<double> gone = wait_exit(trainer.pid(), true);
   CHECK_MESSAGE(gone, "the trainer runs on without its supervisor");
+  if (!gone) {  // so that a failure fails, not hangs: the trainer and its worker
+    std::string line = trainer.wait_for_line("attached, worker ");
+    if (!line.empty()) kill(pid_t(std::stoi(line.substr(line.rfind(' ') + 1))), SIGKILL);
+    trainer.signal(SIGKILL);
+  }
   CHECK(trainer.wait() == 128 + SIGKILL);
   CHECK_MESSAGE(trainer.output().find("is gone: stopping this trainer") != std::string::npos, trainer.output());
   CHECK(trainer.output().find("attached") == std::string::npos);  // from_env() never returned

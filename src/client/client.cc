@@ -336,6 +336,7 @@ void Checkpoint::write_file(const std::string& rel, const void* data, size_t siz
   }
 }
 
+// The private part of a CheckpointFile: its stream and the checkpoint it fails on an I/O error.
 struct CheckpointFile::Impl {
   std::optional<StagedFile> file;  // reset after an I/O error: its descriptor goes at once
   std::weak_ptr<Staging> staging;
