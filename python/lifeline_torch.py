@@ -195,7 +195,12 @@ def checkpoint(step: int, model: torch.nn.Module, optimizer: Optional[torch.opti
         prepare(model, optimizer)  # first call: the optimizer state exists by now
     if (c.should_checkpoint(step) or final) and c.checkpoint_dir:
         if background:
-            c.save_async(step, lambda: snapshot(model, optimizer, step), metrics)
+            try:
+                c.save_async(step, lambda: snapshot(model, optimizer, step), metrics)
+            except Exception as e:  # the copy failed (no memory for it, say): no save, training goes on
+                print(f"lifeline: checkpoint of step {step} failed: {type(e).__name__}: {e} "
+                      "(older checkpoints are intact)", file=sys.stderr, flush=True)
+                c._save_failed()
         else:
             ckpt = c.begin_checkpoint(step)
             try:

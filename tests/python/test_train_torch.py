@@ -2,6 +2,8 @@
 supervising examples/train_torch.py on /usr/bin/python3 with Debian's python3-torch. Runs are
 interrupted at a random step and resumed; the final parameters must be bit-identical to an
 uninterrupted run's."""
+import contextlib
+import io
 import json
 import os
 import random
@@ -13,6 +15,7 @@ import sys
 import tempfile
 import threading
 import unittest
+from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.normpath(os.path.join(HERE, "..", ".."))
@@ -350,6 +353,19 @@ class AsyncTorchSaveTest(unittest.TestCase):
         self.assertTrue(all(self.lt._buffers._by_key[k] is b for k, b in prepared.items()))
         self.sync_save("sync", 1)
         self.assertEqual(self.files("async", 1), self.files("sync", 1))
+
+    def test_the_helper_with_background_reports_a_snapshot_that_fails_and_training_goes_on(self):
+        c = self.client("async")
+        self.train()
+        err = io.StringIO()
+        with mock.patch.object(self.lt, "snapshot", side_effect=MemoryError("no room for the copy")), \
+                contextlib.redirect_stderr(err):
+            self.assertFalse(self.lt.checkpoint(1, self.model, self.opt, client=c, background=True, final=True))
+        self.assertIn("lifeline: checkpoint of step 1 failed: MemoryError: no room for the copy", err.getvalue())
+        self.assertFalse(c.save_in_flight)
+        self.train()
+        self.assertFalse(self.lt.checkpoint(2, self.model, self.opt, client=c, background=True, final=True))
+        self.assertEqual(self.L.checkpoint_problem(os.path.join(self.d, "async", "step-000000000002")), "")
 
     def test_the_helper_with_background_returns_from_the_final_checkpoint_only_once_it_is_committed(self):
         c = self.client("async")
