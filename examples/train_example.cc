@@ -132,14 +132,25 @@ int main(int argc, char** argv) {
     if (step == steps) train_s = seconds_since(started);
     if ((client.should_checkpoint(step) || step == steps) && can_save) {
       auto t0 = std::chrono::steady_clock::now();
-      bool saved_this_step = true;
+      bool saved_this_step = true;  // a save was started (async) or committed (sync)
+      bool save_failed = false;
       std::map<std::string, double> metrics{{"val_loss", loss.item<double>()}};
-      if (async) {
-        saved_this_step = lifeline::torch_state::save_async(client, net, opt, step, metrics);
-      } else {
-        auto ckpt = client.begin_checkpoint(step);
-        lifeline::torch_state::save(ckpt, net, opt, step);
-        ckpt.commit(metrics);
+      // A failed save (disk full, I/O error) is reported by the client (stderr, the supervisor's
+      // history) and training goes on: the older checkpoints are intact.
+      try {
+        if (async) {
+          saved_this_step = lifeline::torch_state::save_async(client, net, opt, step, metrics);
+        } else {
+          auto ckpt = client.begin_checkpoint(step);
+          lifeline::torch_state::save(ckpt, net, opt, step);
+          saved_this_step = ckpt.commit(metrics);
+          save_failed = !saved_this_step;
+        }
+      } catch (const std::exception& e) {  // not the disk's: out of memory for the snapshot, say
+        std::fprintf(stderr, "train-example: checkpoint of step %llu failed: %s; training goes on\n",
+                     static_cast<unsigned long long>(step), e.what());
+        saved_this_step = false;
+        save_failed = true;
       }
       double stall = seconds_since(t0);
       if (step < steps) {
@@ -150,16 +161,18 @@ int main(int argc, char** argv) {
         std::printf("train-example: checkpoint of step %llu: stall %.6f s (%s)\n", static_cast<unsigned long long>(step),
                     stall, async ? "async" : "sync");
       if (client.should_exit() && step < steps) {
-        client.wait_for_saves();  // the stop checkpoint is durable and acked before we leave
+        bool durable = client.wait_for_saves();  // the stop checkpoint is durable and acked before we leave
         train_s = seconds_since(started);
         print_rate();
-        std::printf("train-example: stopping at step %llu after %s\n", static_cast<unsigned long long>(step),
-                    saved_this_step ? "its checkpoint" : "the checkpoint that was in flight");
+        const char* after = save_failed || !durable ? "a failed checkpoint"
+                            : saved_this_step       ? "its checkpoint"
+                                                    : "the checkpoint that was in flight";
+        std::printf("train-example: stopping at step %llu after %s\n", static_cast<unsigned long long>(step), after);
         return 0;
       }
     }
   }
-  client.wait_for_saves();
+  if (!client.wait_for_saves()) std::printf("train-example: the last checkpoint failed (see above)\n");
   if (train_s == 0) train_s = seconds_since(started);
   print_rate();
   std::string digest = parameter_digest(net);

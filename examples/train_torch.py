@@ -133,13 +133,21 @@ def main() -> int:
         if (client.should_checkpoint(step) or step == args.steps) and can_save:
             t0 = time.monotonic()
             metrics = {"val_loss": loss.item()}
-            if args.background:
-                saved = client.save_async(step, lambda: lifeline_torch.snapshot(net, opt, step), metrics)
-            else:
-                ckpt = client.begin_checkpoint(step)
-                lifeline_torch.save(ckpt, net, opt, step)
-                ckpt.commit(metrics)
-                saved = True
+            # A failed save (disk full, I/O error) is reported by the client (stderr, the supervisor's
+            # history) and training goes on: the older checkpoints are intact.
+            save_failed = False
+            try:
+                if args.background:
+                    saved = client.save_async(step, lambda: lifeline_torch.snapshot(net, opt, step), metrics)
+                else:
+                    ckpt = client.begin_checkpoint(step)
+                    lifeline_torch.save(ckpt, net, opt, step)
+                    saved = ckpt.commit(metrics)
+                    save_failed = not saved
+            except Exception as e:  # not the disk's: no memory for the snapshot, say
+                print(f"train-example: checkpoint of step {step} failed: {e}; training goes on",
+                      file=sys.stderr, flush=True)
+                saved, save_failed = False, True
             stall = time.monotonic() - t0
             if step < args.steps:
                 stall_s += stall
@@ -148,13 +156,15 @@ def main() -> int:
                 print(f"train-example: checkpoint of step {step}: stall {stall:.6f} s "
                       f"({'async' if args.background else 'sync'})", flush=True)
             if client.should_exit() and step < args.steps:
-                client.wait_for_saves()  # the stop checkpoint is durable and acked before we leave
+                durable = client.wait_for_saves()  # the stop checkpoint is durable and acked before we leave
                 train_s = time.monotonic() - started
                 print_rate()
-                print(f"train-example: stopping at step {step} after "
-                      f"{'its checkpoint' if saved else 'the checkpoint that was in flight'}", flush=True)
+                after = ("a failed checkpoint" if save_failed or not durable
+                         else "its checkpoint" if saved else "the checkpoint that was in flight")
+                print(f"train-example: stopping at step {step} after {after}", flush=True)
                 return 0
-    client.wait_for_saves()
+    if not client.wait_for_saves():
+        print("train-example: the last checkpoint failed (see above)", flush=True)
     if train_s == 0:
         train_s = time.monotonic() - started
     print_rate()

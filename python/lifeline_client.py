@@ -31,9 +31,29 @@ the C++ client (include/lifeline/client.h).
                 break
     client.wait_for_saves()                          # before reporting success
 
+A failed save (disk full, I/O error) never ends training: the checkpoint fails at its first
+error (its staging folder is removed at once), commit() returns False, and the failure is printed
+and counted for the supervisor (its history records `checkpoint_failed`); older checkpoints stay
+intact. Nothing raises into torch.save's C++ writer (see CheckpointFile).
+
+Under a supervisor the client also, for as long as it lives (until close()), as the C++ client:
+ - registers as a writer of the checkpoint directory: a shared flock on <dir>/.writers.lock, which
+   lets the next attempt's supervisor prove that this process cannot commit any more. Forked
+   children share the hold until they exit. A file system without flock gets a warning instead.
+ - watches the supervisor (its pid is in the control block) from a daemon thread blocked in
+   poll() on os.pidfd_open(pid) (os.kill(pid, 0) once a second where that is missing): when the
+   supervisor is gone (kill -9, say) it prints "lifeline: supervisor pid N is gone: stopping this
+   trainer" and SIGKILLs the trainer's process group (only itself when it shares the supervisor's
+   group), so that no trainer, worker or grandchild writes on without its supervisor. A trainer
+   that attaches after its supervisor died stops at once. LIFELINE_WATCH_SUPERVISOR=0 turns the
+   watch off (a supervisor in another PID namespace). The thread needs the interpreter lock only
+   once, to act; should_checkpoint() does not see it. Forked children have no such thread and
+   their close() leaves the parent's alone.
+
 Outside a supervisor (no LIFELINE_CONTROL) the client is inert: should_checkpoint and
-should_exit are False, no signal handler is installed, resume() reads LIFELINE_RESUME_FROM and
-LIFELINE_RESUME_STEP only, and begin_checkpoint still works when LIFELINE_CKPT_DIR is set.
+should_exit are False, no signal handler, thread or lock is installed, resume() reads
+LIFELINE_RESUME_FROM and LIFELINE_RESUME_STEP only, and begin_checkpoint still works when
+LIFELINE_CKPT_DIR is set.
 
 Shared memory without atomics. The supervisor uses std::atomic on the control block; Python has
 none. This module touches the block only through naturally aligned 4- and 8-byte loads and stores
@@ -47,13 +67,17 @@ gains the same bit), and once per received signal on request_seq (see Client._on
 from __future__ import annotations
 
 import atexit
+import contextlib
 import enum
+import errno
+import fcntl
 import hashlib
 import json
 import mmap
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -133,6 +157,7 @@ def layout_table() -> dict:
 
 # --- Store constants (src/store) ----------------------------------------------------------------
 MANIFEST = "MANIFEST"
+MAX_MANIFEST_BYTES = 4 << 20  # the store's kMaxManifestBytes: bigger is refused on write and invalid on read
 CHECKSUM = "sha256"  # the C++ verifier accepts "xxh3-64" and "sha256"; hashlib has the latter
 _CHUNK = 8 << 20
 _NEVER = 2**64 - 1
@@ -145,6 +170,10 @@ class ControlBlockError(RuntimeError):
 
 class CheckpointError(Exception):
     """A checkpoint folder holds something the store does not allow."""
+
+
+class WritersLockError(RuntimeError):
+    """The checkpoint directory's writers' lock cannot be held (see register_writer)."""
 
 
 class ResumeInfo(NamedTuple):
@@ -240,6 +269,11 @@ def _write_all(fd: int, data: memoryview, hasher=None) -> None:
         data = data[n:]
 
 
+def _os_error(what: str, path: str, e: OSError) -> str:
+    """ "write /ckpt/.staging-.../model.pt: No space left on device", as the C++ client says it."""
+    return f"{what} {path}: {e.strerror or e}"
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -285,9 +319,13 @@ def checkpoint_problem(folder: str) -> str:
         return f"cannot read MANIFEST: {e.strerror}"
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 64 << 20:
-            return "MANIFEST is not a regular file of sane size"
-        text = f.read()
+        if not stat.S_ISREG(st.st_mode):
+            return "MANIFEST is not a regular file"
+        if st.st_size > MAX_MANIFEST_BYTES:
+            return f"MANIFEST is {st.st_size} bytes, over the {MAX_MANIFEST_BYTES >> 20} MiB limit"
+        text = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            return f"MANIFEST is over the {MAX_MANIFEST_BYTES >> 20} MiB limit"
     try:
         j = json.loads(text)
     except ValueError as e:
@@ -302,6 +340,8 @@ def checkpoint_problem(folder: str) -> str:
         return f"cannot check {j.get('checksum_algorithm')!r} checksums from Python"
     if not isinstance(j.get("files"), list):
         return "manifest field 'files' is missing or has the wrong type"
+    if not j["files"]:
+        return "manifest lists no files (an empty checkpoint)"
     for entry in j["files"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
                 or type(entry.get("bytes")) is not int or not isinstance(entry.get("checksum"), str):
@@ -336,22 +376,29 @@ def checkpoint_problem(folder: str) -> str:
 
 class CheckpointFile:
     """One file of a checkpoint being written (Checkpoint.open_file): hashed while written,
-    fsynced by close(). A write error is kept for the checkpoint's commit() to report; later
-    writes are then dropped."""
+    fsynced by close().
+
+    write() never raises: torch.save(obj, f) calls it from PyTorch's C++ writer, which cannot
+    survive a Python exception (it ends in std::terminate, the whole trainer gone). An I/O error
+    fails the whole checkpoint at once (its staging folder is removed, commit() returns False with
+    that error); later writes are dropped. Any other exception raised while writing
+    (KeyboardInterrupt, MemoryError) fails the checkpoint too and is raised again by close(),
+    outside torch.save."""
 
     def __init__(self, ckpt: "Checkpoint", rel: str):
         self._ckpt, self._rel = ckpt, rel
+        self._full = os.path.join(ckpt.path, rel)
         self._hasher = hashlib.sha256()
         self._size = 0
         self._fd = -1
-        if ckpt._pending:
+        self._deferred: Optional[BaseException] = None  # raised by close()
+        if ckpt.failed:
             return
-        full = os.path.join(ckpt.path, rel)
         try:
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            self._fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            os.makedirs(os.path.dirname(self._full), exist_ok=True)
+            self._fd = os.open(self._full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            ckpt._pending = e
+            ckpt._fail(_os_error("create", self._full, e))
 
     def __enter__(self) -> "CheckpointFile":
         return self
@@ -367,36 +414,42 @@ class CheckpointFile:
         return True
 
     def write(self, data) -> int:
-        """Writes all of `data` (bytes-like); returns its length."""
-        view = memoryview(data).cast("B")
-        if self._fd >= 0:
-            try:
+        """Writes all of `data` (bytes-like); returns its length. Never raises (see the class)."""
+        try:
+            view = memoryview(data).cast("B")
+            if self._fd >= 0:
                 _write_all(self._fd, view, self._hasher)
                 self._size += len(view)
-            except OSError as e:
-                self._fail(e)
-        return len(view)
+            return len(view)
+        except OSError as e:
+            self._ckpt._fail(_os_error("write", self._full, e))
+        except BaseException as e:  # noqa: B036 - deferred to close(), outside PyTorch's writer
+            self._deferred = self._deferred or e
+            self._ckpt._fail(f"{type(e).__name__} while writing {self._full}")
+        try:
+            return memoryview(data).nbytes
+        except BaseException:  # noqa: B036
+            return 0
 
     def flush(self) -> None:
         """Nothing is buffered here; close() makes the file durable."""
 
     def close(self) -> None:
-        """fsyncs and closes the file; its size and checksum then go into the MANIFEST as written."""
-        if self._fd < 0:
-            return
-        fd, self._fd = self._fd, -1
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            self._ckpt._pending = self._ckpt._pending or e
-            return
-        finally:
-            os.close(fd)
-        self._ckpt._written[self._rel] = (self._size, self._hasher.hexdigest())
-
-    def _fail(self, e: OSError) -> None:
-        self._ckpt._pending = self._ckpt._pending or e
-        self._drop()
+        """fsyncs and closes the file; its size and checksum then go into the MANIFEST as written.
+        Raises what a write() deferred (see the class)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                os.close(fd)  # before the staging folder goes, so that its space is freed
+                self._ckpt._fail(_os_error("fsync", self._full, e))
+            else:
+                os.close(fd)
+                self._ckpt._written[self._rel] = (self._size, self._hasher.hexdigest())
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            raise deferred
 
     def _drop(self) -> None:
         if self._fd >= 0:
@@ -413,9 +466,8 @@ class Checkpoint:
         self._dir = client.checkpoint_dir
         self.path = os.path.join(self._dir, ".staging-%s-%d-%s" % (folder_name(step), os.getpid(),
                                                                    secrets.token_hex(4)))
-        self.error = ""  # the error of a failed commit
+        self.error = ""  # what failed the checkpoint: its first I/O error, or the commit's
         self._written: Dict[str, Tuple[int, str]] = {}
-        self._pending: Optional[OSError] = None  # first write error, reported by commit()
         self._open: List["CheckpointFile"] = []  # files opened by open_file(), closed by commit()
         self._started = time.monotonic_ns()
         self._done = False
@@ -424,7 +476,13 @@ class Checkpoint:
             os.makedirs(self._dir, exist_ok=True)
             os.mkdir(self.path)
         except OSError as e:
-            self._pending = e
+            self._fail(_os_error("mkdir", self.path, e))
+
+    @property
+    def failed(self) -> bool:
+        """True once an error failed this checkpoint (see `error`): its staging folder is gone,
+        further writes are dropped, commit() returns False."""
+        return bool(self.error)
 
     def __enter__(self) -> "Checkpoint":
         return self
@@ -440,14 +498,16 @@ class Checkpoint:
             pass
 
     def write_file(self, rel: str, data: bytes) -> None:
-        """Writes `rel` in the staging folder, hashing while writing; errors surface in commit()."""
+        """Writes `rel` in the staging folder, hashing while writing; an I/O error fails the
+        checkpoint (see `failed`) and surfaces in commit()."""
         with self.open_file(rel) as f:
             f.write(data)
 
     def open_file(self, rel: str) -> "CheckpointFile":
         """Opens `rel` for writing in the staging folder: a binary file object (write, flush,
         close) that hashes while writing, so torch.save(obj, f) streams into the checkpoint.
-        close() makes it durable; commit() closes what is still open. Errors surface in commit()."""
+        close() makes it durable; commit() closes what is still open. An I/O error fails the
+        checkpoint at once (its staging folder is removed) and surfaces in commit()."""
         why = _unsafe_path_reason(rel)
         if why or rel == MANIFEST:
             raise ValueError(f"cannot write {rel}: {why or 'the name is reserved'}")
@@ -458,15 +518,17 @@ class Checkpoint:
         return f
 
     def commit(self, metrics: Optional[Mapping[str, float]] = None) -> bool:
-        """Makes the checkpoint durable and tells the supervisor; False when the save failed."""
+        """Makes the checkpoint durable and tells the supervisor. False when the save failed (an
+        I/O error, no files, a MANIFEST over 4 MiB): the error is printed and counted, the staging
+        folder is gone, older checkpoints are intact and training may go on."""
         if self._done:
             raise RuntimeError("checkpoint already committed or discarded")
         values = {str(k): float(v) for k, v in (metrics or {}).items()}
         try:
             for f in self._open:
                 f.close()
-            if self._pending:
-                raise self._pending
+            if self.failed:
+                return self._failed(self.error)
             nbytes = self._commit(values)
         except (OSError, CheckpointError) as e:
             return self._failed(str(e))
@@ -481,10 +543,20 @@ class Checkpoint:
                 f._drop()
             shutil.rmtree(self.path, ignore_errors=True)
 
+    def _fail(self, why: str) -> None:
+        """Fails the checkpoint at an error: keeps the first, and drops the staging folder at once
+        (on a full disk its space goes back to the supervisor's history). commit() reports it."""
+        if not self.error:
+            self.error = why
+        for f in self._open:
+            f._drop()
+        if os.getpid() == self._pid:
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def _failed(self, why: str) -> bool:
         """Reports a save that failed (stderr, the block's failed-save count); returns False."""
         self.discard()
-        self.error = why
+        self.error = self.error or why
         print(f"lifeline: checkpoint of step {self.step} failed: {why} (older checkpoints are intact)",
               file=sys.stderr, flush=True)
         self._client._save_failed()
@@ -523,6 +595,9 @@ class Checkpoint:
         for rel, full in self._files():
             size, digest = self._written[rel] if rel in self._written else _hash_file(full, sync=True)
             files.append({"path": rel, "bytes": size, "checksum": digest})
+        if not files:
+            raise CheckpointError(f"checkpoint of step {self.step} has no files: nothing to commit "
+                                  "(write the state with write_file/open_file or into ckpt.path first)")
         created = time.time_ns()
         manifest = {
             "format": "lifeline-checkpoint", "format_version": 1, "step": self.step,
@@ -533,12 +608,19 @@ class Checkpoint:
             "checksum_algorithm": CHECKSUM, "files": files,
         }
         text = (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
-        fd = os.open(os.path.join(self.path, MANIFEST), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise CheckpointError(f"its MANIFEST would be {len(text)} bytes, over the {MAX_MANIFEST_BYTES >> 20} MiB "
+                                  f"limit ({len(files)} files, {len(metrics)} metrics)")
+        path = os.path.join(self.path, MANIFEST)
         try:
-            _write_all(fd, memoryview(text))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, memoryview(text))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise OSError(e.errno, _os_error("write", path, e)) from e
         _fsync_dir(self.path)
 
         final = os.path.join(self._dir, folder_name(self.step))
@@ -558,6 +640,182 @@ class Checkpoint:
             _fsync_dir(self._dir)
         self._done = True
         return sum(f["bytes"] for f in files)
+
+
+# --- The writers' lock and the supervisor watch (src/store/writers_lock.h, src/client/supervisor_watch.h)
+WRITERS_LOCK = ".writers.lock"
+WRITERS_LOCK_PATIENCE = 10.0  # seconds a shared hold is retried while a supervisor probes the lock
+_NO_FLOCK = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL)
+_NO_LOCK_FILE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _flock_holders(path: str) -> str:
+    """Who holds a flock on `path` on this host, from /proc/locks: "pid 12 (python3, exclusive)"."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return "another process"
+    want = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    out = []
+    for line in lines:  # "1: FLOCK  ADVISORY  READ 5430 fe:00:10953095 0 EOF"; waiters have "->"
+        words = line.split()
+        if len(words) < 6 or words[1] != "FLOCK" or words[5] != want:
+            continue
+        try:
+            with open(f"/proc/{words[4]}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            comm = "gone"
+        out.append(f"pid {words[4]} ({comm}, {'exclusive' if words[3] == 'WRITE' else 'shared'})")
+    return ", ".join(out) or "another process"
+
+
+def register_writer(ckpt_dir: str, patience: Optional[float] = None) -> Optional[int]:
+    """Registers this process as a writer of `ckpt_dir`, as the C++ WriterRegistration does: opens
+    <dir>/.writers.lock (created 0600, never through a link, refused unless a regular file) and
+    takes a shared flock, retried for `patience` seconds (WRITERS_LOCK_PATIENCE) while a supervisor
+    holds it exclusively. Returns the descriptor, which holds the lock until closed; None, with a
+    warning, where the file cannot be made (a read-only or foreign directory: its saves will fail,
+    visibly) or the file system cannot lock. Raises WritersLockError (a link, not a regular file,
+    held exclusively for longer than the patience)."""
+    path = os.path.join(ckpt_dir, WRITERS_LOCK)
+    with contextlib.suppress(OSError):
+        os.makedirs(ckpt_dir, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise WritersLockError(f"{path} is a symbolic link: lifeline never follows one; remove it") from e
+        if e.errno in _NO_LOCK_FILE:
+            print(f"lifeline: cannot open {path} ({e.strerror}): going on without the writers' lock",
+                  file=sys.stderr, flush=True)
+            return None
+        raise WritersLockError(f"cannot open {path}: {e.strerror}") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WritersLockError(f"{path} is not a regular file: remove it")
+        deadline = time.monotonic() + (WRITERS_LOCK_PATIENCE if patience is None else patience)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WritersLockError(f"cannot register as a writer of {ckpt_dir}: {path} is held "
+                                           f"exclusively by {_flock_holders(path)}") from None
+            except OSError as e:
+                if e.errno not in _NO_FLOCK:
+                    raise WritersLockError(f"cannot lock {path}: {e.strerror}") from e
+                print(f"lifeline: cannot lock {path} ({e.strerror}): going on without the writers' lock",
+                      file=sys.stderr, flush=True)
+                os.close(fd)
+                return None
+            time.sleep(0.005)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    """False once `pid` is gone or a zombie (exited, not reaped: os.kill(pid, 0) still succeeds)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+        return text[text.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+class SupervisorWatch:
+    """Calls `on_gone(pid)` as soon as the process `pid` (the supervisor) is gone, from a daemon
+    thread blocked in poll() on os.pidfd_open(pid) and on a pipe that stop() writes; without
+    pidfd_open (Python < 3.9, Linux < 5.3, a seccomp filter) or with use_pidfd=False it checks the
+    process once a second. A process already gone is reported at once, by the constructor, which
+    then starts no thread. Only the process that started it can stop it (a forked child has no
+    such thread)."""
+
+    def __init__(self, pid: int, on_gone: Callable[[int], None], use_pidfd: bool = True):
+        self.pid = pid
+        self._on_gone = on_gone
+        self._owner = os.getpid()
+        self._pidfd: Optional[int] = None
+        self._thread: Optional[threading.Thread] = None
+        gone = False
+        if use_pidfd and hasattr(os, "pidfd_open"):
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                gone = True
+            except OSError:
+                pass  # ENOSYS, EPERM: polling
+        self.mode = "pidfd" if self._pidfd is not None or gone else "polling"
+        if gone or (self._pidfd is None and not _alive(pid)):
+            on_gone(pid)  # a trainer that attaches too late never starts training
+            return
+        self._wake_r, self._wake_w = os.pipe()  # close-on-exec, as every descriptor Python makes
+        self._thread = threading.Thread(target=self._run, name="lifeline-supervisor-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        gone = False
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        if self._pidfd is not None:
+            poller.register(self._pidfd, select.POLLIN)
+        while not gone:
+            events = poller.poll(None if self._pidfd is not None else 1000)
+            if any(fd == self._wake_r for fd, _ in events):
+                return
+            gone = bool(events) if self._pidfd is not None else not _alive(self.pid)
+        self._on_gone(self.pid)
+
+    def stop(self) -> None:
+        """Wakes the thread and joins it, and closes the descriptors (in the owning process)."""
+        if os.getpid() != self._owner or self._thread is None:
+            return
+        os.write(self._wake_w, b"x")
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        for fd in (self._wake_r, self._wake_w, self._pidfd):
+            if fd is not None:
+                os.close(fd)
+
+    @staticmethod
+    def stop_trainer(pid: int, whole_group: bool) -> None:
+        """One line on stderr (unless it would block: a pipe nobody reads any more), then SIGKILL
+        to this process group, or to this process alone when it shares the supervisor's group."""
+        line = f"lifeline: supervisor pid {pid} is gone: stopping this trainer\n".encode()
+        try:
+            poller = select.poll()
+            poller.register(2, select.POLLOUT)
+            if any(ev & select.POLLOUT for _, ev in poller.poll(100)):
+                os.write(2, line)
+        except OSError:
+            pass
+        if whole_group:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _watch_supervisor(pid: int, env: Mapping[str, str]) -> Optional[SupervisorWatch]:
+    """The watch of the supervisor named in the block, unless it names none or
+    LIFELINE_WATCH_SUPERVISOR=0."""
+    if pid <= 0 or env.get("LIFELINE_WATCH_SUPERVISOR", "") == "0":
+        return None
+    try:  # a trainer in its supervisor's process group (the jobscript's, say) stops alone
+        whole_group = os.getpgid(pid) != os.getpgrp()
+    except OSError:
+        whole_group = True
+    return SupervisorWatch(pid, lambda p: SupervisorWatch.stop_trainer(p, whole_group))
 
 
 def _env_u64(env: Mapping[str, str], name: str) -> int:
@@ -590,11 +848,22 @@ class Client:
         self._saver: Optional[threading.Thread] = None  # the asynchronous save in flight, if any
         self._last_save_ok = True
         self._settled_seq = 0  # the newest request_seq a background save settled; taken in later
+        self._writers_lock: Optional[int] = None  # held while attached: this process may commit
+        self._watch: Optional[SupervisorWatch] = None
 
         name = env.get("LIFELINE_CONTROL", "")
         if not name:
             return  # inert
-        b = self._block = ControlBlock(name)
+        b = ControlBlock(name)
+        try:
+            if self.checkpoint_dir:
+                self._writers_lock = register_writer(self.checkpoint_dir)
+            self._watch = _watch_supervisor(b.load("supervisor_pid"), env)
+        except BaseException:
+            self._release()
+            b.close()
+            raise
+        self._block = b
         self._every_steps = b.load("every_steps")
         self._skip_first_steps = b.load("skip_first_steps")
         b.store("trainer_pid", os.getpid())
@@ -709,7 +978,8 @@ class Client:
         return self._local_stop or bool(b.load("request_flags") & FLAG_STOP)
 
     def close(self) -> None:
-        """Restores the previous signal handlers and detaches; the client is inert afterwards."""
+        """Restores the previous signal handlers, stops watching the supervisor, lets the writers'
+        lock go and detaches; the client is inert afterwards. In a forked child it does nothing."""
         if os.getpid() == self._pid:
             self.wait_for_saves()
         b, self._block = self._block, None
@@ -720,8 +990,18 @@ class Client:
             if old is not None:  # None: installed outside Python; ours stays, now harmless
                 signal.signal(sig, old)
         self._old_handlers.clear()
+        self._release()
         b.store("client_state", ClientState.EXITING)
         b.close()
+
+    def _release(self) -> None:
+        """Stops the supervisor watch and lets the writers' lock go."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
+        fd, self._writers_lock = self._writers_lock, None
+        if fd is not None:
+            os.close(fd)
 
     def __enter__(self) -> "Client":
         return self

@@ -12,6 +12,11 @@ Three lines wrap a training loop (README.md, "Your trainer (Python / PyTorch)"):
 With background=True a checkpoint stalls training only for a copy of the state into buffers kept
 between checkpoints (one more copy of the state in host memory); torch.save, the checksums, fsync
 and the commit run on the client's background thread.
+
+A failed save (disk full, I/O error) never ends training: save() and the background write do not
+raise for it; the checkpoint fails at its first error (its staging folder is removed at once), the
+rest of the state is skipped, and its commit reports the error (stderr, the supervisor's history).
+checkpoint() then returns as after a save; older checkpoints stay intact.
 """
 from __future__ import annotations
 
@@ -51,14 +56,18 @@ def _rng_state() -> dict:
 
 
 def _write(ckpt: Checkpoint, objects: Mapping[str, object]) -> None:
-    """torch.save of each object straight into its checkpoint file (hashed while written)."""
+    """torch.save of each object straight into its checkpoint file (hashed while written). After a
+    write error (the checkpoint has failed) the rest is skipped."""
     for name, obj in objects.items():
+        if ckpt.failed:
+            return
         with ckpt.open_file(name) as f:
             torch.save(obj, f)
 
 
 def save(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], step: int) -> None:
-    """Writes model.pt, optimizer.pt and state.pt (step and RNG states) into the checkpoint."""
+    """Writes model.pt, optimizer.pt and state.pt (step and RNG states) into the checkpoint. A write
+    error does not raise: it fails the checkpoint, whose commit() then returns False."""
     objects = {"model.pt": model.state_dict()}
     if optimizer is not None:
         objects["optimizer.pt"] = optimizer.state_dict()
@@ -186,11 +195,19 @@ def checkpoint(step: int, model: torch.nn.Module, optimizer: Optional[torch.opti
         prepare(model, optimizer)  # first call: the optimizer state exists by now
     if (c.should_checkpoint(step) or final) and c.checkpoint_dir:
         if background:
-            c.save_async(step, lambda: snapshot(model, optimizer, step), metrics)
+            try:
+                c.save_async(step, lambda: snapshot(model, optimizer, step), metrics)
+            except Exception as e:  # the copy failed (no memory for it, say): no save, training goes on
+                print(f"lifeline: checkpoint of step {step} failed: {type(e).__name__}: {e} "
+                      "(older checkpoints are intact)", file=sys.stderr, flush=True)
+                c._save_failed()
         else:
             ckpt = c.begin_checkpoint(step)
-            save(ckpt, model, optimizer, step)
-            ckpt.commit(metrics)
+            try:
+                save(ckpt, model, optimizer, step)
+            except Exception as e:  # not the disk's (that fails the checkpoint quietly): still no save
+                ckpt._fail(f"{type(e).__name__}: {e}")
+            ckpt.commit(metrics)  # False, reported, when the save failed
     stop = c.should_exit()
     if stop or final:
         c.wait_for_saves()  # the stop (or last) checkpoint is durable and acked before we return

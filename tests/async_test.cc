@@ -23,6 +23,7 @@
 #include "support/process.h"
 #include "support/client_env.h"
 #include "support/temp_dir.h"
+#include "support/tmpfs_mount.h"
 
 #ifdef LIFELINE_ASYNC_E2E
 #include <nlohmann/json.hpp>
@@ -496,6 +497,66 @@ TEST_CASE("an async LibTorch save of an optimizer snapshot() serializes whole (L
   SmallNet net;
   torch::optim::LBFGS opt(net.parameters(), torch::optim::LBFGSOptions(0.1).max_iter(4).history_size(2));
   check_same_bytes(net, opt);
+}
+
+// A real full disk: a tmpfs too small for the state (needs root, as the test suite runs). The
+// state fits in memory but not on the disk: 3 MiB of `wide` against 1 MiB.
+TEST_CASE("a LibTorch save into a full disk neither throws nor terminates: commit() returns false, the staging folder is gone") {
+  lifeline::test::TmpfsMount disk("size=1m");
+  if (!disk.mounted()) {
+    MESSAGE("skipped: cannot mount a tmpfs (" << disk.why() << "); run as root");
+    return;
+  }
+  SmallNet net(900);
+  torch::optim::Adam opt(net.parameters(), torch::optim::AdamOptions(1e-3));
+  train(net, opt, 1);
+  ControlBlock block = ControlBlock::create("test");
+  ClientEnv env(block.name(), disk / "ckpt");
+  Client c = Client::from_env();
+  block.request(Reason::manual, false, 0);
+  REQUIRE(c.should_checkpoint(1));
+  auto w = c.begin_checkpoint(1);
+  std::string staging = w.path();
+  CHECK_NOTHROW(torch_state::save(w, net, opt, 1));  // before the fix: std::terminate
+  CHECK(w.failed());
+  CHECK_FALSE(std::filesystem::exists(staging));  // at once, before commit
+  CHECK_FALSE(w.commit());
+  CHECK(w.error().find("No space left on device") != std::string::npos);
+  CHECK(block.u64(kFailedSavesOff).load() == 1);
+  CHECK_FALSE(c.should_checkpoint(2));
+  for (const auto& e : std::filesystem::directory_iterator(disk / "ckpt"))
+    CHECK_FALSE(is_staging_name(e.path().filename().string()));
+  // Training goes on: a smaller state still fits and commits.
+  SmallNet small;
+  torch::optim::Adam small_opt(small.parameters(), torch::optim::AdamOptions(1e-3));
+  train(small, small_opt, 1);
+  auto next = c.begin_checkpoint(3);
+  torch_state::save(next, small, small_opt, 3);
+  CHECK(next.commit());
+}
+
+TEST_CASE("an async LibTorch save into a full disk is reported as a failed save and training goes on") {
+  lifeline::test::TmpfsMount disk("size=1m");
+  if (!disk.mounted()) {
+    MESSAGE("skipped: cannot mount a tmpfs (" << disk.why() << "); run as root");
+    return;
+  }
+  SmallNet net(900);
+  torch::optim::Adam opt(net.parameters(), torch::optim::AdamOptions(1e-3));
+  train(net, opt, 1);
+  ControlBlock block = ControlBlock::create("test");
+  ClientEnv env(block.name(), disk / "ckpt");
+  Client c = Client::from_env();
+  block.request(Reason::manual, false, 0);
+  REQUIRE(c.should_checkpoint(1));
+  REQUIRE(torch_state::save_async(c, net, opt, 1));
+  train(net, opt, 2);  // while the background save runs into the full disk
+  CHECK_FALSE(c.wait_for_saves());
+  CHECK(block.u64(kFailedSavesOff).load() == 1);
+  CHECK(block.u64(kCommitCountOff).load() == 0);
+  CHECK_FALSE(c.should_checkpoint(4));
+  for (const auto& e : std::filesystem::directory_iterator(disk / "ckpt"))
+    CHECK_FALSE(is_staging_name(e.path().filename().string()));
 }
 
 TEST_CASE("a run with --async interrupted by SIGUSR1 acks its stop checkpoint and resumes to the uninterrupted digest") {

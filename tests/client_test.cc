@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 
 #include "control/control_block.h"
 #include "lifeline/client.h"
@@ -13,11 +14,13 @@
 #include "store/manifest.h"
 #include "support/client_env.h"
 #include "support/temp_dir.h"
+#include "support/tmpfs_mount.h"
 
 using namespace lifeline;
 using namespace lifeline::layout;
 using lifeline::test::ClientEnv;
 using lifeline::test::TempDir;
+using lifeline::test::TmpfsMount;
 
 
 TEST_CASE("outside a supervisor the client is inert and reads resume info from the environment") {
@@ -85,6 +88,7 @@ TEST_CASE("SIGTERM, SIGUSR1 and SIGINT to the trainer become a stop request, not
     CHECK(block.u32(kTrainerSignalOff).load() == uint32_t(sig));
     CHECK(Reason(block.u32(kRequestReasonOff).load()) == Reason::trainer_signal);
     auto ck = c.begin_checkpoint(2);
+    ck.write_file("w.bin", "ab", 2);  // the store refuses an empty checkpoint
     CHECK(ck.commit());
     CHECK(block.u64(kAckSeqOff).load() == block.u64(kRequestSeqOff).load());
   }
@@ -99,6 +103,7 @@ TEST_CASE("a failed save is reported, keeps older checkpoints, and training can 
   REQUIRE(c.should_checkpoint(1));
   {
     auto ok = c.begin_checkpoint(1);
+    ok.write_file("w.bin", "ab", 2);
     CHECK(ok.commit());
   }
   block.request(Reason::manual, false, 0);
@@ -171,6 +176,7 @@ TEST_CASE("a file not closed fails the commit, keeps older checkpoints, and cann
   Client c = Client::from_env();
   {
     auto ok = c.begin_checkpoint(1);
+    ok.write_file("w.bin", "ab", 2);
     REQUIRE(ok.commit());
   }
   {
@@ -211,4 +217,110 @@ TEST_CASE("a large streamed file, dropped from the page cache as it is written b
   std::string folder = d.path() + "/" + checkpoint_folders(d.path()).back().second;
   CHECK(read_all(folder + "/model.bin") == bytes);
   CHECK(verify_checkpoint(folder, VerifyMode::full).valid);
+}
+
+// A real full disk: a tmpfs of 1 MiB (needs root, as the test suite runs).
+namespace {
+bool staging_left(const std::string& dir) {
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (is_staging_name(e.path().filename().string())) return true;
+  return false;
+}
+}  // namespace
+
+TEST_CASE("a write error on a full disk fails the checkpoint at once: its staging folder is gone before commit, which reports it") {
+  TmpfsMount disk("size=1m");
+  if (!disk.mounted()) {
+    MESSAGE("skipped: cannot mount a tmpfs (" << disk.why() << "); run as root");
+    return;
+  }
+  ControlBlock block = ControlBlock::create("test");
+  ClientEnv env(block.name(), disk / "ckpt");
+  Client c = Client::from_env();
+  {
+    auto first = c.begin_checkpoint(1);
+    first.write_file("w.bin", "old", 3);
+    REQUIRE(first.commit());
+  }
+  block.request(Reason::manual, false, 0);
+  REQUIRE(c.should_checkpoint(2));
+  uint64_t free_before = disk.free_bytes();
+  auto w = c.begin_checkpoint(2);
+  std::string staging = w.path();
+  CheckpointFile f = w.open_file("model.bin");
+  std::string piece(64 << 10, 'x');
+  CHECK_THROWS_AS(
+      for (int i = 0; i < 32; ++i) f.write(piece.data(), piece.size()),  // 2 MiB into 1 MiB
+      std::runtime_error);
+  // At once, before commit: the partial file's space is back for everyone else (the history).
+  CHECK_FALSE(std::filesystem::exists(staging));
+  CHECK(disk.free_bytes() >= free_before);
+  CHECK(w.failed());
+  CHECK(w.error().find("No space left on device") != std::string::npos);
+  CHECK_THROWS_AS(f.write("y", 1), std::runtime_error);  // the rest of the state is refused
+  CHECK_THROWS_AS(w.write_file("other.bin", "z", 1), std::runtime_error);
+  CHECK_FALSE(w.commit());
+  CHECK(w.error().find("No space left on device") != std::string::npos);
+  CHECK(block.u64(kFailedSavesOff).load() == 1);
+  CHECK(ClientState(block.u32(kClientStateOff).load()) == ClientState::attached);
+  CHECK_FALSE(c.should_checkpoint(3));  // not retried on every step
+  CHECK_FALSE(staging_left(disk / "ckpt"));
+  auto choice = choose_resume(disk / "ckpt");
+  REQUIRE(choice.resume);
+  CHECK(choice.resume->step == 1);
+  // Training goes on, and so does saving once there is room.
+  auto next = c.begin_checkpoint(4);
+  next.write_file("w.bin", "new", 3);
+  CHECK(next.commit());
+}
+
+TEST_CASE("a checkpoint dropped after a write error, without commit, is still reported as a failed save") {
+  TmpfsMount disk("size=1m");
+  if (!disk.mounted()) {
+    MESSAGE("skipped: cannot mount a tmpfs (" << disk.why() << "); run as root");
+    return;
+  }
+  ControlBlock block = ControlBlock::create("test");
+  ClientEnv env(block.name(), disk / "ckpt");
+  Client c = Client::from_env();
+  block.request(Reason::manual, false, 0);
+  REQUIRE(c.should_checkpoint(1));
+  std::string big(2 << 20, 'x');
+  try {
+    auto w = c.begin_checkpoint(1);
+    w.write_file("model.bin", big.data(), big.size());
+    FAIL("2 MiB fitted into a 1 MiB file system");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()).find("No space left on device") != std::string::npos);
+  }
+  CHECK(block.u64(kFailedSavesOff).load() == 1);
+  CHECK_FALSE(c.should_checkpoint(2));
+  CHECK_FALSE(staging_left(disk / "ckpt"));
+}
+
+TEST_CASE("begin_checkpoint where no folder can be made returns a failed checkpoint, not an exception, and training goes on") {
+  TmpfsMount disk("size=1m,nr_inodes=6");
+  if (!disk.mounted()) {
+    MESSAGE("skipped: cannot mount a tmpfs (" << disk.why() << "); run as root");
+    return;
+  }
+  ControlBlock block = ControlBlock::create("test");
+  ClientEnv env(block.name(), disk / "ckpt");
+  std::filesystem::create_directories(disk / "ckpt");
+  Client c = Client::from_env();
+  // Use up the inodes: no folder can be made any more.
+  for (int i = 0; std::ofstream(disk / ("f" + std::to_string(i))).good() && i < 100; ++i) {
+  }
+  block.request(Reason::manual, false, 0);
+  REQUIRE(c.should_checkpoint(1));
+  std::optional<Checkpoint> w;
+  CHECK_NOTHROW(w.emplace(c.begin_checkpoint(1)));
+  REQUIRE(w);
+  CHECK(w->failed());
+  CHECK_FALSE(std::filesystem::exists(w->path()));
+  CHECK_THROWS_AS(w->write_file("a.bin", "a", 1), std::runtime_error);
+  CHECK_FALSE(w->commit());
+  CHECK(w->error().find("No space left on device") != std::string::npos);
+  CHECK(block.u64(kFailedSavesOff).load() == 1);
+  CHECK_FALSE(c.should_checkpoint(2));
 }

@@ -1,8 +1,13 @@
 // The Python client (python/lifeline_client.py) against the C++ side: the same control-block
 // layout, constant for constant, and a real C++-created block driven by a Python trainer.
 #include <doctest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cctype>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -12,6 +17,7 @@
 #include "control/control_block.h"
 #include "lifeline/control_layout.h"
 #include "store/checkpoint_store.h"
+#include "store/writers_lock.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -61,6 +67,16 @@ json cpp_table() {
   LIFELINE_STATES(STATE)
   return t;
 }
+
+// A supervisor for the watch tests: this binary run again (LIFELINE_PY_SUPERVISOR_HELPER) makes a
+// control block, says its name, and waits to be killed.
+const bool kIsSupervisorHelper = [] {
+  if (!std::getenv("LIFELINE_PY_SUPERVISOR_HELPER")) return false;
+  ControlBlock block = ControlBlock::create("pywatch");
+  std::printf("block %s\n", block.name().c_str());
+  std::fflush(stdout);
+  for (;;) pause();
+}();
 
 std::string python() { return binary("PYTHON"); }
 std::string python_dir() { return std::string(LIFELINE_SOURCE_DIR) + "/python"; }
@@ -159,4 +175,119 @@ TEST_CASE("the Python client refuses a block of another layout version") {
   std::string out = run_python("import lifeline_client as l\nl.Client.from_env()", &rc, {{"LIFELINE_CONTROL", block.name()}});
   CHECK(rc != 0);
   CHECK_MESSAGE(out.find("has layout version 2, this client speaks 1") != std::string::npos, out);
+}
+
+namespace {
+
+// True once `pid` has exited: a child of ours (not reaped here), or any process (gone or zombie).
+bool exited(pid_t pid, bool our_child) {
+  if (our_child) {
+    siginfo_t info{};
+    return waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid;
+  }
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return true;
+  size_t paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+}
+
+// Waits up to 10 s for `pid` to exit; false if it did not.
+bool wait_exit(pid_t pid, bool our_child) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < until) {
+    if (exited(pid, our_child)) return true;
+    struct timespec ms {0, 2'000'000};
+    nanosleep(&ms, nullptr);
+  }
+  return false;
+}
+
+// A supervisor helper and the name of its block.
+struct Supervisor {
+  Process process{{"/proc/self/exe"}, {{"LIFELINE_PY_SUPERVISOR_HELPER", "1"}, {"LIFELINE_CONTROL", ""}}};
+  std::string block;
+  Supervisor() {
+    std::string line = process.wait_for_line("block ");
+    REQUIRE_MESSAGE(!line.empty(), process.output());
+    block = line.substr(6);
+  }
+  ~Supervisor() { shm_unlink(block.c_str()); }  // killed: it could not unlink its block
+};
+
+// A Python trainer in a process group of its own (as lifeline run gives it), with a forked
+// worker that closes its copy of the client and stays, as a data-loader worker would.
+Process python_trainer(const std::string& block, const std::string& ckpt) {
+  return Process({python(), "-c",
+                  "import os, signal, sys, time; sys.path.insert(0, '" + python_dir() + "')\n"
+                  "os.setpgid(0, 0)\n"
+                  "import lifeline_client as l\n"
+                  "c = l.Client.from_env()\n"
+                  "worker = os.fork()\n"
+                  "if worker == 0:\n"
+                  "    c.close()\n"
+                  "    while True: signal.pause()\n"
+                  "print('attached, worker', worker, flush=True)\n"
+                  "step = 0\n"
+                  "while True:\n"
+                  "    step += 1\n"
+                  "    c.should_checkpoint(step)\n"
+                  "    time.sleep(0.001)\n"},
+                 {{"LIFELINE_CONTROL", block}, {"LIFELINE_CKPT_DIR", ckpt}, {"LIFELINE_PY_SUPERVISOR_HELPER", ""}});
+}
+
+}  // namespace
+
+TEST_CASE("a Python trainer whose supervisor is killed with SIGKILL is stopped with its process group, and frees the writers' lock") {
+  TempDir d;
+  std::string ckpt = d / "ckpt";
+  Supervisor sup;
+  Process trainer = python_trainer(sup.block, ckpt);
+  std::string line = trainer.wait_for_line("attached, worker ");
+  REQUIRE_MESSAGE(!line.empty(), trainer.output());
+  pid_t worker = pid_t(std::stoi(line.substr(line.rfind(' ') + 1)));
+  CHECK(getpgid(worker) == trainer.pid());
+  std::vector<LockHolder> holders;
+  CHECK_FALSE(no_writers(ckpt, &holders));  // registered as a writer while it lives
+  CHECK_MESSAGE(describe_holders(holders).find("pid " + std::to_string(trainer.pid())) != std::string::npos,
+                describe_holders(holders));
+  {
+    ControlBlock view = ControlBlock::attach(sup.block);  // the worker's close() left it alone
+    CHECK(ClientState(view.u32(kClientStateOff).load()) == ClientState::attached);
+  }
+
+  auto t0 = std::chrono::steady_clock::now();
+  sup.process.signal(SIGKILL);
+  CHECK(sup.process.wait() == 128 + SIGKILL);
+  bool trainer_gone = wait_exit(trainer.pid(), true);
+  bool worker_gone = wait_exit(worker, false);
+  CHECK_MESSAGE(trainer_gone, "the Python trainer outlived its supervisor");
+  CHECK_MESSAGE(worker_gone, "the Python trainer's worker outlived its supervisor");
+  if (!worker_gone) kill(worker, SIGKILL);  // so that a failure fails, not hangs
+  if (!trainer_gone) trainer.signal(SIGKILL);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));  // a pidfd wakes the watch at once
+  CHECK(trainer.wait() == 128 + SIGKILL);
+  CHECK_MESSAGE(trainer.output().find("lifeline: supervisor pid " + std::to_string(sup.process.pid()) +
+                                      " is gone: stopping this trainer") != std::string::npos,
+                trainer.output());
+  CHECK(no_writers(ckpt));
+}
+
+TEST_CASE("a Python trainer that attaches after its supervisor is gone stops at once") {
+  TempDir d;
+  Supervisor sup;
+  sup.process.signal(SIGKILL);
+  REQUIRE(sup.process.wait() == 128 + SIGKILL);
+  Process trainer = python_trainer(sup.block, d / "ckpt");
+  bool gone = wait_exit(trainer.pid(), true);
+  CHECK_MESSAGE(gone, "the Python trainer runs on without its supervisor");
+  if (!gone) {  // so that a failure fails, not hangs: the trainer and its worker
+    std::string line = trainer.wait_for_line("attached, worker ");
+    if (!line.empty()) kill(pid_t(std::stoi(line.substr(line.rfind(' ') + 1))), SIGKILL);
+    trainer.signal(SIGKILL);
+  }
+  CHECK(trainer.wait() == 128 + SIGKILL);
+  CHECK_MESSAGE(trainer.output().find("is gone: stopping this trainer") != std::string::npos, trainer.output());
+  CHECK(trainer.output().find("attached") == std::string::npos);
+  CHECK(no_writers(d / "ckpt"));
 }

@@ -43,10 +43,35 @@
 //    nothing is renamed into place before every file and the manifest are durable.
 //  - ~Client waits for a save in flight.
 //
-// Thread safety: one thread calls a Client (the background save thread is the client's own);
-// the signal handlers it installs only perform lock-free atomic stores. Outside a supervisor (no LIFELINE_CONTROL) the client is inert:
-// should_checkpoint and should_exit are false, no handler is installed, and resume() reads
-// LIFELINE_RESUME_FROM / LIFELINE_RESUME_STEP only.
+// A failed save (disk full, I/O error, read-only folder) never ends training. The first I/O
+// error of a checkpoint fails it: its staging folder is removed at once (freeing its space),
+// commit() returns false, and the failure is printed and counted in the control block (the
+// supervisor records `checkpoint_failed` in the history). Older checkpoints stay intact; the
+// request it answered is not retried on every step. A checkpoint dropped after such an error
+// without commit() is reported the same way. The LibTorch helper (lifeline/torch.h) does not
+// throw for a write error at all: its commit() reports it.
+//
+// Under a supervisor the client also, for as long as it lives:
+//  - registers as a writer of the checkpoint directory: it holds `<dir>/.writers.lock` shared,
+//    which lets the next attempt's supervisor prove that this process cannot commit any more
+//    (store/writers_lock.h). Forked children share the hold until they exit. A file system
+//    without flock gets a warning instead.
+//  - watches the supervisor (its pid is in the control block) from a thread of its own, blocked
+//    in poll() on a pidfd (once a second with kill(pid, 0) where pidfd_open is missing): when the
+//    supervisor is gone (kill -9, say) it prints "lifeline: supervisor pid N is gone: stopping
+//    this trainer" and SIGKILLs the trainer's process group (only itself when it shares the
+//    supervisor's group), so that no trainer, grandchild or daemon outlives its supervisor and
+//    writes on. A trainer that attaches after its supervisor died stops at once.
+//    LIFELINE_WATCH_SUPERVISOR=0 turns the watch off (a supervisor in another PID namespace).
+//    The watch costs should_checkpoint() nothing; ~Client wakes and joins its thread.
+// A forked child (a data-loader worker) has neither thread; destroying its copy of the Client
+// does nothing (the block, the lock and the watch stay the parent's).
+//
+// Thread safety: one thread calls a Client (the background save and watch threads are the
+// client's own); the signal handlers it installs only perform lock-free atomic stores. Outside a
+// supervisor (no LIFELINE_CONTROL) the client is inert: should_checkpoint and should_exit are
+// false, no handler, thread or lock is installed, and resume() reads LIFELINE_RESUME_FROM /
+// LIFELINE_RESUME_STEP only.
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -64,9 +89,10 @@ struct ResumeInfo {
 };
 
 // A file streamed into a checkpoint (a serializer's output, say): checksummed while it is
-// written, so commit() need not read it back. Errors throw std::runtime_error (older checkpoints
-// stay intact). close() fsyncs it and records it in the manifest; commit() fails (returns false)
-// while a file is not closed, whether still open or dropped after an error. A large file does
+// written, so commit() need not read it back. An I/O error throws std::runtime_error and fails
+// the whole checkpoint (its staging folder goes at once; commit() returns false with that error);
+// older checkpoints stay intact. close() fsyncs it and records it in the manifest; commit() fails
+// while a file is not closed, whether still open or dropped. A large file does
 // not fill the page cache: each 8 MiB is handed to the disk as it is written and dropped from
 // the cache once written back; LIFELINE_WRITE_BEHIND=0 keeps it cached.
 class CheckpointFile {
@@ -91,18 +117,23 @@ class Checkpoint {
   Checkpoint& operator=(Checkpoint&&) noexcept;
   ~Checkpoint();
 
-  // The staging folder to write files into.
+  // The staging folder to write files into (a folder that does not exist when the checkpoint
+  // failed before it could be made).
   const std::string& path() const;
   uint64_t step() const;
   // Writes a file into the staging folder, checksumming while writing (faster than save+scan).
+  // An I/O error throws std::runtime_error and fails the checkpoint (see failed()).
   void write_file(const std::string& relative_path, const void* data, size_t size);
   // Creates a file in the staging folder to stream into (see CheckpointFile).
   CheckpointFile open_file(const std::string& relative_path);
   // Makes the checkpoint durable and tells the supervisor. Returns false when the save failed
-  // (disk full, read-only, I/O error): the error is printed, older checkpoints are intact and
-  // training may go on.
+  // (disk full, read-only, I/O error, or failed() already): the error is printed and counted,
+  // the staging folder is gone, older checkpoints are intact and training may go on.
   bool commit(const std::map<std::string, double>& metrics = {});
-  // The error of a failed commit.
+  // True once an I/O error failed this checkpoint (its staging folder is removed at once; further
+  // writes throw; commit() returns false).
+  bool failed() const;
+  // What failed the checkpoint: its first I/O error or the commit's; empty otherwise.
   const std::string& error() const;
 
  private:
@@ -121,8 +152,10 @@ using SnapshotFn = std::function<PersistFn()>;
 // The trainer's connection to its supervisor: requests in, commits and acks out.
 class Client {
  public:
-  // Attaches to the supervisor's control block named by LIFELINE_CONTROL, if any.
-  // Throws std::runtime_error when the variable names a block that cannot be used.
+  // Attaches to the supervisor's control block named by LIFELINE_CONTROL, if any, registers as a
+  // writer of LIFELINE_CKPT_DIR and starts watching the supervisor (see above). Throws
+  // std::runtime_error when the variable names a block that cannot be used, or when the
+  // writers' lock stays held exclusively for 10 s or cannot be opened (a link, not a file).
   static Client from_env();
 
   Client(Client&&) noexcept;
@@ -145,7 +178,9 @@ class Client {
   }
 
   // Starts a checkpoint of `step` (a staging folder in the checkpoint directory). Waits for an
-  // asynchronous save in flight first.
+  // asynchronous save in flight first. When the folder cannot be made (no space, no inode,
+  // read-only) it does not throw: the checkpoint it returns has failed() and its commit()
+  // returns false.
   Checkpoint begin_checkpoint(uint64_t step);
 
   // Asynchronous checkpoint of `step`: waits for a save in flight, then (unless a stop request

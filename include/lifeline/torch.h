@@ -3,6 +3,13 @@
 // step) into a checkpoint folder, so a resumed run continues bit-exactly. Synchronously (save),
 // or asynchronously: snapshot() copies the state to memory, the only part that stalls
 // training, and persist() writes that copy on the client's background save thread.
+//
+// A write error (disk full, I/O error) is not thrown by save() or persist(): it fails the
+// checkpoint at once (its staging folder is removed), the rest of the state is skipped, and the
+// checkpoint's commit() returns false with that error, printed and counted for the supervisor
+// (Checkpoint::failed() tells before). Training goes on; older checkpoints stay intact. No
+// exception ever crosses PyTorch's serializer (which would end in std::terminate). Errors that
+// are not the disk's (a serializer error, out of memory) still throw.
 #include <torch/torch.h>
 
 #include <cstdint>

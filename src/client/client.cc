@@ -9,9 +9,13 @@
 #include <filesystem>
 
 #include "client/background_save.h"
+#include "client/supervisor_watch.h"
 #include "common/clock.h"
+#include "common/errors.h"
 #include "control/control_block.h"
+#include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
+#include "store/writers_lock.h"
 
 namespace lifeline {
 using namespace layout;
@@ -57,10 +61,70 @@ std::string host_name() {
   return buf;
 }
 
+// Registers this process as a writer of `dir` (see store/writers_lock.h). Where the lock file
+// cannot be made (a read-only or foreign directory: its saves will fail, visibly) or the file
+// system cannot lock (Lustre mounted noflock, say) it warns instead: the trainer still runs, but
+// a supervisor cannot prove that it has stopped. A link or a non-file there still throws.
+std::optional<WriterRegistration> register_writer(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  try {
+    return WriterRegistration(dir);
+  } catch (const SystemError& e) {
+    for (int code : {ENOSYS, EOPNOTSUPP, ENOLCK, EINVAL, EROFS, EACCES, EPERM}) {
+      if (e.code != code) continue;
+      std::fprintf(stderr, "lifeline: %s: going on without the writers' lock\n", e.what());
+      return std::nullopt;
+    }
+    throw;
+  }
+}
+
+// Watches the supervisor named in the block, unless it names none or LIFELINE_WATCH_SUPERVISOR=0
+// (for setups where its pid means nothing here: another PID namespace).
+std::unique_ptr<SupervisorWatch> watch_supervisor(const ControlBlock& b) {
+  pid_t supervisor = pid_t(b.u32(kSupervisorPidOff).load());
+  const char* opt = std::getenv("LIFELINE_WATCH_SUPERVISOR");
+  if (supervisor <= 0 || (opt && std::string(opt) == "0")) return nullptr;
+  // A trainer in its supervisor's process group (the jobscript's, say) stops alone.
+  pid_t supervisor_group = getpgid(supervisor);
+  bool whole_group = supervisor_group < 0 || supervisor_group != getpgrp();
+  return std::make_unique<SupervisorWatch>(
+      supervisor, [whole_group](pid_t pid) { SupervisorWatch::stop_trainer(pid, whole_group); });
+}
+
+// What a checkpoint and the files streamed into it share: the writer, and the first I/O error,
+// which fails the checkpoint and removes its staging folder at once.
+struct Staging {
+  std::optional<CheckpointWriter> writer;
+  bool failed = false;
+  bool ended = false;  // commit() was called, or the checkpoint dropped
+  std::string error;
+
+  // Keeps the first error and drops the staging folder (freeing its space, on a full disk).
+  void fail(const char* what) noexcept {
+    if (!failed) {
+      failed = true;
+      try {
+        error = what && *what ? what : "unknown error";
+      } catch (...) {
+      }
+    }
+    if (writer) writer->abort();
+  }
+  // Throws unless files may still be written: std::logic_error once the checkpoint has ended,
+  // std::runtime_error with the error that failed it.
+  void check_writable(uint64_t step) const {
+    if (ended) throw std::logic_error("checkpoint of step " + std::to_string(step) + " was committed, failed or dropped");
+    if (failed) throw std::runtime_error("checkpoint of step " + std::to_string(step) + " failed earlier: " + error);
+  }
+};
+
 }  // namespace
 
 // Everything a Client owns besides the fields its inline fast path reads.
 struct Client::State {
+  pid_t owner = getpid();  // the trainer; a forked child's copy of the client is not it
   std::optional<ControlBlock> block;
   std::string ckpt_dir;
   std::optional<ResumeInfo> resume;
@@ -72,7 +136,12 @@ struct Client::State {
   bool handlers_installed = false;
   // The newest request sequence a background save settled (answered, or gave up on).
   std::atomic<uint64_t> settled_seq{0};
-  // Declared last: destroyed first, so a save in flight finishes while the block is mapped.
+  // Held while the client lives (under a supervisor): this process may commit into ckpt_dir.
+  std::optional<WriterRegistration> registration;
+  // Stops the trainer when the supervisor is gone (under a supervisor).
+  std::unique_ptr<SupervisorWatch> watch;
+  // Declared last: destroyed first, so a save in flight finishes while the block is mapped, the
+  // writers' lock is held and the supervisor watched.
   BackgroundSave saver;
 };
 
@@ -84,7 +153,16 @@ Client& Client::operator=(Client&& o) noexcept = default;
 
 Client::~Client() {
   if (!state_) return;
+  if (getpid() != state_->owner) {
+    // A forked child (a data-loader worker) dropping its copy: the threads are the parent's and
+    // the block, the watch's eventfd and the writers' lock are shared with it. Touch nothing; the
+    // child's copies go when it exits.
+    (void)state_.release();
+    return;
+  }
   state_->saver.wait();
+  state_->watch.reset();
+  state_->registration.reset();
   if (state_->handlers_installed) {
     for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &state_->old_actions[i], nullptr);
   }
@@ -110,6 +188,8 @@ Client Client::from_env() {
   if (name.empty()) return c;  // inert
   s.block = ControlBlock::attach(name);
   ControlBlock& b = *s.block;
+  if (!s.ckpt_dir.empty()) s.registration = register_writer(s.ckpt_dir);
+  s.watch = watch_supervisor(b);
   s.every_steps = b.u64(kEveryStepsOff).load();
   s.skip_first_steps = b.u64(kSkipFirstStepsOff).load();
   b.u32(kTrainerPidOff).store(uint32_t(getpid()));
@@ -168,14 +248,49 @@ bool Client::should_exit() const {
   return state_->block->u32(kRequestFlagsOff).load(std::memory_order_acquire) & kFlagStop;
 }
 
-// The private part of a Checkpoint: the writer and where to ack.
+// Reports a save that failed: stderr, the block's failed-save count, and every request up to now
+// settled through `settle` (not retried on every step). Returns false.
+template <class Settle>
+static bool report_failed_save(ControlBlock* b, uint64_t step, const std::string& what, Settle&& settle) noexcept {
+  std::fprintf(stderr, "lifeline: checkpoint of step %llu failed: %s (older checkpoints are intact)\n",
+               static_cast<unsigned long long>(step), what.c_str());
+  if (b) {
+    b->u64(kFailedSavesOff).fetch_add(1);
+    settle(b->u64(kRequestSeqOff).load());
+    b->u32(kClientStateOff).store(uint32_t(ClientState::attached));
+  }
+  return false;
+}
+
+// The private part of a Checkpoint: its staging, and where to ack.
 struct Checkpoint::Impl {
-  std::optional<CheckpointWriter> writer;
+  std::shared_ptr<Staging> staging;
+  uint64_t step = 0;
+  std::string path;
   ControlBlock* block = nullptr;
   uint64_t* seen_seq = nullptr;                  // synchronous save: the client's, same thread
   std::atomic<uint64_t>* settled_seq = nullptr;  // background save: absorbed by the client later
-  std::string error;
-  std::string path;
+  bool finished = false;                         // committed, or its failure reported
+
+  // A staging folder for `step` in `dir`. An I/O error (the folder cannot be made: no space, no
+  // inode, read-only) does not throw: it gives a checkpoint that has failed already.
+  static std::unique_ptr<Impl> create(const std::string& dir, uint64_t step, const CheckpointMeta& meta) {
+    auto impl = std::make_unique<Impl>();
+    impl->step = step;
+    impl->staging = std::make_shared<Staging>();
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    try {
+      impl->staging->writer.emplace(default_file_system(), dir, step, meta);
+      impl->path = impl->staging->writer->path();
+    } catch (const std::logic_error&) {
+      throw;
+    } catch (const std::exception& e) {
+      impl->staging->fail(e.what());
+      impl->path = dir + "/.staging-" + checkpoint_folder_name(step) + "-failed";  // never created
+    }
+    return impl;
+  }
 
   // Every request up to `seq` is settled: do not ask for it again.
   void settle(uint64_t seq) {
@@ -183,72 +298,138 @@ struct Checkpoint::Impl {
     if (settled_seq) settled_seq->store(seq, std::memory_order_release);
   }
 
-  // Reports a save that failed: stderr, the block's failed-save count; returns false.
-  static bool report_failure(ControlBlock* b, uint64_t step, const std::string& what, Impl* impl) {
-    std::fprintf(stderr, "lifeline: checkpoint of step %llu failed: %s (older checkpoints are intact)\n",
-                 static_cast<unsigned long long>(step), what.c_str());
-    if (b) {
-      b->u64(kFailedSavesOff).fetch_add(1);
-      uint64_t seq = b->u64(kRequestSeqOff).load();  // do not retry on every step
-      if (impl) impl->settle(seq);
-      b->u32(kClientStateOff).store(uint32_t(ClientState::attached));
-    }
-    return false;
+  // Reports this checkpoint's failure once; returns false.
+  bool report() noexcept {
+    if (finished) return false;
+    finished = true;
+    return report_failed_save(block, step, staging->error, [this](uint64_t seq) { settle(seq); });
   }
 };
 
 Checkpoint::Checkpoint(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Checkpoint::Checkpoint(Checkpoint&&) noexcept = default;
 Checkpoint& Checkpoint::operator=(Checkpoint&&) noexcept = default;
-Checkpoint::~Checkpoint() = default;
 
-const std::string& Checkpoint::path() const { return impl_->path; }
-uint64_t Checkpoint::step() const { return impl_->writer->step(); }
-const std::string& Checkpoint::error() const { return impl_->error; }
-
-void Checkpoint::write_file(const std::string& rel, const void* data, size_t size) {
-  impl_->writer->write_file(rel, data, size);
+Checkpoint::~Checkpoint() {
+  if (!impl_) return;
+  // Dropped after an I/O error without commit(): still a failed save for the supervisor.
+  if (impl_->staging->failed) impl_->report();
+  impl_->staging->ended = true;
+  impl_->staging->writer.reset();  // an uncommitted staging folder goes now, not with its last file
 }
 
+const std::string& Checkpoint::path() const { return impl_->path; }
+uint64_t Checkpoint::step() const { return impl_->step; }
+const std::string& Checkpoint::error() const { return impl_->staging->error; }
+bool Checkpoint::failed() const { return impl_->staging->failed; }
+
+void Checkpoint::write_file(const std::string& rel, const void* data, size_t size) {
+  Staging& s = *impl_->staging;
+  s.check_writable(impl_->step);
+  try {
+    s.writer->write_file(rel, data, size);
+  } catch (const std::logic_error&) {
+    throw;  // the caller's mistake (a bad name, a second commit), not the disk's
+  } catch (const std::exception& e) {
+    s.fail(e.what());
+    throw;
+  }
+}
+
+// The private part of a CheckpointFile: its stream and the checkpoint it fails on an I/O error.
 struct CheckpointFile::Impl {
-  StagedFile file;
+  std::optional<StagedFile> file;  // reset after an I/O error: its descriptor goes at once
+  std::weak_ptr<Staging> staging;
+  uint64_t step = 0;
+
+  // Fails the checkpoint with the error being thrown; closes this file first, so that removing
+  // the staging folder frees its space.
+  void fail(const char* what) noexcept {
+    file.reset();
+    if (auto s = staging.lock()) s->fail(what);
+  }
+  void check_writable() const {
+    if (auto s = staging.lock()) s->check_writable(step);
+  }
 };
 CheckpointFile::CheckpointFile(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CheckpointFile::CheckpointFile(CheckpointFile&&) noexcept = default;
 CheckpointFile& CheckpointFile::operator=(CheckpointFile&&) noexcept = default;
 CheckpointFile::~CheckpointFile() = default;
-void CheckpointFile::write(const void* data, size_t size) { impl_->file.append(data, size); }
-void CheckpointFile::close() { impl_->file.close(); }
+
+void CheckpointFile::write(const void* data, size_t size) {
+  impl_->check_writable();
+  if (!impl_->file) throw std::logic_error("checkpoint file written after its checkpoint was dropped");
+  try {
+    impl_->file->append(data, size);
+  } catch (const std::logic_error&) {
+    throw;
+  } catch (const std::exception& e) {
+    impl_->fail(e.what());
+    throw;
+  }
+}
+
+void CheckpointFile::close() {
+  impl_->check_writable();
+  if (!impl_->file) throw std::logic_error("checkpoint file closed after its checkpoint was dropped");
+  try {
+    impl_->file->close();
+  } catch (const std::logic_error&) {
+    throw;
+  } catch (const std::exception& e) {
+    impl_->fail(e.what());
+    throw;
+  }
+}
 
 CheckpointFile Checkpoint::open_file(const std::string& rel) {
-  return CheckpointFile(std::make_unique<CheckpointFile::Impl>(CheckpointFile::Impl{impl_->writer->open_file(rel)}));
+  Staging& s = *impl_->staging;
+  s.check_writable(impl_->step);
+  auto f = std::make_unique<CheckpointFile::Impl>();
+  f->staging = impl_->staging;
+  f->step = impl_->step;
+  try {
+    f->file.emplace(s.writer->open_file(rel));
+  } catch (const std::logic_error&) {
+    throw;
+  } catch (const std::exception& e) {
+    s.fail(e.what());
+    throw;
+  }
+  return CheckpointFile(std::move(f));
 }
 
 bool Checkpoint::commit(const std::map<std::string, double>& metrics) {
-  ControlBlock* b = impl_->block;
-  uint64_t step = impl_->writer->step();
+  Impl& c = *impl_;
+  Staging& s = *c.staging;
+  if (s.ended && !s.failed) return false;  // committed before: nothing more to do (as ever, false)
+  s.ended = true;
+  if (s.failed) return c.report();  // its staging folder is gone already
+  ControlBlock* b = c.block;
   try {
-    CommitResult r = impl_->writer->commit(metrics);
+    CommitResult r = s.writer->commit(metrics);
+    c.finished = true;
     if (b) {
-      b->u64(kLastCommitStepOff).store(step);
+      b->u64(kLastCommitStepOff).store(c.step);
       b->u64(kLastCommitNsOff).store(r.duration_ns);
       b->u64(kLastCommitBytesOff).store(r.bytes);
-      b->u64(kAckStepOff).store(step);
+      b->u64(kAckStepOff).store(c.step);
       b->u64(kCommitCountOff).fetch_add(1);
       // Every request up to now is answered by this fresh checkpoint.
       // Ack until no request slipped in between the load and the store (a signal could).
       uint64_t seq;
       do {
         seq = b->u64(kRequestSeqOff).load(std::memory_order_acquire);
-        impl_->settle(seq);
+        c.settle(seq);
         b->u64(kAckSeqOff).store(seq, std::memory_order_release);
       } while (b->u64(kRequestSeqOff).load(std::memory_order_acquire) != seq);
       b->u32(kClientStateOff).store(uint32_t(ClientState::attached));
     }
     return true;
   } catch (const std::exception& e) {
-    impl_->error = e.what();
-    return Checkpoint::Impl::report_failure(b, step, e.what(), impl_.get());
+    s.fail(e.what());  // the writer removed the staging folder before it threw
+    return c.report();
   }
 }
 
@@ -258,17 +439,11 @@ Checkpoint Client::begin_checkpoint(uint64_t step) {
   absorb_settled();
   if (s.ckpt_dir.empty())
     throw std::runtime_error("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)");
-  auto impl = std::make_unique<Checkpoint::Impl>();
-  std::error_code ec;
-  std::filesystem::create_directories(s.ckpt_dir, ec);
-  impl->writer.emplace(default_file_system(), s.ckpt_dir, step, s.meta);
-  impl->path = impl->writer->path();
+  auto impl = Checkpoint::Impl::create(s.ckpt_dir, step, s.meta);
+  impl->seen_seq = &seen_seq_;
   if (s.block) {
     impl->block = &*s.block;
-    impl->seen_seq = &seen_seq_;
     s.block->u32(kClientStateOff).store(uint32_t(ClientState::saving));
-  } else {
-    impl->seen_seq = &seen_seq_;
   }
   return Checkpoint(std::move(impl));
 }
@@ -290,27 +465,27 @@ bool Client::save_async(uint64_t step, const SnapshotFn& snapshot, const std::ma
   if (block) block->u32(kClientStateOff).store(uint32_t(ClientState::saving));
   State* state = &s;
   s.saver.start([state, block, step, persist = std::move(persist), metrics]() -> bool {
-    // Reports a failure outside commit(); the request stays settled, as after a failed commit.
-    auto fail = [&](const std::string& what) {
-      Checkpoint::Impl settle_only;
-      settle_only.settled_seq = &state->settled_seq;
-      return Checkpoint::Impl::report_failure(block, step, what, &settle_only);
-    };
+    auto settle = [state](uint64_t seq) { state->settled_seq.store(seq, std::memory_order_release); };
     try {
-      auto impl = std::make_unique<Checkpoint::Impl>();
+      auto impl = Checkpoint::Impl::create(state->ckpt_dir, step, state->meta);
       impl->block = block;
       impl->settled_seq = &state->settled_seq;
-      std::error_code ec;
-      std::filesystem::create_directories(state->ckpt_dir, ec);
-      impl->writer.emplace(default_file_system(), state->ckpt_dir, step, state->meta);
-      impl->path = impl->writer->path();
       Checkpoint checkpoint(std::move(impl));
-      persist(checkpoint);  // an exception drops the staging folder with `checkpoint`
-      return checkpoint.commit(metrics);
+      Staging& staging = *checkpoint.impl_->staging;
+      if (!staging.failed) {
+        try {
+          persist(checkpoint);
+        } catch (const std::exception& e) {
+          staging.fail(e.what());
+        } catch (...) {
+          staging.fail("unknown exception while persisting");
+        }
+      }
+      return checkpoint.commit(metrics);  // reports a failure, after the staging folder is gone
     } catch (const std::exception& e) {
-      return fail(e.what());
+      return report_failed_save(block, step, e.what(), settle);
     } catch (...) {
-      return fail("unknown exception while persisting");
+      return report_failed_save(block, step, "unknown exception while persisting", settle);
     }
   });
   return true;

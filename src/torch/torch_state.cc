@@ -19,31 +19,62 @@ namespace {
 namespace optim = torch::optim;
 using torch::serialize::OutputArchive;
 
+// Serializes `archive` through `sink(data, size)` so that no exception ever crosses PyTorch's
+// serializer. One thrown through its writer callback unwinds through its zip writer, whose
+// destructor then writes the archive's end through the callback again and throws a second time:
+// std::terminate. (Returning a short count instead makes the serializer throw, with the same end.)
+// So the first exception is kept, the pieces after it are dropped, the serializer finishes and
+// is destroyed, and only then is the exception rethrown, here, outside PyTorch.
+template <class Sink>
+void save_through(OutputArchive& archive, Sink&& sink) {
+  std::exception_ptr failure;
+  archive.save_to([&](const void* data, size_t size) -> size_t {
+    if (!failure) {
+      try {
+        sink(data, size);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    return size;
+  });
+  if (failure) std::rethrow_exception(failure);
+}
+
 // Serializes an archive into one string, grown once to `expected` bytes.
 std::string to_bytes(OutputArchive& archive, size_t expected) {
   std::string bytes;
   bytes.reserve(expected + (1u << 20));
-  archive.save_to([&bytes](const void* data, size_t size) -> size_t {
-    bytes.append(static_cast<const char*>(data), size);
-    return size;
-  });
+  save_through(archive, [&bytes](const void* data, size_t size) { bytes.append(static_cast<const char*>(data), size); });
   return bytes;
+}
+
+// Runs one write into `c`. A write error has failed the checkpoint already (its staging folder
+// is gone, its commit() reports the error) and is not thrown further; anything else is.
+template <class Write>
+void guarded(Checkpoint& c, Write&& write) {
+  if (c.failed()) return;  // the rest of the state is skipped
+  try {
+    write();
+  } catch (const std::exception&) {
+    if (!c.failed()) throw;
+  }
 }
 
 // Streams an archive into a checkpoint file, checksummed as it goes: no copy of the state in
 // memory, no second read. The writer function, not save_to(path), which would name the archive
 // inside the file after the file and so change the bytes.
 void write_archive(Checkpoint& c, const std::string& name, OutputArchive& archive) {
-  CheckpointFile file = c.open_file(name);
-  archive.save_to([&file](const void* data, size_t size) -> size_t {
-    file.write(data, size);
-    return size;
+  guarded(c, [&] {
+    CheckpointFile file = c.open_file(name);
+    save_through(archive, [&file](const void* data, size_t size) { file.write(data, size); });
+    file.close();
   });
-  file.close();
 }
 
 template <class T>
 void write_value(Checkpoint& c, const std::string& name, const T& value) {
+  if (c.failed()) return;
   using torch::operator<<;
   OutputArchive archive(std::make_shared<torch::jit::CompilationUnit>());
   archive << value;  // what torch::save does
@@ -278,6 +309,7 @@ class StateSwap {
 }  // namespace
 
 void save(Checkpoint& c, torch::nn::Module& model, torch::optim::Optimizer& optimizer, uint64_t step) {
+  if (c.failed()) return;
   {
     OutputArchive archive(std::make_shared<torch::jit::CompilationUnit>());
     model.save(archive);
@@ -336,7 +368,7 @@ void persist(Checkpoint& c, Snapshot& s) {
   if (s.optimizer_bytes.empty()) {
     write_archive(c, "optimizer.pt", s.optimizer);
   } else {
-    c.write_file("optimizer.pt", s.optimizer_bytes.data(), s.optimizer_bytes.size());
+    guarded(c, [&] { c.write_file("optimizer.pt", s.optimizer_bytes.data(), s.optimizer_bytes.size()); });
   }
   write_value(c, "rng.pt", s.rng);
   write_value(c, "counters.pt", torch::tensor({int64_t(s.step)}, torch::kInt64));

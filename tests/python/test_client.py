@@ -3,6 +3,8 @@ signals, the commit protocol and failed saves. Standard library only; run by mes
 /usr/bin/python3 (LIFELINE_BIN names the lifeline binary for the cross-check with `verify`)."""
 import contextlib
 import errno
+import fcntl
+import hashlib
 import io
 import json
 import mmap
@@ -10,10 +12,12 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 from unittest import mock
 
@@ -64,6 +68,19 @@ class FakeBlock:
             os.unlink(self.path)
 
 
+def no_writers(ckpt):
+    """What a supervisor's probe does (lifeline::no_writers): True when it could take the writers'
+    lock exclusively, i.e. no process holds it."""
+    fd = os.open(os.path.join(ckpt, L.WRITERS_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def flip_byte(path, offset):
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -111,6 +128,10 @@ class ClientTestCase(unittest.TestCase):
 
     def folder(self, step):
         return os.path.join(self.ckpt, L.folder_name(step))
+
+    def listdir(self):
+        """The checkpoint directory without the writers' lock an attached client holds there."""
+        return [n for n in os.listdir(self.ckpt) if n != L.WRITERS_LOCK]
 
 
 class InertTest(ClientTestCase):
@@ -268,7 +289,7 @@ class CommitTest(ClientTestCase):
         with open(os.path.join(ck.path, "extra", "notes.txt"), "wb") as f:
             f.write(b"written directly\n")
         self.assertTrue(ck.commit({"val_loss": 0.25, "bad": float("nan")}))
-        self.assertEqual(sorted(os.listdir(self.ckpt)), ["step-000000000040"])
+        self.assertEqual(sorted(self.listdir()), ["step-000000000040"])
         with open(os.path.join(self.folder(40), "MANIFEST")) as f:
             m = json.load(f)
         self.assertEqual(m["format"], "lifeline-checkpoint")
@@ -318,7 +339,7 @@ class CommitTest(ClientTestCase):
         with open(os.path.join(self.folder(5), "a.bin"), "rb") as f:
             self.assertEqual(f.read(), b"third")
         self.assertEqual(L.checkpoint_problem(self.folder(5)), "")
-        self.assertEqual(os.listdir(self.ckpt), ["step-000000000005"])
+        self.assertEqual(self.listdir(), ["step-000000000005"])
 
     def test_unsafe_names_are_refused(self):
         ck = self.client().begin_checkpoint(1)
@@ -326,7 +347,7 @@ class CommitTest(ClientTestCase):
             with self.assertRaises(ValueError, msg=bad):
                 ck.write_file(bad, b"")
         ck.discard()
-        self.assertEqual(os.listdir(self.ckpt), [])
+        self.assertEqual(self.listdir(), [])
 
 
 class OpenFileTest(ClientTestCase):
@@ -360,7 +381,7 @@ class OpenFileTest(ClientTestCase):
         with contextlib.redirect_stderr(io.StringIO()) as err:
             self.assertFalse(ck.commit())
         self.assertIn("Input/output error", err.getvalue())
-        self.assertEqual(os.listdir(self.ckpt), ["step-000000000001"])
+        self.assertEqual(self.listdir(), ["step-000000000001"])
 
 
 class FailedSaveTest(ClientTestCase):
@@ -386,7 +407,7 @@ class FailedSaveTest(ClientTestCase):
         b.request()
         message = self.failed(c, 20, fsync=no_space)
         self.assertIn("No space left on device", message)
-        self.assertEqual(os.listdir(self.ckpt), ["step-000000000010"])
+        self.assertEqual(self.listdir(), ["step-000000000010"])
         self.assertEqual(L.checkpoint_problem(self.folder(10)), "")
         self.assertEqual(b.get("failed_saves"), 1)
         self.assertEqual(b.get("commit_count"), 1)
@@ -397,9 +418,68 @@ class FailedSaveTest(ClientTestCase):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
         self.failed(c, 30, write=short_write)
-        self.assertEqual(os.listdir(self.ckpt), ["step-000000000010"])
+        self.assertEqual(self.listdir(), ["step-000000000010"])
         self.assertEqual(b.get("failed_saves"), 2)
         self.assertTrue(self.commit(c, 40))  # training and saving go on afterwards
+
+    def test_a_write_error_fails_the_checkpoint_at_once_its_staging_folder_is_gone_before_commit(self):
+        b = self.block()
+        c = self.client(b)
+        self.assertTrue(self.commit(c, 10))
+        b.request()
+        ck = c.begin_checkpoint(20)
+        f = ck.open_file("model.pt")
+        f.write(b"m" * 1000)
+
+        def no_space(fd, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        with mock.patch.object(L.os, "write", no_space):
+            self.assertEqual(f.write(b"x" * 100), 100)  # never raises: torch.save would not survive it
+        self.assertFalse(os.path.exists(ck.path))  # at once: its space is back before commit()
+        self.assertTrue(ck.failed)
+        self.assertIn("write %s: No space left on device" % os.path.join(ck.path, "model.pt"), ck.error)
+        ck.write_file("more.pt", b"y" * 10)  # the rest of the state is dropped
+        self.assertFalse(os.path.exists(ck.path))
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit())
+        self.assertIn("No space left on device", err.getvalue())
+        self.assertEqual(self.listdir(), ["step-000000000010"])
+        self.assertEqual(b.get("failed_saves"), 1)
+        self.assertFalse(c.should_checkpoint(21))
+        self.assertTrue(self.commit(c, 30))
+
+    def test_an_exception_other_than_an_os_error_inside_a_write_is_raised_by_close_not_by_write(self):
+        c = self.client(self.block())
+        ck = c.begin_checkpoint(1)
+        f = ck.open_file("model.pt")
+
+        def interrupted(fd, data):
+            raise KeyboardInterrupt
+
+        with mock.patch.object(L.os, "write", interrupted):
+            self.assertEqual(f.write(b"x" * 100), 100)  # inside torch.save this must not raise
+        self.assertTrue(ck.failed)
+        self.assertFalse(os.path.exists(ck.path))
+        with self.assertRaises(KeyboardInterrupt):
+            f.close()
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit())
+        self.assertIn("KeyboardInterrupt while writing", err.getvalue())
+
+    def test_a_staging_folder_that_cannot_be_made_gives_a_failed_checkpoint_not_an_exception(self):
+        c = self.client(self.block())
+
+        def no_space(path, mode=0o777):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        with mock.patch.object(L.os, "mkdir", no_space):
+            ck = c.begin_checkpoint(1)
+        self.assertTrue(ck.failed)
+        ck.write_file("a.bin", b"a")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit())
+        self.assertIn("mkdir %s: No space left on device" % ck.path, err.getvalue())
 
     def test_a_symbolic_link_in_the_staging_folder_fails_the_save(self):
         c = self.client()
@@ -408,7 +488,185 @@ class FailedSaveTest(ClientTestCase):
         with contextlib.redirect_stderr(io.StringIO()) as err:
             self.assertFalse(ck.commit())
         self.assertIn("symbolic link", err.getvalue())
-        self.assertEqual(os.listdir(self.ckpt), [])
+        self.assertEqual(self.listdir(), [])
+
+
+class ManifestLimitTest(ClientTestCase):
+    """The store's limits, as the C++ writer and verifier apply them: no empty checkpoint, no
+    MANIFEST over MAX_MANIFEST_BYTES (4 MiB)."""
+
+    def test_an_empty_checkpoint_is_refused_with_a_clear_message(self):
+        b = self.block()
+        c = self.client(b)
+        ck = c.begin_checkpoint(5)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit())
+        self.assertIn("checkpoint of step 5 has no files: nothing to commit", err.getvalue())
+        self.assertEqual(b.get("failed_saves"), 1)
+        self.assertEqual(self.listdir(), [])
+
+    def test_a_manifest_over_4_mib_is_refused_on_write(self):
+        self.assertEqual(L.MAX_MANIFEST_BYTES, 4 << 20)
+        c = self.client(self.block())
+        ck = c.begin_checkpoint(6)
+        ck.write_file("a.bin", b"a")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertFalse(ck.commit({"m" * (L.MAX_MANIFEST_BYTES + 1): 1.0}))
+        self.assertIn("over the 4 MiB limit", err.getvalue())
+        self.assertEqual(self.listdir(), [])
+
+    def write_manifest(self, step, files, pad=0):
+        folder = self.folder(step)
+        os.makedirs(folder)
+        entries = []
+        for rel, data in files.items():
+            with open(os.path.join(folder, rel), "wb") as f:
+                f.write(data)
+            entries.append({"path": rel, "bytes": len(data), "checksum": hashlib.sha256(data).hexdigest()})
+        manifest = {"format": "lifeline-checkpoint", "format_version": 1, "step": step, "checksum_algorithm": "sha256",
+                    "files": entries, "metrics": {}}
+        with open(os.path.join(folder, "MANIFEST"), "w") as f:
+            f.write(json.dumps(manifest) + " " * pad)
+        return folder
+
+    def test_verify_treats_an_over_size_or_empty_file_list_manifest_as_invalid(self):
+        self.assertEqual(L.checkpoint_problem(self.write_manifest(1, {"a.bin": b"a"})), "")
+        self.assertIn("over the 4 MiB limit",
+                      L.checkpoint_problem(self.write_manifest(2, {"a.bin": b"a"}, pad=L.MAX_MANIFEST_BYTES)))
+        self.assertIn("lists no files", L.checkpoint_problem(self.write_manifest(3, {})))
+
+
+class WritersLockTest(ClientTestCase):
+    """The writers' lock (<dir>/.writers.lock), the protocol of src/store/writers_lock.h."""
+
+    def lock_path(self):
+        return os.path.join(self.ckpt, L.WRITERS_LOCK)
+
+    def try_exclusive(self):
+        return no_writers(self.ckpt)
+
+    def test_an_attached_client_holds_the_writers_lock_shared_until_close(self):
+        c = self.client(self.block())
+        st = os.lstat(self.lock_path())
+        self.assertTrue(stat.S_ISREG(st.st_mode))
+        self.assertEqual(st.st_mode & 0o777, 0o600)
+        self.assertFalse(self.try_exclusive())
+        fd = os.open(self.lock_path(), os.O_RDWR)  # shared: a second writer is welcome
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        os.close(fd)
+        c.close()
+        self.assertTrue(self.try_exclusive())
+
+    def test_an_inert_client_takes_no_lock_and_starts_no_thread(self):
+        threads = threading.active_count()
+        c = self.client()
+        self.assertFalse(c.active)
+        self.assertEqual(threading.active_count(), threads)
+        self.assertFalse(os.path.exists(self.ckpt))
+
+    def test_the_lock_waits_out_an_exclusive_holder_and_gives_up_naming_it(self):
+        os.makedirs(self.ckpt)
+        fd = os.open(self.lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with mock.patch.object(L, "WRITERS_LOCK_PATIENCE", 0.2):
+            with self.assertRaises(L.WritersLockError) as e:
+                self.client(self.block())
+        self.assertIn("held exclusively by pid %d" % os.getpid(), str(e.exception))
+        release = threading.Timer(0.1, fcntl.flock, (fd, fcntl.LOCK_UN))  # a supervisor's instant probe
+        release.start()
+        c = self.client(self.block())  # waits for it, within the patience
+        release.join()
+        os.close(fd)
+        self.assertTrue(c.active)
+        self.assertFalse(self.try_exclusive())
+
+    def test_a_lock_file_that_is_a_link_or_not_a_regular_file_is_refused(self):
+        os.makedirs(self.ckpt)
+        os.symlink(os.path.join(self.tmp, "elsewhere"), self.lock_path())
+        with self.assertRaisesRegex(L.WritersLockError, "symbolic link"):
+            self.client(self.block())
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "elsewhere")))
+        os.unlink(self.lock_path())
+        os.mkfifo(self.lock_path())
+        with self.assertRaisesRegex(L.WritersLockError, "not a regular file"):
+            self.client(self.block())
+
+    def test_a_directory_where_the_lock_file_cannot_be_made_gets_a_warning_not_a_refusal(self):
+        real_open = os.open
+
+        def read_only(path, flags, mode=0o777):
+            if path.endswith(L.WRITERS_LOCK):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return real_open(path, flags, mode)
+
+        with mock.patch.object(L.os, "open", read_only), contextlib.redirect_stderr(io.StringIO()) as err:
+            c = self.client(self.block())
+        self.assertTrue(c.active)
+        self.assertIn("Read-only file system): going on without the writers' lock", err.getvalue())
+
+    def test_a_file_system_without_flock_gets_a_warning_not_a_refusal(self):
+        def no_flock(fd, op):
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+        with mock.patch.object(L.fcntl, "flock", no_flock), contextlib.redirect_stderr(io.StringIO()) as err:
+            c = self.client(self.block())
+        self.assertTrue(c.active)
+        self.assertIn("going on without the writers' lock", err.getvalue())
+
+
+class SupervisorWatchTest(ClientTestCase):
+    """The supervisor watch on its own (the kill itself: tests/python_test.cc)."""
+
+    def watch_threads(self):
+        return [t for t in threading.enumerate() if t.name == "lifeline-supervisor-watch"]
+
+    def test_an_attached_client_watches_its_supervisor_until_close_which_joins_the_thread(self):
+        b = self.block()  # its supervisor is this process
+        c = self.client(b)
+        self.assertEqual(len(self.watch_threads()), 1)
+        self.assertEqual(c._watch.pid, os.getpid())
+        c.close()
+        self.assertEqual(self.watch_threads(), [])
+
+    def test_lifeline_watch_supervisor_0_turns_the_watch_off_not_the_lock(self):
+        c = self.client(self.block(), LIFELINE_WATCH_SUPERVISOR="0")
+        self.assertEqual(self.watch_threads(), [])
+        self.assertTrue(os.path.exists(os.path.join(self.ckpt, L.WRITERS_LOCK)))
+        c.close()
+
+    def test_the_watch_sees_a_supervisor_exit_through_a_pidfd_and_by_polling_without_one(self):
+        for use_pidfd in (True, False):
+            with self.subTest(use_pidfd=use_pidfd):
+                supervisor = subprocess.Popen(["sleep", "60"])
+                gone = []
+                seen = threading.Event()
+                w = L.SupervisorWatch(supervisor.pid, lambda pid: (gone.append(pid), seen.set()), use_pidfd=use_pidfd)
+                self.assertEqual(w.mode, "pidfd" if use_pidfd else "polling")
+                supervisor.kill()  # not reaped yet: a zombie still answers os.kill(pid, 0)
+                self.assertTrue(seen.wait(5))
+                self.assertEqual(gone, [supervisor.pid])
+                supervisor.wait()
+                w.stop()
+
+    def test_a_watch_stopped_while_its_supervisor_lives_is_woken_and_joined_at_once(self):
+        w = L.SupervisorWatch(os.getpid(), lambda pid: self.fail("this process is not gone"), use_pidfd=False)
+        t0 = time.monotonic()
+        w.stop()
+        self.assertLess(time.monotonic() - t0, 0.5)  # not after a poll period
+        self.assertEqual(self.watch_threads(), [])
+
+    def test_a_forked_child_closing_its_copy_leaves_the_watch_and_the_lock_to_the_trainer(self):
+        b = self.block()
+        c = self.client(b)
+        pid = os.fork()
+        if pid == 0:  # a data-loader worker
+            c.close()
+            os._exit(0)
+        self.assertEqual(os.waitpid(pid, 0)[1], 0)
+        self.assertEqual(len(self.watch_threads()), 1)
+        self.assertTrue(c._watch._thread.is_alive())
+        self.assertEqual(b.get("client_state"), L.ClientState.ATTACHED)
+        self.assertFalse(no_writers(self.ckpt))
 
 
 class AsyncSaveTest(ClientTestCase):
@@ -485,7 +743,7 @@ class AsyncSaveTest(ClientTestCase):
         self.assertEqual(b.get("ack_seq"), seq)  # the commit answered the request posted meanwhile
         self.assertFalse(c.should_checkpoint(5))
         self.assertTrue(c.should_checkpoint(6))
-        self.assertEqual(os.listdir(self.ckpt), ["step-000000000002"])
+        self.assertEqual(self.listdir(), ["step-000000000002"])
 
     def test_a_second_save_waits_for_the_one_in_flight_never_two_at_once(self):
         c = self.client(self.block())
@@ -494,7 +752,7 @@ class AsyncSaveTest(ClientTestCase):
         second_snapshot = threading.Event()
 
         def snapshot():
-            events.append("snapshot 2, in flight: %s" % os.listdir(self.ckpt))
+            events.append("snapshot 2, in flight: %s" % self.listdir())
             second_snapshot.set()
             return lambda ck: ck.write_file("b.bin", b"b")
 
@@ -505,14 +763,14 @@ class AsyncSaveTest(ClientTestCase):
         t.join()
         self.assertTrue(c.wait_for_saves())
         self.assertEqual(events, ["snapshot 2, in flight: ['step-000000000001']"])  # after the first commit
-        self.assertEqual(sorted(os.listdir(self.ckpt)), ["step-000000000001", "step-000000000002"])
+        self.assertEqual(sorted(self.listdir()), ["step-000000000001", "step-000000000002"])
 
     def test_begin_checkpoint_waits_for_the_save_in_flight(self):
         c = self.client(self.block())
         release = self.held_save(c, 1)
         threading.Timer(0.2, release.set).start()
         self.assertTrue(self.commit(c, 2))
-        self.assertEqual(sorted(os.listdir(self.ckpt)), ["step-000000000001", "step-000000000002"])
+        self.assertEqual(sorted(self.listdir()), ["step-000000000001", "step-000000000002"])
 
     def test_a_stop_request_during_a_background_save_is_answered_by_it_and_needs_no_new_snapshot(self):
         b = self.block()
@@ -526,7 +784,7 @@ class AsyncSaveTest(ClientTestCase):
         self.assertTrue(c.wait_for_saves())
         self.assertEqual(b.get("ack_seq"), seq)
         self.assertEqual(b.get("ack_step"), 5)
-        self.assertEqual(os.listdir(self.ckpt), ["step-000000000005"])
+        self.assertEqual(self.listdir(), ["step-000000000005"])
 
     def test_a_stop_answered_by_a_background_commit_before_the_trainer_looked_still_reaches_should_exit(self):
         for stop in ("supervisor", "signal"):
@@ -562,7 +820,7 @@ class AsyncSaveTest(ClientTestCase):
             self.assertFalse(c.wait_for_saves())
         self.assertIn("lifeline: checkpoint of step 20 failed", err.getvalue())
         self.assertIn("No space left on device", err.getvalue())
-        self.assertEqual(os.listdir(self.ckpt), ["step-000000000010"])  # no staging folder left either
+        self.assertEqual(self.listdir(), ["step-000000000010"])  # no staging folder left either
         self.assertEqual(L.checkpoint_problem(self.folder(10)), "")
         self.assertEqual(b.get("failed_saves"), 1)
         self.assertEqual(b.get("client_state"), L.ClientState.ATTACHED)
@@ -579,7 +837,7 @@ class AsyncSaveTest(ClientTestCase):
         with self.assertRaises(MemoryError):
             c.save_async(1, snapshot)
         self.assertFalse(c.save_in_flight)
-        self.assertFalse(os.path.exists(self.ckpt) and os.listdir(self.ckpt))
+        self.assertFalse(os.path.exists(self.ckpt) and self.listdir())
 
     def test_close_waits_for_the_save_in_flight(self):
         b = self.block()
@@ -617,7 +875,7 @@ threading.Event().wait()
                              text=True)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(json.loads(out.stdout)["resume"]["step"], 1)
-        self.assertEqual(sorted(os.listdir(self.ckpt)), sorted(["step-000000000001", os.path.basename(staging)]))
+        self.assertEqual(sorted(self.listdir()), sorted(["step-000000000001", os.path.basename(staging)]))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 supervising examples/train_torch.py on /usr/bin/python3 with Debian's python3-torch. Runs are
 interrupted at a random step and resumed; the final parameters must be bit-identical to an
 uninterrupted run's."""
+import contextlib
+import io
 import json
 import os
 import random
@@ -13,6 +15,7 @@ import sys
 import tempfile
 import threading
 import unittest
+from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.normpath(os.path.join(HERE, "..", ".."))
@@ -351,6 +354,19 @@ class AsyncTorchSaveTest(unittest.TestCase):
         self.sync_save("sync", 1)
         self.assertEqual(self.files("async", 1), self.files("sync", 1))
 
+    def test_the_helper_with_background_reports_a_snapshot_that_fails_and_training_goes_on(self):
+        c = self.client("async")
+        self.train()
+        err = io.StringIO()
+        with mock.patch.object(self.lt, "snapshot", side_effect=MemoryError("no room for the copy")), \
+                contextlib.redirect_stderr(err):
+            self.assertFalse(self.lt.checkpoint(1, self.model, self.opt, client=c, background=True, final=True))
+        self.assertIn("lifeline: checkpoint of step 1 failed: MemoryError: no room for the copy", err.getvalue())
+        self.assertFalse(c.save_in_flight)
+        self.train()
+        self.assertFalse(self.lt.checkpoint(2, self.model, self.opt, client=c, background=True, final=True))
+        self.assertEqual(self.L.checkpoint_problem(os.path.join(self.d, "async", "step-000000000002")), "")
+
     def test_the_helper_with_background_returns_from_the_final_checkpoint_only_once_it_is_committed(self):
         c = self.client("async")
         self.train()
@@ -358,6 +374,47 @@ class AsyncTorchSaveTest(unittest.TestCase):
         self.assertFalse(c.save_in_flight)
         self.assertEqual(os.listdir(os.path.join(self.d, "async")), ["step-000000000001"])
         self.assertEqual(self.L.checkpoint_problem(os.path.join(self.d, "async", "step-000000000001")), "")
+
+
+
+class TorchSaveFailureTest(unittest.TestCase):
+    def test_an_exception_while_torch_save_writes_into_a_checkpoint_comes_after_torch_save_not_through_it(self):
+        """PyTorch's C++ writer cannot survive an exception from the file object's write(): it ends
+        in std::terminate. A KeyboardInterrupt (Ctrl-C outside lifeline) or a MemoryError while
+        writing must reach the trainer only once torch.save has returned, with the checkpoint
+        failed. In a child process, which the old behaviour aborts."""
+        d = tempfile.mkdtemp(prefix="lifeline-pytest-")
+        self.addCleanup(shutil.rmtree, d)
+        script = """
+import os, sys
+sys.path.insert(0, %r)
+import torch
+import lifeline_client as L
+import lifeline_torch
+c = L.Client({"LIFELINE_CKPT_DIR": %r})
+ck = c.begin_checkpoint(1)
+real_write, calls = os.write, [0]
+def write(fd, data):
+    calls[0] += 1
+    if calls[0] == 2:
+        raise KeyboardInterrupt
+    return real_write(fd, data)
+os.write = write
+try:
+    lifeline_torch.save(ck, torch.nn.Linear(64, 64), None, 1)
+except KeyboardInterrupt:
+    print("interrupted after torch.save", flush=True)
+finally:
+    os.write = real_write
+assert ck.failed and not os.path.exists(ck.path), ck.path
+print("commit", ck.commit(), flush=True)
+""" % (os.path.join(SOURCE, "python"), d)
+        p = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("interrupted after torch.save", p.stdout)
+        self.assertIn("commit False", p.stdout)
+        self.assertIn("KeyboardInterrupt while writing", p.stderr)
+        self.assertEqual(os.listdir(d), [])
 
 
 if __name__ == "__main__":
