@@ -437,3 +437,12 @@ TEST_CASE("the timeline of a directory whose name is not valid UTF-8 is valid UT
   CHECK(svg.find("/scratch/run-\\xff") != std::string::npos);
   CHECK(svg.find("\xff") == std::string::npos);
 }
+
+TEST_CASE("failed saves are counted from each checkpoint_failed event's count, one for an event without it") {
+  Liveness none;
+  const Attempt a = fold_history({start(0, 0), ev(5, "checkpoint_failed", {{"attempt", 0}, {"count", 3}}),
+                                  ev(6, "checkpoint_failed", {{"attempt", 0}}), end(7, 0, "completed", 0, 0, nullptr)},
+                                 none, kT0 + 1000 * kSec)
+                        .attempts.at(0);
+  CHECK(a.failed_checkpoints == 4);
+}

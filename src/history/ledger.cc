@@ -154,7 +154,7 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
     } else if (ev == "trainer_signal") {
       a.signals.push_back({t, str(e, "signal"), "trainer"});
     } else if (ev == "checkpoint_failed") {
-      ++a.failed_checkpoints;
+      a.failed_checkpoints += opt_u64(e, "count").value_or(1);  // older histories: one per event
     } else if (ev == "checkpoint_timeout") {
       ++a.checkpoint_timeouts;
     } else if (ev == "progress") {

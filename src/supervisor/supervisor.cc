@@ -617,9 +617,11 @@ class Supervisor {
     }
     uint64_t failed = block_->u64(kFailedSavesOff).load();
     if (failed != seen_failed_saves_) {
+      // Several saves may have failed between two polls: the event counts them all.
+      uint64_t count = failed > seen_failed_saves_ ? failed - seen_failed_saves_ : 1;
       seen_failed_saves_ = failed;
-      spdlog::error("the trainer could not save a checkpoint (see its output); older checkpoints are intact");
-      history_.append({{"event", "checkpoint_failed"}, {"attempt", attempt_}});
+      spdlog::error("the trainer could not save {} checkpoint(s) (see its output); older checkpoints are intact", count);
+      history_.append({{"event", "checkpoint_failed"}, {"attempt", attempt_}, {"count", count}});
     }
   }
 
