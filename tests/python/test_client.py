@@ -536,6 +536,62 @@ class ManifestLimitTest(ClientTestCase):
         self.assertIn("lists no files", L.checkpoint_problem(self.write_manifest(3, {})))
 
 
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "manifests")
+
+
+class Xxh3Test(ClientTestCase):
+    """Checkpoints written by the C++ store with its default checksum, xxh3-64 (the golden one of
+    tests/data/manifests/valid-xxh3): checked with the xxhash module when it is importable, else
+    "not checked here" (sizes only), never invalid, never replaced."""
+
+    def setUp(self):
+        super().setUp()
+        os.makedirs(self.ckpt)
+        shutil.copytree(os.path.join(GOLDEN, "valid-xxh3", "step-000000000007"), self.folder(7))
+
+    def read(self, rel):
+        with open(os.path.join(self.folder(7), rel), "rb") as f:
+            return f.read()
+
+    @unittest.skipUnless(L._xxh3_64, "the xxhash module (python3-xxhash) is not installed")
+    def test_with_xxhash_an_xxh3_checkpoint_is_checked_and_a_flipped_byte_makes_it_invalid(self):
+        self.assertEqual(L.verify_checkpoint(self.folder(7)), L.Verdict("", True))
+        flip_byte(os.path.join(self.folder(7), "sub", "optimizer.bin"), 3)
+        self.assertIn("does not match its xxh3-64 checksum", L.checkpoint_problem(self.folder(7)))
+        self.assertIsNone(L.resume_choice(self.ckpt).resume)
+
+    def test_without_xxhash_an_xxh3_checkpoint_is_unchecked_not_invalid_and_resumed_but_a_wrong_size_is_invalid(self):
+        with mock.patch.object(L, "_xxh3_64", None):
+            self.assertEqual(L.verify_checkpoint(self.folder(7)), L.Verdict("", False))
+            self.assertEqual(L.resume_choice(self.ckpt), L.Resume(L.ResumeInfo(self.folder(7), 7), []))
+            with open(os.path.join(self.folder(7), "model.bin"), "ab") as f:
+                f.write(b"x")
+            self.assertIn("has 1025 bytes, the manifest says 1024", L.checkpoint_problem(self.folder(7)))
+
+    def test_a_python_commit_of_the_same_step_keeps_the_xxh3_checkpoint_with_or_without_xxhash(self):
+        before = {rel: self.read(rel) for rel in ("MANIFEST", "model.bin", "sub/optimizer.bin")}
+        for xxh3 in ([L._xxh3_64, None] if L._xxh3_64 else [None]):
+            with mock.patch.object(L, "_xxh3_64", xxh3):
+                c = self.client(self.block())
+                self.assertTrue(self.commit(c, 7, {"model.bin": b"python"}))
+                c.close()
+                self.assertEqual({rel: self.read(rel) for rel in before}, before)
+                self.assertEqual(self.listdir(), ["step-000000000007"])
+
+    @unittest.skipUnless(os.environ.get("LIFELINE_BIN"), "LIFELINE_BIN is not set (run through meson test)")
+    def test_lifeline_verify_accepts_the_golden_xxh3_checkpoint_and_resumes_a_newer_python_one(self):
+        def verify():
+            p = subprocess.run([os.environ["LIFELINE_BIN"], "verify", self.ckpt, "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            return json.loads(p.stdout)
+
+        self.assertEqual(verify()["resume"]["step"], 7)
+        self.assertTrue(self.commit(self.client(), 8, {"model.bin": b"python"}))
+        self.assertEqual(verify()["resume"]["step"], 8)
+        self.assertEqual(L.resume_choice(self.ckpt).resume.step, 8)
+
+
 class WritersLockTest(ClientTestCase):
     """The writers' lock (<dir>/.writers.lock), the protocol of src/store/writers_lock.h."""
 
