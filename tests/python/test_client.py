@@ -592,6 +592,147 @@ class Xxh3Test(ClientTestCase):
         self.assertEqual(L.resume_choice(self.ckpt).resume.step, 8)
 
 
+def crash_child(ckpt, step, kill_at, out):
+    """In a forked child: commits step 1 unless there, then commits `step` with every file-system
+    call that changes or syncs something counted, killing itself with SIGKILL just before call
+    number `kill_at` (0: never). Writes "op path" per counted call, then "committed" once commit()
+    returned True, to the descriptor `out`; never returns."""
+    try:
+        real_write = os.write
+        c = L.Client({"LIFELINE_CKPT_DIR": ckpt})
+        if not os.path.exists(os.path.join(ckpt, L.folder_name(1))):
+            ck = c.begin_checkpoint(1)
+            ck.write_file("a.bin", b"old" * 1000)
+            assert ck.commit()
+        count, paths = [0], {}
+
+        def counted(name, real, path_of):
+            def call(*args, **kw):
+                count[0] += 1
+                if count[0] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                result = real(*args, **kw)
+                if name == "open":
+                    paths[result] = args[0]
+                real_write(out, f"{name} {path_of(args)}\n".encode())
+                return result
+            return call
+
+        os.open = counted("open", os.open, lambda a: a[0])
+        os.mkdir = counted("mkdir", os.mkdir, lambda a: a[0])
+        os.write = counted("write", os.write, lambda a: paths.get(a[0], a[0]))
+        os.fsync = counted("fsync", os.fsync, lambda a: paths.get(a[0], a[0]))
+        os.close = counted("close", os.close, lambda a: paths.get(a[0], a[0]))
+        os.rename = counted("rename", os.rename, lambda a: a[0] + " -> " + a[1])
+        ck = c.begin_checkpoint(step)
+        ck.write_file("a.bin", b"new" * 1000)
+        os.makedirs(os.path.join(ck.path, "sub"))
+        with open(os.path.join(ck.path, "sub", "b.bin"), "wb") as f:  # written directly, hashed by commit
+            f.write(b"direct")
+        real_write(out, b"committed\n" if ck.commit() else b"failed\n")
+        os._exit(0)
+    except BaseException:
+        os._exit(3)
+
+
+class CommitCrashTest(ClientTestCase):
+    """The Python commit under crashes, as tests/store_crash_test.cc proves the C++ one: killed at
+    any point, the directory holds the previous checkpoint or the new one as the resume choice,
+    never neither; and the order of its writes, fsyncs and renames is the one that makes a power
+    loss leave old-or-new too."""
+
+    def setUp(self):
+        super().setUp()
+        if os.path.isdir(L.SHM_DIR):  # tmpfs: fsync costs nothing there, and a kill test needs no disk
+            self.shm_tmp = tempfile.mkdtemp(prefix="lifeline-pytest-", dir=L.SHM_DIR)
+            self.addCleanup(shutil.rmtree, self.shm_tmp, True)
+            self.ckpt = os.path.join(self.shm_tmp, "ckpt")
+
+    def run_child(self, step, kill_at):
+        """Runs crash_child in a forked child (no interpreter start-up per crash point); returns
+        its wait status and its lines."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            crash_child(self.ckpt, step, kill_at, w)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            lines = f.read().decode().splitlines()
+        _, status = os.waitpid(pid, 0)
+        return status, lines
+
+    def resume_steps(self):
+        """The resume choice as Python and, when it is there, the lifeline binary see it."""
+        steps = [L.resume_choice(self.ckpt).resume.step]
+        if os.environ.get("LIFELINE_BIN"):
+            p = subprocess.run([os.environ["LIFELINE_BIN"], "verify", self.ckpt, "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            steps.append(json.loads(p.stdout)["resume"]["step"])
+        return steps
+
+    def kill_at_every_call(self, step, prepare):
+        points = 0
+        for kill_at in range(1, 200):
+            shutil.rmtree(self.ckpt, ignore_errors=True)
+            prepare()
+            status, lines = self.run_child(step, kill_at)
+            killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            self.assertTrue(killed or os.WEXITSTATUS(status) == 0, (status, lines))
+            steps = self.resume_steps()
+            committed = "committed" in lines
+            with self.subTest(kill_at=kill_at):
+                self.assertIn(steps[0], (1, step))
+                self.assertEqual(len(set(steps)), 1, steps)
+                if committed:
+                    self.assertEqual(steps[0], step)
+            if not killed:
+                self.assertTrue(committed, lines)
+                self.assertEqual(steps[0], step)
+                break
+            points += 1
+        self.assertGreater(points, 20)  # the commit was interrupted at every one of its calls
+        return points
+
+    def test_killed_at_any_call_of_a_commit_the_previous_or_the_new_checkpoint_is_the_resume_choice(self):
+        self.kill_at_every_call(2, lambda: None)
+
+    def test_killed_at_any_call_while_replacing_an_invalid_folder_of_the_same_step_old_or_new_is_resumed(self):
+        def prepare():
+            self.assertIn("committed", self.run_child(2, 0)[1])
+            flip_byte(os.path.join(self.folder(2), "a.bin"), 0)  # step 2 is now invalid: it will be replaced
+        self.kill_at_every_call(2, prepare)
+        self.assertFalse([n for n in self.listdir() if n.startswith((".trash-", ".staging-"))])
+
+    def test_every_file_is_fsynced_before_the_manifest_and_everything_before_the_rename_then_the_directory(self):
+        os.makedirs(self.ckpt)
+        _, lines = self.run_child(2, 0)
+        self.assertEqual(lines[-1], "committed")
+        calls = [tuple(line.split(" ", 1)) for line in lines[:-1]]
+
+        def index(op, pred):
+            found = [i for i, (o, arg) in enumerate(calls) if o == op and pred(arg)]
+            self.assertTrue(found, f"no {op} matching in {calls}")
+            return found
+
+        staging = index("mkdir", lambda a: ".staging-step-000000000002-" in a)[0]
+        staging_path = calls[staging][1]
+        manifest_open = index("open", lambda a: a.endswith("/MANIFEST"))[0]
+        manifest_sync = index("fsync", lambda a: a.endswith("/MANIFEST"))[0]
+        rename = index("rename", lambda a: a.startswith(staging_path))[0]
+        for rel in ("a.bin", "sub/b.bin"):
+            self.assertLess(index("fsync", lambda a: a == f"{staging_path}/{rel}")[0], manifest_open, rel)
+        self.assertLess(index("fsync", lambda a: a == f"{staging_path}/sub")[0], manifest_open)
+        self.assertLess(manifest_open, manifest_sync)
+        self.assertLess(max(index("write", lambda a: a.endswith("/MANIFEST"))), manifest_sync)
+        self.assertLess(manifest_sync, index("fsync", lambda a: a == staging_path)[0])
+        self.assertLess(index("fsync", lambda a: a == staging_path)[0], rename)
+        self.assertEqual(calls[rename][1], f"{staging_path} -> {self.folder(2)}")
+        dir_syncs = index("fsync", lambda a: a == self.ckpt)
+        self.assertTrue(any(i > rename for i in dir_syncs), "the checkpoint directory is fsynced after the rename")
+
+
 class WritersLockTest(ClientTestCase):
     """The writers' lock (<dir>/.writers.lock), the protocol of src/store/writers_lock.h."""
 
