@@ -595,8 +595,9 @@ class Xxh3Test(ClientTestCase):
 def crash_child(ckpt, step, kill_at, out):
     """In a forked child: commits step 1 unless there, then commits `step` with every file-system
     call that changes or syncs something counted, killing itself with SIGKILL just before call
-    number `kill_at` (0: never). Writes "op path" per counted call, then "committed" once commit()
-    returned True, to the descriptor `out`; never returns."""
+    number `kill_at` (0: never). Writes each counted call that happened as a JSON array (op, path,
+    and open's flags or rename's target), then "committed" once commit() returned True, to the
+    descriptor `out`; never returns."""
     try:
         real_write = os.write
         c = L.Client({"LIFELINE_CKPT_DIR": ckpt})
@@ -614,21 +615,22 @@ def crash_child(ckpt, step, kill_at, out):
                 result = real(*args, **kw)
                 if name == "open":
                     paths[result] = args[0]
-                real_write(out, f"{name} {path_of(args)}\n".encode())
+                real_write(out, (json.dumps([name, *path_of(args)]) + "\n").encode())
                 return result
             return call
 
-        os.open = counted("open", os.open, lambda a: a[0])
-        os.mkdir = counted("mkdir", os.mkdir, lambda a: a[0])
-        os.write = counted("write", os.write, lambda a: paths.get(a[0], a[0]))
-        os.fsync = counted("fsync", os.fsync, lambda a: paths.get(a[0], a[0]))
-        os.close = counted("close", os.close, lambda a: paths.get(a[0], a[0]))
-        os.rename = counted("rename", os.rename, lambda a: a[0] + " -> " + a[1])
+        os.open = counted("open", os.open, lambda a: [a[0], a[1]])
+        os.mkdir = counted("mkdir", os.mkdir, lambda a: [a[0]])
+        os.write = counted("write", os.write, lambda a: [paths.get(a[0], a[0])])
+        os.fsync = counted("fsync", os.fsync, lambda a: [paths.get(a[0], a[0])])
+        os.close = counted("close", os.close, lambda a: [paths.get(a[0], a[0])])
+        os.rename = counted("rename", os.rename, lambda a: [a[0], a[1]])
         ck = c.begin_checkpoint(step)
         ck.write_file("a.bin", b"new" * 1000)
         os.makedirs(os.path.join(ck.path, "sub"))
-        with open(os.path.join(ck.path, "sub", "b.bin"), "wb") as f:  # written directly, hashed by commit
-            f.write(b"direct")
+        fd = os.open(os.path.join(ck.path, "sub", "b.bin"), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, b"direct")  # written directly, hashed and fsynced by commit
+        os.close(fd)
         real_write(out, b"committed\n" if ck.commit() else b"failed\n")
         os._exit(0)
     except BaseException:
@@ -650,7 +652,7 @@ class CommitCrashTest(ClientTestCase):
 
     def run_child(self, step, kill_at):
         """Runs crash_child in a forked child (no interpreter start-up per crash point); returns
-        its wait status and its lines."""
+        its wait status and its lines (the calls decoded)."""
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -658,9 +660,40 @@ class CommitCrashTest(ClientTestCase):
             crash_child(self.ckpt, step, kill_at, w)
         os.close(w)
         with os.fdopen(r, "rb") as f:
-            lines = f.read().decode().splitlines()
+            lines = [line if line == "committed" else json.loads(line) for line in f.read().decode().splitlines()]
         _, status = os.waitpid(pid, 0)
         return status, lines
+
+    @staticmethod
+    def drop_unsynced(calls):
+        """Power loss after `calls`, as tests/store_crash_test.cc simulates it: undoes, newest
+        first, every rename, mkdir and file creation whose directory was not fsynced after it, and
+        empties every file written but not fsynced after its last write (found where the renames
+        that survive moved it)."""
+        undone = set()
+
+        def synced_after(i, path):
+            return any(c[0] == "fsync" and c[1] == path for c in calls[i + 1:])
+
+        def now(i, path):
+            for j in range(i + 1, len(calls)):
+                c = calls[j]
+                if c[0] == "rename" and j not in undone and (path == c[1] or path.startswith(c[1] + "/")):
+                    path = c[2] + path[len(c[1]):]
+            return path
+
+        for i in reversed(range(len(calls))):
+            c = calls[i]
+            if c[0] == "rename" and not synced_after(i, os.path.dirname(c[2])) and os.path.lexists(c[2]):
+                os.rename(c[2], c[1])
+                undone.add(i)
+            elif c[0] == "mkdir" and not synced_after(i, os.path.dirname(c[1])):
+                shutil.rmtree(now(i, c[1]), ignore_errors=True)
+            elif c[0] == "open" and c[2] & os.O_CREAT and not synced_after(i, os.path.dirname(c[1])):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(now(i, c[1]))
+            elif c[0] == "write" and not synced_after(i, c[1]) and os.path.exists(now(i, c[1])):
+                os.truncate(now(i, c[1]), 0)
 
     def resume_steps(self):
         """The resume choice as Python and, when it is there, the lifeline binary see it."""
@@ -672,7 +705,7 @@ class CommitCrashTest(ClientTestCase):
             steps.append(json.loads(p.stdout)["resume"]["step"])
         return steps
 
-    def kill_at_every_call(self, step, prepare):
+    def kill_at_every_call(self, step, prepare, power_loss=False):
         points = 0
         for kill_at in range(1, 200):
             shutil.rmtree(self.ckpt, ignore_errors=True)
@@ -680,8 +713,10 @@ class CommitCrashTest(ClientTestCase):
             status, lines = self.run_child(step, kill_at)
             killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
             self.assertTrue(killed or os.WEXITSTATUS(status) == 0, (status, lines))
-            steps = self.resume_steps()
             committed = "committed" in lines
+            if power_loss:
+                self.drop_unsynced([c for c in lines if c != "committed"])
+            steps = self.resume_steps()
             with self.subTest(kill_at=kill_at):
                 self.assertIn(steps[0], (1, step))
                 self.assertEqual(len(set(steps)), 1, steps)
@@ -698,6 +733,15 @@ class CommitCrashTest(ClientTestCase):
     def test_killed_at_any_call_of_a_commit_the_previous_or_the_new_checkpoint_is_the_resume_choice(self):
         self.kill_at_every_call(2, lambda: None)
 
+    def test_a_power_loss_at_any_call_of_a_commit_leaves_the_previous_or_the_new_checkpoint(self):
+        self.kill_at_every_call(2, lambda: None, power_loss=True)
+
+    def test_a_power_loss_at_any_call_while_replacing_an_invalid_folder_of_the_same_step_leaves_old_or_new(self):
+        def prepare():
+            self.assertIn("committed", self.run_child(2, 0)[1])
+            flip_byte(os.path.join(self.folder(2), "a.bin"), 0)
+        self.kill_at_every_call(2, prepare, power_loss=True)
+
     def test_killed_at_any_call_while_replacing_an_invalid_folder_of_the_same_step_old_or_new_is_resumed(self):
         def prepare():
             self.assertIn("committed", self.run_child(2, 0)[1])
@@ -709,7 +753,7 @@ class CommitCrashTest(ClientTestCase):
         os.makedirs(self.ckpt)
         _, lines = self.run_child(2, 0)
         self.assertEqual(lines[-1], "committed")
-        calls = [tuple(line.split(" ", 1)) for line in lines[:-1]]
+        calls = [(c[0], c[1] if c[0] != "rename" else f"{c[1]} -> {c[2]}") for c in lines[:-1]]
 
         def index(op, pred):
             found = [i for i, (o, arg) in enumerate(calls) if o == op and pred(arg)]
