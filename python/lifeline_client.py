@@ -1,5 +1,7 @@
 """lifeline's trainer side for Python: resume information, checkpoint requests and the store's
-commit protocol. Standard library only; it mirrors include/lifeline/client.h.
+commit protocol. Standard library only (the xxhash module, when importable, lets it check the C++
+writer's xxh3-64 checkpoints too; see verify_checkpoint). It mirrors include/lifeline/client.h;
+docs/protocol.md is what both speak.
 
     from lifeline_client import Client
     client = Client.from_env()
