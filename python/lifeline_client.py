@@ -1,5 +1,7 @@
 """lifeline's trainer side for Python: resume information, checkpoint requests and the store's
-commit protocol. Standard library only; it mirrors include/lifeline/client.h.
+commit protocol. Standard library only (the xxhash module, when importable, lets it check the C++
+writer's xxh3-64 checkpoints too; see verify_checkpoint). It mirrors include/lifeline/client.h;
+docs/protocol.md is what both speak.
 
     from lifeline_client import Client
     client = Client.from_env()
@@ -158,7 +160,12 @@ def layout_table() -> dict:
 # --- Store constants (src/store) ----------------------------------------------------------------
 MANIFEST = "MANIFEST"
 MAX_MANIFEST_BYTES = 4 << 20  # the store's kMaxManifestBytes: bigger is refused on write and invalid on read
-CHECKSUM = "sha256"  # the C++ verifier accepts "xxh3-64" and "sha256"; hashlib has the latter
+CHECKSUM = "sha256"  # what this client writes: hashlib always has it (the C++ writer's default is xxh3-64)
+CHECKSUMS = ("xxh3-64", "sha256")  # every algorithm a MANIFEST may name (src/store/checksum.h)
+try:  # Debian's python3-xxhash: lets Python check the C++ writer's xxh3-64 checkpoints too
+    from xxhash import xxh3_64 as _xxh3_64
+except ImportError:  # without it an xxh3-64 checkpoint is "not checked here", never invalid
+    _xxh3_64 = None
 _CHUNK = 8 << 20
 _NEVER = 2**64 - 1
 SHM_DIR = "/dev/shm"
@@ -244,9 +251,24 @@ def folder_name(step: int) -> str:
     return "step-%012d" % step
 
 
+def staging_folder_name(step: int) -> str:
+    """.staging-step-000000000040-<pid>-<8 hex digits>: where a checkpoint is written."""
+    return ".staging-%s-%d-%s" % (folder_name(step), os.getpid(), secrets.token_hex(4))
+
+
+def trash_folder_name(step: int) -> str:
+    """.trash-step-000000000040-<pid>-<8 hex digits>: where a replaced folder goes just before it is
+    removed (the C++ writer's trash_folder_name)."""
+    return ".trash-%s-%d-%s" % (folder_name(step), os.getpid(), secrets.token_hex(4))
+
+
 def _unsafe_path_reason(rel: str) -> str:
     if not rel:
         return "empty file path"
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: json.loads lets "\ud800" through
+        return f"path {rel!r} is not valid UTF-8 (a MANIFEST cannot name it)"
     if rel.startswith("/"):
         return f"absolute path '{rel}'"
     for part in rel.split("/"):
@@ -282,9 +304,20 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _hash_file(path: str, sync: bool) -> Tuple[int, str]:
-    """Size and sha256 of a file (never through a link), fsynced first when asked."""
-    h, size = hashlib.sha256(), 0
+def _hasher(algorithm: str):
+    """A fresh hasher for a MANIFEST's checksum_algorithm, or None when this Python cannot compute
+    it (xxh3-64 without the xxhash module). hexdigest() is lowercase hex: 64 digits for sha256,
+    16 (the 64-bit value, zero-padded, most significant first) for xxh3-64, as the C++ store writes."""
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    if algorithm == "xxh3-64" and _xxh3_64 is not None:
+        return _xxh3_64()
+    return None
+
+
+def _hash_file(path: str, sync: bool, algorithm: str = CHECKSUM) -> Tuple[int, str]:
+    """Size and checksum of a file (never through a link), fsynced first when asked."""
+    h, size = _hasher(algorithm), 0
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         while True:
@@ -304,74 +337,132 @@ def _iso8601(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + ".%03dZ" % (ns // 10**6 % 1000)
 
 
-def checkpoint_problem(folder: str) -> str:
-    """Why `folder` is not a valid checkpoint, or "" when it is (the store's full check, sha256)."""
+class Verdict(NamedTuple):
+    """What verify_checkpoint found. `problem` is "" unless the folder is invalid. `checked` is
+    False for a checkpoint whose checksums this Python cannot compute (xxh3-64 without the xxhash
+    module): everything else was checked, file sizes included, and it is treated as valid (it is
+    resumed, never replaced nor removed), as the C++ store would most likely judge it."""
+
+    problem: str
+    checked: bool = True
+
+
+def verify_checkpoint(folder: str) -> Verdict:
+    """The store's full check of a committed folder (src/store/checkpoint_store.cc verify_folder):
+    MANIFEST (at most MAX_MANIFEST_BYTES, never through a link) parses, names a known checksum
+    algorithm and the folder's step, lists at least one safe path, and every file is a regular
+    file (no link on the way) with the listed size and checksum."""
     name = os.path.basename(os.path.normpath(folder))
     m = re.fullmatch(r"step-([0-9]{1,20})", name)
     step = int(m.group(1)) if m else 0
     try:
         if not stat.S_ISDIR(os.lstat(folder).st_mode):
-            return "not a directory (or a symbolic link)"
-        fd = os.open(os.path.join(folder, MANIFEST), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            return Verdict("not a directory (or a symbolic link)")
+        fd = os.open(os.path.join(folder, MANIFEST), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        return "no MANIFEST (unfinished or foreign folder)"
+        return Verdict("no MANIFEST (unfinished or foreign folder)")
     except OSError as e:
-        return f"cannot read MANIFEST: {e.strerror}"
+        if e.errno == errno.ELOOP:
+            return Verdict("MANIFEST is a symbolic link (never followed)")
+        return Verdict(f"cannot read MANIFEST: {e.strerror}")
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            return "MANIFEST is not a regular file"
+            return Verdict("MANIFEST is not a regular file")
         if st.st_size > MAX_MANIFEST_BYTES:
-            return f"MANIFEST is {st.st_size} bytes, over the {MAX_MANIFEST_BYTES >> 20} MiB limit"
+            return Verdict(f"MANIFEST is {st.st_size} bytes, over the {MAX_MANIFEST_BYTES >> 20} MiB limit")
         text = f.read(MAX_MANIFEST_BYTES + 1)
         if len(text) > MAX_MANIFEST_BYTES:
-            return f"MANIFEST is over the {MAX_MANIFEST_BYTES >> 20} MiB limit"
+            return Verdict(f"MANIFEST is over the {MAX_MANIFEST_BYTES >> 20} MiB limit")
     try:
         j = json.loads(text)
-    except ValueError as e:
-        return f"MANIFEST is not valid JSON ({e})"
+    except ValueError as e:  # UnicodeDecodeError too: a MANIFEST is UTF-8
+        return Verdict(f"MANIFEST is not valid JSON ({e})")
     if not isinstance(j, dict) or j.get("format") != "lifeline-checkpoint":
-        return "MANIFEST format is not lifeline-checkpoint"
+        return Verdict("MANIFEST format is not lifeline-checkpoint")
     if type(j.get("step")) is not int or j["step"] < 0:
-        return "manifest field 'step' is missing or has the wrong type"
-    if j["step"] != step:
-        return f"MANIFEST says step {j['step']} but the folder is {folder_name(step)}"
-    if j.get("checksum_algorithm") != CHECKSUM:
-        return f"cannot check {j.get('checksum_algorithm')!r} checksums from Python"
+        return Verdict("manifest field 'step' is missing or has the wrong type")
+    algorithm = j.get("checksum_algorithm")
+    if not isinstance(algorithm, str):
+        return Verdict("manifest field 'checksum_algorithm' is missing or has the wrong type")
+    if algorithm not in CHECKSUMS:
+        return Verdict(f"unknown checksum algorithm '{algorithm}'")
     if not isinstance(j.get("files"), list):
-        return "manifest field 'files' is missing or has the wrong type"
-    if not j["files"]:
-        return "manifest lists no files (an empty checkpoint)"
+        return Verdict("manifest field 'files' is missing or has the wrong type")
     for entry in j["files"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
-                or type(entry.get("bytes")) is not int or not isinstance(entry.get("checksum"), str):
-            return "manifest file entry is malformed"
+                or type(entry.get("bytes")) is not int or entry["bytes"] < 0 \
+                or not isinstance(entry.get("checksum"), str):
+            return Verdict("manifest file entry is malformed")
         rel = entry["path"]
         why = _unsafe_path_reason(rel)
         if why or rel == MANIFEST:
-            return f"manifest has an unsafe {why or 'entry MANIFEST'}"
+            return Verdict(f"manifest has an unsafe {why or 'entry MANIFEST (it lists itself)'}")
+    if not j["files"]:
+        return Verdict("MANIFEST lists no files (an empty checkpoint has nothing to resume)")
+    if j["step"] != step:
+        return Verdict(f"MANIFEST says step {j['step']} but the folder is {folder_name(step)}")
+    checked = _hasher(algorithm) is not None
+    for entry in j["files"]:
+        rel = entry["path"]
         parts, cur = rel.split("/"), folder
         for i, part in enumerate(parts):
             cur = os.path.join(cur, part)
             try:
                 mode = os.lstat(cur).st_mode
             except OSError:
-                return f"file {rel} is missing"
+                return Verdict(f"file {rel} is missing")
             if stat.S_ISLNK(mode):
-                return f"file {rel} goes through a symbolic link"
+                return Verdict(f"file {rel} goes through a symbolic link")
             if i + 1 < len(parts) and not stat.S_ISDIR(mode):
-                return f"file {rel}: a parent is not a directory"
+                return Verdict(f"file {rel}: a parent is not a directory")
             if i + 1 == len(parts) and not stat.S_ISREG(mode):
-                return f"file {rel} is not a regular file"
+                return Verdict(f"file {rel} is not a regular file")
         try:
-            size, digest = _hash_file(cur, sync=False)
+            if checked:
+                size, digest = _hash_file(cur, sync=False, algorithm=algorithm)
+            else:
+                size, digest = os.lstat(cur).st_size, entry["checksum"]
         except OSError as e:
-            return f"file {rel} cannot be read: {e.strerror}"
+            return Verdict(f"file {rel} cannot be read: {e.strerror}")
         if size != entry["bytes"]:
-            return f"file {rel} has {size} bytes, the manifest says {entry['bytes']} (truncated or grown)"
+            return Verdict(f"file {rel} has {size} bytes, the manifest says {entry['bytes']} (truncated or grown)")
         if digest != entry["checksum"]:
-            return f"file {rel} does not match its {CHECKSUM} checksum"
-    return ""
+            return Verdict(f"file {rel} does not match its {algorithm} checksum")
+    return Verdict("", checked)
+
+
+def checkpoint_problem(folder: str) -> str:
+    """Why `folder` is not a valid checkpoint, or "" when it is valid or cannot be checked here
+    (see Verdict.checked)."""
+    return verify_checkpoint(folder).problem
+
+
+class Resume(NamedTuple):
+    """What resume_choice found: the checkpoint to resume (None when none is usable) and the
+    newer folders skipped, newest first, as (step, path, problem)."""
+
+    resume: Optional[ResumeInfo]
+    skipped: List[Tuple[int, str, str]]
+
+
+def resume_choice(ckpt_dir: str) -> Resume:
+    """The checkpoint a resume would use, as the C++ choose_resume picks it: the newest committed
+    folder (step-<digits>) that verifies; staging and trash folders are never considered. An
+    xxh3-64 checkpoint that cannot be checked here (Verdict.checked False) counts as valid."""
+    try:
+        names = os.listdir(ckpt_dir)
+    except OSError:
+        names = []
+    folders = sorted((int(n[5:]), n) for n in names if re.fullmatch(r"step-[0-9]{1,20}", n) and int(n[5:]) < 2**64)
+    skipped = []
+    for step, name in reversed(folders):
+        path = os.path.abspath(os.path.join(ckpt_dir, name))
+        problem = verify_checkpoint(path).problem
+        if not problem:
+            return Resume(ResumeInfo(path, step), skipped)
+        skipped.append((step, path, problem))
+    return Resume(None, skipped)
 
 
 class CheckpointFile:
@@ -464,8 +555,7 @@ class Checkpoint:
         self._client = client
         self.step = step
         self._dir = client.checkpoint_dir
-        self.path = os.path.join(self._dir, ".staging-%s-%d-%s" % (folder_name(step), os.getpid(),
-                                                                   secrets.token_hex(4)))
+        self.path = os.path.join(self._dir, staging_folder_name(step))
         self.error = ""  # what failed the checkpoint: its first I/O error, or the commit's
         self._written: Dict[str, Tuple[int, str]] = {}
         self._open: List["CheckpointFile"] = []  # files opened by open_file(), closed by commit()
@@ -626,12 +716,14 @@ class Checkpoint:
         final = os.path.join(self._dir, folder_name(self.step))
         if os.path.lexists(final):
             # The same step was committed before (e.g. a stop request right after a resume): keep
-            # a valid one, replace an invalid one (moved aside first, never resumed).
+            # a valid one, and one this Python cannot check (xxh3-64 without xxhash: the C++
+            # writer's); replace an invalid one (moved aside first, never resumed).
             if not checkpoint_problem(final):
                 self.discard()
                 return sum(f["bytes"] for f in files)
-            trash = os.path.join(self._dir, ".trash-%s-%s" % (folder_name(self.step), secrets.token_hex(4)))
-            os.rename(final, trash)
+            trash = os.path.join(self._dir, trash_folder_name(self.step))
+            with contextlib.suppress(FileNotFoundError):  # gc moved it away first
+                os.rename(final, trash)
             os.rename(self.path, final)
             _fsync_dir(self._dir)
             shutil.rmtree(trash, ignore_errors=True)

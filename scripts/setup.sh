@@ -8,6 +8,7 @@ packages=(
   meson ninja-build g++ pkg-config
   libboost-dev libboost-filesystem-dev libyaml-cpp-dev libspdlog-dev libcli11-dev doctest-dev
   nlohmann-json3-dev libxxhash-dev libssl-dev
+  python3-xxhash  # optional for python/lifeline_client.py: checks xxh3-64 checkpoints (without it: sizes only)
   libtorch-dev python3-torch
   slurm-wlm munge
   librsvg2-bin

@@ -536,6 +536,247 @@ class ManifestLimitTest(ClientTestCase):
         self.assertIn("lists no files", L.checkpoint_problem(self.write_manifest(3, {})))
 
 
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "manifests")
+
+
+class Xxh3Test(ClientTestCase):
+    """Checkpoints written by the C++ store with its default checksum, xxh3-64 (the golden one of
+    tests/data/manifests/valid-xxh3): checked with the xxhash module when it is importable, else
+    "not checked here" (sizes only), never invalid, never replaced."""
+
+    def setUp(self):
+        super().setUp()
+        os.makedirs(self.ckpt)
+        shutil.copytree(os.path.join(GOLDEN, "valid-xxh3", "step-000000000007"), self.folder(7))
+
+    def read(self, rel):
+        with open(os.path.join(self.folder(7), rel), "rb") as f:
+            return f.read()
+
+    @unittest.skipUnless(L._xxh3_64, "the xxhash module (python3-xxhash) is not installed")
+    def test_with_xxhash_an_xxh3_checkpoint_is_checked_and_a_flipped_byte_makes_it_invalid(self):
+        self.assertEqual(L.verify_checkpoint(self.folder(7)), L.Verdict("", True))
+        flip_byte(os.path.join(self.folder(7), "sub", "optimizer.bin"), 3)
+        self.assertIn("does not match its xxh3-64 checksum", L.checkpoint_problem(self.folder(7)))
+        self.assertIsNone(L.resume_choice(self.ckpt).resume)
+
+    def test_without_xxhash_an_xxh3_checkpoint_is_unchecked_not_invalid_and_resumed_but_a_wrong_size_is_invalid(self):
+        with mock.patch.object(L, "_xxh3_64", None):
+            self.assertEqual(L.verify_checkpoint(self.folder(7)), L.Verdict("", False))
+            self.assertEqual(L.resume_choice(self.ckpt), L.Resume(L.ResumeInfo(self.folder(7), 7), []))
+            with open(os.path.join(self.folder(7), "model.bin"), "ab") as f:
+                f.write(b"x")
+            self.assertIn("has 1025 bytes, the manifest says 1024", L.checkpoint_problem(self.folder(7)))
+
+    def test_a_python_commit_of_the_same_step_keeps_the_xxh3_checkpoint_with_or_without_xxhash(self):
+        before = {rel: self.read(rel) for rel in ("MANIFEST", "model.bin", "sub/optimizer.bin")}
+        for xxh3 in ([L._xxh3_64, None] if L._xxh3_64 else [None]):
+            with mock.patch.object(L, "_xxh3_64", xxh3):
+                c = self.client(self.block())
+                self.assertTrue(self.commit(c, 7, {"model.bin": b"python"}))
+                c.close()
+                self.assertEqual({rel: self.read(rel) for rel in before}, before)
+                self.assertEqual(self.listdir(), ["step-000000000007"])
+
+    @unittest.skipUnless(os.environ.get("LIFELINE_BIN"), "LIFELINE_BIN is not set (run through meson test)")
+    def test_lifeline_verify_accepts_the_golden_xxh3_checkpoint_and_resumes_a_newer_python_one(self):
+        def verify():
+            p = subprocess.run([os.environ["LIFELINE_BIN"], "verify", self.ckpt, "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            return json.loads(p.stdout)
+
+        self.assertEqual(verify()["resume"]["step"], 7)
+        self.assertTrue(self.commit(self.client(), 8, {"model.bin": b"python"}))
+        self.assertEqual(verify()["resume"]["step"], 8)
+        self.assertEqual(L.resume_choice(self.ckpt).resume.step, 8)
+
+
+def crash_child(ckpt, step, kill_at, out):
+    """In a forked child: commits step 1 unless there, then commits `step` with every file-system
+    call that changes or syncs something counted, killing itself with SIGKILL just before call
+    number `kill_at` (0: never). Writes each counted call that happened as a JSON array (op, path,
+    and open's flags or rename's target), then "committed" once commit() returned True, to the
+    descriptor `out`; never returns."""
+    try:
+        real_write = os.write
+        c = L.Client({"LIFELINE_CKPT_DIR": ckpt})
+        if not os.path.exists(os.path.join(ckpt, L.folder_name(1))):
+            ck = c.begin_checkpoint(1)
+            ck.write_file("a.bin", b"old" * 1000)
+            assert ck.commit()
+        count, paths = [0], {}
+
+        def counted(name, real, path_of):
+            def call(*args, **kw):
+                count[0] += 1
+                if count[0] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                result = real(*args, **kw)
+                if name == "open":
+                    paths[result] = args[0]
+                real_write(out, (json.dumps([name, *path_of(args)]) + "\n").encode())
+                return result
+            return call
+
+        os.open = counted("open", os.open, lambda a: [a[0], a[1]])
+        os.mkdir = counted("mkdir", os.mkdir, lambda a: [a[0]])
+        os.write = counted("write", os.write, lambda a: [paths.get(a[0], a[0])])
+        os.fsync = counted("fsync", os.fsync, lambda a: [paths.get(a[0], a[0])])
+        os.close = counted("close", os.close, lambda a: [paths.get(a[0], a[0])])
+        os.rename = counted("rename", os.rename, lambda a: [a[0], a[1]])
+        ck = c.begin_checkpoint(step)
+        ck.write_file("a.bin", b"new" * 1000)
+        os.makedirs(os.path.join(ck.path, "sub"))
+        fd = os.open(os.path.join(ck.path, "sub", "b.bin"), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, b"direct")  # written directly, hashed and fsynced by commit
+        os.close(fd)
+        real_write(out, b"committed\n" if ck.commit() else b"failed\n")
+        os._exit(0)
+    except BaseException:
+        os._exit(3)
+
+
+class CommitCrashTest(ClientTestCase):
+    """The Python commit under crashes, as tests/store_crash_test.cc proves the C++ one: killed at
+    any point, the directory holds the previous checkpoint or the new one as the resume choice,
+    never neither; and the order of its writes, fsyncs and renames is the one that makes a power
+    loss leave old-or-new too."""
+
+    def setUp(self):
+        super().setUp()
+        if os.path.isdir(L.SHM_DIR):  # tmpfs: fsync costs nothing there, and a kill test needs no disk
+            self.shm_tmp = tempfile.mkdtemp(prefix="lifeline-pytest-", dir=L.SHM_DIR)
+            self.addCleanup(shutil.rmtree, self.shm_tmp, True)
+            self.ckpt = os.path.join(self.shm_tmp, "ckpt")
+
+    def run_child(self, step, kill_at):
+        """Runs crash_child in a forked child (no interpreter start-up per crash point); returns
+        its wait status and its lines (the calls decoded)."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            crash_child(self.ckpt, step, kill_at, w)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            lines = [line if line == "committed" else json.loads(line) for line in f.read().decode().splitlines()]
+        _, status = os.waitpid(pid, 0)
+        return status, lines
+
+    @staticmethod
+    def drop_unsynced(calls):
+        """Power loss after `calls`, as tests/store_crash_test.cc simulates it: undoes, newest
+        first, every rename, mkdir and file creation whose directory was not fsynced after it, and
+        empties every file written but not fsynced after its last write (found where the renames
+        that survive moved it)."""
+        undone = set()
+
+        def synced_after(i, path):
+            return any(c[0] == "fsync" and c[1] == path for c in calls[i + 1:])
+
+        def now(i, path):
+            for j in range(i + 1, len(calls)):
+                c = calls[j]
+                if c[0] == "rename" and j not in undone and (path == c[1] or path.startswith(c[1] + "/")):
+                    path = c[2] + path[len(c[1]):]
+            return path
+
+        for i in reversed(range(len(calls))):
+            c = calls[i]
+            if c[0] == "rename" and not synced_after(i, os.path.dirname(c[2])) and os.path.lexists(c[2]):
+                os.rename(c[2], c[1])
+                undone.add(i)
+            elif c[0] == "mkdir" and not synced_after(i, os.path.dirname(c[1])):
+                shutil.rmtree(now(i, c[1]), ignore_errors=True)
+            elif c[0] == "open" and c[2] & os.O_CREAT and not synced_after(i, os.path.dirname(c[1])):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(now(i, c[1]))
+            elif c[0] == "write" and not synced_after(i, c[1]) and os.path.exists(now(i, c[1])):
+                os.truncate(now(i, c[1]), 0)
+
+    def resume_steps(self):
+        """The resume choice as Python and, when it is there, the lifeline binary see it."""
+        steps = [L.resume_choice(self.ckpt).resume.step]
+        if os.environ.get("LIFELINE_BIN"):
+            p = subprocess.run([os.environ["LIFELINE_BIN"], "verify", self.ckpt, "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            steps.append(json.loads(p.stdout)["resume"]["step"])
+        return steps
+
+    def kill_at_every_call(self, step, prepare, power_loss=False):
+        points = 0
+        for kill_at in range(1, 200):
+            shutil.rmtree(self.ckpt, ignore_errors=True)
+            prepare()
+            status, lines = self.run_child(step, kill_at)
+            killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            self.assertTrue(killed or os.WEXITSTATUS(status) == 0, (status, lines))
+            committed = "committed" in lines
+            if power_loss:
+                self.drop_unsynced([c for c in lines if c != "committed"])
+            steps = self.resume_steps()
+            with self.subTest(kill_at=kill_at):
+                self.assertIn(steps[0], (1, step))
+                self.assertEqual(len(set(steps)), 1, steps)
+                if committed:
+                    self.assertEqual(steps[0], step)
+            if not killed:
+                self.assertTrue(committed, lines)
+                self.assertEqual(steps[0], step)
+                break
+            points += 1
+        self.assertGreater(points, 20)  # the commit was interrupted at every one of its calls
+        return points
+
+    def test_killed_at_any_call_of_a_commit_the_previous_or_the_new_checkpoint_is_the_resume_choice(self):
+        self.kill_at_every_call(2, lambda: None)
+
+    def test_a_power_loss_at_any_call_of_a_commit_leaves_the_previous_or_the_new_checkpoint(self):
+        self.kill_at_every_call(2, lambda: None, power_loss=True)
+
+    def test_a_power_loss_at_any_call_while_replacing_an_invalid_folder_of_the_same_step_leaves_old_or_new(self):
+        def prepare():
+            self.assertIn("committed", self.run_child(2, 0)[1])
+            flip_byte(os.path.join(self.folder(2), "a.bin"), 0)
+        self.kill_at_every_call(2, prepare, power_loss=True)
+
+    def test_killed_at_any_call_while_replacing_an_invalid_folder_of_the_same_step_old_or_new_is_resumed(self):
+        def prepare():
+            self.assertIn("committed", self.run_child(2, 0)[1])
+            flip_byte(os.path.join(self.folder(2), "a.bin"), 0)  # step 2 is now invalid: it will be replaced
+        self.kill_at_every_call(2, prepare)
+        self.assertFalse([n for n in self.listdir() if n.startswith((".trash-", ".staging-"))])
+
+    def test_every_file_is_fsynced_before_the_manifest_and_everything_before_the_rename_then_the_directory(self):
+        os.makedirs(self.ckpt)
+        _, lines = self.run_child(2, 0)
+        self.assertEqual(lines[-1], "committed")
+        calls = [(c[0], c[1] if c[0] != "rename" else f"{c[1]} -> {c[2]}") for c in lines[:-1]]
+
+        def index(op, pred):
+            found = [i for i, (o, arg) in enumerate(calls) if o == op and pred(arg)]
+            self.assertTrue(found, f"no {op} matching in {calls}")
+            return found
+
+        staging = index("mkdir", lambda a: ".staging-step-000000000002-" in a)[0]
+        staging_path = calls[staging][1]
+        manifest_open = index("open", lambda a: a.endswith("/MANIFEST"))[0]
+        manifest_sync = index("fsync", lambda a: a.endswith("/MANIFEST"))[0]
+        rename = index("rename", lambda a: a.startswith(staging_path))[0]
+        for rel in ("a.bin", "sub/b.bin"):
+            self.assertLess(index("fsync", lambda a: a == f"{staging_path}/{rel}")[0], manifest_open, rel)
+        self.assertLess(index("fsync", lambda a: a == f"{staging_path}/sub")[0], manifest_open)
+        self.assertLess(manifest_open, manifest_sync)
+        self.assertLess(max(index("write", lambda a: a.endswith("/MANIFEST"))), manifest_sync)
+        self.assertLess(manifest_sync, index("fsync", lambda a: a == staging_path)[0])
+        self.assertLess(index("fsync", lambda a: a == staging_path)[0], rename)
+        self.assertEqual(calls[rename][1], f"{staging_path} -> {self.folder(2)}")
+        dir_syncs = index("fsync", lambda a: a == self.ckpt)
+        self.assertTrue(any(i > rename for i in dir_syncs), "the checkpoint directory is fsynced after the rename")
+
+
 class WritersLockTest(ClientTestCase):
     """The writers' lock (<dir>/.writers.lock), the protocol of src/store/writers_lock.h."""
 
