@@ -87,6 +87,15 @@ pid_t trainer_pid_from(const std::string& line) {
   return pid_t(std::stol(m[1]));
 }
 
+// In a forked child: becomes argv (exit 127 when it cannot).
+[[noreturn]] void exec_argv(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  ::execv(args[0], args.data());
+  ::_exit(127);
+}
+
 // Runs argv in a child whose stdout and stderr go to a pipe closed at the other end before it
 // starts, as `lifeline run ... 2>&1 | head` leaves it once head has quit. The exit status.
 int run_into_closed_pipe(const std::vector<std::string>& argv) {
@@ -99,11 +108,7 @@ int run_into_closed_pipe(const std::vector<std::string>& argv) {
     ::signal(SIGPIPE, SIG_DFL);
     ::dup2(fds[1], 1);
     ::dup2(fds[1], 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    ::_exit(127);
+    exec_argv(argv);
   }
   ::close(fds[1]);
   int st = 0;
@@ -134,11 +139,7 @@ int run_with_full_dev_shm(const std::vector<std::string>& argv, std::string* out
     while (fd >= 0 && ::write(fd, page, sizeof page) > 0) {
     }
     ::close(fd);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    ::_exit(127);
+    exec_argv(argv);
   }
   ::close(fds[1]);
   char buf[4096];
