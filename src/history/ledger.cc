@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "common/clock.h"
+#include "history/names.h"
 
 namespace lifeline {
 using json = nlohmann::json;
@@ -39,13 +40,15 @@ double seconds_between(uint64_t from_ns, uint64_t to_ns) {
   return to_ns > from_ns ? double(to_ns - from_ns) / 1e9 : 0.0;
 }
 
+bool is_completed(const Attempt& a) { return parse_end_reason(a.end_reason) == EndReason::completed; }
+
 double round3(double v) { return std::round(v * 1000.0) / 1000.0; }
 
 // An attempt that never recorded its end and is not running: its end is estimated from the
 // last event, or further from a leftover control block's step count at the attempt's rate.
 void mark_lost(Attempt& a) {
   a.running = false;
-  a.end_reason = "lost";
+  a.end_reason = name(EndReason::lost);
   a.end_estimated = true;
   a.ended_ns = std::max(a.last_activity_ns, a.started_ns);
   a.lost_estimate_from = "last event";
@@ -143,7 +146,10 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
       CommitRecord c;
       c.time_ns = t;
       c.step = opt_u64(e, "step").value_or(0);
-      if (auto d = e.find("duration_s"); d != e.end() && d->is_number()) c.duration_s = d->get<double>();
+      if (auto d = e.find("duration_s"); d != e.end() && d->is_number()) {
+        c.duration_s = d->get<double>();
+        c.duration_known = true;
+      }
       c.bytes = opt_u64(e, "bytes").value_or(0);
       a.commits.push_back(c);
       a.last_checkpoint_step = c.step;
@@ -165,7 +171,7 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
     } else if (ev == "attempt_end") {
       a.ended_ns = t;
       a.end_reason = str(e, "end_reason");
-      if (a.end_reason.empty()) a.end_reason = "failed";
+      if (a.end_reason.empty()) a.end_reason = name(EndReason::failed);
       if (auto it = e.find("exit_code"); it != e.end() && it->is_number_integer()) a.exit_code = it->get<int>();
       if (auto s = opt_u64(e, "last_checkpoint_step")) a.last_checkpoint_step = s;
       if (auto s = opt_u64(e, "last_step")) a.last_step = s;
@@ -179,9 +185,10 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
     } else if (ev == "requeue") {
       // Only a requeue that happened counts; "not requeued", "failed", "budget exhausted" do not.
       std::string result = str(e, "result");
-      bool done = result == "requeued" || result == "resubmitted" || result == "exit code" || result == "restart";
+      auto known = parse_requeue_result(result);
+      bool done = known && requeue_happened(*known);
       std::string mode = str(e, "mode");
-      a.requeue = done && !mode.empty() ? mode : "none";
+      a.requeue = done && !mode.empty() ? mode : std::string(name(RequeueMode::none));
       a.requeue_result = result;
       a.requeue_detail = opt_str(e, "new_job_id") ? "new job " + str(e, "new_job_id") : str(e, "detail");
     }
@@ -192,7 +199,7 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
     Attempt& a = attempts[i];
     a.checkpoints = std::max<uint64_t>(a.checkpoints, a.commits.size());
     if (a.ended_ns) {
-      a.lost_seconds = a.end_reason == "completed" ? 0.0 : seconds_between(a.last_safe_ns(), *a.ended_ns);
+      a.lost_seconds = is_completed(a) ? 0.0 : seconds_between(a.last_safe_ns(), *a.ended_ns);
       continue;
     }
     bool newest = i + 1 == attempts.size();
@@ -228,7 +235,7 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
     s.checkpoints += a.checkpoints;
     if (a.last_checkpoint_step && (!s.last_checkpoint_step || *a.last_checkpoint_step > *s.last_checkpoint_step))
       s.last_checkpoint_step = a.last_checkpoint_step;
-    if (!a.running && a.end_reason != "completed") ++s.interruptions[a.end_reason];
+    if (!a.running && !is_completed(a)) ++s.interruptions[a.end_reason];
   }
   s.span_seconds = seconds_between(s.first_start_ns, s.last_end_ns);
   s.useful_seconds = std::max(0.0, s.wall_seconds - s.checkpoint_seconds - s.lost_seconds);

@@ -16,6 +16,7 @@ struct CommitRecord {
   uint64_t time_ns = 0;  // when the supervisor saw the commit
   uint64_t step = 0;
   double duration_s = 0;  // save + commit, as the trainer measured it
+  bool duration_known = false;  // the event had a duration (none for a commit seen only in the directory)
   uint64_t bytes = 0;
 };
 
