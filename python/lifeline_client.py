@@ -171,6 +171,21 @@ _NEVER = 2**64 - 1
 SHM_DIR = "/dev/shm"
 
 
+# The every_steps rule of docs/protocol.md ("Poll"); the C++ client's copy is is_periodic_step and
+# next_periodic_step in src/control/control_block.h: keep the two the same.
+def _is_periodic_step(step: int, every: int, skip_first: int) -> bool:
+    """Whether `step` is an every_steps point: a positive multiple of `every`, at least `skip_first`."""
+    return every > 0 and step % every == 0 and step > 0 and step >= skip_first
+
+
+def _next_periodic_step(step: int, every: int, skip_first: int) -> int:
+    """The first every_steps point after `step`; _NEVER when `every` is 0 or none fits in 64 bits."""
+    if every == 0 or step >= _NEVER:
+        return _NEVER
+    start = max(step + 1, skip_first)
+    return min(-(-start // every) * every, _NEVER)
+
+
 class ControlBlockError(RuntimeError):
     """The control block named by LIFELINE_CONTROL cannot be used."""
 
@@ -1121,10 +1136,10 @@ class Client:
         if every == 0:
             self._next_periodic = _NEVER
             return False
-        self._next_periodic = (step // every + 1) * every
+        self._next_periodic = _next_periodic_step(step, every, self._skip_first_steps)
         if self.save_in_flight:
             return False  # coalesced into the save in flight
-        return step % every == 0 and step > 0 and step >= self._skip_first_steps
+        return _is_periodic_step(step, every, self._skip_first_steps)
 
     def _on_signal(self, signo: int, frame: object) -> None:
         """SIGTERM/SIGUSR1/SIGINT: a stop request. CPython runs this in the main thread between

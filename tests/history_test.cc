@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "common/format.h"
 #include "history/history.h"
 #include "history/ledger.h"
 #include "history/supervisor_record.h"

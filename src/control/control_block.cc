@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <random>
@@ -139,5 +140,37 @@ void ControlBlock::release() noexcept {
 }
 
 ControlBlock::~ControlBlock() { release(); }
+
+const char* reason_name(Reason r) {
+  switch (r) {
+    case Reason::periodic: return "periodic";
+    case Reason::stop_signal: return "stop_signal";
+    case Reason::time_limit: return "time_limit";
+    case Reason::manual: return "manual";
+    case Reason::trainer_signal: return "trainer_signal";
+    default: return "none";
+  }
+}
+
+const char* client_state_name(ClientState s) {
+  switch (s) {
+    case ClientState::attached: return "attached";
+    case ClientState::saving: return "saving";
+    case ClientState::exiting: return "exiting";
+    default: return "not attached";
+  }
+}
+
+bool is_periodic_step(uint64_t step, uint64_t every_steps, uint64_t skip_first_steps) {
+  return every_steps > 0 && step % every_steps == 0 && step > 0 && step >= skip_first_steps;
+}
+
+uint64_t next_periodic_step(uint64_t step, uint64_t every_steps, uint64_t skip_first_steps) {
+  if (every_steps == 0 || step == UINT64_MAX) return UINT64_MAX;
+  uint64_t from = std::max(step + 1, skip_first_steps);  // >= 1
+  uint64_t multiples = from / every_steps + (from % every_steps != 0);
+  if (multiples > UINT64_MAX / every_steps) return UINT64_MAX;
+  return multiples * every_steps;
+}
 
 }  // namespace lifeline

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "common/clock.h"
+#include "common/host.h"
 #include "common/json_text.h"
 #include "common/regular_file.h"
 #include "control/control_block.h"
@@ -99,12 +100,6 @@ bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& 
   if (dfd >= 0) ::close(dfd);
   if (rc != 0) return fail(std::string("fsync of the directory after the rename: ") + std::strerror(err));
   return true;
-}
-
-std::string this_host() {
-  char buf[256] = {};
-  gethostname(buf, sizeof buf - 1);
-  return buf;
 }
 
 namespace {

@@ -150,7 +150,7 @@ CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metri
       }
       auto hasher = make_hasher(meta_.checksum_algorithm);
       unsigned long long bytes = 0;
-      if (!hash_file(it->path().string(), *hasher, bytes)) throw_errno("read", it->path().string());
+      if (!fs_->hash_file(it->path().string(), *hasher, bytes, ReadCache::cached)) throw_errno("read", it->path().string());
       fs_->sync_file(it->path().string());
       m.files.push_back(ManifestFile{rel, bytes, hasher->hex_digest()});
     }
