@@ -319,6 +319,25 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _make_dirs(path: str) -> None:
+    """os.makedirs(path, exist_ok=True) that fsyncs the parent of every directory it creates, so
+    a new checkpoint directory survives a crash (C++: FileSystem::make_dirs in src/store/file_system.h)."""
+    missing = []
+    cur = os.path.normpath(path)
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        parent = os.path.dirname(cur)
+        if not parent or parent == cur:
+            break
+        cur = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            continue  # made meanwhile, by someone else: theirs to sync
+        _fsync_dir(os.path.dirname(d) or ".")
+
+
 def _hasher(algorithm: str):
     """A fresh hasher for a MANIFEST's checksum_algorithm, or None when this Python cannot compute
     it (xxh3-64 without the xxhash module). hexdigest() is lowercase hex: 64 digits for sha256,
@@ -578,7 +597,7 @@ class Checkpoint:
         self._done = False
         self._pid = os.getpid()
         try:
-            os.makedirs(self._dir, exist_ok=True)
+            _make_dirs(self._dir)
             os.mkdir(self.path)
         except OSError as e:
             self._fail(_os_error("mkdir", self.path, e))
@@ -789,7 +808,7 @@ def register_writer(ckpt_dir: str, patience: Optional[float] = None) -> Optional
     held exclusively for longer than the patience)."""
     path = os.path.join(ckpt_dir, WRITERS_LOCK)
     with contextlib.suppress(OSError):
-        os.makedirs(ckpt_dir, exist_ok=True)
+        _make_dirs(ckpt_dir)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
     except OSError as e:

@@ -1,5 +1,5 @@
 // Sizes and durations for people: each style's exact text (common/format.h), which messages,
-// listings and `status` print and scripts may read (human_duration: history_test.cc).
+// listings and `status` print and scripts may read.
 #include <doctest.h>
 
 #include "common/format.h"
@@ -19,15 +19,26 @@ TEST_CASE("format_size drops the decimal of a near-whole value, format_bytes alw
   CHECK(format_bytes(3ull << 50) == "3.0 PiB");
 }
 
+// A duration in seconds and how it must read.
+struct Shown {
+  double seconds;
+  const char* text;
+};
+
 TEST_CASE("format_duration gives the two largest units, and a tenth below ten seconds") {
-  CHECK(format_duration(0) == "0s");
-  CHECK(format_duration(1.5) == "1.5s");
-  CHECK(format_duration(45) == "45s");
-  CHECK(format_duration(90) == "1m 30s");
-  CHECK(format_duration(7200) == "2h");
-  CHECK(format_duration(5400) == "1h 30m");
-  CHECK(format_duration(3 * 86400 + 4 * 3600 + 59) == "3d 4h");
-  CHECK(format_duration(1e16) == "forever");
+  for (Shown c : {Shown{0, "0s"}, Shown{1.5, "1.5s"}, Shown{45, "45s"}, Shown{90, "1m 30s"}, Shown{7200, "2h"},
+                  Shown{5400, "1h 30m"}, Shown{3 * 86400 + 4 * 3600 + 59, "3d 4h"}, Shown{1e16, "forever"}}) {
+    CAPTURE(c.seconds);
+    CHECK(format_duration(c.seconds) == c.text);
+  }
+}
+
+TEST_CASE("human_duration reads as people write durations, the smaller unit in two digits") {
+  for (Shown c : {Shown{0.04, "0.0 s"}, Shown{4.25, "4.2 s"}, Shown{42, "42 s"}, Shown{192, "3m 12s"},
+                  Shown{65, "1m 05s"}, Shown{7500, "2h 05m"}, Shown{90000, "1d 01h"}}) {
+    CAPTURE(c.seconds);
+    CHECK(human_duration(c.seconds) == c.text);
+  }
 }
 
 TEST_CASE("format_age rounds down to whole seconds, minutes from 2 min, hours from 2 h") {

@@ -33,14 +33,15 @@ json policy_summary(const SupervisorRecord& r) {
   return p;
 }
 
-}  // namespace
-
+// Why `record` does not describe a supervisor that runs now, or "" when it may.
 std::string not_running_reason(const std::optional<SupervisorRecord>& record, Liveness::State state) {
   if (!record) return "no supervisor.json: no supervisor has run here";
   if (state == Liveness::State::dead)
     return "supervisor pid " + std::to_string(record->pid) + " on " + record->host + " has exited";
   return "";
 }
+
+}  // namespace
 
 std::optional<LiveSupervisor> attach_supervisor(const std::string& dir, std::string& why) {
   auto record = read_supervisor_record(dir, &why);

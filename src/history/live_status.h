@@ -12,9 +12,6 @@
 
 namespace lifeline {
 
-// Why `record` does not describe a supervisor that runs now, or "" when it may.
-std::string not_running_reason(const std::optional<SupervisorRecord>& record, Liveness::State state);
-
 // LiveSupervisor is a running supervisor of this host, attached to its live control block.
 struct LiveSupervisor {
   SupervisorRecord record;
