@@ -8,10 +8,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <random>
 #include <stdexcept>
 
 #include "common/errors.h"
+#include "common/random_hex.h"
 
 namespace lifeline {
 using namespace layout;
@@ -28,11 +28,8 @@ static unsigned char* map_block(int fd, const std::string& name) {
 }
 
 ControlBlock ControlBlock::create(const std::string& tag) {
-  std::random_device rd;
   for (int tries = 0; tries < 16; ++tries) {
-    char rnd[17];
-    std::snprintf(rnd, sizeof rnd, "%08x%08x", rd(), rd());
-    std::string name = "/lifeline-" + std::to_string(getuid()) + "-" + tag + "-" + rnd;
+    std::string name = "/lifeline-" + std::to_string(getuid()) + "-" + tag + "-" + random_hex(2);
     int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) {
       if (errno == EEXIST) continue;
