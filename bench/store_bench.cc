@@ -31,8 +31,8 @@
 
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
-#include "store/fault_injection_fs.h"
 #include "store/retention.h"
+#include "support/fault_injection_fs.h"
 #include "neighbour.h"
 
 extern char** environ;

@@ -171,6 +171,21 @@ _NEVER = 2**64 - 1
 SHM_DIR = "/dev/shm"
 
 
+# The every_steps rule of docs/protocol.md ("Poll"); the C++ client's copy is is_periodic_step and
+# next_periodic_step in src/control/control_block.h: keep the two the same.
+def _is_periodic_step(step: int, every: int, skip_first: int) -> bool:
+    """Whether `step` is an every_steps point: a positive multiple of `every`, at least `skip_first`."""
+    return every > 0 and step % every == 0 and step > 0 and step >= skip_first
+
+
+def _next_periodic_step(step: int, every: int, skip_first: int) -> int:
+    """The first every_steps point after `step`; _NEVER when `every` is 0 or none fits in 64 bits."""
+    if every == 0 or step >= _NEVER:
+        return _NEVER
+    start = max(step + 1, skip_first)
+    return min(-(-start // every) * every, _NEVER)
+
+
 class ControlBlockError(RuntimeError):
     """The control block named by LIFELINE_CONTROL cannot be used."""
 
@@ -302,6 +317,25 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _make_dirs(path: str) -> None:
+    """os.makedirs(path, exist_ok=True) that fsyncs the parent of every directory it creates, so
+    a new checkpoint directory survives a crash (C++: FileSystem::make_dirs in src/store/file_system.h)."""
+    missing = []
+    cur = os.path.normpath(path)
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        parent = os.path.dirname(cur)
+        if not parent or parent == cur:
+            break
+        cur = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            continue  # made meanwhile, by someone else: theirs to sync
+        _fsync_dir(os.path.dirname(d) or ".")
 
 
 def _hasher(algorithm: str):
@@ -563,7 +597,7 @@ class Checkpoint:
         self._done = False
         self._pid = os.getpid()
         try:
-            os.makedirs(self._dir, exist_ok=True)
+            _make_dirs(self._dir)
             os.mkdir(self.path)
         except OSError as e:
             self._fail(_os_error("mkdir", self.path, e))
@@ -774,7 +808,7 @@ def register_writer(ckpt_dir: str, patience: Optional[float] = None) -> Optional
     held exclusively for longer than the patience)."""
     path = os.path.join(ckpt_dir, WRITERS_LOCK)
     with contextlib.suppress(OSError):
-        os.makedirs(ckpt_dir, exist_ok=True)
+        _make_dirs(ckpt_dir)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
     except OSError as e:
@@ -1121,10 +1155,10 @@ class Client:
         if every == 0:
             self._next_periodic = _NEVER
             return False
-        self._next_periodic = (step // every + 1) * every
+        self._next_periodic = _next_periodic_step(step, every, self._skip_first_steps)
         if self.save_in_flight:
             return False  # coalesced into the save in flight
-        return step % every == 0 and step > 0 and step >= self._skip_first_steps
+        return _is_periodic_step(step, every, self._skip_first_steps)
 
     def _on_signal(self, signo: int, frame: object) -> None:
         """SIGTERM/SIGUSR1/SIGINT: a stop request. CPython runs this in the main thread between

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 packages=(
   meson ninja-build g++ pkg-config
-  libboost-dev libboost-filesystem-dev libyaml-cpp-dev libspdlog-dev libcli11-dev doctest-dev
+  libboost-dev libboost-filesystem-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev doctest-dev
   nlohmann-json3-dev libxxhash-dev libssl-dev
+  libhowardhinnant-date-dev  # date/date.h (header-only): parsing ISO 8601 stamps
   python3-xxhash  # optional for python/lifeline_client.py: checks xxh3-64 checkpoints (without it: sizes only)
   libtorch-dev python3-torch
   slurm-wlm munge

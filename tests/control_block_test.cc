@@ -68,3 +68,39 @@ TEST_CASE("a request raises the sequence, keeps the earliest deadline and sets s
   CHECK(block.u64(kDeadlineOff).load() == 5000);
   CHECK((block.u32(kRequestFlagsOff).load() & kFlagStop) != 0);
 }
+
+TEST_CASE("reasons and client states have the names history and status print") {
+  CHECK(std::string(reason_name(Reason::periodic)) == "periodic");
+  CHECK(std::string(reason_name(Reason::stop_signal)) == "stop_signal");
+  CHECK(std::string(reason_name(Reason::time_limit)) == "time_limit");
+  CHECK(std::string(reason_name(Reason::manual)) == "manual");
+  CHECK(std::string(reason_name(Reason::trainer_signal)) == "trainer_signal");
+  CHECK(std::string(reason_name(Reason::none)) == "none");
+  CHECK(std::string(reason_name(Reason(99))) == "none");
+  CHECK(std::string(client_state_name(ClientState::attached)) == "attached");
+  CHECK(std::string(client_state_name(ClientState::saving)) == "saving");
+  CHECK(std::string(client_state_name(ClientState::exiting)) == "exiting");
+  CHECK(std::string(client_state_name(ClientState::absent)) == "not attached");
+}
+
+TEST_CASE("the next periodic step is the first step after this one that is an every_steps point") {
+  for (uint64_t every : {1, 3, 10}) {
+    for (uint64_t skip : {0, 1, 7, 30, 31}) {
+      for (uint64_t step = 0; step < 100; ++step) {
+        CAPTURE(every);
+        CAPTURE(skip);
+        CAPTURE(step);
+        uint64_t want = step + 1;
+        while (!is_periodic_step(want, every, skip)) ++want;
+        CHECK(next_periodic_step(step, every, skip) == want);
+      }
+    }
+  }
+  CHECK(is_periodic_step(30, 10, 25));
+  CHECK_FALSE(is_periodic_step(20, 10, 25));
+  CHECK_FALSE(is_periodic_step(0, 10, 0));
+  CHECK_FALSE(is_periodic_step(10, 0, 0));
+  CHECK(next_periodic_step(5, 0, 0) == UINT64_MAX);
+  CHECK(next_periodic_step(UINT64_MAX - 1, 10, 0) == UINT64_MAX);
+  CHECK(next_periodic_step(UINT64_MAX, 1, 0) == UINT64_MAX);
+}

@@ -290,15 +290,6 @@ TEST_CASE("an empty history folds into no attempts and no goodput") {
   CHECK(summary_json(l.summary)["goodput_percent"].is_null());
 }
 
-TEST_CASE("durations read as people write them") {
-  CHECK(human_duration(0.04) == "0.0 s");
-  CHECK(human_duration(4.25) == "4.2 s");
-  CHECK(human_duration(42) == "42 s");
-  CHECK(human_duration(192) == "3m 12s");
-  CHECK(human_duration(7500) == "2h 05m");
-  CHECK(human_duration(90000) == "1d 01h");
-}
-
 TEST_CASE("supervisor.json is read back, and a supervisor on another host cannot be judged from here") {
   TempDir d;
   std::ofstream(d / "supervisor.json") << json{{"pid", 1}, {"host", "some-other-host.invalid"}, {"job_id", "17"},

@@ -13,8 +13,8 @@
 #include "common/clock.h"
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
-#include "store/fault_injection_fs.h"
 #include "store/retention.h"
+#include "support/fault_injection_fs.h"
 #include "support/store_fixtures.h"
 
 using namespace lifeline;
@@ -330,23 +330,18 @@ TEST_CASE("the writer pid is read from a staging folder name") {
 namespace {
 // Re-commits step 2 (a valid new folder in place of the judged one) just before retention
 // renames it: the race retention must detect.
-class RecommitBeforeRename : public FileSystem {
+class RecommitBeforeRename : public ForwardingFileSystem {
  public:
   RecommitBeforeRename(std::string victim, std::string replacement)
-      : victim_(std::move(victim)), replacement_(std::move(replacement)) {}
-  std::unique_ptr<WritableFile> create_file(const std::string& p) override { return disk().create_file(p); }
-  void sync_file(const std::string& p) override { disk().sync_file(p); }
-  void make_dir(const std::string& p) override { disk().make_dir(p); }
+      : ForwardingFileSystem(disk()), victim_(std::move(victim)), replacement_(std::move(replacement)) {}
   void rename(const std::string& from, const std::string& to) override {
     if (from == victim_ && !replacement_.empty()) {
       fs::rename(victim_, victim_ + ".judged");
       fs::rename(replacement_, victim_);
       replacement_.clear();
     }
-    disk().rename(from, to);
+    ForwardingFileSystem::rename(from, to);
   }
-  void sync_dir(const std::string& p) override { disk().sync_dir(p); }
-  void remove_tree(const std::string& p) override { disk().remove_tree(p); }
 
  private:
   std::string victim_, replacement_;

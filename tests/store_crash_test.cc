@@ -11,8 +11,8 @@
 
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
-#include "store/fault_injection_fs.h"
 #include "store/retention.h"
+#include "support/fault_injection_fs.h"
 #include "support/store_fixtures.h"
 
 using namespace lifeline;

@@ -6,13 +6,16 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 
+#include "common/errors.h"
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
-#include "store/fault_injection_fs.h"
 #include "store/retention.h"
+#include "support/fault_injection_fs.h"
 #include "support/store_fixtures.h"
+#include "support/temp_dir.h"
 
 using namespace lifeline;
 using namespace lifeline::test;
@@ -137,4 +140,37 @@ TEST_CASE("an injected error reads like the real one: operation, path and errno 
     CHECK(std::string(e.what()) == "mkdir " + (t / "x") + ": " + std::strerror(ENOSPC));
   }
   CHECK_FALSE(fs::exists(t / "x"));
+}
+
+TEST_CASE("make_dirs creates every missing parent and fsyncs each one's parent, so a power loss keeps them") {
+  TempDir d;
+  PosixFileSystem posix;
+  FaultInjectionFileSystem faults(posix, d.path());
+  faults.make_dirs(d / "runs/a/ckpt/");
+  CHECK(faults.pending_count() == 0);
+  faults.lose_power();
+  CHECK(fs::is_directory(d / "runs/a/ckpt"));
+  // An existing directory: nothing made, nothing synced.
+  faults.make_dirs(d / "runs/a/ckpt");
+  CHECK(faults.op_count() == 0);
+  // A file in the way is refused.
+  std::ofstream(d / "runs/file") << "x";
+  CHECK_THROWS_WITH_AS(faults.make_dirs(d / "runs/file/sub"), doctest::Contains("Not a directory"), SystemError);
+}
+
+TEST_CASE("read_file reads a small regular file and says why it did not read anything else") {
+  TempDir d;
+  FileSystem& posix = default_file_system();
+  std::ofstream(d / "small") << "hello";
+  FileRead r = posix.read_file(d / "small", 5);
+  CHECK(r.error == 0);
+  CHECK(r.content == "hello");
+  r = posix.read_file(d / "small", 4);
+  CHECK(r.error == EFBIG);
+  CHECK(r.size == 5);
+  CHECK(r.content.empty());
+  CHECK(posix.read_file(d / "missing", 100).error == ENOENT);
+  fs::create_symlink(d / "small", d / "link");
+  CHECK(posix.read_file(d / "link", 100).error == ELOOP);
+  CHECK(posix.read_file(d.path(), 100).error == EINVAL);
 }

@@ -1,10 +1,13 @@
 // `lifeline checkpoints` and `lifeline verify`: what is in a checkpoint directory, and which
 // checkpoint a resume would use.
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "common/clock.h"
+#include "common/format.h"
 #include "common/json_text.h"
 #include "store/checkpoint_store.h"
 #include "store/dir_safety.h"
@@ -13,24 +16,10 @@ namespace lifeline::cli {
 
 namespace {
 
-std::string human_bytes(uint64_t b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = double(b);
-  int u = 0;
-  while (v >= 1024 && u < 4) v /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", v, units[u]);
-  return buf;
-}
-
 std::string metrics_text(const CheckpointInfo& c) {
-  std::string s;
-  for (const auto& [k, v] : c.metrics) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%s=%g", k.c_str(), v);
-    s += (s.empty() ? "" : " ") + std::string(buf);
-  }
-  return s;
+  std::vector<std::string> parts;
+  for (const auto& [k, v] : c.metrics) parts.push_back(fmt::format("{}={:g}", k, v));
+  return fmt::format("{}", fmt::join(parts, " "));
 }
 
 }  // namespace
@@ -42,7 +31,7 @@ void register_checkpoint_commands(CLI::App& app, int& rc) {
     auto as_json = std::make_shared<bool>(false);
     auto quick = std::make_shared<bool>(false);
     sub->add_option("DIR", *dir, "checkpoint directory");
-    sub->add_flag("--json", *as_json, "JSON array (design.md contract)");
+    sub->add_flag("--json", *as_json, "JSON array (docs/contract.md)");
     sub->add_flag("--quick", *quick, "check manifests and sizes only, not checksums");
     sub->callback([=, &rc] {
       std::string d = resolve_ckpt_dir(*dir);
@@ -62,7 +51,7 @@ void register_checkpoint_commands(CLI::App& app, int& rc) {
         std::printf("%-10s %-7s %10s  %-24s %s\n", "STEP", "VALID", "SIZE", "CREATED", "METRICS / PROBLEM");
         for (const auto& c : list)
           std::printf("%-10llu %-7s %10s  %-24s %s\n", static_cast<unsigned long long>(c.step),
-                      c.valid ? "yes" : "NO", human_bytes(c.bytes).c_str(),
+                      c.valid ? "yes" : "NO", format_bytes(c.bytes).c_str(),
                       c.created_ns ? iso8601(c.created_ns).c_str() : "-",
                       c.valid ? metrics_text(c).c_str() : c.problem.c_str());
       }

@@ -1,6 +1,6 @@
 #pragma once
 // Each `lifeline` subcommand registers itself on the CLI11 app; the chosen command's exit
-// status is stored in `rc` (0 success, 1 "no", 2 usage or input error; `run` per design.md).
+// status is stored in `rc` (0 success, 1 "no", 2 usage or input error; `run`: README.md, "Exit status"; docs/contract.md).
 #include <CLI/CLI.hpp>
 #include <string>
 

@@ -3,22 +3,19 @@
 // or a history.jsonl or supervisor.json that cannot be used (a FIFO, a link: never opened
 // through nor waited on), is an input error: exit 2 naming it. `history` only warns about
 // supervisor.json, which it needs only to tell a running attempt from a lost one.
-#include <unistd.h>
-
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <thread>
 
 #include "cli/commands.h"
 #include "common/clock.h"
+#include "common/format.h"
 #include "common/json_text.h"
-#include "control/control_block.h"
 #include "history/history.h"
 #include "history/ledger.h"
+#include "history/live_status.h"
 #include "history/supervisor_record.h"
 #include "history/timeline_svg.h"
 #include "store/checkpoint_store.h"
@@ -28,7 +25,6 @@ namespace lifeline::cli {
 
 namespace {
 using json = nlohmann::ordered_json;  // fields in the order written
-using namespace layout;
 
 // "2026-11-21 23:40:00" (UTC) for tables.
 std::string short_time(uint64_t ns) {
@@ -37,29 +33,7 @@ std::string short_time(uint64_t ns) {
   return s.substr(0, 19);
 }
 
-double round3(double v) { return std::round(v * 1000.0) / 1000.0; }
-
 std::string opt_text(const std::optional<uint64_t>& v) { return v ? std::to_string(*v) : "-"; }
-
-const char* reason_name(Reason r) {
-  switch (r) {
-    case Reason::periodic: return "periodic";
-    case Reason::stop_signal: return "stop_signal";
-    case Reason::time_limit: return "time_limit";
-    case Reason::manual: return "manual";
-    case Reason::trainer_signal: return "trainer_signal";
-    default: return "none";
-  }
-}
-
-const char* client_state_name(ClientState s) {
-  switch (s) {
-    case ClientState::attached: return "attached";
-    case ClientState::saving: return "saving";
-    case ClientState::exiting: return "exiting";
-    default: return "not attached";
-  }
-}
 
 std::string end_text(const Attempt& a) {
   if (a.running) return "running";
@@ -100,8 +74,7 @@ void print_history_table(const Ledger& ledger, uint64_t now) {
     if (std::string m = missing_stop_text(a); !m.empty())
       std::printf("attempt %llu: %s\n", (unsigned long long)a.attempt, m.c_str());
   const Summary& s = ledger.summary;
-  std::string causes;
-  for (const auto& [reason, n] : s.interruptions) causes += (causes.empty() ? "" : ", ") + std::to_string(n) + " " + reason;
+  std::string causes = interruptions_text(s);
   std::printf("\n");
   std::printf("wall time      %s under supervision (%s from first start to %s)\n", human_duration(s.wall_seconds).c_str(),
               human_duration(s.span_seconds).c_str(), s.state == "running" ? "now" : "last end");
@@ -124,61 +97,6 @@ bool write_text_file(const std::string& path, const std::string& text) {
   return bool(out);
 }
 
-// The newest checkpoint on disk that passes the quick check (manifest and sizes).
-std::optional<CheckpointInfo> newest_valid_checkpoint(const std::string& dir) {
-  auto list = list_checkpoints(dir, VerifyMode::quick);
-  for (auto it = list.rbegin(); it != list.rend(); ++it)
-    if (it->valid) return *it;
-  return std::nullopt;
-}
-
-// Why `record` does not describe a supervisor that runs now, or "" when it may.
-std::string not_running_reason(const std::optional<SupervisorRecord>& record, Liveness::State state) {
-  if (!record) return "no supervisor.json: no supervisor has run here";
-  if (state == Liveness::State::dead)
-    return "supervisor pid " + std::to_string(record->pid) + " on " + record->host + " has exited";
-  return "";
-}
-
-// A running supervisor, attached to its live control block (reads only).
-struct LiveSupervisor {
-  SupervisorRecord record;
-  ControlBlock block;
-};
-
-// Finds the supervisor of `dir` and attaches to its block; on failure says why in `why`.
-std::optional<LiveSupervisor> attach_supervisor(const std::string& dir, std::string& why) {
-  auto record = read_supervisor_record(dir, &why);
-  if (!record) {
-    if (why.empty()) why = "no supervisor.json in " + dir + ": no supervisor has run here";
-    return std::nullopt;
-  }
-  auto state = supervisor_state(*record);
-  if (state == Liveness::State::elsewhere) {
-    why = "the supervisor runs on " + record->host + " (this is " + this_host() + "): run this there";
-    return std::nullopt;
-  }
-  if (state == Liveness::State::dead) {
-    why = "no supervisor is running (pid " + std::to_string(record->pid) + " has exited)";
-    return std::nullopt;
-  }
-  if (!record->control) {
-    why = "supervisor.json names no control block";
-    return std::nullopt;
-  }
-  try {
-    ControlBlock block = ControlBlock::attach(*record->control);
-    if (int64_t(block.u32(kSupervisorPidOff).load()) != record->pid) {
-      why = "control block " + *record->control + " belongs to another supervisor";
-      return std::nullopt;
-    }
-    return LiveSupervisor{*record, std::move(block)};
-  } catch (const std::exception& e) {
-    why = "the supervisor (pid " + std::to_string(record->pid) + ") is between attempts: " + e.what();
-    return std::nullopt;
-  }
-}
-
 // ---- history --------------------------------------------------------------------------------
 
 void register_history(CLI::App& app, int& rc) {
@@ -187,7 +105,7 @@ void register_history(CLI::App& app, int& rc) {
   auto as_json = std::make_shared<bool>(false);
   auto svg = std::make_shared<std::string>();
   sub->add_option("DIR", *dir, "checkpoint directory");
-  sub->add_flag("--json", *as_json, "JSON array of attempts (design.md contract)");
+  sub->add_flag("--json", *as_json, "JSON array of attempts (docs/contract.md, docs/history.md)");
   sub->add_option("--timeline", *svg, "also draw the attempts as an SVG timeline into this file");
   sub->callback([=, &rc] {
     std::string d = resolve_ckpt_dir(*dir);
@@ -227,13 +145,6 @@ void register_history(CLI::App& app, int& rc) {
 
 // ---- status ---------------------------------------------------------------------------------
 
-json policy_summary(const SupervisorRecord& r) {
-  json p = r.policy;
-  p["requeue_mode"] = r.requeue_mode;
-  p["grace_seconds"] = r.grace_seconds;
-  return p;
-}
-
 // "12", "2.5": a policy number as it would be written in the YAML.
 std::string number_text(const json& v) {
   if (!v.is_number()) return "?";
@@ -258,110 +169,6 @@ std::string policy_text(const json& p) {
   if (p.contains("source") && p["source"].is_string() && !p["source"].get<std::string>().empty())
     s += "; from " + p["source"].get<std::string>();
   return s;
-}
-
-// Everything `status` says about a live supervisor, as JSON; the text view prints from it.
-json live_status(const std::string& dir, const SupervisorRecord& rec, const ControlBlock* block,
-                 const Ledger& ledger, double sample_seconds) {
-  uint64_t now = wall_ns();
-  const Attempt* current = nullptr;
-  for (const Attempt& a : ledger.attempts)
-    if (a.attempt == rec.attempt) current = &a;
-
-  json j{{"running", true},
-         {"reachable", block != nullptr},
-         {"dir", dir},
-         {"supervisor",
-          {{"pid", rec.pid},
-           {"host", rec.host},
-           {"job_id", rec.job_id ? json(*rec.job_id) : json(nullptr)},
-           {"attempt", rec.attempt},
-           {"lineage", rec.lineage},
-           {"started", rec.started_ns ? json(iso8601(rec.started_ns)) : json(nullptr)},
-           {"control", rec.control ? json(*rec.control) : json(nullptr)}}},
-         {"policy", policy_summary(rec)}};
-
-  // Last checkpoint: the history's newest commit, unless the block already knows a newer one.
-  std::optional<uint64_t> ck_step, ck_time;
-  for (const Attempt& a : ledger.attempts)
-    if (!a.commits.empty()) ck_step = a.commits.back().step, ck_time = a.commits.back().time_ns;
-
-  if (!block) {
-    j["trainer"] = nullptr;
-    j["note"] = "between attempts: the supervisor is restarting the trainer";
-  } else {
-    uint64_t step0 = block->u64(kCurrentStepOff).load();
-    uint64_t t0 = mono_ns();
-    std::optional<double> rate;
-    std::string rate_from;
-    if (sample_seconds > 0) {
-      std::this_thread::sleep_for(std::chrono::microseconds(int64_t(sample_seconds * 1e6)));
-      uint64_t step1 = block->u64(kCurrentStepOff).load();
-      double dt = double(mono_ns() - t0) / 1e9;
-      if (step1 > step0 && dt > 0) rate = double(step1 - step0) / dt, rate_from = "sample";
-      step0 = std::max(step0, step1);
-    }
-    if (!rate && current) {
-      if (auto r = step_rate(*current)) rate = *r, rate_from = "history";
-    }
-    uint32_t tpid = block->u32(kTrainerPidOff).load();
-    j["trainer"] = {{"pid", tpid ? json(tpid) : json(nullptr)},
-                    {"state", client_state_name(ClientState(block->u32(kClientStateOff).load()))},
-                    {"step", step0},
-                    {"steps_per_second", rate ? json(round3(*rate)) : json(nullptr)},
-                    {"rate_from", rate ? json(rate_from) : json(nullptr)}};
-    uint64_t commits = block->u64(kCommitCountOff).load();
-    uint64_t block_ck = block->u64(kLastCommitStepOff).load();
-    if (commits > 0 && (!ck_step || block_ck > *ck_step)) ck_step = block_ck, ck_time = now;
-
-    uint64_t seq = block->u64(kRequestSeqOff).load(), ack = block->u64(kAckSeqOff).load();
-    if (seq > ack) {
-      uint64_t deadline = block->u64(kDeadlineOff).load();
-      j["pending_request"] = {
-          {"seq", seq},
-          {"ack_seq", ack},
-          {"reason", reason_name(Reason(block->u32(kRequestReasonOff).load()))},
-          {"stop", (block->u32(kRequestFlagsOff).load() & kFlagStop) != 0},
-          {"deadline", deadline ? json(iso8601(deadline)) : json(nullptr)},
-          {"deadline_in_seconds", deadline ? json(round3((double(deadline) - double(now)) / 1e9)) : json(nullptr)}};
-    } else {
-      j["pending_request"] = nullptr;
-    }
-
-    json next = json::object();
-    uint64_t every = block->u64(kEveryStepsOff).load(), skip = block->u64(kSkipFirstStepsOff).load();
-    next["every_steps"] = every;
-    if (every > 0) {
-      uint64_t at = (step0 / every + 1) * every;
-      if (at < skip) at = (skip + every - 1) / every * every;
-      next["step"] = at;
-      next["step_in_seconds"] = rate ? json(round3(double(at - step0) / *rate)) : json(nullptr);
-    } else {
-      next["step"] = nullptr;
-      next["step_in_seconds"] = nullptr;
-    }
-    double every_s = rec.policy.value("every_seconds", 0.0);
-    next["every_seconds"] = every_s;
-    if (every_s > 0) {
-      uint64_t base = rec.started_ns;
-      if (current)
-        for (const auto& r : current->requests)
-          if (r.reason == "periodic") base = std::max(base, r.time_ns);
-      uint64_t at = base + uint64_t(every_s * 1e9);
-      next["periodic_at"] = iso8601(at);
-      next["periodic_in_seconds"] = round3(std::max(0.0, (double(at) - double(now)) / 1e9));
-    } else {
-      next["periodic_at"] = nullptr;
-      next["periodic_in_seconds"] = nullptr;
-    }
-    j["next_checkpoint"] = next;
-  }
-  j["last_checkpoint"] = ck_step ? json{{"step", *ck_step},
-                                        {"time", iso8601(*ck_time)},
-                                        {"age_seconds", round3(double(now - std::min(now, *ck_time)) / 1e9)}}
-                                 : json(nullptr);
-  j["attempt"] = current ? attempt_json(*current) : json(nullptr);
-  return j;
 }
 
 void print_live_status(const json& j) {
@@ -444,31 +251,7 @@ void register_status(CLI::App& app, int& rc) {
     }
     Liveness live = probe_liveness(d);
     Ledger ledger = fold_history(events, live, wall_ns());
-    bool last_open = !ledger.attempts.empty() && ledger.attempts.back().running;
-
-    json j;
-    if (record && live.state == Liveness::State::alive) {
-      std::string why;
-      auto sup = attach_supervisor(d, why);
-      j = live_status(d, *record, sup ? &sup->block : nullptr, ledger, *sample);
-      if (!sup) j["note"] = why;
-    } else if (record && live.state == Liveness::State::elsewhere && last_open) {
-      j = live_status(d, *record, nullptr, ledger, 0);
-      j["reachable"] = false;
-      j["note"] = "the supervisor runs on " + record->host + ": its pid and control block cannot be read from " +
-                  this_host() + "; this is the history's view";
-    } else {
-      std::string why = not_running_reason(record, live.state);
-      if (why.empty()) why = "the supervisor on " + record->host + " has recorded the end of its last attempt";
-      auto newest = newest_valid_checkpoint(d);
-      j = {{"running", false},
-           {"dir", d},
-           {"reason", why},
-           {"last_attempt", ledger.attempts.empty() ? json(nullptr) : attempt_json(ledger.attempts.back())},
-           {"summary", summary_json(ledger.summary)},
-           {"newest_checkpoint", newest ? json(checkpoint_object(*newest)) : json(nullptr)}};
-    }
-
+    json j = status_report(d, record, live, ledger, *sample);
     if (*as_json) {
       std::printf("%s\n", dump_json(j, 2).c_str());
     } else if (j["running"].get<bool>()) {
@@ -527,14 +310,7 @@ void register_request(CLI::App& app, int& rc) {
       rc = 1;
       return;
     }
-    const ControlBlock& block = sup->block;
-    uint64_t seq = block.request(Reason::manual, false, 0);
-    HistoryLog(d).append({{"event", "checkpoint_request"},
-                          {"attempt", sup->record.attempt},
-                          {"reason", "manual"},
-                          {"seq", seq},
-                          {"by", "lifeline request"},
-                          {"pid", getpid()}});
+    uint64_t seq = post_checkpoint_request(d, *sup, "lifeline request");
     if (!*as_json)
       std::printf("checkpoint requested from supervisor pid %lld (request seq %llu)\n", (long long)sup->record.pid,
                   (unsigned long long)seq);
@@ -543,32 +319,16 @@ void register_request(CLI::App& app, int& rc) {
       rc = 0;
       return;
     }
-    uint64_t start = mono_ns();
-    std::string failure;
-    while (block.u64(kAckSeqOff).load(std::memory_order_acquire) < seq) {
-      if (double(mono_ns() - start) / 1e9 > *timeout) {
-        failure = "no checkpoint committed within " + human_duration(*timeout);
-        break;
-      }
-      if (supervisor_state(sup->record) != Liveness::State::alive) {
-        failure = "the supervisor exited before a checkpoint answered the request";
-        break;
-      }
-      auto now_rec = read_supervisor_record(d);
-      if (now_rec && now_rec->attempt != sup->record.attempt) {
-        failure = "the attempt ended before a checkpoint answered the request";
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+    CommitWait result = wait_for_commit(d, *sup, seq, *timeout);
+    const std::string& failure = result.failure;
     if (!failure.empty()) {
       std::fprintf(stderr, "lifeline request: %s\n", failure.c_str());
       if (*as_json) std::printf("%s\n", dump_json(json{{"seq", seq}, {"committed_step", nullptr}, {"error", failure}}, 2).c_str());
       rc = 1;
       return;
     }
-    uint64_t step = block.u64(kAckStepOff).load();
-    double secs = double(mono_ns() - start) / 1e9;
+    uint64_t step = *result.committed_step;
+    double secs = result.waited_seconds;
     if (*as_json)
       std::printf("%s\n", dump_json(json{{"seq", seq}, {"committed_step", step}, {"waited_seconds", round3(secs)}}, 2).c_str());
     else

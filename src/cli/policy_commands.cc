@@ -1,14 +1,16 @@
-#include "cli/policy_commands.h"
-
+// `lifeline policy check FILE` and `lifeline policy explain FILE [...]`: validate a policy
+// file, and say in plain words what it will do to a run.
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <cmath>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
 
+#include "cli/commands.h"
 #include "policy/explain.h"
 #include "policy/policy.h"
 #include "policy/units.h"
@@ -41,6 +43,15 @@ std::string wrap(const std::string& text, size_t width = 88) {
   return out;
 }
 
+// The options of `policy explain` as typed; unset = not given.
+struct ExplainOptions {
+  std::optional<std::string> checkpoint_size;        // SIZE, e.g. 2GiB
+  std::optional<std::string> run_time;               // DURATION, e.g. 3d
+  std::optional<std::string> interruptions_per_day;  // number >= 0
+  std::optional<std::string> write_speed;            // SIZE per second, e.g. 1GiB or 500MB/s
+  std::optional<std::string> step_time;              // DURATION of one training step
+};
+
 // Storage the parsed command-line values are written into; lives as long as the App.
 struct PolicyArgs {
   std::string check_file;
@@ -58,8 +69,7 @@ double parse_rate(const std::string& text) {
   return v;
 }
 
-}  // namespace
-
+// The body of `policy check`: writes to out/err, returns the exit status (0 ok, 2 bad file).
 int run_policy_check(const std::string& file, std::ostream& out, std::ostream& err) {
   try {
     std::vector<std::string> warnings;
@@ -73,6 +83,7 @@ int run_policy_check(const std::string& file, std::ostream& out, std::ostream& e
   }
 }
 
+// The body of `policy explain`: writes to out/err, returns the exit status (0 ok, 2 bad file or option).
 int run_policy_explain(const std::string& file, const ExplainOptions& options, std::ostream& out,
                        std::ostream& err) {
   ExplainInputs in;
@@ -115,6 +126,8 @@ int run_policy_explain(const std::string& file, const ExplainOptions& options, s
     return 2;
   }
 }
+
+}  // namespace
 
 void register_policy_commands(CLI::App& app, int& rc) {
   auto args = std::make_shared<PolicyArgs>();

@@ -1,10 +1,12 @@
 // `lifeline run`: validates the policy and arguments, then hands over to the supervisor.
-#include <cstdio>
 #include <algorithm>
-#include <filesystem>
+#include <cstdio>
+#include <cstring>
 
 #include "cli/commands.h"
+#include "common/errors.h"
 #include "store/dir_safety.h"
+#include "store/file_system.h"
 #include "supervisor/supervisor.h"
 
 namespace lifeline::cli {
@@ -61,11 +63,11 @@ void register_run_command(CLI::App& app, int& rc) {
       rc = kExitUsage;
       return;
     }
-    std::error_code ec;
-    std::filesystem::create_directories(o.ckpt_dir, ec);
-    if (ec) {
+    try {
+      default_file_system().make_dirs(o.ckpt_dir);
+    } catch (const SystemError& e) {
       std::fprintf(stderr, "lifeline run: cannot create checkpoint directory %s: %s\n", o.ckpt_dir.c_str(),
-                   ec.message().c_str());
+                   std::strerror(e.code));
       rc = kExitUsage;
       return;
     }

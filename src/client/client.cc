@@ -6,15 +6,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 
 #include "client/background_save.h"
 #include "client/supervisor_watch.h"
 #include "common/clock.h"
 #include "common/errors.h"
+#include "common/host.h"
 #include "control/control_block.h"
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
+#include "store/file_system.h"
 #include "store/writers_lock.h"
 
 namespace lifeline {
@@ -55,10 +56,13 @@ uint64_t env_u64(const char* name) {
   return std::strtoull(v, nullptr, 10);
 }
 
-std::string host_name() {
-  char buf[256] = {};
-  gethostname(buf, sizeof buf - 1);
-  return buf;
+// Creates the checkpoint directory `dir` (parents fsynced) if it can; where it cannot, what
+// follows (the lock, the staging folder) fails and says why.
+void make_dirs_if_possible(const std::string& dir) {
+  try {
+    default_file_system().make_dirs(dir);
+  } catch (const SystemError&) {
+  }
 }
 
 // Registers this process as a writer of `dir` (see store/writers_lock.h). Where the lock file
@@ -66,8 +70,7 @@ std::string host_name() {
 // system cannot lock (Lustre mounted noflock, say) it warns instead: the trainer still runs, but
 // a supervisor cannot prove that it has stopped. A link or a non-file there still throws.
 std::optional<WriterRegistration> register_writer(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  make_dirs_if_possible(dir);
   try {
     return WriterRegistration(dir);
   } catch (const SystemError& e) {
@@ -181,7 +184,7 @@ Client Client::from_env() {
   s.attempt = env_u64("LIFELINE_ATTEMPT");
   s.meta.attempt = s.attempt;
   s.meta.lineage = env_or("LIFELINE_LINEAGE", "");
-  s.meta.host = host_name();
+  s.meta.host = this_host();
   if (const char* job = std::getenv("SLURM_JOB_ID")) s.meta.job_id = job;
 
   std::string name = env_or("LIFELINE_CONTROL", "");
@@ -217,10 +220,10 @@ bool Client::periodic_due(uint64_t step) {
     next_periodic_step_ = UINT64_MAX;
     return false;
   }
-  next_periodic_step_ = (step / every + 1) * every;
+  next_periodic_step_ = next_periodic_step(step, every, state_->skip_first_steps);
   // A point that comes while a save is in flight is coalesced into that save.
   if (state_->saver.busy()) return false;
-  return step % every == 0 && step > 0 && step >= state_->skip_first_steps;
+  return is_periodic_step(step, every, state_->skip_first_steps);
 }
 
 void Client::absorb_settled() {
@@ -278,8 +281,7 @@ struct Checkpoint::Impl {
     auto impl = std::make_unique<Impl>();
     impl->step = step;
     impl->staging = std::make_shared<Staging>();
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
+    make_dirs_if_possible(dir);
     try {
       impl->staging->writer.emplace(default_file_system(), dir, step, meta);
       impl->path = impl->staging->writer->path();

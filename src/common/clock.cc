@@ -1,7 +1,11 @@
 #include "common/clock.h"
 
+#include <date/date.h>
+
+#include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <sstream>
 
 namespace lifeline {
 
@@ -26,16 +30,14 @@ std::string iso8601(uint64_t ns) {
 }
 
 uint64_t parse_iso8601(const std::string& text) {
-  tm utc{};
-  unsigned millis = 0;
-  int n = std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d.%3u", &utc.tm_year, &utc.tm_mon,
-                      &utc.tm_mday, &utc.tm_hour, &utc.tm_min, &utc.tm_sec, &millis);
-  if (n < 6) return 0;
-  utc.tm_year -= 1900;
-  utc.tm_mon -= 1;
-  time_t secs = timegm(&utc);
-  if (secs < 0) return 0;
-  return uint64_t(secs) * 1000000000ull + uint64_t(millis) * 1000000ull;
+  // date::parse reads the seconds with their fraction as a decimal number, so ".5" is 500 ms
+  // (sscanf's "%3u" read it as 5 ms); digits beyond nanoseconds are ignored, as is what follows.
+  std::istringstream in(text);
+  date::sys_time<std::chrono::nanoseconds> t;
+  in >> date::parse("%FT%T", t);
+  if (in.fail()) return 0;
+  auto ns = t.time_since_epoch().count();
+  return ns < 0 ? 0 : uint64_t(ns);
 }
 
 }  // namespace lifeline

@@ -11,7 +11,8 @@ uint64_t wall_ns();
 uint64_t mono_ns();
 // "2026-11-21T23:40:00.123Z" for a wall_ns() value.
 std::string iso8601(uint64_t wall_ns);
-// Inverse of iso8601 (accepts a missing fraction); returns 0 when the text does not parse.
+// Inverse of iso8601, to the nanosecond: accepts any number of fraction digits (".5Z" is 500 ms)
+// or none; returns 0 when the text does not parse or lies before the epoch.
 uint64_t parse_iso8601(const std::string& text);
 
 }  // namespace lifeline

@@ -62,25 +62,37 @@ bool read_regular_file(const std::string& path, uint64_t max_bytes, std::string&
             " lifeline reads: not read";
     return false;
   }
+  int err = read_to_end(fd, max_bytes, out);
+  ::close(fd);
+  if (err == EFBIG) {  // grew while read
+    error = path + " is more than the " + std::to_string(max_bytes) + " bytes lifeline reads: not read";
+    return false;
+  }
+  if (err != 0) {
+    error = "cannot read " + path + ": " + std::strerror(err);
+    return false;
+  }
+  return true;
+}
+
+int read_to_end(int fd, uint64_t max_bytes, std::string& out) {
+  out.clear();
   char buf[65536];
   while (true) {
     ssize_t n = ::read(fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
-      error = "cannot read " + path + ": " + std::strerror(errno);
-      ::close(fd);
-      return false;
+      int err = errno;
+      out.clear();
+      return err;
     }
-    if (n == 0) break;
-    if (out.size() + size_t(n) > max_bytes) {  // grew while read
-      ::close(fd);
-      error = path + " is more than the " + std::to_string(max_bytes) + " bytes lifeline reads: not read";
-      return false;
+    if (n == 0) return 0;
+    if (out.size() + size_t(n) > max_bytes) {
+      out.clear();
+      return EFBIG;
     }
     out.append(buf, size_t(n));
   }
-  ::close(fd);
-  return true;
 }
 
 }  // namespace lifeline

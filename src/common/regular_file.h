@@ -16,6 +16,10 @@ namespace lifeline {
 // `flags` lack O_CREAT), which callers usually take as "nothing there yet".
 int open_regular_file(const std::string& path, int flags, mode_t mode, std::string& error);
 
+// Reads `fd` from its offset to its end into `out`, refusing more than `max_bytes`: 0, or the
+// errno of the failure (EFBIG: more than max_bytes). `out` is empty after a failure.
+int read_to_end(int fd, uint64_t max_bytes, std::string& out);
+
 // The whole content of the regular file `path` (opened as above) into `out`, refused when
 // larger than `max_bytes`. False with `error` empty when the file does not exist; false with
 // `error` set for anything else that went wrong.

@@ -5,12 +5,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <random>
 #include <stdexcept>
 
 #include "common/errors.h"
+#include "common/random_hex.h"
 
 namespace lifeline {
 using namespace layout;
@@ -27,11 +28,8 @@ static unsigned char* map_block(int fd, const std::string& name) {
 }
 
 ControlBlock ControlBlock::create(const std::string& tag) {
-  std::random_device rd;
   for (int tries = 0; tries < 16; ++tries) {
-    char rnd[17];
-    std::snprintf(rnd, sizeof rnd, "%08x%08x", rd(), rd());
-    std::string name = "/lifeline-" + std::to_string(getuid()) + "-" + tag + "-" + rnd;
+    std::string name = "/lifeline-" + std::to_string(getuid()) + "-" + tag + "-" + random_hex(2);
     int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) {
       if (errno == EEXIST) continue;
@@ -139,5 +137,37 @@ void ControlBlock::release() noexcept {
 }
 
 ControlBlock::~ControlBlock() { release(); }
+
+const char* reason_name(Reason r) {
+  switch (r) {
+    case Reason::periodic: return "periodic";
+    case Reason::stop_signal: return "stop_signal";
+    case Reason::time_limit: return "time_limit";
+    case Reason::manual: return "manual";
+    case Reason::trainer_signal: return "trainer_signal";
+    default: return "none";
+  }
+}
+
+const char* client_state_name(ClientState s) {
+  switch (s) {
+    case ClientState::attached: return "attached";
+    case ClientState::saving: return "saving";
+    case ClientState::exiting: return "exiting";
+    default: return "not attached";
+  }
+}
+
+bool is_periodic_step(uint64_t step, uint64_t every_steps, uint64_t skip_first_steps) {
+  return every_steps > 0 && step % every_steps == 0 && step > 0 && step >= skip_first_steps;
+}
+
+uint64_t next_periodic_step(uint64_t step, uint64_t every_steps, uint64_t skip_first_steps) {
+  if (every_steps == 0 || step == UINT64_MAX) return UINT64_MAX;
+  uint64_t from = std::max(step + 1, skip_first_steps);  // >= 1
+  uint64_t multiples = from / every_steps + (from % every_steps != 0);
+  if (multiples > UINT64_MAX / every_steps) return UINT64_MAX;
+  return multiples * every_steps;
+}
 
 }  // namespace lifeline

@@ -46,6 +46,18 @@ class ControlBlock {
   bool owner_ = false;
 };
 
+// The name of a request reason as history.jsonl and `lifeline status` write it ("periodic",
+// "stop_signal", "time_limit", "manual", "trainer_signal"); "none" for none or an unknown value.
+const char* reason_name(layout::Reason r);
+// "attached", "saving", "exiting"; "not attached" for absent or an unknown value.
+const char* client_state_name(layout::ClientState s);
+
+// Whether `step` is an every_steps point (docs/protocol.md, "Poll"): step % every_steps == 0,
+// step > 0 and step >= skip_first_steps; never when every_steps is 0.
+bool is_periodic_step(uint64_t step, uint64_t every_steps, uint64_t skip_first_steps);
+// The first every_steps point after `step`; UINT64_MAX when every_steps is 0 or none fits in 64 bits.
+uint64_t next_periodic_step(uint64_t step, uint64_t every_steps, uint64_t skip_first_steps);
+
 static_assert(std::atomic<uint64_t>::is_always_lock_free && sizeof(std::atomic<uint64_t>) == 8,
               "the control block needs lock-free 64-bit atomics");
 static_assert(std::atomic<uint32_t>::is_always_lock_free && sizeof(std::atomic<uint32_t>) == 4,

@@ -1,10 +1,13 @@
 #include "history/ledger.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 
 #include "common/clock.h"
+#include "common/format.h"
 #include "history/names.h"
 
 namespace lifeline {
@@ -41,8 +44,6 @@ double seconds_between(uint64_t from_ns, uint64_t to_ns) {
 }
 
 bool is_completed(const Attempt& a) { return parse_end_reason(a.end_reason) == EndReason::completed; }
-
-double round3(double v) { return std::round(v * 1000.0) / 1000.0; }
 
 // An attempt that never recorded its end and is not running: its end is estimated from the
 // last event, or further from a leftover control block's step count at the attempt's rate.
@@ -318,24 +319,10 @@ ordered_json summary_json(const Summary& s) {
           {"interruptions", s.interruptions}};
 }
 
-std::string human_duration(double seconds) {
-  char buf[48];
-  if (seconds < 0) seconds = 0;
-  if (seconds < 10)
-    std::snprintf(buf, sizeof buf, "%.1f s", seconds);
-  else if (seconds < 60)
-    std::snprintf(buf, sizeof buf, "%.0f s", seconds);
-  else if (seconds < 3600) {
-    auto s = uint64_t(std::llround(seconds));
-    std::snprintf(buf, sizeof buf, "%llum %02llus", (unsigned long long)(s / 60), (unsigned long long)(s % 60));
-  } else if (seconds < 86400) {
-    auto m = uint64_t(std::llround(seconds / 60));
-    std::snprintf(buf, sizeof buf, "%lluh %02llum", (unsigned long long)(m / 60), (unsigned long long)(m % 60));
-  } else {
-    auto h = uint64_t(std::llround(seconds / 3600));
-    std::snprintf(buf, sizeof buf, "%llud %02lluh", (unsigned long long)(h / 24), (unsigned long long)(h % 24));
-  }
-  return buf;
+std::string interruptions_text(const Summary& s) {
+  std::vector<std::string> causes;
+  for (const auto& [reason, n] : s.interruptions) causes.push_back(std::to_string(n) + " " + reason);
+  return fmt::format("{}", fmt::join(causes, ", "));
 }
 
 }  // namespace lifeline

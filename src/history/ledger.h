@@ -129,12 +129,12 @@ Ledger fold_history(const std::vector<nlohmann::json>& events, const Liveness& l
 // Steps per second between the attempt's start and its last commit, when that tells anything.
 std::optional<double> step_rate(const Attempt& a);
 
-// The contract's JSON object for an attempt (design.md), plus the extra fields docs/history.md lists.
+// The contract's JSON object for an attempt (docs/contract.md), plus the extra fields docs/history.md lists.
 // Ordered: the contract's fields first, as documented.
 nlohmann::ordered_json attempt_json(const Attempt& a);
 nlohmann::ordered_json summary_json(const Summary& s);
 
-// "2h 05m", "3m 12s", "4.2 s": a duration for people.
-std::string human_duration(double seconds);
+// "2 preempted, 1 time_limit": the summary's interruptions by cause, or "" when there were none.
+std::string interruptions_text(const Summary& s);
 
 }  // namespace lifeline

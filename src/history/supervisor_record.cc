@@ -8,10 +8,11 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <random>
 
 #include "common/clock.h"
+#include "common/host.h"
 #include "common/json_text.h"
+#include "common/random_hex.h"
 #include "common/regular_file.h"
 #include "control/control_block.h"
 
@@ -71,10 +72,7 @@ bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& 
   };
   try {
     std::string text = dump_json(record, 2) + "\n";
-    std::random_device rd;
-    char rnd[9];
-    std::snprintf(rnd, sizeof rnd, "%08x", rd());
-    std::string name = dir + "/.supervisor.json.tmp-" + std::to_string(getpid()) + "-" + rnd;
+    std::string name = dir + "/.supervisor.json.tmp-" + std::to_string(getpid()) + "-" + random_hex();
     fd = ::open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) return fail("create " + name + ": " + std::strerror(errno));
     tmp = name;
@@ -99,12 +97,6 @@ bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& 
   if (dfd >= 0) ::close(dfd);
   if (rc != 0) return fail(std::string("fsync of the directory after the rename: ") + std::strerror(err));
   return true;
-}
-
-std::string this_host() {
-  char buf[256] = {};
-  gethostname(buf, sizeof buf - 1);
-  return buf;
 }
 
 namespace {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "common/host.h"  // this_host(), which supervisor_state compares with
 #include "history/ledger.h"
 
 namespace lifeline {
@@ -42,9 +43,6 @@ std::optional<SupervisorRecord> read_supervisor_record(const std::string& dir, s
 // directory fsync after the rename also gives false: the new record is in place but may not
 // survive a crash. Never throws.
 bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& record, std::string* error);
-
-// gethostname(), as the supervisor records it.
-std::string this_host();
 
 // alive: the pid runs on this host and is a lifeline process; dead: it does not;
 // elsewhere: the supervisor runs on another host, so this host cannot tell.

@@ -1,5 +1,7 @@
 #include "history/timeline_svg.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -7,6 +9,7 @@
 #include <sstream>
 #include <vector>
 
+#include "common/format.h"
 #include "common/json_text.h"
 
 namespace lifeline {
@@ -129,9 +132,7 @@ std::string details(const Attempt& a) {
   else if (a.end_reason != "completed")
     parts.push_back("lost " + human_duration(a.lost_seconds) + (a.end_estimated ? " (estimated)" : ""));
   if (a.requeue != "none") parts.push_back("requeue: " + a.requeue);
-  std::string s;
-  for (const auto& p : parts) s += (s.empty() ? "" : " \u00b7 ") + p;
-  return s;
+  return fmt::format("{}", fmt::join(parts, " \u00b7 "));
 }
 
 // Approximate rendered width of UTF-8 text (the middle dot counts once).
@@ -221,8 +222,7 @@ std::string timeline_svg(const Ledger& ledger, const std::string& title, uint64_
   std::string line2 = "goodput " + goodput + " \u00b7 useful " + human_duration(s.useful_seconds) +
                       " \u00b7 checkpoint saves " + human_duration(s.checkpoint_seconds) + " \u00b7 lost work " +
                       human_duration(s.lost_seconds);
-  std::string causes;
-  for (const auto& [reason, n] : s.interruptions) causes += (causes.empty() ? "" : ", ") + std::to_string(n) + " " + reason;
+  std::string causes = interruptions_text(s);
   line1 += " \u00b7 interruptions: " + (causes.empty() ? std::string("none") : causes);
   svg.text(kLeft, 50, esc(line1), fill_attr(kInk));
   svg.text(kLeft, 68, esc(line2), fill_attr(kInk));

@@ -1,5 +1,6 @@
 #include "policy/policy.h"
 
+#include <fmt/format.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
@@ -33,12 +34,6 @@ struct SectionKeys {
 std::string lower(const std::string& s) {
   std::string out;
   for (char c : s) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
-std::string join(const std::vector<const char*>& words, const char* sep) {
-  std::string out;
-  for (const char* w : words) out += (out.empty() ? "" : sep) + std::string(w);
   return out;
 }
 
@@ -273,7 +268,7 @@ class PolicyReader {
   void read_root(const YAML::Node& root, Policy& p) {
     if (!root.IsMap())
       fail_at(where(root.Mark()), "",
-              "expected a mapping of sections (" + join(top_level_keys(), ", ") + "), got " +
+              "expected a mapping of sections (" + fmt::format("{}", fmt::join(top_level_keys(), ", ")) + "), got " +
                   describe(root));
     bool have_version = false;
     walk_map(root, "", [&](const std::string& name, const Value& v, Where key_at) {
@@ -438,7 +433,7 @@ class PolicyReader {
       fail_at(key_at, path, "unknown key; '" + lname + "' belongs under " + homes);
     std::string guess = closest(name, here);
     if (!guess.empty()) fail_at(key_at, path, "unknown key; did you mean '" + guess + "'?");
-    fail_at(key_at, path, "unknown key; expected one of: " + join(here, ", "));
+    fail_at(key_at, path, "unknown key; expected one of: " + fmt::format("{}", fmt::join(here, ", ")));
   }
 
   // --- typed readers ---------------------------------------------------------------
@@ -511,7 +506,7 @@ class PolicyReader {
   std::string read_string(const Value& v) const { return scalar(v, "a name"); }
 
   std::string read_choice(const Value& v, const std::vector<const char*>& choices) const {
-    const std::string want = "one of " + join(choices, ", ");
+    const std::string want = "one of " + fmt::format("{}", fmt::join(choices, ", "));
     const std::string s = lower(scalar(v, want.c_str()));
     for (const char* c : choices)
       if (s == c) return c;
@@ -534,7 +529,7 @@ class PolicyReader {
       if (!sig) {
         std::vector<const char*> names;
         for (const auto& s : catchable_signals()) names.push_back(s.name);
-        fail(iv, "unknown signal '" + shown(name) + "'; expected one of " + join(names, ", "));
+        fail(iv, "unknown signal '" + shown(name) + "'; expected one of " + fmt::format("{}", fmt::join(names, ", ")));
       }
       if (std::find(out.begin(), out.end(), *sig) != out.end())
         fail(iv, signal_name(*sig) + " is listed twice");

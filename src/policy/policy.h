@@ -1,5 +1,5 @@
-// The checkpoint/retention/restart policy: one typed value read from a YAML file (see
-// "Contract: policy file" in docs/design.md), validated completely before anything starts.
+// The checkpoint/retention/restart policy: one typed value read from a YAML file (every key is
+// documented in policies/default.yaml), validated completely before anything starts.
 #pragma once
 
 #include <csignal>
@@ -13,7 +13,7 @@
 namespace lifeline {
 
 // Everything the supervisor, retention and the client need to know about when to
-// checkpoint, what to keep, how to restart and how to stop; defaults are design.md's.
+// checkpoint, what to keep, how to restart and how to stop; defaults are policies/default.yaml's.
 struct Policy {
   // When checkpoints are requested and where they go.
   struct Checkpoint {
@@ -72,7 +72,7 @@ struct PolicyError : std::runtime_error {
   using runtime_error::runtime_error;
 };
 
-// design.md's values; source is "".
+// policies/default.yaml's values; source is "".
 Policy default_policy();
 
 // Reads and validates a policy file. Throws PolicyError.

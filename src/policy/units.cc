@@ -145,46 +145,4 @@ double parse_duration(const std::string& text) {
   return seconds;
 }
 
-std::string format_size(double bytes) {
-  static const std::array<const char*, 7> kNames = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  if (!(bytes >= 0)) bytes = 0;
-  size_t i = 0;
-  double v = bytes;
-  while (v >= 1024 && i + 1 < kNames.size()) {
-    v /= 1024;
-    ++i;
-  }
-  char buf[64];
-  if (i == 0)
-    std::snprintf(buf, sizeof buf, "%.0f B", v);
-  else if (std::fabs(v - std::round(v)) < 0.05)
-    std::snprintf(buf, sizeof buf, "%.0f %s", std::round(v), kNames[i]);
-  else
-    std::snprintf(buf, sizeof buf, "%.1f %s", v, kNames[i]);
-  return buf;
-}
-
-std::string format_duration(double seconds) {
-  if (!(seconds >= 0)) seconds = 0;
-  char buf[64];
-  if (seconds < 10 && std::fabs(seconds - std::round(seconds)) >= 0.05) {
-    std::snprintf(buf, sizeof buf, "%.1fs", seconds);
-    return buf;
-  }
-  if (seconds > 1e15) return "forever";
-  auto total = static_cast<uint64_t>(std::llround(seconds));
-  const std::array<std::pair<uint64_t, const char*>, 4> parts = {{
-      {total / 86400, "d"},
-      {total % 86400 / 3600, "h"},
-      {total % 3600 / 60, "m"},
-      {total % 60, "s"},
-  }};
-  size_t first = 0;
-  while (first + 1 < parts.size() && parts[first].first == 0) ++first;
-  std::string out = std::to_string(parts[first].first) + parts[first].second;
-  if (first + 1 < parts.size() && parts[first + 1].first != 0)
-    out += " " + std::to_string(parts[first + 1].first) + parts[first + 1].second;
-  return out;
-}
-
 }  // namespace lifeline

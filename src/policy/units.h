@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/format.h"  // format_size, format_duration: the way back, for messages
+
 namespace lifeline {
 
 // Bytes from "1024", "500MB" (decimal: kB MB GB TB PB), "50GiB" (binary: KiB MiB GiB TiB
@@ -22,11 +24,5 @@ constexpr double kMaxDurationSeconds = 365.0 * 86400;
 // space), at most kMaxDurationSeconds. Throws std::invalid_argument with a message saying
 // what is accepted.
 double parse_duration(const std::string& text);
-
-// "0 B", "512 B", "1.5 KiB", "50 GiB": binary units, at most one decimal.
-std::string format_size(double bytes);
-
-// "0s", "45s", "1m 30s", "2h", "1h 30m", "3d 4h": the two largest units, rounded.
-std::string format_duration(double seconds);
 
 }  // namespace lifeline

@@ -6,14 +6,14 @@
 
 #include <boost/asio.hpp>
 #include <boost/process.hpp>
+#include <fmt/format.h>
 #include <future>
 
 namespace lifeline {
 namespace bp = boost::process;
 
 std::string CommandResult::describe(const std::vector<std::string>& argv) const {
-  std::string cmd;
-  for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
+  std::string cmd = fmt::format("{}", fmt::join(argv, " "));
   std::string what = timed_out ? "timed out" : status < 0 ? "could not start" : "exit " + std::to_string(status);
   std::string detail = err.empty() ? out : err;
   while (!detail.empty() && (detail.back() == '\n' || detail.back() == ' ')) detail.pop_back();

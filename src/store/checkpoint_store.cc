@@ -16,6 +16,7 @@
 #include "common/clock.h"
 #include "common/json_text.h"
 #include "store/checksum.h"
+#include "store/file_system.h"
 
 namespace lifeline {
 namespace fs = std::filesystem;
@@ -40,38 +41,22 @@ std::optional<uint64_t> step_from_folder_name(const std::string& name) {
 
 bool is_staging_name(const std::string& name) { return name.rfind(".staging-", 0) == 0; }
 
-// Reads the MANIFEST: never through a symbolic link, never blocking on a FIFO or device.
-static bool read_small_file(const std::string& path, std::string& out, std::string& problem) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-  if (fd < 0) {
-    problem = errno == ENOENT ? "no MANIFEST (unfinished or foreign folder)"
-              : errno == ELOOP ? "MANIFEST is a symbolic link (never followed)"
-                               : std::string("cannot read MANIFEST: ") + std::strerror(errno);
-    return false;
+// Reads the MANIFEST (through the file-system seam: never through a symbolic link, never
+// blocking on a FIFO or device); false with the problem worded for a listing.
+static bool read_manifest_text(const std::string& path, std::string& out, std::string& problem) {
+  FileRead r = default_file_system().read_file(path, kMaxManifestBytes);
+  switch (r.error) {
+    case 0: out = std::move(r.content); return true;
+    case ENOENT: problem = "no MANIFEST (unfinished or foreign folder)"; break;
+    case ELOOP: problem = "MANIFEST is a symbolic link (never followed)"; break;
+    case EINVAL: problem = "MANIFEST is not a regular file"; break;
+    case EFBIG:
+      problem = "MANIFEST is " + std::to_string(r.size) + " bytes, over the limit of " +
+                std::to_string(kMaxManifestBytes >> 20) + " MiB (kMaxManifestBytes): not read";
+      break;
+    default: problem = std::string("cannot read MANIFEST: ") + std::strerror(r.error);
   }
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    problem = "MANIFEST is not a regular file";
-    return false;
-  }
-  if (uint64_t(st.st_size) > kMaxManifestBytes) {
-    ::close(fd);
-    problem = "MANIFEST is " + std::to_string(st.st_size) + " bytes, over the limit of " +
-              std::to_string(kMaxManifestBytes >> 20) + " MiB (kMaxManifestBytes): not read";
-    return false;
-  }
-  out.resize(size_t(st.st_size));
-  size_t got = 0;
-  while (got < out.size()) {
-    ssize_t n = ::read(fd, out.data() + got, out.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += size_t(n);
-  }
-  ::close(fd);
-  out.resize(got);
-  return true;
+  return false;
 }
 
 // Checks that every component of `rel` under `root` is a real directory or, last, a regular
@@ -104,7 +89,7 @@ static CheckpointInfo verify_folder(const std::string& folder, VerifyMode mode) 
     return info;
   }
   std::string text;
-  if (!read_small_file(info.path + "/" + kManifestName, text, info.problem)) return info;
+  if (!read_manifest_text(info.path + "/" + kManifestName, text, info.problem)) return info;
   Manifest m;
   try {
     m = manifest_from_json(text);
@@ -139,7 +124,7 @@ static CheckpointInfo verify_folder(const std::string& folder, VerifyMode mode) 
     auto hasher = make_hasher(m.checksum_algorithm);
     unsigned long long got = 0;
     ReadCache cache = mode == VerifyMode::full_around_cache ? ReadCache::around_cache_when_cold : ReadCache::cached;
-    if (!hash_file(full, *hasher, got, cache)) {
+    if (!default_file_system().hash_file(full, *hasher, got, cache)) {
       info.problem = "file " + f.path + " cannot be read: " + std::strerror(errno);
       return info;
     }

@@ -51,7 +51,7 @@ struct ResumeChoice {
 };
 ResumeChoice choose_resume(const std::string& dir);
 
-// The contract's JSON object for a checkpoint (see design.md), every string valid UTF-8 (a path
+// The contract's JSON object for a checkpoint (docs/contract.md), every string valid UTF-8 (a path
 // or metric name with other bytes shows them as \xNN), ready to embed in a bigger document.
 nlohmann::json checkpoint_object(const CheckpointInfo& info);
 // checkpoint_object as text (dump_json in common/json_text.h): never throws on odd bytes.

@@ -6,23 +6,16 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <random>
 
 #include "common/clock.h"
 #include "common/errors.h"
 #include "common/json_text.h"
+#include "common/random_hex.h"
 #include "store/checkpoint_store.h"
 #include "store/checksum.h"
 
 namespace lifeline {
 namespace stdfs = std::filesystem;
-
-static std::string random_hex() {
-  std::random_device rd;
-  char buf[9];
-  std::snprintf(buf, sizeof buf, "%08x", rd());
-  return buf;
-}
 
 std::string trash_folder_name(const std::string& dir, uint64_t step) {
   return dir + "/.trash-" + checkpoint_folder_name(step) + "-" + std::to_string(getpid()) + "-" + random_hex();
@@ -150,7 +143,7 @@ CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metri
       }
       auto hasher = make_hasher(meta_.checksum_algorithm);
       unsigned long long bytes = 0;
-      if (!hash_file(it->path().string(), *hasher, bytes)) throw_errno("read", it->path().string());
+      if (!fs_->hash_file(it->path().string(), *hasher, bytes, ReadCache::cached)) throw_errno("read", it->path().string());
       fs_->sync_file(it->path().string());
       m.files.push_back(ManifestFile{rel, bytes, hasher->hex_digest()});
     }

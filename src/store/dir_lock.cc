@@ -14,6 +14,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "common/host.h"
 #include "common/regular_file.h"
 #include "store/writers_lock.h"
 
@@ -30,12 +31,6 @@ std::string read_holder(int fd) {
   return holder;
 }
 
-std::string this_host_name() {
-  char host[256] = {};
-  gethostname(host, sizeof host - 1);
-  return host;
-}
-
 // The pid a lock record ("lifeline supervisor, host h, pid p, job j") names, or 0.
 pid_t recorded_pid(const std::string& record) {
   size_t at = record.find(", pid ");
@@ -50,7 +45,7 @@ std::string recorded_pid_state(const std::string& record) {
   pid_t pid = recorded_pid(record);
   if (host_at == std::string::npos || pid == 0) return "";
   size_t host_end = record.find(',', host_at);
-  if (record.substr(host_at + 5, host_end - host_at - 5) != this_host_name()) return "";
+  if (record.substr(host_at + 5, host_end - host_at - 5) != this_host()) return "";
   bool running = ::kill(pid, 0) == 0 || errno == EPERM;
   return running ? "" : ", which is not running";
 }
@@ -101,7 +96,7 @@ DirLock::DirLock(const std::string& dir, const std::string& role) {
     throw DirInUse("checkpoint directory " + dir + " is " + holder_text(path, record) + "; one writer per directory");
   }
   const char* job = std::getenv("SLURM_JOB_ID");
-  std::string who = "lifeline " + role + ", host " + this_host_name() + ", pid " + std::to_string(getpid()) +
+  std::string who = "lifeline " + role + ", host " + this_host() + ", pid " + std::to_string(getpid()) +
                     ", job " + (job && *job ? job : "none") + "\n";
   if (ftruncate(fd_, 0) == 0) (void)!pwrite(fd_, who.data(), who.size(), 0);
 }

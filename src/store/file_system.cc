@@ -13,6 +13,7 @@
 #include <system_error>
 
 #include "common/errors.h"
+#include "common/regular_file.h"
 
 namespace lifeline {
 namespace {
@@ -163,6 +164,60 @@ void PosixFileSystem::remove_tree(const std::string& path) {
     if (ec.value() != ENOENT) break;
   }
   if (ec && ec.value() != ENOENT) throw SystemError("remove", path, ec.value());
+}
+
+FileRead PosixFileSystem::read_file(const std::string& path, uint64_t max_bytes) {
+  FileRead r;
+  std::string ignored;  // the caller words its own message from r.error
+  int fd = open_regular_file(path, O_RDONLY, 0, ignored);
+  if (fd < 0) {
+    r.error = errno;
+    return r;
+  }
+  struct stat st {};
+  if (fstat(fd, &st) == 0 && uint64_t(st.st_size) > max_bytes) {
+    r.error = EFBIG;
+    r.size = uint64_t(st.st_size);
+  } else {
+    r.error = read_to_end(fd, max_bytes, r.content);
+    if (r.error == EFBIG) r.size = max_bytes + 1;  // grew while read
+  }
+  ::close(fd);
+  return r;
+}
+
+bool PosixFileSystem::hash_file(const std::string& path, Hasher& hasher, unsigned long long& bytes,
+                                ReadCache cache) {
+  return lifeline::hash_file(path, hasher, bytes, cache);
+}
+
+void FileSystem::make_dirs(const std::string& path) {
+  auto parent_of = [](const std::string& p) {
+    size_t slash = p.find_last_of('/');
+    return slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : p.substr(0, slash);
+  };
+  std::string target = path;
+  while (target.size() > 1 && target.back() == '/') target.pop_back();
+  std::vector<std::string> missing;  // deepest first
+  for (std::string cur = target; !cur.empty() && cur != "." && cur != "/"; cur = parent_of(cur)) {
+    struct stat st {};
+    if (::stat(cur.c_str(), &st) == 0) {
+      if (!S_ISDIR(st.st_mode)) throw SystemError("mkdir", cur, ENOTDIR);
+      break;
+    }
+    if (errno != ENOENT) throw_errno("stat", cur);
+    missing.push_back(cur);
+    if (cur.find('/') == std::string::npos) break;
+  }
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    try {
+      make_dir(*it);
+    } catch (const SystemError& e) {
+      if (e.code == EEXIST) continue;  // made meanwhile, by someone else: theirs to sync
+      throw;
+    }
+    sync_dir(parent_of(*it));
+  }
 }
 
 FileSystem& default_file_system() {

@@ -2,9 +2,12 @@
 // The file operations of the commit protocol, behind an interface so crash tests can wrap them
 // (the model is leveldb's Env). PosixFileSystem is the one real implementation.
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "store/checksum.h"
 
 namespace lifeline {
 
@@ -17,7 +20,16 @@ class WritableFile {
   virtual void close() = 0;
 };
 
-// Directory and file effects the store performs. Every method throws SystemError on failure.
+// What FileSystem::read_file found: the content, or why not.
+struct FileRead {
+  std::string content;
+  int error = 0;      // 0 read; ENOENT none; ELOOP a symbolic link; EINVAL not a regular file;
+                      // EFBIG more than asked for; else the errno of the open or read
+  uint64_t size = 0;  // with EFBIG: the file's size
+};
+
+// Directory and file effects and reads the store performs. Every effect throws SystemError on
+// failure; reads report theirs.
 class FileSystem {
  public:
   virtual ~FileSystem() = default;
@@ -32,6 +44,17 @@ class FileSystem {
   virtual void sync_dir(const std::string& path) = 0;
   // Removes a file or a whole tree; missing is not an error.
   virtual void remove_tree(const std::string& path) = 0;
+
+  // The whole of the regular file `path` if it holds at most `max_bytes`: never through a
+  // symbolic link, never blocking on a FIFO or device. Never throws.
+  virtual FileRead read_file(const std::string& path, uint64_t max_bytes) = 0;
+  // Streams the regular file `path` through `hasher`, as hash_file in store/checksum.h does.
+  virtual bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& bytes, ReadCache cache) = 0;
+
+  // Like mkdir -p: creates `path` and its missing parents with make_dir, then sync_dir of the
+  // parent of each one it created, so the new entries survive a crash. An existing directory
+  // (or a link to one) is no error; anything else there is ENOTDIR.
+  void make_dirs(const std::string& path);
 };
 
 // The real file system.
@@ -43,6 +66,8 @@ class PosixFileSystem : public FileSystem {
   void rename(const std::string& from, const std::string& to) override;
   void sync_dir(const std::string& path) override;
   void remove_tree(const std::string& path) override;
+  FileRead read_file(const std::string& path, uint64_t max_bytes) override;
+  bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& bytes, ReadCache cache) override;
 };
 
 // False when LIFELINE_DIRECT_IO=0: retention's verify of a cold big file reads it through the

@@ -1,6 +1,7 @@
 #include "store/retention.h"
 
 #include <dirent.h>
+#include <fmt/format.h>
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -13,40 +14,13 @@
 
 #include "common/clock.h"
 #include "common/errors.h"
+#include "common/format.h"
 #include "store/checkpoint_writer.h"
 
 namespace lifeline {
 namespace stdfs = std::filesystem;
 
 namespace {
-
-std::string human_bytes(uint64_t b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = double(b);
-  int u = 0;
-  while (v >= 1024 && u < 5) v /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", v, units[u]);
-  return buf;
-}
-
-std::string human_duration(uint64_t ns) {
-  uint64_t s = ns / 1000000000ull;
-  char buf[32];
-  if (s >= 7200)
-    std::snprintf(buf, sizeof buf, "%llu h", static_cast<unsigned long long>(s / 3600));
-  else if (s >= 120)
-    std::snprintf(buf, sizeof buf, "%llu min", static_cast<unsigned long long>(s / 60));
-  else
-    std::snprintf(buf, sizeof buf, "%llu s", static_cast<unsigned long long>(s));
-  return buf;
-}
-
-std::string join(const std::vector<std::string>& parts, const char* sep) {
-  std::string out;
-  for (const auto& p : parts) out += (out.empty() ? "" : sep) + p;
-  return out;
-}
 
 // The newest modification time in a tree (the folder itself included), in wall-clock ns.
 uint64_t newest_mtime_ns(const std::string& path) {
@@ -83,7 +57,7 @@ std::string leftover_verdict(const std::string& dir, const std::string& name, co
   uint64_t now = rules.now_ns ? rules.now_ns : wall_ns();
   uint64_t mtime = newest_mtime_ns(dir + "/" + name);
   uint64_t idle = now > mtime ? now - mtime : 0;
-  if (idle >= rules.abandoned_after_ns) return "untouched for " + human_duration(idle);
+  if (idle >= rules.abandoned_after_ns) return "untouched for " + format_age(idle);
   std::optional<pid_t> pid = staging_writer_pid(name);
   if (!pid || idle < rules.dead_writer_grace_ns) return "";
   bool alive = rules.writer_alive ? rules.writer_alive(*pid) : pid_running(*pid);
@@ -194,8 +168,8 @@ RetentionReport plan_retention(const std::vector<CheckpointInfo>& list, const Po
       auto& d = ds[i];
       if (!d.keep || !d.checkpoint.valid || (newest && i == *newest) || is_protected(i)) continue;
       d.keep = false;
-      d.reasons = {"over max_total_bytes " + human_bytes(rules.max_total_bytes) + " (would be kept by " +
-                   join(d.reasons, ", ") + ")"};
+      d.reasons = {"over max_total_bytes " + format_bytes(rules.max_total_bytes) + " (would be kept by " +
+                   fmt::format("{}", fmt::join(d.reasons, ", ")) + ")"};
       kept_bytes -= d.checkpoint.bytes;
     }
   }
@@ -304,16 +278,16 @@ std::string retention_report_text(const RetentionReport& report, bool dry_run) {
     const char* verb = d.keep ? "keep" : dry_run ? "would delete" : "delete";
     (d.keep ? kept : deleted)++;
     std::snprintf(line, sizeof line, "%-12s step %-10llu %10s  ", verb,
-                  static_cast<unsigned long long>(d.checkpoint.step), human_bytes(d.checkpoint.bytes).c_str());
-    out += line + join(d.reasons, "; ") + "\n";
+                  static_cast<unsigned long long>(d.checkpoint.step), format_bytes(d.checkpoint.bytes).c_str());
+    out += line + fmt::format("{}", fmt::join(d.reasons, "; ")) + "\n";
   }
   for (const auto& l : report.leftovers_removed)
     out += std::string(dry_run ? "would remove" : "remove") + "       " + l.name + " (" + l.why + ")\n";
   for (const auto& e : report.errors) out += "error        " + e + "\n";
   if (report.decisions.empty()) out += "no checkpoints\n";
   out += "kept " + std::to_string(kept) + " checkpoint" + (kept == 1 ? "" : "s") + " (" +
-         human_bytes(report.bytes_kept) + " valid), " + (dry_run ? "would delete " : "deleted ") +
-         std::to_string(deleted) + " (" + human_bytes(report.bytes_freed) + ")";
+         format_bytes(report.bytes_kept) + " valid), " + (dry_run ? "would delete " : "deleted ") +
+         std::to_string(deleted) + " (" + format_bytes(report.bytes_freed) + ")";
   if (!report.leftovers_removed.empty())
     out += ", " + std::string(dry_run ? "would remove " : "removed ") + std::to_string(report.leftovers_removed.size()) +
            " leftover folder" + (report.leftovers_removed.size() == 1 ? "" : "s");

@@ -5,7 +5,7 @@
 // holds the directory's DirLock (one writer per directory; gc and the supervisor never run
 // it at the same time). The trainer may be writing meanwhile: its staging folder is spared.
 //
-// The rules (docs/design.md "Contract: policy file"):
+// The rules (policies/default.yaml documents the keys):
 // - Kept: the union of what each rule protects, counted over VALID checkpoints only:
 //   "newest valid"; "keep_last N" (the newest N valid, the newest valid among them);
 //   "best <metric>" (the keep_best best valid by metric and mode; a tie goes to the NEWER

@@ -134,6 +134,37 @@ class ClientTestCase(unittest.TestCase):
         return [n for n in os.listdir(self.ckpt) if n != L.WRITERS_LOCK]
 
 
+class PeriodicStepTest(unittest.TestCase):
+    def test_the_next_periodic_step_is_the_first_later_step_the_every_steps_rule_makes_due(self):
+        for every in (1, 3, 10):
+            for skip in (0, 1, 7, 30, 31):
+                for step in range(100):
+                    want = step + 1
+                    while not L._is_periodic_step(want, every, skip):
+                        want += 1
+                    self.assertEqual(L._next_periodic_step(step, every, skip), want, (every, skip, step))
+        self.assertTrue(L._is_periodic_step(30, 10, 25))
+        self.assertFalse(L._is_periodic_step(20, 10, 25))
+        self.assertFalse(L._is_periodic_step(0, 10, 0))
+        self.assertFalse(L._is_periodic_step(10, 0, 0))
+        self.assertEqual(L._next_periodic_step(5, 0, 0), L._NEVER)
+        self.assertEqual(L._next_periodic_step(L._NEVER - 1, 10, 0), L._NEVER)
+
+
+class MakeDirsTest(unittest.TestCase):
+    def test_make_dirs_creates_missing_parents_and_fsyncs_the_parent_of_each_it_created(self):
+        with tempfile.TemporaryDirectory() as d:
+            synced = []
+            real = L._fsync_dir
+            with mock.patch.object(L, "_fsync_dir", side_effect=lambda p: (synced.append(p), real(p))):
+                L._make_dirs(os.path.join(d, "runs", "a", "ckpt") + "/")
+                self.assertTrue(os.path.isdir(os.path.join(d, "runs", "a", "ckpt")))
+                self.assertEqual(synced, [d, os.path.join(d, "runs"), os.path.join(d, "runs", "a")])
+                synced.clear()
+                L._make_dirs(os.path.join(d, "runs", "a", "ckpt"))  # exists: nothing made, nothing synced
+                self.assertEqual(synced, [])
+
+
 class InertTest(ClientTestCase):
     def test_outside_a_supervisor_the_client_is_inert_and_reads_resume_info_from_the_environment(self):
         c = self.client(LIFELINE_RESUME_FROM="/data/ckpt/step-000000000040", LIFELINE_RESUME_STEP="40",

@@ -22,8 +22,8 @@
 
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
-#include "store/fault_injection_fs.h"
 #include "store/retention.h"
+#include "support/fault_injection_fs.h"
 #include "support/temp_dir.h"
 
 namespace lifeline::test {

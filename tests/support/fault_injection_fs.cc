@@ -1,4 +1,4 @@
-#include "store/fault_injection_fs.h"
+#include "support/fault_injection_fs.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -89,7 +89,7 @@ class FaultInjectionFileSystem::File : public WritableFile {
 };
 
 FaultInjectionFileSystem::FaultInjectionFileSystem(FileSystem& base, std::string root)
-    : base_(base), root_(std::move(root)), graveyard_(root_ + "/.fault-injection-graveyard") {}
+    : ForwardingFileSystem(base), root_(std::move(root)), graveyard_(root_ + "/.fault-injection-graveyard") {}
 
 FaultInjectionFileSystem::~FaultInjectionFileSystem() {
   std::error_code ec;

@@ -39,7 +39,27 @@ struct PowerLoss {
   uint64_t op;  // number of the operation that did not happen
 };
 
-class FaultInjectionFileSystem : public FileSystem {
+// ForwardingFileSystem passes every call on to `base` (leveldb's EnvWrapper): a wrapper
+// overrides only what it changes. Reads, which change nothing a crash could lose, stay forwarded.
+class ForwardingFileSystem : public FileSystem {
+ public:
+  explicit ForwardingFileSystem(FileSystem& base) : base_(base) {}
+  std::unique_ptr<WritableFile> create_file(const std::string& path) override { return base_.create_file(path); }
+  void sync_file(const std::string& path) override { base_.sync_file(path); }
+  void make_dir(const std::string& path) override { base_.make_dir(path); }
+  void rename(const std::string& from, const std::string& to) override { base_.rename(from, to); }
+  void sync_dir(const std::string& path) override { base_.sync_dir(path); }
+  void remove_tree(const std::string& path) override { base_.remove_tree(path); }
+  FileRead read_file(const std::string& path, uint64_t max_bytes) override { return base_.read_file(path, max_bytes); }
+  bool hash_file(const std::string& path, Hasher& hasher, unsigned long long& bytes, ReadCache cache) override {
+    return base_.hash_file(path, hasher, bytes, cache);
+  }
+
+ protected:
+  FileSystem& base_;
+};
+
+class FaultInjectionFileSystem : public ForwardingFileSystem {
  public:
   FaultInjectionFileSystem(FileSystem& base, std::string root);
   ~FaultInjectionFileSystem() override;
@@ -104,7 +124,6 @@ class FaultInjectionFileSystem : public FileSystem {
   void forget_tree(const std::string& path);
   void undo(const Pending& p);
 
-  FileSystem& base_;
   std::string root_;
   std::string graveyard_;
   uint64_t graves_ = 0;
@@ -120,18 +139,12 @@ class FaultInjectionFileSystem : public FileSystem {
 // A FileSystem that forwards everything but the fsyncs, which it skips: for crash tests
 // (the FaultInjectionFileSystem on top simulates durability; real fsyncs only cost time) and
 // for benchmark setup. Never for checkpoints anyone will resume.
-class NoSyncFileSystem : public FileSystem {
+class NoSyncFileSystem : public ForwardingFileSystem {
  public:
-  explicit NoSyncFileSystem(FileSystem& base) : base_(base) {}
+  explicit NoSyncFileSystem(FileSystem& base) : ForwardingFileSystem(base) {}
   std::unique_ptr<WritableFile> create_file(const std::string& path) override;
   void sync_file(const std::string&) override {}
-  void make_dir(const std::string& path) override { base_.make_dir(path); }
-  void rename(const std::string& from, const std::string& to) override { base_.rename(from, to); }
   void sync_dir(const std::string&) override {}
-  void remove_tree(const std::string& path) override { base_.remove_tree(path); }
-
- private:
-  FileSystem& base_;
 };
 
 }  // namespace lifeline
