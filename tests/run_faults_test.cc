@@ -11,7 +11,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <map>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -334,4 +336,106 @@ TEST_CASE("a trainer that cannot start leaves nothing behind: no directory, no h
   // A directory is not a trainer either.
   CHECK(run({binary("LIFELINE_BIN"), "run", "--ckpt-dir", d / "ckpt", "--", d.path()}, &out) == 2);
   CHECK_FALSE(fs::exists(d / "ckpt"));
+}
+
+namespace {
+
+// Waits for `p` to exit, but SIGKILLs it after `limit` (then `*killed` is set): a supervisor
+// that never ends must fail the test, not hang it.
+int wait_or_kill(Process& p, std::chrono::seconds limit, bool* killed) {
+  std::atomic<bool> done{false};
+  *killed = false;
+  std::thread watchdog([&] {
+    auto until = std::chrono::steady_clock::now() + limit;
+    while (!done && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!done) {
+      *killed = true;
+      p.signal(SIGKILL);
+    }
+  });
+  int rc = p.wait();
+  done = true;
+  watchdog.join();
+  return rc;
+}
+
+std::vector<std::string> run_with_policy(const TempDir& d, const std::string& policy, const std::vector<std::string>& cmd,
+                                         const std::vector<std::string>& opts = {}) {
+  std::string path = d / "custom-policy.yaml";
+  std::ofstream(path) << policy;
+  std::vector<std::string> v = {binary("LIFELINE_BIN"), "run", "--policy", path, "--ckpt-dir", d / "ckpt"};
+  v.insert(v.end(), opts.begin(), opts.end());
+  v.push_back("--");
+  v.insert(v.end(), cmd.begin(), cmd.end());
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("a trainer that hangs while a periodic checkpoint request is pending is detected as hung") {
+  TempDir d;
+  // Periodic requests every second; no step for 2 s is a hang; one hung attempt ends the run.
+  Process p(run_with_policy(d,
+                            "version: 1\ncheckpoint:\n  every_steps: 0\n  every_seconds: 1\n"
+                            "restart:\n  backoff_seconds: 0\n  max_failures: 1\nstop:\n  hang_seconds: 2\n",
+                            train_cmd(d, 100000, 20)));
+  pid_t trainer = trainer_pid_from(p.wait_for_line("trainer started"));
+  REQUIRE(p.wait_for_line("checkpoint committed") != "");
+  // Stopped, the trainer neither steps nor answers the next periodic request (due within 1 s,
+  // before the 2 s of silence are up): the supervisor waits with a request pending.
+  REQUIRE(::kill(trainer, SIGSTOP) == 0);
+  bool killed = false;
+  int rc = wait_or_kill(p, std::chrono::seconds(60), &killed);
+  CHECK_MESSAGE(!killed, "the supervisor never noticed the hang:\n", p.output());
+  CHECK(rc == 128 + SIGKILL);  // the trainer's status: SIGTERM waits while it is stopped, SIGKILL does not
+  auto hangs = events_named(d / "ckpt", "hang");
+  REQUIRE(hangs.size() == 1);
+  auto requests = events_named(d / "ckpt", "checkpoint_request");
+  REQUIRE(!requests.empty());
+  // The request that went unanswered came before the hang was declared.
+  CHECK(requests.back()["time_ns"].get<uint64_t>() < hangs[0]["time_ns"].get<uint64_t>());
+  auto ends = events_named(d / "ckpt", "attempt_end");
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0]["end_reason"] == "failed");
+}
+
+TEST_CASE("the stop deadline counts from the signal even while Slurm takes 20 s to answer") {
+  TempDir d;
+  // A stand-in for scontrol (the real one is exercised by the slurm suite): `show job` answers
+  // at once, except the first call after the test creates `slow`, which takes 30 s (the
+  // supervisor's 20 s timeout ends it, and the retry answers).
+  fs::create_directories(d / "bin");
+  std::string fake = d / "bin/scontrol";
+  std::ofstream(fake) << "#!/bin/sh\n"
+                         "case \"$1 $2\" in\n"
+                         "  'show config') echo 'KillWait                = 30 sec' ;;\n"
+                         "  'show job')\n"
+                         "    if [ -e '" << d / "slow" << "' ]; then rm -f '" << d / "slow" << "'; exec sleep 30; fi\n"
+                         "    echo 'JobId=999 JobName=train JobState=RUNNING Reason=None StartTime=2026-01-01T00:00:00 "
+                         "EndTime=Unknown TimeLimit=UNLIMITED' ;;\n"
+                         "esac\n";
+  fs::permissions(fake, fs::perms::owner_all);
+  std::map<std::string, std::string> env{{"PATH", d / "bin" + std::string(":") + std::getenv("PATH")},
+                                         {"SLURM_JOB_ID", "999"}};
+  Process p(lifeline_run(d, train_cmd(d, 100000, 20), {"--grace", "2", "--requeue", "local"}), env);
+  pid_t trainer = trainer_pid_from(p.wait_for_line("trainer started"));
+  REQUIRE(p.wait_for_line("checkpoint committed") != "");
+  std::ofstream(d / "slow") << "";
+  // The trainer cannot commit the stop checkpoint: only the deadline ends the stop.
+  REQUIRE(::kill(trainer, SIGSTOP) == 0);
+  p.signal(SIGUSR1);
+  bool killed = false;
+  int rc = wait_or_kill(p, std::chrono::seconds(120), &killed);
+  CHECK_FALSE(killed);
+  CHECK_MESSAGE(rc == 75, p.output());
+  auto signals = events_named(d / "ckpt", "signal");
+  auto timeouts = events_named(d / "ckpt", "checkpoint_timeout");
+  REQUIRE(signals.size() == 1);
+  REQUIRE(timeouts.size() == 1);
+  // 2 s of grace, counted from the signal: far less than the 20 s the slow query held.
+  double waited = double(timeouts[0]["time_ns"].get<uint64_t>() - signals[0]["time_ns"].get<uint64_t>()) / 1e9;
+  CHECK_MESSAGE(waited < 10, "the deadline passed ", waited, " s after the signal");
+  auto ends = events_named(d / "ckpt", "attempt_end");
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0]["stop_checkpoint"]["state"] == "missing");
 }

@@ -2,6 +2,8 @@
 // an injected command runner (faults a real scontrol cannot be made to produce on demand).
 #include <doctest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <deque>
 
@@ -112,4 +114,25 @@ TEST_CASE("a real command runner enforces its timeout and captures output") {
   CommandResult missing = r.run({"no-such-program-lifeline"}, std::chrono::seconds(1));
   CHECK(missing.status == -1);
   CHECK(missing.err.find("not found") != std::string::npos);
+}
+
+TEST_CASE("scontrol runs with SLURM_TIME_FORMAT=standard whatever the user set; other commands keep the user's") {
+  char tmpl[] = "/tmp/lifeline-scontrol-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  std::string dir = tmpl;
+  for (const char* name : {"scontrol", "sbatch"}) {
+    std::string path = dir + "/" + name;
+    FILE* f = fopen(path.c_str(), "w");
+    REQUIRE(f != nullptr);
+    fputs("#!/bin/sh\necho \"$SLURM_TIME_FORMAT\"\n", f);
+    fclose(f);
+    REQUIRE(chmod(path.c_str(), 0700) == 0);
+  }
+  setenv("SLURM_TIME_FORMAT", "relative", 1);
+  ProcessCommandRunner r;
+  CHECK(r.run({dir + "/scontrol", "show", "job"}, std::chrono::seconds(5)).out == "standard\n");
+  CHECK(r.run({dir + "/sbatch"}, std::chrono::seconds(5)).out == "relative\n");
+  unsetenv("SLURM_TIME_FORMAT");
+  for (const char* name : {"scontrol", "sbatch"}) unlink((dir + "/" + name).c_str());
+  rmdir(dir.c_str());
 }

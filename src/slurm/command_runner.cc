@@ -38,7 +38,13 @@ CommandResult ProcessCommandRunner::run(const std::vector<std::string>& argv, st
   std::future<std::string> out, err;
   std::error_code ec;
   std::vector<std::string> args(argv.begin() + 1, argv.end());
-  bp::child child(bp::exe = exe, bp::args = args, bp::std_in.close(), bp::std_out > out, bp::std_err > err, io, ec);
+  // scontrol prints times as the user's SLURM_TIME_FORMAT says ("relative", strftime shapes);
+  // parse_slurm_time reads only the standard one. Only scontrol's: a resubmitted job would
+  // inherit it from sbatch.
+  bp::environment env = boost::this_process::environment();
+  if (exe.filename() == "scontrol") env["SLURM_TIME_FORMAT"] = "standard";
+  bp::child child(bp::exe = exe, bp::args = args, bp::std_in.close(), bp::std_out > out, bp::std_err > err,
+                  bp::env = env, io, ec);
   if (ec) {
     r.err = ec.message();
     return r;

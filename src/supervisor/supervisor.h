@@ -18,7 +18,7 @@ struct RunOptions {
   std::string log_level;      // spdlog level name; "" = $LIFELINE_LOG_LEVEL, else info
 };
 
-// Runs the trainer under supervision; returns the exit status of `lifeline run` (design.md).
+// Runs the trainer under supervision; returns the exit status of `lifeline run` (docs/contract.md).
 int run_supervisor(const RunOptions& options);
 
 // What `lifeline run` can refuse before it writes anything (no directory, lock or history):
