@@ -374,10 +374,10 @@ std::vector<std::string> run_with_policy(const TempDir& d, const std::string& po
 
 TEST_CASE("a trainer that hangs while a periodic checkpoint request is pending is detected as hung") {
   TempDir d;
-  // Periodic requests every second; no step for 2 s is a hang; one hung attempt ends the run.
+  // Periodic requests every second; no step for 2 s is a hang; no restart budget: it ends the run.
   Process p(run_with_policy(d,
                             "version: 1\ncheckpoint:\n  every_steps: 0\n  every_seconds: 1\n"
-                            "restart:\n  backoff_seconds: 0\n  max_failures: 1\nstop:\n  hang_seconds: 2\n",
+                            "restart:\n  backoff_seconds: 0\n  max_requeues: 0\nstop:\n  hang_seconds: 2\n",
                             train_cmd(d, 100000, 20)));
   pid_t trainer = trainer_pid_from(p.wait_for_line("trainer started"));
   REQUIRE(p.wait_for_line("checkpoint committed") != "");
