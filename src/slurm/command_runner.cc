@@ -41,8 +41,10 @@ CommandResult ProcessCommandRunner::run(const std::vector<std::string>& argv, st
   // scontrol prints times as the user's SLURM_TIME_FORMAT says ("relative", strftime shapes);
   // parse_slurm_time reads only the standard one. Only scontrol's: a resubmitted job would
   // inherit it from sbatch.
+  // set(), not operator[]: Boost 1.74's environment::find compares the key past the end of a
+  // shorter entry (AddressSanitizer: heap-buffer-overflow); the implementation's set() checks sizes.
   bp::environment env = boost::this_process::environment();
-  if (exe.filename() == "scontrol") env["SLURM_TIME_FORMAT"] = "standard";
+  if (exe.filename() == "scontrol") env.set("SLURM_TIME_FORMAT", "standard");
   bp::child child(bp::exe = exe, bp::args = args, bp::std_in.close(), bp::std_out > out, bp::std_err > err,
                   bp::env = env, io, ec);
   if (ec) {
