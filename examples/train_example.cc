@@ -6,6 +6,8 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -55,11 +57,17 @@ std::string parameter_digest(Net& net) {
   return hasher->hex_digest();
 }
 
+// This process's rank in a distributed launch (RANK, as torchrun sets it); 0 alone.
+uint64_t rank_env_value() {
+  const char* r = std::getenv("RANK");
+  return r ? std::strtoull(r, nullptr, 10) : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"lifeline-train-example: deterministic LibTorch trainer for lifeline"};
-  uint64_t steps = 240, seed = 1, crash_at = 0, log_every = 0, state_mib = 0;
+  uint64_t steps = 240, seed = 1, crash_at = 0, log_every = 0, state_mib = 0, die_in_save = 0, die_rank = 0;
   int64_t delay_ms = 0;
   bool crash_once = false, async = false, report = false;
   std::string digest_out;
@@ -69,7 +77,10 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "random seed");
   app.add_option("--digest-out", digest_out, "write the sha256 hex of the final parameters here");
   app.add_option("--crash-at-step", crash_at, "abort when reaching this step");
-  app.add_flag("--crash-once", crash_once, "crash only when LIFELINE_ATTEMPT is 0");
+  app.add_flag("--crash-once", crash_once, "crash (or die in the save) only when LIFELINE_ATTEMPT is 0");
+  app.add_option("--die-in-save", die_in_save,
+                 "SIGKILL this process while it writes the checkpoint of this step (files written, not committed)");
+  app.add_option("--die-rank", die_rank, "with --die-in-save: only the process whose RANK is this (default 0)");
   app.add_option("--log-every", log_every, "print 'step N' every N steps (0: never)");
   app.add_flag("--async", async, "checkpoint asynchronously: copy the state, write it in the background");
   app.add_option("--state-mib", state_mib, "make the training state (parameters + Adam moments) about this big");
@@ -143,6 +154,10 @@ int main(int argc, char** argv) {
         } else {
           auto ckpt = client.begin_checkpoint(step);
           lifeline::torch_state::save(ckpt, net, opt, step);
+          if (die_in_save == step && rank_env_value() == die_rank && (!crash_once || client.attempt() == 0)) {
+            std::fprintf(stderr, "train-example: dying in the save of step %llu as asked\n", static_cast<unsigned long long>(step));
+            std::raise(SIGKILL);
+          }
           saved_this_step = ckpt.commit(metrics);
           save_failed = !saved_this_step;
         }

@@ -34,7 +34,13 @@ namespace {
   X(kTrainerSignalOff) X(kRequestSeqOff) X(kRequestReasonOff) X(kRequestFlagsOff) X(kDeadlineOff)  \
   X(kAckSeqOff) X(kAckStepOff) X(kCurrentStepOff) X(kEveryStepsOff) X(kSkipFirstStepsOff)         \
   X(kCommitCountOff) X(kLastCommitStepOff) X(kLastCommitNsOff) X(kLastCommitBytesOff)             \
-  X(kFailedSavesOff) X(kClientStateOff) X(kStepsSeenOff)
+  X(kFailedSavesOff) X(kClientStateOff) X(kStepsSeenOff) X(kAgreementSeqOff) X(kAgreedStepOff)       \
+  X(kStagingTokenOff) X(kAbandonedStepOff)
+// A rank slot's fields (offsets within the slot), and where the slots start.
+#define LIFELINE_SLOT_OFFSETS(X)                                                                  \
+  X(kSlotPidOff) X(kSlotRankOff) X(kSlotWorldSizeOff) X(kSlotStateOff) X(kSlotCurrentStepOff)      \
+  X(kSlotSeenSeqOff) X(kSlotPromisedStepOff) X(kSlotPartStepOff) X(kSlotPartBytesOff)             \
+  X(kSlotFailedStepOff) X(kSlotFailedSavesOff)
 #define LIFELINE_REASONS(X) X(none) X(periodic) X(stop_signal) X(time_limit) X(manual) X(trainer_signal)
 #define LIFELINE_STATES(X) X(absent) X(attached) X(saving) X(exiting)
 
@@ -52,7 +58,7 @@ std::string snake(const std::string& constant) {
   return out;
 }
 
-// The layout from the compiled header, in the shape of lifeline_client.layout_table().
+// The layout from the compiled header, in the shape of lifeline_client.layout_table(slots=True).
 json cpp_table() {
   json t;
   t["magic"] = kMagic;
@@ -65,6 +71,12 @@ json cpp_table() {
   LIFELINE_REASONS(REASON)
 #define STATE(name) t["client_states"][#name] = uint32_t(ClientState::name);
   LIFELINE_STATES(STATE)
+  t["header_size"] = kHeaderSize;
+  t["max_local_ranks"] = kMaxLocalRanks;
+  t["rank_slot_size"] = kRankSlotSize;
+  t["rank_slots_off"] = kRankSlotsOff;
+#define SLOT_OFFSET(name) t["slot_offsets"][snake(#name).substr(5)] = name;  // kSlotPidOff -> pid
+  LIFELINE_SLOT_OFFSETS(SLOT_OFFSET)
   return t;
 }
 
@@ -105,9 +117,11 @@ TEST_CASE("the test's list covers every offset, reason and state the header decl
   for (std::sregex_iterator it(header.begin(), header.end(), off_re), end; it != end; ++it) {
     ++offsets;
     std::string name = (*it)[1];
-    CHECK_MESSAGE(t["offsets"].contains(snake(name)), name << " is missing from tests/python_test.cc");
+    bool known = t["offsets"].contains(snake(name)) || name == "kRankSlotsOff" ||
+                 (name.rfind("kSlot", 0) == 0 && t["slot_offsets"].contains(snake(name).substr(5)));
+    CHECK_MESSAGE(known, name << " is missing from tests/python_test.cc");
   }
-  CHECK(offsets == t["offsets"].size());
+  CHECK(offsets == t["offsets"].size() + 1 + t["slot_offsets"].size());
   for (const char* e : {"Reason", "ClientState"}) {
     std::smatch m;
     REQUIRE(std::regex_search(header, m, std::regex(std::string("enum class ") + e + "[^{]*\\{([^}]*)\\}")));
@@ -118,7 +132,7 @@ TEST_CASE("the test's list covers every offset, reason and state the header decl
 }
 
 TEST_CASE("python/lifeline_client.py declares exactly the C++ control-block layout") {
-  json py = json::parse(run_python("import json, lifeline_client; print(json.dumps(lifeline_client.layout_table()))"));
+  json py = json::parse(run_python("import json, lifeline_client; print(json.dumps(lifeline_client.layout_table(slots=True)))"));
   json cpp = cpp_table();
   CHECK_MESSAGE(py == cpp, "python: " << py.dump() << "\nc++:    " << cpp.dump());
   // Widths: every Python field is naturally aligned and inside the block, none overlap.

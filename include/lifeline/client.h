@@ -67,6 +67,13 @@
 // A forked child (a data-loader worker) has neither thread; destroying its copy of the Client
 // does nothing (the block, the lock and the watch stay the parent's).
 //
+// Ranks of a distributed job (LOCAL_WORLD_SIZE > 1, e.g. under torchrun; docs/distributed.md):
+// every rank attaches to its node's block, all ranks checkpoint the same agreed step, each
+// writes its own part (Checkpoint::path() is its `rank-NNNNN` folder; a rank may write no file),
+// commit() returns once that part is durable, and the supervisor commits the checkpoint when
+// every rank's part is. should_checkpoint() keeps its fast path; after a request it may wait
+// (only) at the step it promised until the supervisor has agreed on the step.
+//
 // Thread safety: one thread calls a Client (the background save and watch threads are the
 // client's own); the signal handlers it installs only perform lock-free atomic stores. Outside a
 // supervisor (no LIFELINE_CONTROL) the client is inert: should_checkpoint and should_exit are
@@ -82,10 +89,14 @@
 
 namespace lifeline {
 
-// Where to resume from: a verified checkpoint folder and the step it holds.
+// Where to resume from: a verified checkpoint folder and the step it holds. For a rank of a
+// distributed job (docs/distributed.md) `path` is its own part of the checkpoint and
+// `checkpoint` the whole one (a DDP trainer whose rank 0 alone saves loads
+// checkpoint + "/rank-00000"); for a single trainer both are the checkpoint folder.
 struct ResumeInfo {
   std::string path;
   uint64_t step = 0;
+  std::string checkpoint;
 };
 
 // A file streamed into a checkpoint (a serializer's output, say): checksummed while it is
@@ -201,6 +212,8 @@ class Client {
   struct State;
   Client();
   bool periodic_due(uint64_t step);
+  // periodic_due for a rank: the agreed step, every_steps points, and the wait for an agreement.
+  bool rank_due(uint64_t step);
   // should_checkpoint() with a request pending: coalesces it into a save in flight.
   bool request_pending();
   // Takes in what background commits answered.

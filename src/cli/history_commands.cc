@@ -196,6 +196,11 @@ void print_live_status(const json& j) {
     std::printf("trainer         pid %s, %s, step %llu, %s\n", t["pid"].is_number() ? dump_json(t["pid"]).c_str() : "-",
                 t["state"].get<std::string>().c_str(), t["step"].get<unsigned long long>(), rate.c_str());
   }
+  if (j.contains("ranks") && j["ranks"].is_array())
+    for (const json& r : j["ranks"])
+      std::printf("rank %-10s pid %s, %s, step %llu%s\n", (dump_json(r["rank"]) + "/" + dump_json(r["world_size"])).c_str(),
+                  dump_json(r["pid"]).c_str(), r["state"].get<std::string>().c_str(), r["step"].get<unsigned long long>(),
+                  r["part_step"].is_number() ? (", part of step " + dump_json(r["part_step"]) + " written").c_str() : "");
   if (j["last_checkpoint"].is_object())
     std::printf("last checkpoint step %llu, %s ago\n", j["last_checkpoint"]["step"].get<unsigned long long>(),
                 human_duration(j["last_checkpoint"]["age_seconds"].get<double>()).c_str());

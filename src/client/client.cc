@@ -3,11 +3,14 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "client/background_save.h"
+#include "client/rank_env.h"
 #include "client/supervisor_watch.h"
 #include "common/clock.h"
 #include "common/errors.h"
@@ -16,6 +19,8 @@
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
 #include "store/file_system.h"
+#include "store/manifest.h"
+#include "store/sharded.h"
 #include "store/writers_lock.h"
 
 namespace lifeline {
@@ -123,6 +128,40 @@ struct Staging {
   }
 };
 
+// Where a rank resumes from (docs/distributed.md, "Resume"): its own part of a checkpoint of its
+// world size; the whole checkpoint with LIFELINE_RESHARD=1; otherwise a clear refusal.
+ResumeInfo rank_resume(ResumeInfo r, const RankEnv& env) {
+  r.checkpoint = r.path;
+  FileRead text = default_file_system().read_file(r.path + "/" + kManifestName, kMaxManifestBytes);
+  if (text.error != 0)
+    throw std::runtime_error("lifeline: cannot read " + r.path + "/" + kManifestName + ": " + std::strerror(text.error));
+  uint32_t world = manifest_from_json(text.content).world_size;
+  if (world == env.world_size) {
+    r.path += "/" + part_folder_name(env.rank);
+    return r;
+  }
+  if (env.reshard) return r;
+  throw std::runtime_error("lifeline: " + r.path + " was written by " + std::to_string(world) + " rank(s), this job has " +
+                           std::to_string(env.world_size) +
+                           " (WORLD_SIZE): start it with the same world size, or set LIFELINE_RESHARD=1 if the trainer "
+                           "reshards a checkpoint itself");
+}
+
+// Takes this rank's slot in the block: one process per local rank (an earlier process of the
+// same rank that is gone leaves its pid behind, which may be taken over).
+void claim_slot(const ControlBlock& b, const RankEnv& env, uint64_t resumed_step) {
+  size_t slot = rank_slot(env.local_rank);
+  uint32_t holder = b.u32(slot + kSlotPidOff).load(std::memory_order_acquire);
+  if (holder != 0 && holder != uint32_t(getpid()) && (::kill(pid_t(holder), 0) == 0 || errno == EPERM))
+    throw std::runtime_error("lifeline: local rank " + std::to_string(env.local_rank) + " is already attached (pid " +
+                             std::to_string(holder) + "): two processes of one rank (LOCAL_RANK)?");
+  b.u32(slot + kSlotRankOff).store(env.rank);
+  b.u32(slot + kSlotWorldSizeOff).store(env.world_size);
+  b.u64(slot + kSlotCurrentStepOff).store(resumed_step, std::memory_order_relaxed);
+  b.u32(slot + kSlotStateOff).store(uint32_t(ClientState::attached));
+  b.u32(slot + kSlotPidOff).store(uint32_t(getpid()), std::memory_order_release);
+}
+
 }  // namespace
 
 // Everything a Client owns besides the fields its inline fast path reads.
@@ -143,6 +182,45 @@ struct Client::State {
   std::optional<WriterRegistration> registration;
   // Stops the trainer when the supervisor is gone (under a supervisor).
   std::unique_ptr<SupervisorWatch> watch;
+  // A rank of a distributed job (docs/distributed.md): its slot and where its agreement stands.
+  struct Rank {
+    RankEnv env;
+    size_t slot = 0;                 // offset of this rank's slot in the block
+    bool awaiting = false;           // a request seen, its agreement not yet
+    uint64_t awaited_seq = 0;
+    uint64_t promised = 0;           // no step beyond it before the agreement
+    uint64_t target = UINT64_MAX;    // the agreed step, until reached
+    bool stop_at_target = false;     // the agreement ends the run at target
+    bool stop_agreed = false;        // ... and target was reached: should_exit()
+    std::atomic<uint64_t> last_part{UINT64_MAX};  // step of the newest part begun
+    std::string staging_name(const ControlBlock& b, uint64_t step) const {
+      return shared_staging_name(step, b.u32(kSupervisorPidOff).load(), b.u64(kStagingTokenOff).load());
+    }
+  };
+  std::unique_ptr<Rank> rank;
+
+  // A rank's next part: waits until the supervisor has committed or given up its previous one
+  // (a fast rank must not announce a new part before the slow ones finished the last), then
+  // names the shared staging folder. nullopt for a single trainer.
+  std::optional<PartOf> next_part(uint64_t step) {
+    if (!rank) return std::nullopt;
+    const ControlBlock& b = *block;
+    uint64_t last = rank->last_part.load();
+    if (last != UINT64_MAX && last != step) {
+      auto settled = [&] {
+        return b.u64(kLastCommitStepOff).load() >= last || b.u64(kAbandonedStepOff).load() >= last;
+      };
+      auto start = std::chrono::steady_clock::now();
+      while (!settled() && std::chrono::steady_clock::now() - start < std::chrono::seconds(60))
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      if (!settled())
+        std::fprintf(stderr, "lifeline: rank %u: the checkpoint of step %llu is neither committed nor given up after 60 s; writing step %llu\n",
+                     rank->env.rank, static_cast<unsigned long long>(last), static_cast<unsigned long long>(step));
+    }
+    rank->last_part.store(step);
+    b.u32(rank->slot + kSlotStateOff).store(uint32_t(ClientState::saving));
+    return PartOf{rank->staging_name(b, step), rank->env.rank, rank->env.world_size};
+  }
   // Declared last: destroyed first, so a save in flight finishes while the block is mapped, the
   // writers' lock is held and the supervisor watched.
   BackgroundSave saver;
@@ -170,7 +248,8 @@ Client::~Client() {
     for (int i = 0; i < 3; ++i) sigaction(kStopSignals[i], &state_->old_actions[i], nullptr);
   }
   if (state_->block) {
-    state_->block->u32(kClientStateOff).store(uint32_t(ClientState::exiting));
+    size_t state_off = state_->rank ? state_->rank->slot + kSlotStateOff : kClientStateOff;
+    state_->block->u32(state_off).store(uint32_t(ClientState::exiting));
     g_block.store(nullptr);
   }
 }
@@ -187,22 +266,40 @@ Client Client::from_env() {
   s.meta.host = this_host();
   if (const char* job = std::getenv("SLURM_JOB_ID")) s.meta.job_id = job;
 
+  std::optional<RankEnv> rank = rank_env(process_env());
+  if (rank && s.resume) s.resume = rank_resume(*s.resume, *rank);
+  if (s.resume && s.resume->checkpoint.empty()) s.resume->checkpoint = s.resume->path;
+
   std::string name = env_or("LIFELINE_CONTROL", "");
   if (name.empty()) return c;  // inert
   s.block = ControlBlock::attach(name);
   ControlBlock& b = *s.block;
+  if (rank) {
+    s.rank = std::make_unique<State::Rank>();
+    s.rank->env = *rank;
+    s.rank->slot = rank_slot(rank->local_rank);
+    claim_slot(b, *rank, s.resume ? s.resume->step : 0);
+  }
   if (!s.ckpt_dir.empty()) s.registration = register_writer(s.ckpt_dir);
   s.watch = watch_supervisor(b);
   s.every_steps = b.u64(kEveryStepsOff).load();
   s.skip_first_steps = b.u64(kSkipFirstStepsOff).load();
-  b.u32(kTrainerPidOff).store(uint32_t(getpid()));
-  b.u32(kClientStateOff).store(uint32_t(ClientState::attached));
   c.request_seq_ = &b.u64(kRequestSeqOff);
-  c.current_step_ = &b.u64(kCurrentStepOff);
-  // A request posted before we attached (e.g. a signal during start-up) is still pending.
-  c.seen_seq_ = b.u64(kAckSeqOff).load();
-  c.next_periodic_step_ = s.every_steps ? 0 : UINT64_MAX;
-  if (s.resume) b.u64(kCurrentStepOff).store(s.resume->step);
+  if (s.rank) {
+    // The supervisor shows the ranks as one trainer in the header; the rank has its slot.
+    c.current_step_ = &b.u64(s.rank->slot + kSlotCurrentStepOff);
+    // A request the supervisor has not agreed on yet is still pending for this rank.
+    c.seen_seq_ = b.u64(kAgreementSeqOff).load(std::memory_order_acquire);
+    c.next_periodic_step_ = 0;
+  } else {
+    b.u32(kTrainerPidOff).store(uint32_t(getpid()));
+    b.u32(kClientStateOff).store(uint32_t(ClientState::attached));
+    c.current_step_ = &b.u64(kCurrentStepOff);
+    // A request posted before we attached (e.g. a signal during start-up) is still pending.
+    c.seen_seq_ = b.u64(kAckSeqOff).load();
+    c.next_periodic_step_ = s.every_steps ? 0 : UINT64_MAX;
+    if (s.resume) b.u64(kCurrentStepOff).store(s.resume->step);
+  }
 
   g_block.store(reinterpret_cast<unsigned char*>(&b.u64(kMagicOff)));
   struct sigaction sa {};
@@ -215,6 +312,7 @@ Client Client::from_env() {
 }
 
 bool Client::periodic_due(uint64_t step) {
+  if (state_->rank) return rank_due(step);
   uint64_t every = state_->every_steps;
   if (every == 0) {
     next_periodic_step_ = UINT64_MAX;
@@ -226,12 +324,79 @@ bool Client::periodic_due(uint64_t step) {
   return is_periodic_step(step, every, state_->skip_first_steps);
 }
 
+bool Client::rank_due(uint64_t step) {
+  State& s = *state_;
+  State::Rank& r = *s.rank;
+  const ControlBlock& b = *s.block;
+  if (r.awaiting) {
+    auto agreed = [&] { return b.u64(kAgreementSeqOff).load(std::memory_order_acquire) >= r.awaited_seq; };
+    if (!agreed() && step >= r.promised) {
+      // The one wait: this rank promised not to pass this step before the supervisor agrees.
+      auto start = std::chrono::steady_clock::now();
+      bool told = false;
+      while (!agreed()) {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+        if (!told && std::chrono::steady_clock::now() - start > std::chrono::seconds(10)) {
+          told = true;
+          std::fprintf(stderr, "lifeline: rank %u waits at step %llu for the supervisor to agree on a checkpoint step\n",
+                       r.env.rank, static_cast<unsigned long long>(step));
+        }
+      }
+    }
+    if (agreed()) {
+      r.target = b.u64(kAgreedStepOff).load();
+      r.stop_at_target = b.u32(kAgreedStopOff).load() != 0;
+      r.awaiting = false;
+    }
+  }
+  bool due = false;
+  if (r.target != UINT64_MAX && step >= r.target) {
+    if (step == r.target) {
+      due = true;
+      r.stop_agreed = r.stop_agreed || r.stop_at_target;
+    } else {
+      std::fprintf(stderr,
+                   "lifeline: rank %u skipped the agreed checkpoint step %llu (now at %llu): it writes no part, the "
+                   "checkpoint is given up\n",
+                   r.env.rank, static_cast<unsigned long long>(r.target), static_cast<unsigned long long>(step));
+      b.u64(r.slot + kSlotFailedSavesOff).fetch_add(1);
+      b.u64(r.slot + kSlotFailedStepOff).store(r.target, std::memory_order_release);
+      r.stop_agreed = r.stop_agreed || r.stop_at_target;  // it leaves with the others
+    }
+    r.target = UINT64_MAX;
+  }
+  if (is_periodic_step(step, s.every_steps, s.skip_first_steps)) due = true;
+  uint64_t next = next_periodic_step(step, s.every_steps, s.skip_first_steps);
+  next_periodic_step_ = r.awaiting ? step + 1 : std::min(next, r.target);
+  return due;
+}
+
 void Client::absorb_settled() {
   uint64_t settled = state_->settled_seq.load(std::memory_order_acquire);
   if (settled > seen_seq_) seen_seq_ = settled;
 }
 
 bool Client::request_pending() {
+  if (state_->rank) {
+    // A rank promises first (docs/distributed.md, "Agreeing on a step"), then goes on until the
+    // agreed step. Nothing is coalesced into a save in flight: every rank must decide alike.
+    State::Rank& r = *state_->rank;
+    const ControlBlock& b = *state_->block;
+    uint64_t step = current_step_->load(std::memory_order_relaxed);
+    // An agreed step not reached yet is checkpointed first; a request that came after its
+    // agreement is taken in after it (else a slow rank could skip a step the others wrote).
+    if (r.target != UINT64_MAX && !r.awaiting) return rank_due(step);
+    uint64_t seq = request_seq_->load(std::memory_order_acquire);
+    if (!r.awaiting) {
+      r.promised = step + r.env.agree_margin;
+      b.u64(r.slot + kSlotPromisedStepOff).store(r.promised);
+    }
+    r.awaiting = true;
+    r.awaited_seq = seq;
+    seen_seq_ = seq;
+    b.u64(r.slot + kSlotSeenSeqOff).store(seq, std::memory_order_release);
+    return rank_due(step);
+  }
   // Coalesced into the save in flight, whose commit acks it; a stop must still reach should_exit().
   if (state_->saver.busy()) return should_exit();
   absorb_settled();
@@ -246,18 +411,29 @@ uint64_t Client::attempt() const { return state_->attempt; }
 const std::string& Client::checkpoint_dir() const { return state_->ckpt_dir; }
 
 bool Client::should_exit() const {
-  if (g_local_stop.load(std::memory_order_relaxed) && active()) return true;
   if (!state_->block) return false;
-  return state_->block->u32(kRequestFlagsOff).load(std::memory_order_acquire) & kFlagStop;
+  // A rank leaves only at the agreed step of an agreement that said stop: every rank then
+  // leaves after the same step, whenever each of them saw the flag.
+  if (state_->rank) return state_->rank->stop_agreed;
+  bool stop = (g_local_stop.load(std::memory_order_relaxed) && active()) ||
+              (state_->block->u32(kRequestFlagsOff).load(std::memory_order_acquire) & kFlagStop);
+  return stop;
 }
 
 // Reports a save that failed: stderr, the block's failed-save count, and every request up to now
 // settled through `settle` (not retried on every step). Returns false.
+// A rank (`rank_slot` = its slot's offset) reports in its slot; the supervisor gives the
+// collective checkpoint up.
+static constexpr size_t kNoSlot = SIZE_MAX;
 template <class Settle>
-static bool report_failed_save(ControlBlock* b, uint64_t step, const std::string& what, Settle&& settle) noexcept {
+static bool report_failed_save(ControlBlock* b, size_t slot, uint64_t step, const std::string& what, Settle&& settle) noexcept {
   std::fprintf(stderr, "lifeline: checkpoint of step %llu failed: %s (older checkpoints are intact)\n",
                static_cast<unsigned long long>(step), what.c_str());
-  if (b) {
+  if (b && slot != kNoSlot) {
+    b->u64(slot + kSlotFailedSavesOff).fetch_add(1);
+    b->u64(slot + kSlotFailedStepOff).store(step, std::memory_order_release);
+    b->u32(slot + kSlotStateOff).store(uint32_t(ClientState::attached));
+  } else if (b) {
     b->u64(kFailedSavesOff).fetch_add(1);
     settle(b->u64(kRequestSeqOff).load());
     b->u32(kClientStateOff).store(uint32_t(ClientState::attached));
@@ -271,19 +447,25 @@ struct Checkpoint::Impl {
   uint64_t step = 0;
   std::string path;
   ControlBlock* block = nullptr;
+  size_t slot = kNoSlot;                         // a rank's part: its slot in the block
   uint64_t* seen_seq = nullptr;                  // synchronous save: the client's, same thread
   std::atomic<uint64_t>* settled_seq = nullptr;  // background save: absorbed by the client later
   bool finished = false;                         // committed, or its failure reported
 
   // A staging folder for `step` in `dir`. An I/O error (the folder cannot be made: no space, no
   // inode, read-only) does not throw: it gives a checkpoint that has failed already.
-  static std::unique_ptr<Impl> create(const std::string& dir, uint64_t step, const CheckpointMeta& meta) {
+  // For a rank, `part` names the shared staging folder and its part in it.
+  static std::unique_ptr<Impl> create(const std::string& dir, uint64_t step, const CheckpointMeta& meta,
+                                      const std::optional<PartOf>& part = std::nullopt) {
     auto impl = std::make_unique<Impl>();
     impl->step = step;
     impl->staging = std::make_shared<Staging>();
     make_dirs_if_possible(dir);
     try {
-      impl->staging->writer.emplace(default_file_system(), dir, step, meta);
+      if (part)
+        impl->staging->writer.emplace(default_file_system(), dir, step, meta, *part);
+      else
+        impl->staging->writer.emplace(default_file_system(), dir, step, meta);
       impl->path = impl->staging->writer->path();
     } catch (const std::logic_error&) {
       throw;
@@ -304,7 +486,7 @@ struct Checkpoint::Impl {
   bool report() noexcept {
     if (finished) return false;
     finished = true;
-    return report_failed_save(block, step, staging->error, [this](uint64_t seq) { settle(seq); });
+    return report_failed_save(block, slot, step, staging->error, [this](uint64_t seq) { settle(seq); });
   }
 };
 
@@ -412,7 +594,12 @@ bool Checkpoint::commit(const std::map<std::string, double>& metrics) {
   try {
     CommitResult r = s.writer->commit(metrics);
     c.finished = true;
-    if (b) {
+    if (b && c.slot != kNoSlot) {
+      // This rank's part is durable; the supervisor commits the checkpoint once all are.
+      b->u64(c.slot + kSlotPartBytesOff).store(r.bytes);
+      b->u64(c.slot + kSlotPartStepOff).store(c.step, std::memory_order_release);
+      b->u32(c.slot + kSlotStateOff).store(uint32_t(ClientState::attached));
+    } else if (b) {
       b->u64(kLastCommitStepOff).store(c.step);
       b->u64(kLastCommitNsOff).store(r.duration_ns);
       b->u64(kLastCommitBytesOff).store(r.bytes);
@@ -441,11 +628,15 @@ Checkpoint Client::begin_checkpoint(uint64_t step) {
   absorb_settled();
   if (s.ckpt_dir.empty())
     throw std::runtime_error("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)");
-  auto impl = Checkpoint::Impl::create(s.ckpt_dir, step, s.meta);
+  std::optional<PartOf> part = s.next_part(step);
+  auto impl = Checkpoint::Impl::create(s.ckpt_dir, step, s.meta, part);
   impl->seen_seq = &seen_seq_;
   if (s.block) {
     impl->block = &*s.block;
-    s.block->u32(kClientStateOff).store(uint32_t(ClientState::saving));
+    if (s.rank)
+      impl->slot = s.rank->slot;
+    else
+      s.block->u32(kClientStateOff).store(uint32_t(ClientState::saving));
   }
   return Checkpoint(std::move(impl));
 }
@@ -460,17 +651,22 @@ bool Client::save_async(uint64_t step, const SnapshotFn& snapshot, const std::ma
     throw std::runtime_error("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)");
   s.saver.wait();
   absorb_settled();
-  // A stop that a commit already answered needs no new snapshot: the trainer leaves next.
-  if (request_seq_ && should_exit() && request_seq_->load(std::memory_order_acquire) == seen_seq_) return false;
+  // A stop that a commit already answered needs no new snapshot: the trainer leaves next. (A
+  // rank was told its step: it always writes its part.)
+  if (request_seq_ && !s.rank && should_exit() && request_seq_->load(std::memory_order_acquire) == seen_seq_) return false;
   PersistFn persist = snapshot();
   ControlBlock* block = s.block ? &*s.block : nullptr;
-  if (block) block->u32(kClientStateOff).store(uint32_t(ClientState::saving));
+  if (block && !s.rank) block->u32(kClientStateOff).store(uint32_t(ClientState::saving));
+  if (block && s.rank) block->u32(s.rank->slot + kSlotStateOff).store(uint32_t(ClientState::saving));
+  size_t slot = s.rank ? s.rank->slot : kNoSlot;
   State* state = &s;
-  s.saver.start([state, block, step, persist = std::move(persist), metrics]() -> bool {
+  s.saver.start([state, block, slot, step, persist = std::move(persist), metrics]() -> bool {
     auto settle = [state](uint64_t seq) { state->settled_seq.store(seq, std::memory_order_release); };
     try {
-      auto impl = Checkpoint::Impl::create(state->ckpt_dir, step, state->meta);
+      std::optional<PartOf> part = state->next_part(step);
+      auto impl = Checkpoint::Impl::create(state->ckpt_dir, step, state->meta, part);
       impl->block = block;
+      impl->slot = slot;
       impl->settled_seq = &state->settled_seq;
       Checkpoint checkpoint(std::move(impl));
       Staging& staging = *checkpoint.impl_->staging;
@@ -485,9 +681,9 @@ bool Client::save_async(uint64_t step, const SnapshotFn& snapshot, const std::ma
       }
       return checkpoint.commit(metrics);  // reports a failure, after the staging folder is gone
     } catch (const std::exception& e) {
-      return report_failed_save(block, step, e.what(), settle);
+      return report_failed_save(block, slot, step, e.what(), settle);
     } catch (...) {
-      return report_failed_save(block, step, "unknown exception while persisting", settle);
+      return report_failed_save(block, slot, step, "unknown exception while persisting", settle);
     }
   });
   return true;

@@ -57,6 +57,8 @@ ControlBlock ControlBlock::create(const std::string& tag) {
     block.u32(kSizeOff).store(kSize);
     block.u32(kOwnerUidOff).store(getuid());
     block.u32(kSupervisorPidOff).store(uint32_t(getpid()));
+    // Names the shared staging folder of the ranks' checkpoints (docs/distributed.md).
+    block.u64(kStagingTokenOff).store(std::stoull(random_hex(2), nullptr, 16));
     block.u64(kMagicOff).store(kMagic, std::memory_order_release);
     return block;
   }

@@ -124,6 +124,22 @@ json live_status(const std::string& dir, const SupervisorRecord& rec, const Cont
                     {"step", step0},
                     {"steps_per_second", rate ? json(round3(*rate)) : json(nullptr)},
                     {"rate_from", rate ? json(rate_from) : json(nullptr)}};
+    // A distributed job's ranks on this node (docs/distributed.md); "trainer" is the slowest.
+    json ranks = json::array();
+    for (uint32_t i = 0; i < kMaxLocalRanks; ++i) {
+      size_t slot = rank_slot(i);
+      uint32_t pid = block->u32(slot + kSlotPidOff).load(std::memory_order_acquire);
+      if (!pid) continue;
+      uint64_t part = block->u64(slot + kSlotPartStepOff).load();
+      ranks.push_back({{"local_rank", i},
+                       {"rank", block->u32(slot + kSlotRankOff).load()},
+                       {"world_size", block->u32(slot + kSlotWorldSizeOff).load()},
+                       {"pid", pid},
+                       {"state", client_state_name(ClientState(block->u32(slot + kSlotStateOff).load()))},
+                       {"step", block->u64(slot + kSlotCurrentStepOff).load()},
+                       {"part_step", part ? json(part) : json(nullptr)}});
+    }
+    j["ranks"] = ranks.empty() ? json(nullptr) : json(ranks);
     uint64_t commits = block->u64(kCommitCountOff).load();
     uint64_t block_ck = block->u64(kLastCommitStepOff).load();
     if (commits > 0 && (!ck_step || block_ck > *ck_step)) ck_step = block_ck, ck_time = now;

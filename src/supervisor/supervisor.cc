@@ -40,6 +40,7 @@
 #include "store/retention.h"
 #include "store/writers_lock.h"
 #include "supervisor/machine.h"
+#include "supervisor/rank_coordinator.h"
 #include "supervisor/trainer_process.h"
 
 namespace lifeline {
@@ -181,6 +182,12 @@ class Supervisor final : public Effects {
       out.status = attempt_ == 0 ? kExitUsage : kExitStopped;
       return out;
     }
+    CheckpointMeta meta;
+    meta.job_id = job_id_;
+    meta.attempt = attempt_;
+    meta.lineage = lineage_;
+    meta.host = this_host();
+    ranks_.emplace(*block_, opt_.ckpt_dir, meta);
     block_->u64(kEveryStepsOff).store(opt_.policy.checkpoint.every_steps);
     block_->u64(kSkipFirstStepsOff).store(opt_.policy.checkpoint.skip_first_steps);
     std::map<std::string, std::string> env{
@@ -357,8 +364,27 @@ class Supervisor final : public Effects {
         e.status = *status;
       }
     }
+    poll_ranks();
     if (block_) e.block = read_view(*block_);
     dispatch(e);
+  }
+
+  // The ranks' agreement and collective commit (docs/distributed.md), before the machine reads
+  // the block: polled every 5 ms while something is outstanding; a commit or a given-up
+  // checkpoint reaches the machine at once.
+  bool poll_ranks() {
+    if (!ranks_) return false;
+    RankCoordinator::Report r = ranks_->poll(mono_ns());
+    if (r.agreed) spdlog::info("ranks agreed to checkpoint step {}", *r.agreed);
+    if (r.given_up) spdlog::warn("{}", *r.given_up);
+    if (r.urgent) {
+      rank_timer_.expires_after(std::chrono::milliseconds(kRankPollMs));
+      rank_timer_.async_wait([this](const boost::system::error_code& ec) {
+        if (ec || !ranks_) return;
+        if (poll_ranks()) on_tick_or_exit();
+      });
+    }
+    return r.committed.has_value() || r.given_up.has_value();
   }
 
   void wait_signal() {
@@ -425,6 +451,8 @@ class Supervisor final : public Effects {
   // Ends the relay's fast path, then unmaps the control block.
   void drop_block() {
     relay_.disarm();
+    rank_timer_.cancel();
+    ranks_.reset();
     block_.reset();
   }
 
@@ -565,6 +593,9 @@ class Supervisor final : public Effects {
   uint64_t attempt_started_ns_ = 0;
   std::optional<DirLock> lock_;
   std::optional<ControlBlock> block_;
+  std::optional<RankCoordinator> ranks_;  // the block's ranks, if any attach
+  asio::steady_timer rank_timer_{io_};
+  static constexpr int64_t kRankPollMs = 5;
   std::future<RetentionReport> retention_;  // the retention run in flight
   bool retention_again_ = false;            // a commit came during that run
   std::unique_ptr<TrainerProcess> trainer_;
