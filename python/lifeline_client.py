@@ -52,10 +52,31 @@ Under a supervisor the client also, for as long as it lives (until close()), as 
    once, to act; should_checkpoint() does not see it. Forked children have no such thread and
    their close() leaves the parent's alone.
 
+Rank mode (docs/distributed.md): when the local world has more than one rank
+(LIFELINE_LOCAL_WORLD_SIZE, else torchrun's LOCAL_WORLD_SIZE, > 1; see rank_env), each rank is a
+client of the same control block with a slot of its own, and the ranks checkpoint one agreed step:
+
+ - should_checkpoint(step) stays one store, one load and a compare while nothing is asked. On a
+   new request the rank promises step + margin (2, or LIFELINE_AGREE_MARGIN) and keeps training;
+   the supervisor agrees on the largest promise S; should_checkpoint is True at S on every rank.
+   Only at its promised step with no agreement yet does a rank wait (polling every 100 us). A
+   trainer that skips S is reported and its part counted as failed. every_steps points need no
+   agreement (and are not coalesced into a save in flight: every rank writes the same parts).
+ - begin_checkpoint(S) / save_async(S): ckpt.path is this rank's part folder,
+   <dir>/.staging-step-<12 digits>-<supervisor pid>-<token>/rank-<5 digits>/, shared staging folder
+   made by whichever rank comes first. commit() makes the part durable (files, may be none; a
+   part MANIFEST) and returns True; the supervisor commits the checkpoint once every part is there.
+   A new part first waits (up to part_patience seconds) for the previous one to be committed or
+   abandoned.
+ - resume(): path = this rank's part folder, checkpoint = the step-N folder; a checkpoint of
+   another world size raises WorldSizeError unless LIFELINE_RESHARD=1 (path = the step-N folder).
+ - the state, heartbeat and failures go into the rank's slot, never into the header.
+
 Outside a supervisor (no LIFELINE_CONTROL) the client is inert: should_checkpoint and
 should_exit are False, no signal handler, thread or lock is installed, resume() reads
-LIFELINE_RESUME_FROM and LIFELINE_RESUME_STEP only, and begin_checkpoint still works when
-LIFELINE_CKPT_DIR is set.
+LIFELINE_RESUME_FROM and LIFELINE_RESUME_STEP only (in rank mode: the rank's part, as above), and
+begin_checkpoint still works when LIFELINE_CKPT_DIR is set (a single-process checkpoint: without a
+supervisor no collective one is committed).
 
 Shared memory without atomics. The supervisor uses std::atomic on the control block; Python has
 none. This module touches the block only through naturally aligned 4- and 8-byte loads and stores
@@ -1521,7 +1542,9 @@ class Client:
         promise, wait for the agreement only at the promised step, checkpoint at the agreed step
         (docs/distributed.md, "Agreeing on a step")."""
         b, i = self._block, self._rank.local_rank
-        if self._signal_unanswered or b.load("request_seq") != self._seen_seq:
+        # A request that comes after the agreement is taken in once this rank has started its part
+        # of the agreed step: its promise then lies beyond that step, on every rank.
+        if self._agreed is None and (self._signal_unanswered or b.load("request_seq") != self._seen_seq):
             self._signal_unanswered = False  # a rank answers a signal by taking it into an agreement
             seq = b.load("request_seq")
             if self._promised is None:
@@ -1534,9 +1557,7 @@ class Client:
                 if b.load("agreement_seq") >= self._seen_seq:
                     agreed = b.load("agreed_step")
                     self._promised = None
-                    if agreed == self._part_step:
-                        pass  # this rank made that part already (an every_steps point): nothing more
-                    elif self._agreed is None or agreed > self._agreed:
+                    if agreed != self._part_step:  # else this rank made that part already (every_steps)
                         self._agreed = agreed
                     break
                 if step < self._promised:

@@ -302,6 +302,22 @@ class AgreementTest(RankTestCase):
         self.assertTrue(c0.should_checkpoint(7) and c1.should_checkpoint(7))
         self.assertTrue(c0.should_exit() and c1.should_exit())
 
+    def test_a_request_after_the_agreement_is_taken_in_once_the_agreed_part_is_started(self):
+        b, sup = self.block()
+        c0, c1 = self.ranks(b)
+        b.request()
+        for c in (c0, c1):
+            c.should_checkpoint(10)
+        self.assertEqual(sup.agree(), 12)
+        self.assertFalse(c0.should_checkpoint(11))  # takes the agreement in
+        seq2 = b.request(stop=True)
+        self.assertTrue(c0.should_checkpoint(12))  # still 12, not a promise of 14 first
+        self.assertEqual(sup.slot(0, "promised_step"), 12)
+        self.assertTrue(c0.should_exit())
+        self.assertTrue(self.part(c0, 12))
+        self.assertFalse(c0.should_checkpoint(13))  # now it sees the second request
+        self.assertEqual((sup.slot(0, "promised_step"), sup.slot(0, "seen_seq")), (15, seq2))
+
     def test_a_trainer_that_skips_the_agreed_step_reports_it_and_writes_no_part(self):
         b, sup = self.block()
         c0, c1 = self.ranks(b)
