@@ -194,7 +194,8 @@ class ClientState(enum.IntEnum):
 def layout_table(slots: bool = False) -> dict:
     """The layout as plain data, for the test that compares it with the C++ header: the header's
     constants and offsets; with `slots`, also the rank slots' (header_size, max_local_ranks,
-    rank_slot_size, rank_slots_off and slot_offsets, as rank_slot_table() without the widths)."""
+    rank_slot_size, rank_slots_off, and slot_offsets: each slot field's offset within the slot,
+    named as tests/python_test.cc's snake() names the C++ constants: kSlotPidOff -> slot_pid)."""
     table = {
         "magic": MAGIC,
         "version": VERSION,
@@ -207,7 +208,7 @@ def layout_table(slots: bool = False) -> dict:
     if slots:
         table.update({"header_size": HEADER_SIZE, "max_local_ranks": MAX_LOCAL_RANKS,
                       "rank_slot_size": RANK_SLOT_SIZE, "rank_slots_off": RANK_SLOTS_OFF,
-                      "slot_offsets": {name: off for name, (off, _) in SLOT_FIELDS.items()}})
+                      "slot_offsets": {"slot_" + name: off for name, (off, _) in SLOT_FIELDS.items()}})
     return table
 
 
