@@ -52,10 +52,31 @@ Under a supervisor the client also, for as long as it lives (until close()), as 
    once, to act; should_checkpoint() does not see it. Forked children have no such thread and
    their close() leaves the parent's alone.
 
+Rank mode (docs/distributed.md): when the local world has more than one rank
+(LIFELINE_LOCAL_WORLD_SIZE, else torchrun's LOCAL_WORLD_SIZE, > 1; see rank_env), each rank is a
+client of the same control block with a slot of its own, and the ranks checkpoint one agreed step:
+
+ - should_checkpoint(step) stays one store, one load and a compare while nothing is asked. On a
+   new request the rank promises step + margin (2, or LIFELINE_AGREE_MARGIN) and keeps training;
+   the supervisor agrees on the largest promise S; should_checkpoint is True at S on every rank.
+   Only at its promised step with no agreement yet does a rank wait (polling every 100 us). A
+   trainer that skips S is reported and its part counted as failed. every_steps points need no
+   agreement (and are not coalesced into a save in flight: every rank writes the same parts).
+ - begin_checkpoint(S) / save_async(S): ckpt.path is this rank's part folder,
+   <dir>/.staging-step-<12 digits>-<supervisor pid>-<token>/rank-<5 digits>/, shared staging folder
+   made by whichever rank comes first. commit() makes the part durable (files, may be none; a
+   part MANIFEST) and returns True; the supervisor commits the checkpoint once every part is there.
+   A new part first waits (up to part_patience seconds) for the previous one to be committed or
+   abandoned.
+ - resume(): path = this rank's part folder, checkpoint = the step-N folder; a checkpoint of
+   another world size raises WorldSizeError unless LIFELINE_RESHARD=1 (path = the step-N folder).
+ - the state, heartbeat and failures go into the rank's slot, never into the header.
+
 Outside a supervisor (no LIFELINE_CONTROL) the client is inert: should_checkpoint and
 should_exit are False, no signal handler, thread or lock is installed, resume() reads
-LIFELINE_RESUME_FROM and LIFELINE_RESUME_STEP only, and begin_checkpoint still works when
-LIFELINE_CKPT_DIR is set.
+LIFELINE_RESUME_FROM and LIFELINE_RESUME_STEP only (in rank mode: the rank's part, as above), and
+begin_checkpoint still works when LIFELINE_CKPT_DIR is set (a single-process checkpoint: without a
+supervisor no collective one is committed).
 
 Shared memory without atomics. The supervisor uses std::atomic on the control block; Python has
 none. This module touches the block only through naturally aligned 4- and 8-byte loads and stores
@@ -89,14 +110,20 @@ import threading
 import time
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
-# --- The control block's byte layout, version 1: the one place Python reads it from. ----------
+# --- The control block's byte layout, version 2: the one place Python reads it from. ----------
 # It mirrors include/lifeline/control_layout.h; tests/python_test.cc proves the two agree.
+# Version 2 = version 1's header unchanged + the agreement fields + one slot per local rank
+# (docs/distributed.md); a single trainer uses the header only, as in version 1.
 MAGIC = 0x314C54434E4C464C  # the bytes "LFLNCTL1" on a little-endian host
-VERSION = 1
-SIZE = 256
+VERSION = 2
+HEADER_SIZE = 256
+MAX_LOCAL_RANKS = 64
+RANK_SLOT_SIZE = 128
+RANK_SLOTS_OFF = HEADER_SIZE  # rank slot i (a local rank) at RANK_SLOTS_OFF + i * RANK_SLOT_SIZE
+SIZE = HEADER_SIZE + MAX_LOCAL_RANKS * RANK_SLOT_SIZE  # 8448
 FLAG_STOP = 1
 
-# field: (offset, width in bytes); native-endian, naturally aligned. 152..255 reserved, zero.
+# field: (offset, width in bytes); native-endian, naturally aligned. 184..255 reserved, zero.
 FIELDS: Dict[str, Tuple[int, int]] = {
     "magic": (0, 8),
     "version": (8, 4),
@@ -121,6 +148,26 @@ FIELDS: Dict[str, Tuple[int, int]] = {
     "failed_saves": (128, 8),
     "client_state": (136, 4),
     "steps_seen": (144, 8),
+    # Rank mode (docs/distributed.md): the agreement on one step, written by the supervisor.
+    "agreement_seq": (152, 8),   # request_seq the agreement answers (release, last)
+    "agreed_step": (160, 8),     # the step every rank checkpoints for it
+    "staging_token": (168, 8),   # names the shared staging folder
+    "abandoned_step": (176, 8),  # newest collective checkpoint given up
+}
+
+# Rank slot field: (offset within the slot, width in bytes). 72..127 reserved, zero.
+SLOT_FIELDS: Dict[str, Tuple[int, int]] = {
+    "pid": (0, 4),             # 0 = free; stored last on attach
+    "rank": (4, 4),            # global rank
+    "world_size": (8, 4),
+    "state": (12, 4),          # ClientState of this rank
+    "current_step": (16, 8),   # heartbeat
+    "seen_seq": (24, 8),       # newest request_seq seen (after promised_step)
+    "promised_step": (32, 8),  # no step beyond it before an agreement answers seen_seq
+    "part_step": (40, 8),      # newest step whose part is durable (after part_bytes)
+    "part_bytes": (48, 8),
+    "failed_step": (56, 8),    # newest step whose part failed
+    "failed_saves": (64, 8),   # parts that failed
 }
 
 
@@ -144,9 +191,12 @@ class ClientState(enum.IntEnum):
     EXITING = 3
 
 
-def layout_table() -> dict:
-    """The layout as plain data, for the test that compares it with the C++ header."""
-    return {
+def layout_table(slots: bool = False) -> dict:
+    """The layout as plain data, for the test that compares it with the C++ header: the header's
+    constants and offsets; with `slots`, also the rank slots' (header_size, max_local_ranks,
+    rank_slot_size, rank_slots_off, and slot_offsets: each slot field's offset within the slot,
+    named as tests/python_test.cc's snake() names the C++ constants: kSlotPidOff -> slot_pid)."""
+    table = {
         "magic": MAGIC,
         "version": VERSION,
         "size": SIZE,
@@ -155,6 +205,21 @@ def layout_table() -> dict:
         "reasons": {r.name.lower(): int(r) for r in Reason},
         "client_states": {s.name.lower(): int(s) for s in ClientState},
     }
+    if slots:
+        table.update({"header_size": HEADER_SIZE, "max_local_ranks": MAX_LOCAL_RANKS,
+                      "rank_slot_size": RANK_SLOT_SIZE, "rank_slots_off": RANK_SLOTS_OFF,
+                      "slot_offsets": {"slot_" + name: off for name, (off, _) in SLOT_FIELDS.items()}})
+    return table
+
+
+def rank_slot_table() -> Dict[str, Tuple[int, int]]:
+    """A rank slot's fields: {name: (offset within the slot, width in bytes)} (C++ kSlot*Off)."""
+    return dict(SLOT_FIELDS)
+
+
+def rank_slot_offset(local_rank: int) -> int:
+    """Where the slot of `local_rank` starts in the block (C++ layout::rank_slot)."""
+    return RANK_SLOTS_OFF + local_rank * RANK_SLOT_SIZE
 
 
 # --- Store constants (src/store) ----------------------------------------------------------------
@@ -169,6 +234,10 @@ except ImportError:  # without it an xxh3-64 checkpoint is "not checked here", n
 _CHUNK = 8 << 20
 _NEVER = 2**64 - 1
 SHM_DIR = "/dev/shm"
+PART_FORMAT = "lifeline-checkpoint-part"  # a rank's part MANIFEST (docs/distributed.md)
+AGREEMENT_POLL = 100e-6  # seconds between looks at the agreement, at the promised step only
+PART_POLL = 0.001        # seconds between looks for the previous part's commit
+PART_PATIENCE = 120.0    # seconds a new part waits for the previous one to be committed or abandoned
 
 
 # The every_steps rule of docs/protocol.md ("Poll"); the C++ client's copy is is_periodic_step and
@@ -198,11 +267,102 @@ class WritersLockError(RuntimeError):
     """The checkpoint directory's writers' lock cannot be held (see register_writer)."""
 
 
-class ResumeInfo(NamedTuple):
-    """Where to resume from: a verified checkpoint folder and the step it holds."""
-
+class _ResumeTuple(NamedTuple):
     path: str
     step: int
+
+
+class ResumeInfo(_ResumeTuple):
+    """Where to resume from: a verified checkpoint folder and the step it holds, still the pair
+    (path, step) it always was. In rank mode (docs/distributed.md) `path` is this rank's part
+    folder (step-N/rank-<5 digits>; the checkpoint folder itself under LIFELINE_RESHARD=1) and
+    `checkpoint` the step-N folder; for a single trainer `checkpoint` is `path`. `world_size` is
+    the checkpoint's (1 for a version-1 checkpoint; 0 when not read)."""
+
+    def __new__(cls, path: str, step: int, checkpoint: Optional[str] = None, world_size: int = 0):
+        self = super().__new__(cls, path, step)
+        self._extra = (checkpoint, world_size)
+        return self
+
+    @property
+    def checkpoint(self) -> str:
+        """The step-N folder: `path` itself for a single trainer."""
+        extra = self.__dict__.get("_extra", (None, 0))
+        return self.path if extra[0] is None else extra[0]
+
+    @property
+    def world_size(self) -> int:
+        return self.__dict__.get("_extra", (None, 0))[1]
+
+
+class RankEnvError(ValueError):
+    """A rank-mode launcher variable (LOCAL_RANK, WORLD_SIZE, ...) is missing or malformed."""
+
+
+class WorldSizeError(RuntimeError):
+    """The checkpoint to resume was written by another world size (see LIFELINE_RESHARD)."""
+
+
+class RankEnv(NamedTuple):
+    """Which rank of a distributed job this process is (docs/distributed.md, "Who is a rank")."""
+
+    local_rank: int
+    local_world_size: int
+    rank: int
+    world_size: int
+    agree_margin: int = 2  # steps a rank runs on after seeing a request, before an agreement
+    reshard: bool = False  # LIFELINE_RESHARD=1: the trainer loads a checkpoint of another world size
+
+
+def _env_number(env: Mapping[str, str], names: Tuple[str, ...]) -> Tuple[Optional[int], str]:
+    """The first of `names` set in `env` as a decimal number, and its name; (None, "") when none is
+    set; RankEnvError naming the variable when it is not a number."""
+    for name in names:
+        text = env.get(name)
+        if text is None or text == "":
+            continue
+        if not re.fullmatch(r"\s*[0-9]{1,9}\s*", text):
+            raise RankEnvError(f"lifeline: {name}={text!r} is not a number")
+        return int(text), name
+    return None, ""
+
+
+def rank_env(env: Mapping[str, str]) -> Optional[RankEnv]:
+    """The rank this process is, or None for a single trainer (a local world of one, or no launcher
+    variables). LIFELINE_LOCAL_RANK / LIFELINE_LOCAL_WORLD_SIZE / LIFELINE_RANK /
+    LIFELINE_WORLD_SIZE win over torchrun's LOCAL_RANK / LOCAL_WORLD_SIZE / RANK / WORLD_SIZE.
+    Raises RankEnvError naming the variable for a value that is missing, not a number or out of
+    range, and for a world larger than the local one (several nodes: not built yet)."""
+    local_world, lw_name = _env_number(env, ("LIFELINE_LOCAL_WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+    if local_world is None or local_world <= 1:
+        return None
+    if local_world > MAX_LOCAL_RANKS:
+        raise RankEnvError(f"lifeline: {lw_name}={local_world}: at most {MAX_LOCAL_RANKS} local ranks")
+    local_rank, lr_name = _env_number(env, ("LIFELINE_LOCAL_RANK", "LOCAL_RANK"))
+    if local_rank is None:
+        raise RankEnvError(f"lifeline: {lw_name}={local_world} but LIFELINE_LOCAL_RANK / LOCAL_RANK is unset")
+    if local_rank >= local_world:
+        raise RankEnvError(f"lifeline: {lr_name}={local_rank} is not below {lw_name}={local_world}")
+    world, w_name = _env_number(env, ("LIFELINE_WORLD_SIZE", "WORLD_SIZE"))
+    rank, r_name = _env_number(env, ("LIFELINE_RANK", "RANK"))
+    if world is None:
+        world, w_name = local_world, lw_name
+    if rank is None:
+        rank, r_name = local_rank, lr_name
+    if world < 1:
+        raise RankEnvError(f"lifeline: {w_name}={world} is not a world size")
+    if rank >= world:
+        raise RankEnvError(f"lifeline: {r_name}={rank} is not below {w_name}={world}")
+    if world > local_world:
+        raise RankEnvError(f"lifeline: {w_name}={world} is larger than {lw_name}={local_world}: a job of "
+                           "several nodes is not supported yet (one node, N local ranks: docs/distributed.md)")
+    if world < local_world:
+        raise RankEnvError(f"lifeline: {w_name}={world} is smaller than {lw_name}={local_world}")
+    margin, m_name = _env_number(env, ("LIFELINE_AGREE_MARGIN",))
+    if margin is not None and margin < 1:
+        raise RankEnvError(f"lifeline: {m_name}={margin}: the margin is at least 1 step")
+    return RankEnv(local_rank, local_world, rank, world, 2 if margin is None else margin,
+                   env.get("LIFELINE_RESHARD", "") == "1")
 
 
 class ControlBlock:
@@ -254,6 +414,20 @@ class ControlBlock:
         else:
             self._u32[off >> 2] = value & 0xFFFFFFFF
 
+    def slot_load(self, local_rank: int, field: str) -> int:
+        """A field of the rank slot of `local_rank` (SLOT_FIELDS)."""
+        off, width = SLOT_FIELDS[field]
+        off += rank_slot_offset(local_rank)
+        return self._u64[off >> 3] if width == 8 else self._u32[off >> 2]
+
+    def slot_store(self, local_rank: int, field: str, value: int) -> None:
+        off, width = SLOT_FIELDS[field]
+        off += rank_slot_offset(local_rank)
+        if width == 8:
+            self._u64[off >> 3] = value & 0xFFFFFFFFFFFFFFFF
+        else:
+            self._u32[off >> 2] = value & 0xFFFFFFFF
+
     def close(self) -> None:
         self._u32.release()
         self._u64.release()
@@ -264,6 +438,11 @@ class ControlBlock:
 def folder_name(step: int) -> str:
     """The committed folder name of a step: step-000000000040."""
     return "step-%012d" % step
+
+
+def rank_folder_name(rank: int) -> str:
+    """A rank's part folder in a sharded checkpoint: rank-00003."""
+    return "rank-%05d" % rank
 
 
 def staging_folder_name(step: int) -> str:
@@ -381,14 +560,9 @@ class Verdict(NamedTuple):
     checked: bool = True
 
 
-def verify_checkpoint(folder: str) -> Verdict:
-    """The store's full check of a committed folder (src/store/checkpoint_store.cc verify_folder):
-    MANIFEST (at most MAX_MANIFEST_BYTES, never through a link) parses, names a known checksum
-    algorithm and the folder's step, lists at least one safe path, and every file is a regular
-    file (no link on the way) with the listed size and checksum."""
-    name = os.path.basename(os.path.normpath(folder))
-    m = re.fullmatch(r"step-([0-9]{1,20})", name)
-    step = int(m.group(1)) if m else 0
+def _read_manifest(folder: str):
+    """The bytes of folder/MANIFEST (at most MAX_MANIFEST_BYTES, never through a link; the folder
+    itself a real directory), or a Verdict saying why not."""
     try:
         if not stat.S_ISDIR(os.lstat(folder).st_mode):
             return Verdict("not a directory (or a symbolic link)")
@@ -408,6 +582,69 @@ def verify_checkpoint(folder: str) -> Verdict:
         text = f.read(MAX_MANIFEST_BYTES + 1)
         if len(text) > MAX_MANIFEST_BYTES:
             return Verdict(f"MANIFEST is over the {MAX_MANIFEST_BYTES >> 20} MiB limit")
+    return text
+
+
+def _file_entries_problem(j: dict) -> str:
+    """Why a manifest's `files` list is malformed or names an unsafe path; "" when it is fine."""
+    if not isinstance(j.get("files"), list):
+        return "manifest field 'files' is missing or has the wrong type"
+    for entry in j["files"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
+                or type(entry.get("bytes")) is not int or entry["bytes"] < 0 \
+                or not isinstance(entry.get("checksum"), str):
+            return "manifest file entry is malformed"
+        rel = entry["path"]
+        why = _unsafe_path_reason(rel)
+        if why or rel == MANIFEST:
+            return f"manifest has an unsafe {why or 'entry MANIFEST (it lists itself)'}"
+    return ""
+
+
+def _files_problem(folder: str, files: List[dict], algorithm: str, checked: bool, prefix: str = "") -> str:
+    """Checks every listed file of `folder` (a regular file, no link on the way, the listed size
+    and, when `checked`, checksum); "" when all verify. `prefix` names the folder in problems."""
+    for entry in files:
+        rel = entry["path"]
+        parts, cur = rel.split("/"), folder
+        for i, part in enumerate(parts):
+            cur = os.path.join(cur, part)
+            try:
+                mode = os.lstat(cur).st_mode
+            except OSError:
+                return f"file {prefix}{rel} is missing"
+            if stat.S_ISLNK(mode):
+                return f"file {prefix}{rel} goes through a symbolic link"
+            if i + 1 < len(parts) and not stat.S_ISDIR(mode):
+                return f"file {prefix}{rel}: a parent is not a directory"
+            if i + 1 == len(parts) and not stat.S_ISREG(mode):
+                return f"file {prefix}{rel} is not a regular file"
+        try:
+            if checked:
+                size, digest = _hash_file(cur, sync=False, algorithm=algorithm)
+            else:
+                size, digest = os.lstat(cur).st_size, entry["checksum"]
+        except OSError as e:
+            return f"file {prefix}{rel} cannot be read: {e.strerror}"
+        if size != entry["bytes"]:
+            return f"file {prefix}{rel} has {size} bytes, the manifest says {entry['bytes']} (truncated or grown)"
+        if digest != entry["checksum"]:
+            return f"file {prefix}{rel} does not match its {algorithm} checksum"
+    return ""
+
+
+def verify_checkpoint(folder: str) -> Verdict:
+    """The store's full check of a committed folder (src/store/checkpoint_store.cc verify_folder):
+    MANIFEST (at most MAX_MANIFEST_BYTES, never through a link) parses, names a known checksum
+    algorithm and the folder's step, lists at least one safe path, and every file is a regular
+    file (no link on the way) with the listed size and checksum. A sharded checkpoint (MANIFEST
+    format_version 2, docs/distributed.md) is checked part by part (_verify_sharded)."""
+    name = os.path.basename(os.path.normpath(folder))
+    m = re.fullmatch(r"step-([0-9]{1,20})", name)
+    step = int(m.group(1)) if m else 0
+    text = _read_manifest(folder)
+    if isinstance(text, Verdict):
+        return text
     try:
         j = json.loads(text)
     except ValueError as e:  # UnicodeDecodeError too: a MANIFEST is UTF-8
@@ -421,49 +658,106 @@ def verify_checkpoint(folder: str) -> Verdict:
         return Verdict("manifest field 'checksum_algorithm' is missing or has the wrong type")
     if algorithm not in CHECKSUMS:
         return Verdict(f"unknown checksum algorithm '{algorithm}'")
-    if not isinstance(j.get("files"), list):
-        return Verdict("manifest field 'files' is missing or has the wrong type")
-    for entry in j["files"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
-                or type(entry.get("bytes")) is not int or entry["bytes"] < 0 \
-                or not isinstance(entry.get("checksum"), str):
-            return Verdict("manifest file entry is malformed")
-        rel = entry["path"]
-        why = _unsafe_path_reason(rel)
-        if why or rel == MANIFEST:
-            return Verdict(f"manifest has an unsafe {why or 'entry MANIFEST (it lists itself)'}")
+    if type(j.get("format_version")) is int and j["format_version"] == 2:
+        if j["step"] != step:
+            return Verdict(f"MANIFEST says step {j['step']} but the folder is {folder_name(step)}")
+        return _verify_sharded(folder, j, algorithm)
+    why = _file_entries_problem(j)
+    if why:
+        return Verdict(why)
     if not j["files"]:
         return Verdict("MANIFEST lists no files (an empty checkpoint has nothing to resume)")
     if j["step"] != step:
         return Verdict(f"MANIFEST says step {j['step']} but the folder is {folder_name(step)}")
     checked = _hasher(algorithm) is not None
-    for entry in j["files"]:
-        rel = entry["path"]
-        parts, cur = rel.split("/"), folder
-        for i, part in enumerate(parts):
-            cur = os.path.join(cur, part)
-            try:
-                mode = os.lstat(cur).st_mode
-            except OSError:
-                return Verdict(f"file {rel} is missing")
-            if stat.S_ISLNK(mode):
-                return Verdict(f"file {rel} goes through a symbolic link")
-            if i + 1 < len(parts) and not stat.S_ISDIR(mode):
-                return Verdict(f"file {rel}: a parent is not a directory")
-            if i + 1 == len(parts) and not stat.S_ISREG(mode):
-                return Verdict(f"file {rel} is not a regular file")
+    why = _files_problem(folder, j["files"], algorithm, checked)
+    return Verdict(why) if why else Verdict("", checked)
+
+
+def _verify_sharded(folder: str, top: dict, algorithm: str) -> Verdict:
+    """A version-2 (sharded) checkpoint, by docs/distributed.md's "Valid when": world_size >= 1 and
+    exactly one part per rank 0..world_size-1 at rank-<5 digits>/MANIFEST; each part MANIFEST has
+    the listed size and checksum (of the top manifest's algorithm), parses, names the same step,
+    rank and world size, and every file it lists verifies; at least one file in all."""
+    world = top.get("world_size")
+    if type(world) is not int or world < 1:
+        return Verdict("manifest field 'world_size' is missing or not a positive integer")
+    parts = top.get("parts")
+    if not isinstance(parts, list):
+        return Verdict("manifest field 'parts' is missing or has the wrong type")
+    by_rank: Dict[int, dict] = {}
+    for p in parts:
+        if not isinstance(p, dict) or type(p.get("rank")) is not int or not isinstance(p.get("path"), str) \
+                or type(p.get("bytes")) is not int or p["bytes"] < 0 or not isinstance(p.get("checksum"), str):
+            return Verdict("manifest part entry is malformed")
+        if not 0 <= p["rank"] < world:
+            return Verdict(f"manifest lists a part of rank {p['rank']}, outside the world of {world}")
+        if p["rank"] in by_rank:
+            return Verdict(f"manifest lists rank {p['rank']} twice")
+        if p["path"] != rank_folder_name(p["rank"]) + "/" + MANIFEST:
+            return Verdict(f"manifest part of rank {p['rank']} is at '{p['path']}', "
+                           f"not {rank_folder_name(p['rank'])}/{MANIFEST}")
+        by_rank[p["rank"]] = p
+    if len(by_rank) != world:
+        missing = min(set(range(world)) - set(by_rank))
+        return Verdict(f"manifest lists {len(by_rank)} parts for a world of {world} (rank {missing} is missing)")
+    checked = _hasher(algorithm) is not None
+    nfiles = 0
+    for rank in range(world):
+        p = by_rank[rank]
+        part_dir = os.path.join(folder, rank_folder_name(rank))
+        name = rank_folder_name(rank) + "/"
+        text = _read_manifest(part_dir)
+        if isinstance(text, Verdict):
+            return Verdict(f"part {name}: {text.problem}")
+        if len(text) != p["bytes"]:
+            return Verdict(f"part {name}{MANIFEST} has {len(text)} bytes, the manifest says {p['bytes']}")
+        h = _hasher(algorithm)
+        if h is not None:
+            h.update(text)
+            if h.hexdigest() != p["checksum"]:
+                return Verdict(f"part {name}{MANIFEST} does not match its {algorithm} checksum")
         try:
-            if checked:
-                size, digest = _hash_file(cur, sync=False, algorithm=algorithm)
-            else:
-                size, digest = os.lstat(cur).st_size, entry["checksum"]
-        except OSError as e:
-            return Verdict(f"file {rel} cannot be read: {e.strerror}")
-        if size != entry["bytes"]:
-            return Verdict(f"file {rel} has {size} bytes, the manifest says {entry['bytes']} (truncated or grown)")
-        if digest != entry["checksum"]:
-            return Verdict(f"file {rel} does not match its {algorithm} checksum")
+            j = json.loads(text)
+        except ValueError as e:
+            return Verdict(f"part {name}{MANIFEST} is not valid JSON ({e})")
+        if not isinstance(j, dict) or j.get("format") != PART_FORMAT:
+            return Verdict(f"part {name}{MANIFEST} format is not {PART_FORMAT}")
+        for key, want in (("step", top["step"]), ("rank", rank), ("world_size", world)):
+            if type(j.get(key)) is not int or j[key] != want:
+                return Verdict(f"part {name}{MANIFEST} says {key} {j.get(key)!r}, the checkpoint {want}")
+        part_algorithm = j.get("checksum_algorithm")
+        if not isinstance(part_algorithm, str) or part_algorithm not in CHECKSUMS:
+            return Verdict(f"part {name}{MANIFEST} names no known checksum algorithm")
+        why = _file_entries_problem(j)
+        if why:
+            return Verdict(f"part {name}: {why}")
+        part_checked = _hasher(part_algorithm) is not None
+        checked = checked and part_checked
+        why = _files_problem(part_dir, j["files"], part_algorithm, part_checked, name)
+        if why:
+            return Verdict(why)
+        nfiles += len(j["files"])
+    if nfiles == 0:
+        return Verdict("no part lists a file (an empty checkpoint has nothing to resume)")
     return Verdict("", checked)
+
+
+def _manifest_world_size(folder: str) -> int:
+    """The world size a checkpoint was written by: its MANIFEST's world_size for a sharded
+    (version-2) checkpoint, 1 for a version-1 one. Raises CheckpointError when it cannot be read."""
+    text = _read_manifest(folder)
+    if isinstance(text, Verdict):
+        raise CheckpointError(f"lifeline: cannot resume {folder}: {text.problem}")
+    try:
+        j = json.loads(text)
+    except ValueError as e:
+        raise CheckpointError(f"lifeline: cannot resume {folder}: MANIFEST is not valid JSON ({e})") from e
+    if not isinstance(j, dict):
+        raise CheckpointError(f"lifeline: cannot resume {folder}: MANIFEST is not an object")
+    if j.get("format_version") == 2 and type(j.get("world_size")) is int:
+        return j["world_size"]
+    return 1
 
 
 def checkpoint_problem(folder: str) -> str:
@@ -494,7 +788,7 @@ def resume_choice(ckpt_dir: str) -> Resume:
         path = os.path.abspath(os.path.join(ckpt_dir, name))
         problem = verify_checkpoint(path).problem
         if not problem:
-            return Resume(ResumeInfo(path, step), skipped)
+            return Resume(ResumeInfo(path, step, path, _manifest_world_size(path)), skipped)
         skipped.append((step, path, problem))
     return Resume(None, skipped)
 
@@ -589,18 +883,34 @@ class Checkpoint:
         self._client = client
         self.step = step
         self._dir = client.checkpoint_dir
-        self.path = os.path.join(self._dir, staging_folder_name(step))
+        # Rank mode under a supervisor: this rank's part folder in the shared staging folder.
+        self._rank = client._rank if client._block is not None else None
+        if self._rank is not None:
+            client._wait_previous_part()
+            self.staging = os.path.join(self._dir, client._staging_name(step))
+            self.path = os.path.join(self.staging, rank_folder_name(self._rank.rank))
+        else:
+            self.path = os.path.join(self._dir, staging_folder_name(step))
+            self.staging = self.path
         self.error = ""  # what failed the checkpoint: its first I/O error, or the commit's
         self._written: Dict[str, Tuple[int, str]] = {}
         self._open: List["CheckpointFile"] = []  # files opened by open_file(), closed by commit()
         self._started = time.monotonic_ns()
         self._done = False
         self._pid = os.getpid()
+        made = self.path
         try:
             _make_dirs(self._dir)
+            if self._rank is not None:
+                made = self.staging
+                with contextlib.suppress(FileExistsError):  # another rank made it first
+                    os.mkdir(self.staging)
+                made = self.path
+                if os.path.lexists(self.path):  # a part of ours that never became durable
+                    shutil.rmtree(self.path)
             os.mkdir(self.path)
         except OSError as e:
-            self._fail(_os_error("mkdir", self.path, e))
+            self._fail(_os_error("mkdir", made, e))
 
     @property
     def failed(self) -> bool:
@@ -644,7 +954,12 @@ class Checkpoint:
     def commit(self, metrics: Optional[Mapping[str, float]] = None) -> bool:
         """Makes the checkpoint durable and tells the supervisor. False when the save failed (an
         I/O error, no files, a MANIFEST over 4 MiB): the error is printed and counted, the staging
-        folder is gone, older checkpoints are intact and training may go on."""
+        folder is gone, older checkpoints are intact and training may go on.
+
+        In rank mode it makes this rank's part durable (its files, may be none, and its part
+        MANIFEST) and returns True then: the supervisor commits the checkpoint once every rank's
+        part is there. A failed part removes the part folder and tells the supervisor, which
+        gives the checkpoint up. The metrics of a part are not recorded."""
         if self._done:
             raise RuntimeError("checkpoint already committed or discarded")
         values = {str(k): float(v) for k, v in (metrics or {}).items()}
@@ -653,7 +968,7 @@ class Checkpoint:
                 f.close()
             if self.failed:
                 return self._failed(self.error)
-            nbytes = self._commit(values)
+            nbytes = self._commit_part() if self._rank is not None else self._commit(values)
         except (OSError, CheckpointError) as e:
             return self._failed(str(e))
         self._client._committed(self.step, nbytes, time.monotonic_ns() - self._started)
@@ -683,7 +998,7 @@ class Checkpoint:
         self.error = self.error or why
         print(f"lifeline: checkpoint of step {self.step} failed: {why} (older checkpoints are intact)",
               file=sys.stderr, flush=True)
-        self._client._save_failed()
+        self._client._save_failed(self.step)
         return False
 
     def _files(self):
@@ -712,13 +1027,48 @@ class Checkpoint:
             _fsync_dir(d)
         return out
 
-    def _commit(self, metrics: Dict[str, float]) -> int:
-        """The store's protocol: files fsynced, MANIFEST last, rename, directory fsynced."""
-        meta = self._client._meta
+    def _manifest_files(self) -> List[dict]:
+        """The MANIFEST's file entries: every file of the folder, hashed and fsynced."""
         files = []
         for rel, full in self._files():
             size, digest = self._written[rel] if rel in self._written else _hash_file(full, sync=True)
             files.append({"path": rel, "bytes": size, "checksum": digest})
+        return files
+
+    def _write_manifest(self, manifest: dict, what: str) -> None:
+        """Writes MANIFEST (at most MAX_MANIFEST_BYTES) into the folder and fsyncs it and the folder."""
+        text = (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise CheckpointError(f"its {what} would be {len(text)} bytes, over the {MAX_MANIFEST_BYTES >> 20} MiB "
+                                  f"limit ({len(manifest['files'])} files, {len(manifest.get('metrics', {}))} metrics)")
+        path = os.path.join(self.path, MANIFEST)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, memoryview(text))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise OSError(e.errno, _os_error("write", path, e)) from e
+        _fsync_dir(self.path)
+
+    def _commit_part(self) -> int:
+        """Rank mode, phase 1 of docs/distributed.md: files fsynced, the part MANIFEST last, the
+        part folder and the staging folder fsynced. No rename: the supervisor commits."""
+        files = self._manifest_files()
+        r = self._rank
+        self._write_manifest({"format": PART_FORMAT, "format_version": 2, "step": self.step, "rank": r.rank,
+                              "world_size": r.world_size, "checksum_algorithm": CHECKSUM, "files": files},
+                             "part MANIFEST")
+        _fsync_dir(self.staging)
+        self._done = True
+        return sum(f["bytes"] for f in files)
+
+    def _commit(self, metrics: Dict[str, float]) -> int:
+        """The store's protocol: files fsynced, MANIFEST last, rename, directory fsynced."""
+        meta = self._client._meta
+        files = self._manifest_files()
         if not files:
             raise CheckpointError(f"checkpoint of step {self.step} has no files: nothing to commit "
                                   "(write the state with write_file/open_file or into ckpt.path first)")
@@ -731,21 +1081,7 @@ class Checkpoint:
             "metrics": {k: (v if v == v and abs(v) != float("inf") else None) for k, v in metrics.items()},
             "checksum_algorithm": CHECKSUM, "files": files,
         }
-        text = (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
-        if len(text) > MAX_MANIFEST_BYTES:
-            raise CheckpointError(f"its MANIFEST would be {len(text)} bytes, over the {MAX_MANIFEST_BYTES >> 20} MiB "
-                                  f"limit ({len(files)} files, {len(metrics)} metrics)")
-        path = os.path.join(self.path, MANIFEST)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                _write_all(fd, memoryview(text))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise OSError(e.errno, _os_error("write", path, e)) from e
-        _fsync_dir(self.path)
+        self._write_manifest(manifest, "MANIFEST")
 
         final = os.path.join(self._dir, folder_name(self.step))
         if os.path.lexists(final):
@@ -976,10 +1312,21 @@ class Client:
         self._settled_seq = 0  # the newest request_seq a background save settled; taken in later
         self._writers_lock: Optional[int] = None  # held while attached: this process may commit
         self._watch: Optional[SupervisorWatch] = None
+        # Rank mode (docs/distributed.md): set when the local world has more than one rank.
+        self._rank: Optional[RankEnv] = None
+        self._promised: Optional[int] = None  # the step promised for an agreement not seen yet
+        self._agreed: Optional[int] = None    # the agreed step this rank has not checkpointed yet
+        self._part_step: Optional[int] = None  # the newest step whose part this rank started
+        self.part_patience = PART_PATIENCE    # seconds a new part waits for the previous one
 
         name = env.get("LIFELINE_CONTROL", "")
         if not name:
-            return  # inert
+            try:  # inert: only resume() follows rank mode; a malformed value is not our business
+                self._rank = rank_env(env)
+            except RankEnvError:
+                pass
+            return
+        self._rank = rank_env(env)  # refused at attach, naming the variable
         b = ControlBlock(name)
         try:
             if self.checkpoint_dir:
@@ -992,13 +1339,16 @@ class Client:
         self._block = b
         self._every_steps = b.load("every_steps")
         self._skip_first_steps = b.load("skip_first_steps")
-        b.store("trainer_pid", os.getpid())
-        b.store("client_state", ClientState.ATTACHED)
         # A request posted before we attached (e.g. a signal during start-up) is still pending.
         self._seen_seq = b.load("ack_seq")
         self._next_periodic = 0 if self._every_steps else _NEVER
-        if self._resume:
-            b.store("current_step", self._resume.step)
+        if self._rank is not None:
+            self._attach_slot(b, self._rank)
+        else:
+            b.store("trainer_pid", os.getpid())
+            b.store("client_state", ClientState.ATTACHED)
+            if self._resume:
+                b.store("current_step", self._resume.step)
         if threading.current_thread() is threading.main_thread():
             for sig in _STOP_SIGNALS:
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -1020,14 +1370,38 @@ class Client:
     def attempt(self) -> int:
         return self._attempt
 
+    @property
+    def rank(self) -> Optional[RankEnv]:
+        """Which rank this process is in rank mode (docs/distributed.md); None for a single trainer."""
+        return self._rank
+
     def resume(self) -> Optional[ResumeInfo]:
-        return self._resume
+        """Where to resume from (LIFELINE_RESUME_FROM, LIFELINE_RESUME_STEP), or None. In rank mode
+        `path` is this rank's part folder and `checkpoint` the step-N folder; a checkpoint of
+        another world size raises WorldSizeError naming both, unless LIFELINE_RESHARD=1 (then
+        `path` is the checkpoint folder)."""
+        r, re_ = self._resume, self._rank
+        if r is None or re_ is None:
+            return r
+        world = _manifest_world_size(r.path)
+        if world != re_.world_size and not re_.reshard:
+            raise WorldSizeError(
+                f"lifeline: the checkpoint {r.path} was written by a world of {world} rank(s), this job has "
+                f"{re_.world_size}: refusing to resume it (set LIFELINE_RESHARD=1 to load it and reshard)")
+        path = r.path if world != re_.world_size else os.path.join(r.path, rank_folder_name(re_.rank))
+        return ResumeInfo(path, r.step, r.path, world)
 
     def should_checkpoint(self, step: int) -> bool:
         """True when a checkpoint should follow `step` (request, signal or every_steps); also the heartbeat."""
         b = self._block
         if b is None:
             return False
+        if self._rank is not None:  # the rank's fast path: one store, one load, one compare
+            b.slot_store(self._rank.local_rank, "current_step", step)
+            if self._signal_unanswered or b.load("request_seq") != self._seen_seq \
+                    or self._promised is not None or self._agreed is not None:
+                return self._rank_request(step)
+            return step >= self._next_periodic and self._periodic_due(step)
         b.store("current_step", step)
         if self._signal_unanswered or b.load("request_seq") != self._seen_seq:
             return self._request_pending()
@@ -1040,9 +1414,9 @@ class Client:
             raise RuntimeError("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)")
         self.wait_for_saves()
         self._absorb_settled()
+        self._part_started(step)
         ckpt = Checkpoint(self, step)
-        if self._block is not None:
-            self._block.store("client_state", ClientState.SAVING)
+        self._set_state(ClientState.SAVING)
         return ckpt
 
     def save_async(self, step: int, snapshot: Callable[[], Callable[[Checkpoint], None]],
@@ -1059,13 +1433,14 @@ class Client:
         self._absorb_settled()
         b = self._block
         # A stop that a commit already answered needs no new snapshot: the trainer leaves next.
-        if b is not None and self.should_exit() and not self._signal_unanswered \
+        # (A rank writes the part it is asked for: the other ranks' parts need it.)
+        if b is not None and self._rank is None and self.should_exit() and not self._signal_unanswered \
                 and b.load("request_seq") == self._seen_seq:
             return False
         values = {str(k): float(v) for k, v in (metrics or {}).items()}
         persist = snapshot()
-        if b is not None:
-            b.store("client_state", ClientState.SAVING)
+        self._part_started(step)
+        self._set_state(ClientState.SAVING)
         # Not a daemon: an interpreter that exits with a save in flight finishes it first.
         self._saver = threading.Thread(target=self._save_in_background, args=(step, persist, values),
                                        name=f"lifeline-save-{step}")
@@ -1117,7 +1492,10 @@ class Client:
                 signal.signal(sig, old)
         self._old_handlers.clear()
         self._release()
-        b.store("client_state", ClientState.EXITING)
+        if self._rank is not None:
+            b.slot_store(self._rank.local_rank, "state", ClientState.EXITING)
+        else:
+            b.store("client_state", ClientState.EXITING)
         b.close()
 
     def _release(self) -> None:
@@ -1134,6 +1512,107 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _set_state(self, state: ClientState) -> None:
+        """This trainer's state: the header's client_state, or in rank mode its slot's state."""
+        b = self._block
+        if b is None:
+            return
+        if self._rank is not None:
+            b.slot_store(self._rank.local_rank, "state", state)
+        else:
+            b.store("client_state", state)
+
+    def _attach_slot(self, b: ControlBlock, r: RankEnv) -> None:
+        """Rank mode: fills this rank's slot, its pid last (the slot is then taken)."""
+        i = r.local_rank
+        other = b.slot_load(i, "pid")
+        if other and other != os.getpid() and _alive(other) and b.slot_load(i, "state") != ClientState.EXITING:
+            raise ControlBlockError(f"control block {b.name}: local rank {i} is already attached by pid {other}")
+        b.slot_store(i, "pid", 0)
+        b.slot_store(i, "rank", r.rank)
+        b.slot_store(i, "world_size", r.world_size)
+        b.slot_store(i, "state", ClientState.ATTACHED)
+        b.slot_store(i, "current_step", self._resume.step if self._resume else 0)
+        b.slot_store(i, "promised_step", 0)
+        b.slot_store(i, "seen_seq", self._seen_seq)
+        b.slot_store(i, "pid", os.getpid())
+
+    def _rank_request(self, step: int) -> bool:
+        """should_checkpoint() in rank mode with a request unanswered or an agreement to keep:
+        promise, wait for the agreement only at the promised step, checkpoint at the agreed step
+        (docs/distributed.md, "Agreeing on a step")."""
+        b, i = self._block, self._rank.local_rank
+        # A request that comes after the agreement is taken in once this rank has started its part
+        # of the agreed step: its promise then lies beyond that step, on every rank.
+        if self._agreed is None and (self._signal_unanswered or b.load("request_seq") != self._seen_seq):
+            self._signal_unanswered = False  # a rank answers a signal by taking it into an agreement
+            seq = b.load("request_seq")
+            if self._promised is None:
+                self._promised = step + self._rank.agree_margin
+                b.slot_store(i, "promised_step", self._promised)
+            b.slot_store(i, "seen_seq", seq)  # after the promise; a second request keeps it
+            self._seen_seq = seq
+        if self._promised is not None:
+            while True:
+                if b.load("agreement_seq") >= self._seen_seq:
+                    agreed = b.load("agreed_step")
+                    self._promised = None
+                    if agreed != self._part_step:  # else this rank made that part already (every_steps)
+                        self._agreed = agreed
+                    break
+                if step < self._promised:
+                    return step >= self._next_periodic and self._periodic_due(step)
+                time.sleep(AGREEMENT_POLL)  # the only wait: the supervisor is slower than the margin
+        a = self._agreed
+        if a is None or step < a:
+            return step >= self._next_periodic and self._periodic_due(step)
+        if step == a:
+            return True  # until this rank starts its part of step `a` (begin_checkpoint, save_async)
+        self._agreed = None
+        print(f"lifeline: rank {self._rank.rank} skipped the agreed checkpoint step {a} (now at step {step}): "
+              "it writes no part, the collective checkpoint is given up", file=sys.stderr, flush=True)
+        self._part_failed(a)
+        return step >= self._next_periodic and self._periodic_due(step)
+
+    def _part_started(self, step: int) -> None:
+        """Rank mode: a part of `step` is being written; an agreement on `step` is kept."""
+        if self._rank is None or self._block is None:
+            return
+        if self._agreed is not None and step >= self._agreed:
+            self._agreed = None
+        self._part_step = step
+
+    def _wait_previous_part(self) -> None:
+        """Rank mode, before a new part: waits until the supervisor committed or abandoned the
+        previous one (so that this rank's part_step is not overwritten before the slow ranks
+        finish); after `part_patience` seconds it says so and goes on."""
+        b = self._block
+        if b is None or self._rank is None:
+            return
+        prev = b.slot_load(self._rank.local_rank, "part_step")
+        if prev == 0:
+            return
+        deadline = time.monotonic() + self.part_patience
+        while b.load("last_commit_step") < prev and b.load("abandoned_step") < prev:
+            if time.monotonic() >= deadline:
+                print(f"lifeline: rank {self._rank.rank}: the checkpoint of step {prev} is neither committed nor "
+                      f"abandoned after {self.part_patience:g} s: writing the next part anyway",
+                      file=sys.stderr, flush=True)
+                return
+            time.sleep(PART_POLL)
+
+    def _staging_name(self, step: int) -> str:
+        """The shared staging folder of `step` in rank mode (every rank derives the same)."""
+        b = self._block
+        return ".staging-%s-%d-%08x" % (folder_name(step), b.load("supervisor_pid"),
+                                        b.load("staging_token") & 0xFFFFFFFF)
+
+    def _part_failed(self, step: int) -> None:
+        """Rank mode: this rank has no part of `step`; the supervisor abandons that checkpoint."""
+        b, i = self._block, self._rank.local_rank
+        b.slot_store(i, "failed_saves", b.slot_load(i, "failed_saves") + 1)  # only this rank writes it
+        b.slot_store(i, "failed_step", step)
 
     def _request_pending(self) -> bool:
         """should_checkpoint() with a request pending."""
@@ -1156,9 +1635,9 @@ class Client:
             self._next_periodic = _NEVER
             return False
         self._next_periodic = _next_periodic_step(step, every, self._skip_first_steps)
-        if self.save_in_flight:
-            return False  # coalesced into the save in flight
-        return _is_periodic_step(step, every, self._skip_first_steps)
+        if self.save_in_flight and self._rank is None:
+            return False  # coalesced into the save in flight (every rank must write the same parts)
+        return _is_periodic_step(step, every, self._skip_first_steps) and step != self._part_step
 
     def _on_signal(self, signo: int, frame: object) -> None:
         """SIGTERM/SIGUSR1/SIGINT: a stop request. CPython runs this in the main thread between
@@ -1200,6 +1679,12 @@ class Client:
         b = self._block
         if b is None:
             return
+        if self._rank is not None:  # the part is durable; the supervisor commits and acks
+            i = self._rank.local_rank
+            b.slot_store(i, "part_bytes", nbytes)
+            b.slot_store(i, "part_step", step)
+            b.slot_store(i, "state", ClientState.ATTACHED)
+            return
         b.store("last_commit_step", step)
         b.store("last_commit_ns", duration_ns)
         b.store("last_commit_bytes", nbytes)
@@ -1213,9 +1698,16 @@ class Client:
             b.store("ack_seq", seq)
         b.store("client_state", ClientState.ATTACHED)
 
-    def _save_failed(self) -> None:
+    def _save_failed(self, step: Optional[int] = None) -> None:
         b = self._block
         if b is None:
+            return
+        if self._rank is not None:
+            step = self._part_step if step is None else step
+            if self._agreed is not None and step is not None and step >= self._agreed:
+                self._agreed = None  # the agreement is answered by this failure, not retried
+            self._part_failed(step or 0)
+            b.slot_store(self._rank.local_rank, "state", ClientState.ATTACHED)
             return
         b.store("failed_saves", b.load("failed_saves") + 1)  # only the trainer writes it
         self._answer()  # do not retry on every step

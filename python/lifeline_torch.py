@@ -17,6 +17,17 @@ A failed save (disk full, I/O error) never ends training: save() and the backgro
 raise for it; the checkpoint fails at its first error (its staging folder is removed at once), the
 rest of the state is skipped, and its commit reports the error (stderr, the supervisor's history).
 checkpoint() then returns as after a save; older checkpoints stay intact.
+
+Distributed (DDP) trainers, rank mode of docs/distributed.md (torchrun --standalone
+--nproc-per-node N under one `lifeline run`): every rank calls checkpoint() (or save()) at the same
+steps, and each writes its own part of the collective checkpoint; the supervisor commits it once
+every rank's part is durable. A DDP trainer whose replicas hold the same state lets rank 0 alone
+write the files and the other ranks commit empty parts, and every rank loads rank 0's part:
+
+    rank = int(os.environ.get("RANK", "0"))
+    start = lifeline_torch.resume(model, optimizer, from_rank=0)   # checkpoint/rank-00000
+    ...
+        if lifeline_torch.checkpoint(step, model, optimizer, write=(rank == 0)): break
 """
 from __future__ import annotations
 
@@ -30,7 +41,7 @@ from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
-from lifeline_client import Checkpoint, Client
+from lifeline_client import Checkpoint, Client, ResumeInfo, rank_folder_name
 
 _client: Optional[Client] = None
 # Our own, verified checkpoints hold RNG states (tuples, numpy arrays): not weights-only.
@@ -65,9 +76,14 @@ def _write(ckpt: Checkpoint, objects: Mapping[str, object]) -> None:
             torch.save(obj, f)
 
 
-def save(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], step: int) -> None:
+def save(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], step: int,
+         write: bool = True) -> None:
     """Writes model.pt, optimizer.pt and state.pt (step and RNG states) into the checkpoint. A write
-    error does not raise: it fails the checkpoint, whose commit() then returns False."""
+    error does not raise: it fails the checkpoint, whose commit() then returns False. With
+    write=False it writes nothing: a rank whose state another rank saves commits an empty part
+    (rank mode only: a single trainer's checkpoint needs a file)."""
+    if not write:
+        return
     objects = {"model.pt": model.state_dict()}
     if optimizer is not None:
         objects["optimizer.pt"] = optimizer.state_dict()
@@ -145,11 +161,13 @@ def prepare(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] =
 
 
 def snapshot(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
-             step: int) -> Callable[[Checkpoint], None]:
+             step: int, write: bool = True) -> Callable[[Checkpoint], None]:
     """Copies what save() writes into host buffers and returns the function that writes that copy.
     Call it from the snapshot function given to Client.save_async, which first waits for the
     save in flight: the next snapshot reuses the same buffers. Runs on the training thread: this
-    is the stall."""
+    is the stall. With write=False nothing is copied and the part stays empty (see save)."""
+    if not write:
+        return lambda ckpt: None
     _buffers.wait()
     objects = {"model.pt": _buffers.copy(model.state_dict(), "model.pt")}
     if optimizer is not None:
@@ -158,12 +176,16 @@ def snapshot(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
     return lambda ckpt: _write(ckpt, objects)
 
 
-def load(path: str, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> int:
-    """Restores what save() wrote into `model`, `optimizer` and the RNGs; returns the step."""
+def load(path: str, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
+         restore_rng: bool = True) -> int:
+    """Restores what save() wrote into `model`, `optimizer` and (unless `restore_rng` is False) the
+    RNGs; returns the step."""
     model.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu", **_LOAD_ARGS))
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu", **_LOAD_ARGS))
     state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", **_LOAD_ARGS)
+    if not restore_rng:
+        return int(state["step"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
@@ -175,36 +197,47 @@ def load(path: str, model: torch.nn.Module, optimizer: Optional[torch.optim.Opti
 
 
 def resume(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-           client: Optional[Client] = None) -> int:
-    """Loads the checkpoint lifeline chose, if any; returns its step (0 on a fresh start)."""
+           client: Optional[Client] = None, from_rank: Optional[int] = None) -> int:
+    """Loads the checkpoint lifeline chose, if any; returns its step (0 on a fresh start). In rank
+    mode it loads this rank's part, or with `from_rank` that rank's part (a DDP trainer whose rank
+    0 alone saves: from_rank=0); a checkpoint of another world size raises WorldSizeError."""
     r = (client or get_client()).resume()
     if r is None:
         return 0
-    step = load(r.path, model, optimizer)
-    print(f"lifeline: resumed from step {step} ({r.path})", file=sys.stderr, flush=True)
+    path = r.path if from_rank is None else part_path(r, from_rank)
+    step = load(path, model, optimizer)
+    print(f"lifeline: resumed from step {step} ({path})", file=sys.stderr, flush=True)
     return step
+
+
+def part_path(r: ResumeInfo, rank: int) -> str:
+    """The folder of `rank`'s part in the checkpoint `r` (a version-1 checkpoint: the folder)."""
+    part = os.path.join(r.checkpoint, rank_folder_name(rank))
+    return part if r.world_size > 1 or os.path.isdir(part) else r.path
 
 
 def checkpoint(step: int, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                metrics: Optional[Mapping[str, float]] = None, final: bool = False,
-               client: Optional[Client] = None, background: bool = False) -> bool:
+               client: Optional[Client] = None, background: bool = False, write: bool = True) -> bool:
     """Checkpoints after `step` when due (or `final`); True when asked to stop (state saved: leave).
-    With `background`, only snapshot() stalls training; a stop or `final` waits for the write."""
+    With `background`, only snapshot() stalls training; a stop or `final` waits for the write.
+    write=False (rank mode): this rank commits an empty part, another rank saves the state."""
     c = client or get_client()
-    if background and not _buffers._by_key and _buffers._warmer is None and c.checkpoint_dir:
+    if background and write and not _buffers._by_key and _buffers._warmer is None and c.checkpoint_dir:
         prepare(model, optimizer)  # first call: the optimizer state exists by now
-    if (c.should_checkpoint(step) or final) and c.checkpoint_dir:
+    # Inert (no supervisor): no collective checkpoint; a rank that does not write has nothing to save.
+    if (c.should_checkpoint(step) or final) and c.checkpoint_dir and (write or c.active):
         if background:
             try:
-                c.save_async(step, lambda: snapshot(model, optimizer, step), metrics)
+                c.save_async(step, lambda: snapshot(model, optimizer, step, write), metrics)
             except Exception as e:  # the copy failed (no memory for it, say): no save, training goes on
                 print(f"lifeline: checkpoint of step {step} failed: {type(e).__name__}: {e} "
                       "(older checkpoints are intact)", file=sys.stderr, flush=True)
-                c._save_failed()
+                c._save_failed(step)
         else:
             ckpt = c.begin_checkpoint(step)
             try:
-                save(ckpt, model, optimizer, step)
+                save(ckpt, model, optimizer, step, write)
             except Exception as e:  # not the disk's (that fails the checkpoint quietly): still no save
                 ckpt._fail(f"{type(e).__name__}: {e}")
             ckpt.commit(metrics)  # False, reported, when the save failed

@@ -206,7 +206,8 @@ class AttachTest(ClientTestCase):
         self.refused(b, "not owned by this user with mode 0600")
 
     def test_refuses_a_block_of_another_version_size_or_magic(self):
-        self.refused(self.block(version=L.VERSION + 1), "has layout version 2, this client speaks 1")
+        self.refused(self.block(version=L.VERSION + 1),
+                     f"has layout version {L.VERSION + 1}, this client speaks {L.VERSION}")
         self.refused(self.block(magic=0x1234), "has no lifeline magic")
         self.refused(self.block(size=64), "is too small \\(64 bytes\\)")
         os.environ["LIFELINE_CONTROL"] = "/lifeline-test-does-not-exist"
