@@ -153,6 +153,7 @@ FIELDS: Dict[str, Tuple[int, int]] = {
     "agreed_step": (160, 8),     # the step every rank checkpoints for it
     "staging_token": (168, 8),   # names the shared staging folder
     "abandoned_step": (176, 8),  # newest collective checkpoint given up
+    "agreed_stop": (184, 4),     # 1: every rank leaves after the agreed step (before agreement_seq)
 }
 
 # Rank slot field: (offset within the slot, width in bytes). 72..127 reserved, zero.
@@ -1304,6 +1305,8 @@ class Client:
         self._seen_seq = 0
         self._next_periodic = _NEVER
         self._local_stop = False         # a stop signal reached this process
+        self._stop_at_agreed = False     # rank mode: the agreement in hand ends the run at its step
+        self._stop_agreed = False        # rank mode: ... and this rank reached that step
         self._signal_unanswered = False  # ... and no commit has answered it yet
         self._old_handlers: Dict[int, object] = {}
         self._pid = os.getpid()  # forked children (DataLoader workers) inherit us but are not the trainer
@@ -1476,6 +1479,10 @@ class Client:
         b = self._block
         if b is None:
             return False
+        if self._rank is not None:
+            # A rank leaves only at the agreed step of an agreement that said stop, so that every
+            # rank leaves after the same step whenever it saw the flag (docs/distributed.md).
+            return self._stop_agreed
         return self._local_stop or bool(b.load("request_flags") & FLAG_STOP)
 
     def close(self) -> None:
@@ -1557,9 +1564,12 @@ class Client:
             while True:
                 if b.load("agreement_seq") >= self._seen_seq:
                     agreed = b.load("agreed_step")
+                    self._stop_at_agreed = bool(b.load("agreed_stop"))
                     self._promised = None
                     if agreed != self._part_step:  # else this rank made that part already (every_steps)
                         self._agreed = agreed
+                    else:
+                        self._stop_agreed = self._stop_agreed or self._stop_at_agreed
                     break
                 if step < self._promised:
                     return step >= self._next_periodic and self._periodic_due(step)
@@ -1570,6 +1580,7 @@ class Client:
         if step == a:
             return True  # until this rank starts its part of step `a` (begin_checkpoint, save_async)
         self._agreed = None
+        self._stop_agreed = self._stop_agreed or self._stop_at_agreed
         print(f"lifeline: rank {self._rank.rank} skipped the agreed checkpoint step {a} (now at step {step}): "
               "it writes no part, the collective checkpoint is given up", file=sys.stderr, flush=True)
         self._part_failed(a)
@@ -1581,6 +1592,7 @@ class Client:
             return
         if self._agreed is not None and step >= self._agreed:
             self._agreed = None
+            self._stop_agreed = self._stop_agreed or self._stop_at_agreed
         self._part_step = step
 
     def _wait_previous_part(self) -> None:

@@ -75,7 +75,7 @@ json cpp_table() {
   t["max_local_ranks"] = kMaxLocalRanks;
   t["rank_slot_size"] = kRankSlotSize;
   t["rank_slots_off"] = kRankSlotsOff;
-#define SLOT_OFFSET(name) t["slot_offsets"][snake(#name).substr(5)] = name;  // kSlotPidOff -> pid
+#define SLOT_OFFSET(name) t["slot_offsets"][snake(#name)] = name;  // kSlotPidOff -> slot_pid
   LIFELINE_SLOT_OFFSETS(SLOT_OFFSET)
   return t;
 }
@@ -118,7 +118,7 @@ TEST_CASE("the test's list covers every offset, reason and state the header decl
     ++offsets;
     std::string name = (*it)[1];
     bool known = t["offsets"].contains(snake(name)) || name == "kRankSlotsOff" ||
-                 (name.rfind("kSlot", 0) == 0 && t["slot_offsets"].contains(snake(name).substr(5)));
+                 (name.rfind("kSlot", 0) == 0 && t["slot_offsets"].contains(snake(name)));
     CHECK_MESSAGE(known, name << " is missing from tests/python_test.cc");
   }
   CHECK(offsets == t["offsets"].size() + 1 + t["slot_offsets"].size());

@@ -57,6 +57,7 @@ class FakeSupervisor:
             return None
         s = max(self.slot(i, "promised_step") for i in ranks)
         self.b.set("agreed_step", s)
+        self.b.set("agreed_stop", 1 if self.b.get("request_flags") & L.FLAG_STOP else 0)
         self.b.set("agreement_seq", r)
         return s
 
@@ -152,6 +153,7 @@ class LayoutTest(unittest.TestCase):
         self.assertEqual(set(t), {"magic", "version", "size", "flag_stop", "offsets", "reasons", "client_states"})
         for name, off in (("agreement_seq", 152), ("agreed_step", 160), ("staging_token", 168), ("abandoned_step", 176)):
             self.assertEqual(L.FIELDS[name], (off, 8))
+        self.assertEqual(L.FIELDS["agreed_stop"], (184, 4))
         self.assertEqual(L.rank_slot_table(), {
             "pid": (0, 4), "rank": (4, 4), "world_size": (8, 4), "state": (12, 4), "current_step": (16, 8),
             "seen_seq": (24, 8), "promised_step": (32, 8), "part_step": (40, 8), "part_bytes": (48, 8),
@@ -301,6 +303,8 @@ class AgreementTest(RankTestCase):
         c1.should_checkpoint(6)
         self.assertEqual(sup.agree(), 7)
         self.assertTrue(c0.should_checkpoint(7) and c1.should_checkpoint(7))
+        self.assertFalse(c0.should_exit() or c1.should_exit())  # not before its part of the stop step
+        self.assertTrue(self.part(c0, 7) and self.part(c1, 7))
         self.assertTrue(c0.should_exit() and c1.should_exit())
 
     def test_a_request_after_the_agreement_is_taken_in_once_the_agreed_part_is_started(self):
@@ -314,7 +318,9 @@ class AgreementTest(RankTestCase):
         seq2 = b.request(stop=True)
         self.assertTrue(c0.should_checkpoint(12))  # still 12, not a promise of 14 first
         self.assertEqual(sup.slot(0, "promised_step"), 12)
-        self.assertTrue(c0.should_exit())
+        # The agreement on 12 did not say stop: the stop that came after it ends the run at its
+        # own agreed step, so that every rank leaves after the same one.
+        self.assertFalse(c0.should_exit())
         self.assertTrue(self.part(c0, 12))
         self.assertFalse(c0.should_checkpoint(13))  # now it sees the second request
         self.assertEqual((sup.slot(0, "promised_step"), sup.slot(0, "seen_seq")), (15, seq2))
@@ -338,11 +344,16 @@ class AgreementTest(RankTestCase):
         c0, c1 = self.ranks(b)
         os.kill(os.getpid(), signal.SIGUSR1)
         self.assertFalse(c1.should_checkpoint(3))  # the handler ran in this process: both clients'
-        self.assertTrue(c1.should_exit())
+        self.assertFalse(c1.should_exit())  # a rank leaves at the agreed step, not before
         self.assertEqual(b.get("request_flags") & L.FLAG_STOP, L.FLAG_STOP)
         self.assertEqual(sup.slot(1, "seen_seq"), b.get("request_seq"))
         c0.should_checkpoint(3)
         self.assertEqual(sup.agree(), 5)
+        for c in (c0, c1):
+            self.assertFalse(c.should_checkpoint(4))
+            self.assertTrue(c.should_checkpoint(5))
+            self.assertTrue(self.part(c, 5))
+            self.assertTrue(c.should_exit())
 
     def test_every_steps_needs_no_agreement(self):
         b, sup = self.block()
