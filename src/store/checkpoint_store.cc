@@ -17,6 +17,7 @@
 #include "common/json_text.h"
 #include "store/checksum.h"
 #include "store/file_system.h"
+#include "store/sharded.h"
 
 namespace lifeline {
 namespace fs = std::filesystem;
@@ -77,6 +78,88 @@ static std::string check_no_links(const std::string& root, const std::string& re
   }
 }
 
+// Verifies `files`, listed relative to `root`/`prefix` (prefix "" or a part folder with its '/'),
+// in `mode`; the first problem, naming the file relative to `root`, or "".
+static std::string verify_files(const std::string& root, const std::string& prefix,
+                                const std::vector<ManifestFile>& files, const std::string& algorithm,
+                                VerifyMode mode) {
+  for (const auto& f : files) {
+    std::string rel = prefix + f.path;
+    std::string why = check_no_links(root, rel);
+    if (!why.empty()) return why;
+    std::string full = root + "/" + rel;
+    if (mode == VerifyMode::quick) {
+      struct stat fst {};
+      if (lstat(full.c_str(), &fst) != 0 || uint64_t(fst.st_size) != f.bytes)
+        return "file " + rel + " has " + std::to_string(fst.st_size) + " bytes, the manifest says " +
+               std::to_string(f.bytes);
+      continue;
+    }
+    auto hasher = make_hasher(algorithm);
+    unsigned long long got = 0;
+    ReadCache cache = mode == VerifyMode::full_around_cache ? ReadCache::around_cache_when_cold : ReadCache::cached;
+    if (!default_file_system().hash_file(full, *hasher, got, cache))
+      return "file " + rel + " cannot be read: " + std::strerror(errno);
+    if (got != f.bytes)
+      return "file " + rel + " has " + std::to_string(got) + " bytes, the manifest says " + std::to_string(f.bytes) +
+             " (truncated or grown)";
+    if (hasher->hex_digest() != f.checksum) return "file " + rel + " does not match its " + algorithm + " checksum";
+  }
+  return "";
+}
+
+// The part manifests of a version-2 checkpoint, each checked against the top manifest (size,
+// checksum, step, rank, world size); sets info.bytes on success, else info.problem.
+static bool read_parts(CheckpointInfo& info, const Manifest& m, std::vector<PartManifest>& parts) {
+  uint64_t bytes = 0;
+  for (const auto& listed : m.parts) {
+    std::string part = "part manifest " + listed.path;
+    std::string why = check_no_links(info.path, listed.path);
+    if (!why.empty()) {
+      info.problem = "rank " + std::to_string(listed.rank) + ": " + why;
+      return false;
+    }
+    FileRead r = default_file_system().read_file(info.path + "/" + listed.path, kMaxManifestBytes);
+    if (r.error == EFBIG) {
+      info.problem = part + " is " + std::to_string(r.size) + " bytes, over the limit of " +
+                     std::to_string(kMaxManifestBytes >> 20) + " MiB (kMaxManifestBytes): not read";
+      return false;
+    }
+    if (r.error != 0) {
+      info.problem = part + " cannot be read: " + std::strerror(r.error);
+      return false;
+    }
+    if (r.content.size() != listed.bytes) {
+      info.problem = part + " has " + std::to_string(r.content.size()) + " bytes, the MANIFEST says " +
+                     std::to_string(listed.bytes);
+      return false;
+    }
+    auto hasher = make_hasher(m.checksum_algorithm);
+    hasher->update(r.content.data(), r.content.size());
+    if (hasher->hex_digest() != listed.checksum) {
+      info.problem = part + " does not match its " + m.checksum_algorithm + " checksum";
+      return false;
+    }
+    PartManifest p;
+    try {
+      p = part_manifest_from_json(r.content);
+    } catch (const std::exception& e) {
+      info.problem = part + ": " + e.what();
+      return false;
+    }
+    if (p.step != m.step || p.rank != listed.rank || p.world_size != m.world_size) {
+      info.problem = part + " names step " + std::to_string(p.step) + ", rank " + std::to_string(p.rank) + " of " +
+                     std::to_string(p.world_size) + ", not step " + std::to_string(m.step) + ", rank " +
+                     std::to_string(listed.rank) + " of " + std::to_string(m.world_size);
+      return false;
+    }
+    bytes += p.total_bytes();
+    parts.push_back(std::move(p));
+  }
+  info.bytes = bytes;
+  return true;
+}
+
 static CheckpointInfo verify_folder(const std::string& folder, VerifyMode mode) {
   CheckpointInfo info;
   std::error_code ec;
@@ -100,43 +183,28 @@ static CheckpointInfo verify_folder(const std::string& folder, VerifyMode mode) 
   info.created_ns = m.created_ns;
   info.metrics = m.metrics;
   info.bytes = m.total_bytes();
+  info.world_size = m.world_size;
   if (m.step != info.step) {
     info.problem = "MANIFEST says step " + std::to_string(m.step) + " but the folder is " +
                    checkpoint_folder_name(info.step);
     return info;
   }
-  for (const auto& f : m.files) {
-    std::string why = check_no_links(info.path, f.path);
-    if (!why.empty()) {
-      info.problem = why;
-      return info;
-    }
-    std::string full = info.path + "/" + f.path;
-    if (mode == VerifyMode::quick) {
-      struct stat fst {};
-      if (lstat(full.c_str(), &fst) != 0 || uint64_t(fst.st_size) != f.bytes) {
-        info.problem = "file " + f.path + " has " + std::to_string(fst.st_size) +
-                       " bytes, the manifest says " + std::to_string(f.bytes);
-        return info;
-      }
-      continue;
-    }
-    auto hasher = make_hasher(m.checksum_algorithm);
-    unsigned long long got = 0;
-    ReadCache cache = mode == VerifyMode::full_around_cache ? ReadCache::around_cache_when_cold : ReadCache::cached;
-    if (!default_file_system().hash_file(full, *hasher, got, cache)) {
-      info.problem = "file " + f.path + " cannot be read: " + std::strerror(errno);
-      return info;
-    }
-    if (got != f.bytes) {
-      info.problem = "file " + f.path + " has " + std::to_string(got) + " bytes, the manifest says " +
-                     std::to_string(f.bytes) + " (truncated or grown)";
-      return info;
-    }
-    if (hasher->hex_digest() != f.checksum) {
-      info.problem = "file " + f.path + " does not match its " + m.checksum_algorithm + " checksum";
-      return info;
-    }
+  if (m.format_version != 2) {
+    info.problem = verify_files(info.path, "", m.files, m.checksum_algorithm, mode);
+    info.valid = info.problem.empty();
+    return info;
+  }
+  std::vector<PartManifest> parts;
+  if (!read_parts(info, m, parts)) return info;
+  size_t files = 0;
+  for (const auto& p : parts) {
+    files += p.files.size();
+    info.problem = verify_files(info.path, part_folder_name(p.rank) + "/", p.files, p.checksum_algorithm, mode);
+    if (!info.problem.empty()) return info;
+  }
+  if (files == 0) {
+    info.problem = "no rank's part lists a file (an empty checkpoint has nothing to resume)";
+    return info;
   }
   info.valid = true;
   return info;
@@ -186,6 +254,7 @@ nlohmann::json checkpoint_object(const CheckpointInfo& info) {
   j["path"] = valid_utf8(info.path);
   j["valid"] = info.valid;
   j["bytes"] = info.bytes;
+  j["world_size"] = info.world_size;
   j["created"] = info.created_ns ? nlohmann::json(iso8601(info.created_ns)) : nlohmann::json(nullptr);
   j["metrics"] = nlohmann::json::object();
   for (const auto& [k, v] : info.metrics) j["metrics"][valid_utf8(k)] = v;

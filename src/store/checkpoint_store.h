@@ -17,7 +17,8 @@ struct CheckpointInfo {
   uint64_t step = 0;
   std::string path;  // absolute
   bool valid = false;
-  uint64_t bytes = 0;
+  uint64_t bytes = 0;          // of every file (a sharded checkpoint: of all its parts)
+  uint32_t world_size = 1;     // ranks that wrote it (1 for a version-1 checkpoint)
   uint64_t created_ns = 0;
   std::map<std::string, double> metrics;
   std::string problem;  // set when !valid; always valid UTF-8 (odd bytes written as \xNN)
@@ -39,6 +40,9 @@ bool is_staging_name(const std::string& name);
 // verified (one readdir), so it stays cheap with thousands of checkpoints.
 std::vector<std::pair<uint64_t, std::string>> checkpoint_folders(const std::string& dir);
 
+// Valid when the MANIFEST parses and every file it lists (version 2: every part manifest, then
+// every file each lists) is a regular file, no link on the way, of the listed size and, unless
+// `mode` is quick, checksum (docs/protocol.md §3, docs/distributed.md).
 CheckpointInfo verify_checkpoint(const std::string& folder, VerifyMode mode);
 // Every committed folder in `dir`, by step ascending. A missing dir is an empty list.
 std::vector<CheckpointInfo> list_checkpoints(const std::string& dir, VerifyMode mode);

@@ -13,6 +13,7 @@
 #include "common/random_hex.h"
 #include "store/checkpoint_store.h"
 #include "store/checksum.h"
+#include "store/sharded.h"
 
 namespace lifeline {
 namespace stdfs = std::filesystem;
@@ -31,10 +32,34 @@ CheckpointWriter::CheckpointWriter(FileSystem& fs, std::string dir, uint64_t ste
   fs_->make_dir(staging_);
 }
 
+CheckpointWriter::CheckpointWriter(FileSystem& fs, std::string dir, uint64_t step, CheckpointMeta meta, PartOf part)
+    : fs_(&fs), dir_(std::move(dir)), step_(step), meta_(std::move(meta)), started_ns_(mono_ns()),
+      written_(std::make_shared<StagedFiles>()), part_(true), rank_(part.rank), world_size_(part.world_size) {
+  if (!known_checksum(meta_.checksum_algorithm))
+    throw std::invalid_argument("unknown checksum algorithm " + meta_.checksum_algorithm);
+  if (world_size_ == 0 || rank_ >= world_size_)
+    throw std::invalid_argument("rank " + std::to_string(rank_) + " is outside a world of " +
+                                std::to_string(world_size_) + " ranks");
+  if (!is_staging_name(part.staging_name) || part.staging_name.find('/') != std::string::npos)
+    throw std::invalid_argument("'" + valid_utf8(part.staging_name) + "' is not a staging folder name");
+  shared_ = dir_ + "/" + part.staging_name;
+  try {
+    fs_->make_dir(shared_);
+  } catch (const SystemError& e) {
+    if (e.code != EEXIST) throw;  // another rank made it first
+  }
+  struct stat st {};
+  if (lstat(shared_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw std::runtime_error("staging folder " + valid_utf8(shared_) + " is not a directory (or a symbolic link)");
+  staging_ = shared_ + "/" + part_folder_name(rank_);
+  if (lstat(staging_.c_str(), &st) == 0) fs_->remove_tree(staging_);  // an earlier try of this rank
+  fs_->make_dir(staging_);
+}
+
 CheckpointWriter::CheckpointWriter(CheckpointWriter&& o) noexcept
     : fs_(o.fs_), dir_(std::move(o.dir_)), step_(o.step_), meta_(std::move(o.meta_)),
       staging_(std::move(o.staging_)), started_ns_(o.started_ns_), written_(std::move(o.written_)),
-      done_(o.done_) {
+      done_(o.done_), part_(o.part_), shared_(std::move(o.shared_)), rank_(o.rank_), world_size_(o.world_size_) {
   o.done_ = true;
 }
 
@@ -105,6 +130,85 @@ void StagedFile::close() {
   files_->unclosed.erase(rel_);
 }
 
+CommitResult publish_staging(FileSystem& fs, const std::string& dir, uint64_t step, const std::string& staging) {
+  CommitResult result;
+  result.path = dir + "/" + checkpoint_folder_name(step);
+  struct stat st {};
+  if (lstat(result.path.c_str(), &st) == 0) {
+    // The same step was committed before (e.g. a stop request right after a resume).
+    if (verify_checkpoint(result.path, VerifyMode::full).valid) {
+      result.already_present = true;
+      return result;
+    }
+    // An invalid folder under the final name: move it aside, never resume it. Until the
+    // directory fsync below, a crash leaves either the invalid folder or nothing under the
+    // final name; the previous valid checkpoint is untouched either way.
+    std::string trash = trash_folder_name(dir, step);
+    try {
+      fs.rename(result.path, trash);
+    } catch (const SystemError& e) {
+      if (e.code != ENOENT) throw;  // gc moved it away first: nothing left to move
+    }
+    fs.rename(staging, result.path);
+    fs.sync_dir(dir);
+    // Durable: from here on nothing may report this commit as failed.
+    try {
+      fs.remove_tree(trash);
+    } catch (const std::exception&) {
+      // A leftover .trash- folder: never resumed, removed by gc.
+    }
+  } else {
+    fs.rename(staging, result.path);
+    fs.sync_dir(dir);
+  }
+  std::error_code ec;
+  result.path = stdfs::absolute(result.path, ec).lexically_normal().string();
+  return result;
+}
+
+std::vector<ManifestFile> CheckpointWriter::seal_files(std::vector<std::string>& subdirs) {
+  std::vector<ManifestFile> files;
+  for (auto it = stdfs::recursive_directory_iterator(staging_); it != stdfs::recursive_directory_iterator(); ++it) {
+    std::string rel = it->path().lexically_relative(staging_).generic_string();
+    auto status = it->symlink_status();
+    if (stdfs::is_symlink(status))
+      throw std::runtime_error("checkpoint file " + valid_utf8(rel) + " is a symbolic link: not allowed");
+    std::string why = unsafe_path_reason(rel);  // a name JSON cannot carry, say
+    if (!why.empty()) throw std::runtime_error("checkpoint file " + valid_utf8(rel) + ": " + why);
+    if (stdfs::is_directory(status)) {
+      subdirs.push_back(it->path().string());
+      continue;
+    }
+    if (!stdfs::is_regular_file(status))
+      throw std::runtime_error("checkpoint file " + valid_utf8(rel) + " is not a regular file");
+    if (rel == kManifestName) throw std::runtime_error("the trainer wrote a file named MANIFEST");
+    auto w = written_->closed.find(rel);
+    if (w != written_->closed.end()) {
+      files.push_back(w->second);
+      continue;
+    }
+    auto hasher = make_hasher(meta_.checksum_algorithm);
+    unsigned long long bytes = 0;
+    if (!fs_->hash_file(it->path().string(), *hasher, bytes, ReadCache::cached)) throw_errno("read", it->path().string());
+    fs_->sync_file(it->path().string());
+    files.push_back(ManifestFile{rel, bytes, hasher->hex_digest()});
+  }
+  return files;
+}
+
+void CheckpointWriter::write_manifest(const std::string& text, size_t files, size_t metrics) {
+  if (text.size() > kMaxManifestBytes)
+    throw std::runtime_error("the MANIFEST of step " + std::to_string(step_) + " would be " +
+                             std::to_string(text.size()) + " bytes, over the limit of " +
+                             std::to_string(kMaxManifestBytes >> 20) + " MiB (" + std::to_string(files) +
+                             " files, " + std::to_string(metrics) + " metrics): save fewer, bigger files");
+  auto mf = fs_->create_file(staging_ + "/" + kManifestName);
+  mf->append(text.data(), text.size());
+  mf->sync();
+  mf->close();
+  fs_->sync_dir(staging_);
+}
+
 CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metrics) {
   if (done_) throw std::logic_error("checkpoint already committed or aborted");
   written_->sealed = true;  // a stream still open must not write into the folder once renamed
@@ -112,6 +216,7 @@ CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metri
     if (!written_->unclosed.empty())
       throw std::logic_error("checkpoint file " + *written_->unclosed.begin() +
                              " was not closed (close() every stream before commit)");
+    if (part_) return commit_part();
     Manifest m;
     m.step = step_;
     m.created_ns = wall_ns();
@@ -122,90 +227,43 @@ CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metri
     m.checksum_algorithm = meta_.checksum_algorithm;
     m.metrics = metrics;
     std::vector<std::string> subdirs;
-    for (auto it = stdfs::recursive_directory_iterator(staging_); it != stdfs::recursive_directory_iterator(); ++it) {
-      std::string rel = it->path().lexically_relative(staging_).generic_string();
-      auto status = it->symlink_status();
-      if (stdfs::is_symlink(status))
-        throw std::runtime_error("checkpoint file " + valid_utf8(rel) + " is a symbolic link: not allowed");
-      std::string why = unsafe_path_reason(rel);  // a name JSON cannot carry, say
-      if (!why.empty()) throw std::runtime_error("checkpoint file " + valid_utf8(rel) + ": " + why);
-      if (stdfs::is_directory(status)) {
-        subdirs.push_back(it->path().string());
-        continue;
-      }
-      if (!stdfs::is_regular_file(status))
-        throw std::runtime_error("checkpoint file " + valid_utf8(rel) + " is not a regular file");
-      if (rel == kManifestName) throw std::runtime_error("the trainer wrote a file named MANIFEST");
-      auto w = written_->closed.find(rel);
-      if (w != written_->closed.end()) {
-        m.files.push_back(w->second);
-        continue;
-      }
-      auto hasher = make_hasher(meta_.checksum_algorithm);
-      unsigned long long bytes = 0;
-      if (!fs_->hash_file(it->path().string(), *hasher, bytes, ReadCache::cached)) throw_errno("read", it->path().string());
-      fs_->sync_file(it->path().string());
-      m.files.push_back(ManifestFile{rel, bytes, hasher->hex_digest()});
-    }
+    m.files = seal_files(subdirs);
     if (m.files.empty())
       throw std::runtime_error("checkpoint of step " + std::to_string(step_) +
                                " has no files: write the trainer's state into its folder before commit");
     for (auto& d : subdirs) fs_->sync_dir(d);
-    std::string text = manifest_to_json(m);
-    if (text.size() > kMaxManifestBytes)
-      throw std::runtime_error("the MANIFEST of step " + std::to_string(step_) + " would be " +
-                               std::to_string(text.size()) + " bytes, over the limit of " +
-                               std::to_string(kMaxManifestBytes >> 20) + " MiB (" + std::to_string(m.files.size()) +
-                               " files, " + std::to_string(m.metrics.size()) +
-                               " metrics): save fewer, bigger files");
-    auto mf = fs_->create_file(staging_ + "/" + kManifestName);
-    mf->append(text.data(), text.size());
-    mf->sync();
-    mf->close();
-    fs_->sync_dir(staging_);
+    write_manifest(manifest_to_json(m), m.files.size(), m.metrics.size());
 
-    CommitResult result;
-    result.bytes = m.total_bytes();
-    result.path = dir_ + "/" + checkpoint_folder_name(step_);
-    struct stat st {};
-    if (lstat(result.path.c_str(), &st) == 0) {
-      // The same step was committed before (e.g. a stop request right after a resume).
-      if (verify_checkpoint(result.path, VerifyMode::full).valid) {
-        abort();
-        result.already_present = true;
-        result.duration_ns = mono_ns() - started_ns_;
-        return result;
-      }
-      // An invalid folder under the final name: move it aside, never resume it. Until the
-      // directory fsync below, a crash leaves either the invalid folder or nothing under the
-      // final name; the previous valid checkpoint is untouched either way.
-      std::string trash = trash_folder_name(dir_, step_);
-      try {
-        fs_->rename(result.path, trash);
-      } catch (const SystemError& e) {
-        if (e.code != ENOENT) throw;  // gc moved it away first: nothing left to move
-      }
-      fs_->rename(staging_, result.path);
-      fs_->sync_dir(dir_);
-      done_ = true;  // durable: from here on nothing may report this commit as failed
-      try {
-        fs_->remove_tree(trash);
-      } catch (const std::exception&) {
-        // A leftover .trash- folder: never resumed, removed by gc.
-      }
-    } else {
-      fs_->rename(staging_, result.path);
-      fs_->sync_dir(dir_);
-    }
+    CommitResult result = publish_staging(*fs_, dir_, step_, staging_);
+    if (result.already_present) abort();
     done_ = true;
-    std::error_code ec;
-    result.path = stdfs::absolute(result.path, ec).lexically_normal().string();
+    result.bytes = m.total_bytes();
     result.duration_ns = mono_ns() - started_ns_;
     return result;
   } catch (...) {
     abort();
     throw;
   }
+}
+
+CommitResult CheckpointWriter::commit_part() {
+  PartManifest m;
+  m.step = step_;
+  m.rank = rank_;
+  m.world_size = world_size_;
+  m.checksum_algorithm = meta_.checksum_algorithm;
+  std::vector<std::string> subdirs;
+  m.files = seal_files(subdirs);  // none is fine: the leader refuses a checkpoint without any
+  for (auto& d : subdirs) fs_->sync_dir(d);
+  write_manifest(part_manifest_to_json(m), m.files.size(), 0);
+  fs_->sync_dir(shared_);
+  done_ = true;
+  CommitResult result;
+  std::error_code ec;
+  result.path = stdfs::absolute(staging_, ec).lexically_normal().string();
+  result.bytes = m.total_bytes();
+  result.duration_ns = mono_ns() - started_ns_;
+  return result;
 }
 
 }  // namespace lifeline
