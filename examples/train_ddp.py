@@ -54,6 +54,25 @@ def batch(seed: int, step: int, rank: int, device: torch.device):
     return x.to(device), y.to(device)
 
 
+def ordered_allreduce(_state, bucket):
+    """A DDP communication hook that averages a gradient bucket summing the ranks in rank order.
+
+    Bit-exact resumes need it with more than two ranks: gloo's ring all-reduce adds the ranks'
+    values in an order that depends on where an element sits in its bucket, and DDP rebuilds its
+    buckets after the first step of every run, so the first step after a resume would round
+    differently from the same step of an uninterrupted run. (Two ranks are immune: a + b == b + a.)
+    Costs an all-gather instead of an all-reduce: fine for an example, not for a big model."""
+    t = bucket.buffer()
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    total = parts[0].clone()
+    for p in parts[1:]:
+        total += p
+    fut = torch.futures.Future()
+    fut.set_result(total.div_(len(parts)))
+    return fut
+
+
 def model_digest(net: Net) -> str:
     """sha256 of the model state (every parameter and buffer, by name)."""
     h = hashlib.sha256()
@@ -115,6 +134,8 @@ def main() -> int:
     else:
         say(f"train-ddp: starting at step 0, world of {world}")
     model = DistributedDataParallel(net, device_ids=[local_rank] if use_cuda else None) if distributed else net
+    if distributed:
+        model.register_comm_hook(None, ordered_allreduce)
     # Under a supervisor every rank writes its part; alone, the process checkpoints as train_torch.py.
     can_save = client.active or (bool(client.checkpoint_dir) and world == 1)
 
@@ -146,11 +167,9 @@ def main() -> int:
             except Exception as e:  # not the disk's (the client reports those): no memory for the copy, say
                 print(f"train-ddp: rank {rank} checkpoint of step {step} failed: {e}; training goes on",
                       file=sys.stderr, flush=True)
-            # Leave together: a rank that left alone would hang the others in their next all-reduce.
-            stop = torch.tensor([int(client.should_exit())], device=device)
-            if distributed:
-                dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-            if stop.item() and step < args.steps:
+            # Every rank gets the same answer at the same step (the supervisor agreed on the stop
+            # step), so they leave together without a collective of their own.
+            if client.should_exit() and step < args.steps:
                 client.wait_for_saves()  # this rank's part of the stop checkpoint is durable
                 say(f"train-ddp: stopping at step {step} after its checkpoint")
                 client.close()

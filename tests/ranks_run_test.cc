@@ -1,5 +1,6 @@
 // Ranks of one node under `lifeline run` end to end (docs/distributed.md): torchrun (Debian's
-// python3-torch) launches the real LibTorch example trainer three times (--no_python), the
+// python3-torch) launches examples/train_ddp.py (DDP over gloo) or the real LibTorch example
+// trainer (--no_python) three times, the
 // supervisor is stopped by a real signal, the ranks checkpoint one agreed step, the supervisor
 // commits their parts as one checkpoint, and the resumed run ends bit-exact. Every rank trains
 // the same replicated model, so the reference is the trainer alone, uninterrupted.
@@ -9,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -60,7 +62,7 @@ std::vector<std::string> train_cmd(const std::string& digest, int delay_ms, cons
 std::vector<std::string> torchrun(const std::vector<std::string>& cmd) {
   std::vector<std::string> v = {binary("PYTHON"), "-m", "torch.distributed.run", "--nnodes", "1",
                                 "--nproc_per_node", std::to_string(kRanks), "--master_addr", "127.0.0.1",
-                                "--master_port", std::to_string(free_port()), "--redirects", "3", "--tee", "3",
+                                "--master_port", std::to_string(free_port()), "--redirects", "1", "--tee", "1",
                                 "--no_python"};
   v.insert(v.end(), cmd.begin(), cmd.end());
   return v;
@@ -151,4 +153,54 @@ TEST_CASE("a rank killed during a save leaves no checkpoint of that save and the
   CHECK_MESSAGE(resumed == std::vector<uint64_t>(kRanks, 40), out);
   CHECK(read_line(d / "digest") == reference_digest());
   for (const auto& c : checkpoints(d)) CHECK(c["valid"] == true);
+}
+
+namespace {
+
+std::vector<std::string> ddp_cmd(const std::string& digest, int delay_ms) {
+  return {std::string(LIFELINE_SOURCE_DIR) + "/examples/train_ddp.py", "--steps", std::to_string(kSteps), "--seed", "5",
+          "--step-delay-ms", std::to_string(delay_ms), "--log-every", "1", "--digest-out", digest};
+}
+
+// torchrun running a Python script as its kRanks workers.
+std::vector<std::string> torchrun_python(const std::vector<std::string>& cmd) {
+  std::vector<std::string> v = torchrun(cmd);
+  v.erase(std::find(v.begin(), v.end(), "--no_python"));
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("DDP over gloo with three ranks under torchrun, stopped by SIGUSR1, resumes to the uninterrupted digest") {
+  TempDir ref;
+  std::string out;
+  // The reference: the same three ranks, uninterrupted, without lifeline (the data depends on the rank).
+  int rc = run(torchrun_python(ddp_cmd(ref / "digest", 0)), &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}});
+  REQUIRE_MESSAGE(rc == 0, out);
+  std::string reference = read_line(ref / "digest");
+  REQUIRE(reference.size() == 64);
+
+  TempDir d;
+  std::random_device rd;
+  int k = std::uniform_int_distribution<int>(25, kSteps - 30)(rd);
+  CAPTURE(k);
+  Process first(lifeline_run(d, torchrun_python(ddp_cmd(d / "digest", 20))));
+  REQUIRE(first.wait_for_line("step " + std::to_string(k) + " ") != "");
+  first.signal(SIGUSR1);
+  rc = first.wait();
+  std::string out1 = first.output();
+  REQUIRE_MESSAGE(rc == 75, out1);
+  std::smatch m;
+  REQUIRE_MESSAGE(std::regex_search(out1, m, std::regex("ranks agreed to checkpoint step ([0-9]+)")), out1);
+  uint64_t agreed = std::stoull(m[1]);
+  CHECK(out1.find("train-ddp: stopping at step " + std::to_string(agreed)) != std::string::npos);
+  json list = checkpoints(d);
+  REQUIRE(!list.empty());
+  CHECK(list.back()["step"] == agreed);
+  CHECK(list.back()["world_size"] == kRanks);
+
+  rc = run(lifeline_run(d, torchrun_python(ddp_cmd(d / "digest", 0))), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK(out.find("train-ddp: resumed from step " + std::to_string(agreed)) != std::string::npos);
+  CHECK(read_line(d / "digest") == reference);
 }

@@ -259,7 +259,7 @@ Client Client::from_env() {
   State& s = *c.state_;
   s.ckpt_dir = env_or("LIFELINE_CKPT_DIR", "");
   std::string from = env_or("LIFELINE_RESUME_FROM", "");
-  if (!from.empty()) s.resume = ResumeInfo{from, env_u64("LIFELINE_RESUME_STEP")};
+  if (!from.empty()) s.resume = ResumeInfo{from, env_u64("LIFELINE_RESUME_STEP"), from};
   s.attempt = env_u64("LIFELINE_ATTEMPT");
   s.meta.attempt = s.attempt;
   s.meta.lineage = env_or("LIFELINE_LINEAGE", "");
