@@ -35,7 +35,7 @@ namespace {
   X(kAckSeqOff) X(kAckStepOff) X(kCurrentStepOff) X(kEveryStepsOff) X(kSkipFirstStepsOff)         \
   X(kCommitCountOff) X(kLastCommitStepOff) X(kLastCommitNsOff) X(kLastCommitBytesOff)             \
   X(kFailedSavesOff) X(kClientStateOff) X(kStepsSeenOff) X(kAgreementSeqOff) X(kAgreedStepOff)       \
-  X(kStagingTokenOff) X(kAbandonedStepOff)
+  X(kStagingTokenOff) X(kAbandonedStepOff) X(kAgreedStopOff)
 // A rank slot's fields (offsets within the slot), and where the slots start.
 #define LIFELINE_SLOT_OFFSETS(X)                                                                  \
   X(kSlotPidOff) X(kSlotRankOff) X(kSlotWorldSizeOff) X(kSlotStateOff) X(kSlotCurrentStepOff)      \
@@ -188,7 +188,9 @@ TEST_CASE("the Python client refuses a block of another layout version") {
   int rc = 0;
   std::string out = run_python("import lifeline_client as l\nl.Client.from_env()", &rc, {{"LIFELINE_CONTROL", block.name()}});
   CHECK(rc != 0);
-  CHECK_MESSAGE(out.find("has layout version 2, this client speaks 1") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("has layout version " + std::to_string(kVersion + 1) + ", this client speaks " +
+                         std::to_string(kVersion)) != std::string::npos,
+                out);
 }
 
 namespace {
