@@ -169,6 +169,7 @@ SLOT_FIELDS: Dict[str, Tuple[int, int]] = {
     "part_bytes": (48, 8),
     "failed_step": (56, 8),    # newest step whose part failed
     "failed_saves": (64, 8),   # parts that failed
+    "part_ns": (72, 8),        # how long that part took, begin to durable (before part_step)
 }
 
 
@@ -1694,6 +1695,7 @@ class Client:
         if self._rank is not None:  # the part is durable; the supervisor commits and acks
             i = self._rank.local_rank
             b.slot_store(i, "part_bytes", nbytes)
+            b.slot_store(i, "part_ns", duration_ns)
             b.slot_store(i, "part_step", step)
             b.slot_store(i, "state", ClientState.ATTACHED)
             return

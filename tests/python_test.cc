@@ -40,7 +40,7 @@ namespace {
 #define LIFELINE_SLOT_OFFSETS(X)                                                                  \
   X(kSlotPidOff) X(kSlotRankOff) X(kSlotWorldSizeOff) X(kSlotStateOff) X(kSlotCurrentStepOff)      \
   X(kSlotSeenSeqOff) X(kSlotPromisedStepOff) X(kSlotPartStepOff) X(kSlotPartBytesOff)             \
-  X(kSlotFailedStepOff) X(kSlotFailedSavesOff)
+  X(kSlotFailedStepOff) X(kSlotFailedSavesOff) X(kSlotPartNsOff)
 #define LIFELINE_REASONS(X) X(none) X(periodic) X(stop_signal) X(time_limit) X(manual) X(trainer_signal)
 #define LIFELINE_STATES(X) X(absent) X(attached) X(saving) X(exiting)
 

@@ -4,6 +4,7 @@
 #include <doctest.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <optional>
@@ -108,14 +109,14 @@ TEST_CASE("ranks checkpoint one agreed step that no rank had passed, and the coo
   // The ranks are not in step: 10, 12, 11.
   std::vector<uint64_t> step = {10, 12, 11};
   for (size_t i = 0; i < 3; ++i) CHECK_FALSE(ranks[i].should_checkpoint(step[i]));
-  CHECK(coord.poll(1).ranks);
+  CHECK(coord.poll().ranks);
   CHECK(block.u64(kCurrentStepOff).load() == 10);  // the slowest rank's
 
   uint64_t seq = block.request(Reason::manual, false, 0);
   // Each rank sees it on its next step and promises; none may checkpoint yet.
   for (size_t i = 0; i < 3; ++i) CHECK_FALSE(ranks[i].should_checkpoint(++step[i]));
   // 11, 13, 12 seen: the promises are 13, 15, 14; the agreement is the largest.
-  auto r = coord.poll(2);
+  auto r = coord.poll();
   REQUIRE(r.agreed);
   CHECK(*r.agreed == 15);
   CHECK(block.u64(kAgreementSeqOff).load() == seq);
@@ -129,16 +130,21 @@ TEST_CASE("ranks checkpoint one agreed step that no rank had passed, and the coo
     CHECK(ck.commit());
     if (i < 2) {
       // Not committed while a part is missing.
-      CHECK_FALSE(coord.poll(3).committed);
+      CHECK_FALSE(coord.poll().committed);
       CHECK(list_checkpoints(d.path(), VerifyMode::full).empty());
     }
   }
-  r = coord.poll(4);
+  r = coord.poll();
   REQUIRE(r.committed);
   CHECK(r.committed_step == 15);
   CHECK(block.u64(kAckSeqOff).load() == seq);
   CHECK(block.u64(kCommitCountOff).load() == 1);
   CHECK(block.u64(kLastCommitStepOff).load() == 15);
+  // Its duration is what the checkpoint cost: the slowest rank's part and the leader's commit.
+  uint64_t slowest = 0;
+  for (uint32_t i = 0; i < 3; ++i) slowest = std::max(slowest, block.u64(rank_slot(i) + kSlotPartNsOff).load());
+  CHECK(slowest > 0);
+  CHECK(block.u64(kLastCommitNsOff).load() >= slowest);
   CheckpointInfo info = verify_checkpoint(d / "step-000000000015", VerifyMode::full);
   CHECK_MESSAGE(info.valid, info.problem);
   CHECK(info.world_size == 3);
@@ -157,7 +163,7 @@ TEST_CASE("a stop lets every rank leave only after the agreed step") {
     CHECK_FALSE(c.should_checkpoint(5));
     CHECK_FALSE(c.should_exit());  // the flag is set, but the step is not agreed yet
   }
-  REQUIRE(coord.poll(1).agreed == std::optional<uint64_t>(7));
+  REQUIRE(coord.poll().agreed == std::optional<uint64_t>(7));
   for (auto& c : ranks) {
     CHECK_FALSE(c.should_checkpoint(6));
     CHECK_FALSE(c.should_exit());
@@ -167,7 +173,7 @@ TEST_CASE("a stop lets every rank leave only after the agreed step") {
     CHECK(ck.commit());
     CHECK(c.should_exit());
   }
-  CHECK(coord.poll(2).committed);
+  CHECK(coord.poll().committed);
 }
 
 TEST_CASE("a rank that fails its part gives the checkpoint up and the previous one stays the newest") {
@@ -191,9 +197,9 @@ TEST_CASE("a rank that fails its part gives the checkpoint up and the previous o
     }
   };
   checkpoint_all(4, false);
-  REQUIRE(coord.poll(1).committed);
+  REQUIRE(coord.poll().committed);
   checkpoint_all(8, true);
-  auto r = coord.poll(2);
+  auto r = coord.poll();
   CHECK_FALSE(r.committed);
   REQUIRE(r.given_up);
   CHECK(r.given_up->find("step 8") != std::string::npos);
@@ -207,7 +213,7 @@ TEST_CASE("a rank that fails its part gives the checkpoint up and the previous o
     CHECK(e.path().filename().string().find("step-000000000008") == std::string::npos);
   // The next checkpoint is not held up by the given-up one.
   checkpoint_all(12, false);
-  CHECK(coord.poll(3).committed);
+  CHECK(coord.poll().committed);
 }
 
 TEST_CASE("each rank resumes from its own part, and a checkpoint of another world size is refused") {
@@ -224,7 +230,7 @@ TEST_CASE("each rank resumes from its own part, and a checkpoint of another worl
       ck.write_file("state.bin", mine.data(), mine.size());
       CHECK(ck.commit());
     }
-    REQUIRE(coord.poll(1).committed);
+    REQUIRE(coord.poll().committed);
   }
   ClientEnv env("", d.path());
   setenv("LIFELINE_RESUME_FROM", (d / "step-000000000003").c_str(), 1);

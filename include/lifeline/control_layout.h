@@ -61,7 +61,8 @@ constexpr size_t kSlotPartStepOff = 40;      // u64  newest step whose part is d
 constexpr size_t kSlotPartBytesOff = 48;     // u64
 constexpr size_t kSlotFailedStepOff = 56;    // u64  newest step whose part failed (release)
 constexpr size_t kSlotFailedSavesOff = 64;   // u64  parts that failed
-// 72..127 reserved, zero
+constexpr size_t kSlotPartNsOff = 72;        // u64  how long that part took, begin to durable (before part_step)
+// 80..127 reserved, zero
 constexpr size_t rank_slot(uint32_t local_rank) { return kRankSlotsOff + size_t(local_rank) * kRankSlotSize; }
 
 constexpr uint32_t kFlagStop = 1u;

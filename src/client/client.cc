@@ -597,6 +597,7 @@ bool Checkpoint::commit(const std::map<std::string, double>& metrics) {
     if (b && c.slot != kNoSlot) {
       // This rank's part is durable; the supervisor commits the checkpoint once all are.
       b->u64(c.slot + kSlotPartBytesOff).store(r.bytes);
+      b->u64(c.slot + kSlotPartNsOff).store(r.duration_ns);
       b->u64(c.slot + kSlotPartStepOff).store(c.step, std::memory_order_release);
       b->u32(c.slot + kSlotStateOff).store(uint32_t(ClientState::attached));
     } else if (b) {

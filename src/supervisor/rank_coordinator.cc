@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/clock.h"
 #include "store/file_system.h"
 #include "store/sharded.h"
 
@@ -19,7 +20,8 @@ struct SlotView {
   size_t off = 0;
   uint32_t pid = 0, rank = 0, world = 0;
   ClientState state = ClientState::absent;
-  uint64_t step = 0, seen_seq = 0, promised = 0, part_step = 0, part_bytes = 0, failed_step = 0, failed_saves = 0;
+  uint64_t step = 0, seen_seq = 0, promised = 0, part_step = 0, part_bytes = 0, part_ns = 0, failed_step = 0,
+           failed_saves = 0;
 };
 
 std::vector<SlotView> read_slots(const ControlBlock& b) {
@@ -37,6 +39,7 @@ std::vector<SlotView> read_slots(const ControlBlock& b) {
     s.promised = b.u64(s.off + kSlotPromisedStepOff).load();
     s.part_step = b.u64(s.off + kSlotPartStepOff).load(std::memory_order_acquire);
     s.part_bytes = b.u64(s.off + kSlotPartBytesOff).load();
+    s.part_ns = b.u64(s.off + kSlotPartNsOff).load();
     s.failed_step = b.u64(s.off + kSlotFailedStepOff).load(std::memory_order_acquire);
     s.failed_saves = b.u64(s.off + kSlotFailedSavesOff).load();
     v.push_back(s);
@@ -48,7 +51,7 @@ bool live(const SlotView& s) { return s.state == ClientState::attached || s.stat
 
 }  // namespace
 
-RankCoordinator::Report RankCoordinator::poll(uint64_t mono_now_ns) {
+RankCoordinator::Report RankCoordinator::poll() {
   Report r;
   std::vector<SlotView> slots = read_slots(b_);
   if (slots.empty()) return r;
@@ -93,7 +96,6 @@ RankCoordinator::Report RankCoordinator::poll(uint64_t mono_now_ns) {
       b_.u64(kAgreementSeqOff).store(request, std::memory_order_release);
       agreed_step_ = agreed;
       agreed_seq_ = request;
-      agreed_at_ns_ = mono_now_ns;
       r.agreed = agreed;
     } else {
       r.urgent = true;
@@ -106,11 +108,9 @@ RankCoordinator::Report RankCoordinator::poll(uint64_t mono_now_ns) {
   bool all_parts = slots.size() == world;
   uint64_t part = slots.front().part_step;
   for (const auto& s : slots) all_parts = all_parts && s.part_step == part && s.world == world;
-  if (part && part != part_seen_step_ && !done(part)) {
-    part_seen_step_ = part;
-    part_seen_at_ns_ = mono_now_ns;
-  }
-  if (all_parts && part && !done(part)) commit(part, world, r);
+  uint64_t slowest_part_ns = 0;
+  for (const auto& s : slots) slowest_part_ns = std::max(slowest_part_ns, s.part_ns);
+  if (all_parts && part && !done(part)) commit(part, world, slowest_part_ns, r);
   for (const auto& s : slots)
     if (s.state == ClientState::saving || (s.part_step && !done(s.part_step))) r.urgent = true;
   if (r.committed || r.given_up) recount_failures();
@@ -123,12 +123,11 @@ void RankCoordinator::recount_failures() {
   b_.u64(kFailedSavesOff).store(failed);
 }
 
-void RankCoordinator::commit(uint64_t step, uint32_t world, Report& r) {
-  uint64_t started = step == agreed_step_ && agreed_at_ns_ ? agreed_at_ns_ : part_seen_at_ns_;
+void RankCoordinator::commit(uint64_t step, uint32_t world, uint64_t slowest_part_ns, Report& r) {
   std::string staging = shared_staging_name(step, b_.u32(kSupervisorPidOff).load(), b_.u64(kStagingTokenOff).load());
   CommitResult c;
   try {
-    c = commit_sharded(default_file_system(), dir_, staging, step, world, meta_, started);
+    c = commit_sharded(default_file_system(), dir_, staging, step, world, meta_, mono_ns());
   } catch (const std::exception& e) {
     ++own_failures_;
     give_up(step, e.what(), r);
@@ -136,6 +135,8 @@ void RankCoordinator::commit(uint64_t step, uint32_t world, Report& r) {
   }
   any_done_ = true;
   last_done_ = std::max(last_done_, step);
+  // What a checkpoint costs: the slowest rank's part, then the leader's manifest and rename.
+  c.duration_ns += slowest_part_ns;
   r.committed = c;
   r.committed_step = step;
   // As a single trainer's commit (docs/protocol.md §2): the record, then the count, then the ack

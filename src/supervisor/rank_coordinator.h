@@ -28,11 +28,11 @@ class RankCoordinator {
     std::optional<std::string> given_up;  // why a collective checkpoint was given up
   };
   // Reads the slots and acts; call it on every tick and before the trainer's exit is handled.
-  Report poll(uint64_t mono_now_ns);
+  Report poll();
 
  private:
   void recount_failures();
-  void commit(uint64_t step, uint32_t world, Report& r);
+  void commit(uint64_t step, uint32_t world, uint64_t slowest_part_ns, Report& r);
   void give_up(uint64_t step, const std::string& why, Report& r);
   bool done(uint64_t step) const { return any_done_ && step <= last_done_; }
 
@@ -42,8 +42,7 @@ class RankCoordinator {
   bool any_done_ = false;
   uint64_t last_done_ = 0;       // newest step committed or given up
   uint64_t own_failures_ = 0;    // collective commits that failed here (not a rank's part)
-  uint64_t agreed_step_ = 0, agreed_seq_ = 0, agreed_at_ns_ = 0;
-  uint64_t part_seen_step_ = UINT64_MAX, part_seen_at_ns_ = 0;  // first part of an unagreed step
+  uint64_t agreed_step_ = 0, agreed_seq_ = 0;
 };
 
 }  // namespace lifeline

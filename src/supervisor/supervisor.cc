@@ -374,7 +374,7 @@ class Supervisor final : public Effects {
   // checkpoint reaches the machine at once.
   bool poll_ranks() {
     if (!ranks_) return false;
-    RankCoordinator::Report r = ranks_->poll(mono_ns());
+    RankCoordinator::Report r = ranks_->poll();
     if (r.agreed) spdlog::info("ranks agreed to checkpoint step {}", *r.agreed);
     if (r.given_up) spdlog::warn("{}", *r.given_up);
     if (r.urgent) {

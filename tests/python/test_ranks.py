@@ -157,7 +157,7 @@ class LayoutTest(unittest.TestCase):
         self.assertEqual(L.rank_slot_table(), {
             "pid": (0, 4), "rank": (4, 4), "world_size": (8, 4), "state": (12, 4), "current_step": (16, 8),
             "seen_seq": (24, 8), "promised_step": (32, 8), "part_step": (40, 8), "part_bytes": (48, 8),
-            "failed_step": (56, 8), "failed_saves": (64, 8)})
+            "failed_step": (56, 8), "failed_saves": (64, 8), "part_ns": (72, 8)})
         t = L.layout_table(slots=True)
         self.assertEqual((t["header_size"], t["max_local_ranks"], t["rank_slot_size"], t["rank_slots_off"]),
                          (256, 64, 128, 256))
