@@ -162,7 +162,7 @@ class LayoutTest(unittest.TestCase):
         self.assertEqual((t["header_size"], t["max_local_ranks"], t["rank_slot_size"], t["rank_slots_off"]),
                          (256, 64, 128, 256))
         self.assertEqual(t["slot_offsets"]["slot_failed_saves"], 64)
-        self.assertEqual(len(t["slot_offsets"]), 11)
+        self.assertEqual(len(t["slot_offsets"]), 12)
         end = 0
         for name, (off, width) in sorted(L.FIELDS.items(), key=lambda f: f[1]):
             self.assertTrue(width in (4, 8) and off % width == 0 and off >= end, name)
