@@ -18,6 +18,18 @@
 namespace lifeline {
 namespace stdfs = std::filesystem;
 
+Manifest manifest_of(const CheckpointMeta& meta, uint64_t step, const std::map<std::string, double>& metrics) {
+  Manifest m;
+  m.step = step;
+  m.job_id = meta.job_id;
+  m.attempt = meta.attempt;
+  m.lineage = meta.lineage;
+  m.host = meta.host;
+  m.checksum_algorithm = meta.checksum_algorithm;
+  m.metrics = metrics;
+  return m;
+}
+
 std::string trash_folder_name(const std::string& dir, uint64_t step) {
   return dir + "/.trash-" + checkpoint_folder_name(step) + "-" + std::to_string(getpid()) + "-" + random_hex();
 }
@@ -217,15 +229,8 @@ CommitResult CheckpointWriter::commit(const std::map<std::string, double>& metri
       throw std::logic_error("checkpoint file " + *written_->unclosed.begin() +
                              " was not closed (close() every stream before commit)");
     if (part_) return commit_part();
-    Manifest m;
-    m.step = step_;
+    Manifest m = manifest_of(meta_, step_, metrics);
     m.created_ns = wall_ns();
-    m.job_id = meta_.job_id;
-    m.attempt = meta_.attempt;
-    m.lineage = meta_.lineage;
-    m.host = meta_.host;
-    m.checksum_algorithm = meta_.checksum_algorithm;
-    m.metrics = metrics;
     std::vector<std::string> subdirs;
     m.files = seal_files(subdirs);
     if (m.files.empty())

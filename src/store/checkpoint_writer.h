@@ -25,6 +25,9 @@ struct CheckpointMeta {
   std::string checksum_algorithm = "xxh3-64";
 };
 
+// A manifest of `step` with the identity of `meta` and `metrics` (files, time: the caller's).
+Manifest manifest_of(const CheckpointMeta& meta, uint64_t step, const std::map<std::string, double>& metrics);
+
 // What a commit produced.
 struct CommitResult {
   std::string path;      // final folder

@@ -91,16 +91,9 @@ CommitResult commit_sharded(FileSystem& fs, const std::string& dir, const std::s
     throw std::runtime_error("cannot commit step " + step_text + ": staging folder " + valid_utf8(staging) + ": " +
                              why);
 
-  Manifest m;
+  Manifest m = manifest_of(meta, step, metrics);
   m.format_version = 2;
-  m.step = step;
   m.world_size = world_size;
-  m.job_id = meta.job_id;
-  m.attempt = meta.attempt;
-  m.lineage = meta.lineage;
-  m.host = meta.host;
-  m.checksum_algorithm = meta.checksum_algorithm;
-  m.metrics = metrics;
   uint64_t bytes = 0;
   size_t files = 0;
   for (uint32_t rank = 0; rank < world_size; ++rank) {

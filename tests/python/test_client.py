@@ -624,6 +624,34 @@ class Xxh3Test(ClientTestCase):
         self.assertEqual(L.resume_choice(self.ckpt).resume.step, 8)
 
 
+def count_calls(kill_at, out):
+    """Wraps the os calls a commit makes (open, mkdir, write, fsync, close, rename): each is
+    written to the descriptor `out` as a JSON array (op, path, and open's flags or rename's
+    target) once it happened, and the process SIGKILLs itself just before call number `kill_at`
+    (0: never). For a forked child only: it never undoes the wrapping."""
+    real_write = os.write
+    count, paths = [0], {}
+
+    def counted(name, real, path_of):
+        def call(*args, **kw):
+            count[0] += 1
+            if count[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = real(*args, **kw)
+            if name == "open":
+                paths[result] = args[0]
+            real_write(out, (json.dumps([name, *path_of(args)]) + "\n").encode())
+            return result
+        return call
+
+    os.open = counted("open", os.open, lambda a: [a[0], a[1]])
+    os.mkdir = counted("mkdir", os.mkdir, lambda a: [a[0]])
+    os.write = counted("write", os.write, lambda a: [paths.get(a[0], a[0])])
+    os.fsync = counted("fsync", os.fsync, lambda a: [paths.get(a[0], a[0])])
+    os.close = counted("close", os.close, lambda a: [paths.get(a[0], a[0])])
+    os.rename = counted("rename", os.rename, lambda a: [a[0], a[1]])
+
+
 def crash_child(ckpt, step, kill_at, out):
     """In a forked child: commits step 1 unless there, then commits `step` with every file-system
     call that changes or syncs something counted, killing itself with SIGKILL just before call
@@ -637,26 +665,7 @@ def crash_child(ckpt, step, kill_at, out):
             ck = c.begin_checkpoint(1)
             ck.write_file("a.bin", b"old" * 1000)
             assert ck.commit()
-        count, paths = [0], {}
-
-        def counted(name, real, path_of):
-            def call(*args, **kw):
-                count[0] += 1
-                if count[0] == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                result = real(*args, **kw)
-                if name == "open":
-                    paths[result] = args[0]
-                real_write(out, (json.dumps([name, *path_of(args)]) + "\n").encode())
-                return result
-            return call
-
-        os.open = counted("open", os.open, lambda a: [a[0], a[1]])
-        os.mkdir = counted("mkdir", os.mkdir, lambda a: [a[0]])
-        os.write = counted("write", os.write, lambda a: [paths.get(a[0], a[0])])
-        os.fsync = counted("fsync", os.fsync, lambda a: [paths.get(a[0], a[0])])
-        os.close = counted("close", os.close, lambda a: [paths.get(a[0], a[0])])
-        os.rename = counted("rename", os.rename, lambda a: [a[0], a[1]])
+        count_calls(kill_at, out)
         ck = c.begin_checkpoint(step)
         ck.write_file("a.bin", b"new" * 1000)
         os.makedirs(os.path.join(ck.path, "sub"))

@@ -21,7 +21,7 @@ from unittest import mock
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 import lifeline_client as L  # noqa: E402
-from test_client import CommitCrashTest, FakeBlock, flip_byte  # noqa: E402
+from test_client import CommitCrashTest, FakeBlock, count_calls, flip_byte  # noqa: E402
 
 RANK_VARS = ("LIFELINE_LOCAL_RANK", "LIFELINE_LOCAL_WORLD_SIZE", "LIFELINE_RANK", "LIFELINE_WORLD_SIZE",
              "LOCAL_RANK", "LOCAL_WORLD_SIZE", "RANK", "WORLD_SIZE", "LIFELINE_AGREE_MARGIN", "LIFELINE_RESHARD")
@@ -508,26 +508,7 @@ def part_crash_child(ckpt, block_name, kill_at, out):
         real_write = os.write
         c = L.Client({"LIFELINE_CKPT_DIR": ckpt, "LIFELINE_CONTROL": block_name, "LIFELINE_WATCH_SUPERVISOR": "0",
                       "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
-        count, paths = [0], {}
-
-        def counted(name, real, path_of):
-            def call(*args, **kw):
-                count[0] += 1
-                if count[0] == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                result = real(*args, **kw)
-                if name == "open":
-                    paths[result] = args[0]
-                real_write(out, (json.dumps([name, *path_of(args)]) + "\n").encode())
-                return result
-            return call
-
-        os.open = counted("open", os.open, lambda a: [a[0], a[1]])
-        os.mkdir = counted("mkdir", os.mkdir, lambda a: [a[0]])
-        os.write = counted("write", os.write, lambda a: [paths.get(a[0], a[0])])
-        os.fsync = counted("fsync", os.fsync, lambda a: [paths.get(a[0], a[0])])
-        os.close = counted("close", os.close, lambda a: [paths.get(a[0], a[0])])
-        os.rename = counted("rename", os.rename, lambda a: [a[0], a[1]])
+        count_calls(kill_at, out)
         ck = c.begin_checkpoint(2)
         ck.write_file("a.bin", b"new" * 1000)
         os.makedirs(os.path.join(ck.path, "sub"))
