@@ -152,6 +152,32 @@ TEST_CASE("ranks checkpoint one agreed step that no rank had passed, and the coo
   for (size_t i = 0; i < 3; ++i) CHECK_FALSE(ranks[i].should_checkpoint(16));
 }
 
+TEST_CASE("no step is agreed before every rank of the world has attached") {
+  TempDir d;
+  ControlBlock block = ControlBlock::create("test");
+  ClientEnv env(block.name(), d.path());
+  RankCoordinator coord(block, d.path(), test_meta());
+  std::vector<Client> ranks;
+  {
+    RankVars v(0, 2);
+    ranks.push_back(Client::from_env());
+  }
+  uint64_t seq = block.request(Reason::manual, false, 0);
+  CHECK_FALSE(ranks[0].should_checkpoint(4));
+  auto r = coord.poll();
+  CHECK_FALSE(r.agreed);
+  CHECK(r.urgent);
+  {
+    RankVars v(1, 2);
+    ranks.push_back(Client::from_env());  // late: it takes the pending request in itself
+  }
+  CHECK_FALSE(ranks[1].should_checkpoint(3));
+  r = coord.poll();
+  REQUIRE(r.agreed);
+  CHECK(*r.agreed == 6);  // rank 0's promise (4 + 2), the largest
+  CHECK(block.u64(kAgreementSeqOff).load() == seq);
+}
+
 TEST_CASE("a stop lets every rank leave only after the agreed step") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");

@@ -82,7 +82,9 @@ RankCoordinator::Report RankCoordinator::poll() {
   // Agreement: once every live rank has seen the newest request, the step is the largest promise.
   uint64_t request = b_.u64(kRequestSeqOff).load(std::memory_order_acquire);
   if (request > b_.u64(kAgreementSeqOff).load()) {
-    bool all_seen = any_live;
+    // Every rank of the world must have attached: one that attaches later takes the pending
+    // request in itself, and an agreement without its promise could lie behind its step.
+    bool all_seen = any_live && slots.size() >= world;
     uint64_t agreed = 0;
     for (const auto& s : slots) {
       if (!live(s)) continue;
