@@ -11,6 +11,8 @@
 
 #include "store/checkpoint_store.h"
 #include "store/checkpoint_writer.h"
+#include "store/file_system.h"
+#include "store/sharded.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -161,4 +163,33 @@ TEST_CASE("a Python checkpoint verifies in C++ and is the C++ resume choice") {
   cxx_commit(dir.path(), 30, "xxh3-64");
   out = run_python("print('resume', L.resume_choice(" + json(dir.path()).dump() + ").resume.step)");
   CHECK(out.find("resume 30") != std::string::npos);
+}
+
+TEST_CASE("a sharded checkpoint committed by the C++ leader is valid for Python, and a damaged part is invalid for both") {
+  TempDir d;
+  const std::string staging = shared_staging_name(12, 4242, 0xabcdef01);
+  for (uint32_t rank = 0; rank < 3; ++rank) {
+    CheckpointMeta meta;
+    CheckpointWriter part(default_file_system(), d.path(), 12, meta, PartOf{staging, rank, 3});
+    if (rank != 2) {  // rank 2 writes nothing, as a DDP rank that does not save
+      std::string data = "state of rank " + std::to_string(rank);
+      part.write_file("state.bin", data.data(), data.size());
+    }
+    part.commit();
+  }
+  CheckpointMeta meta;
+  commit_sharded(default_file_system(), d.path(), staging, 12, 3, meta, 0);
+  std::string folder = d / "step-000000000012";
+  REQUIRE(verify_checkpoint(folder, VerifyMode::full).valid);
+  json expect = json::array({python_has_xxhash() ? "valid" : "unchecked"});
+  CHECK(python_verdicts({folder}, false) == expect);
+
+  std::fstream f(folder + "/rank-00001/state.bin", std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(0);
+  f.put('S');
+  f.close();
+  CheckpointInfo info = verify_checkpoint(folder, VerifyMode::full);
+  CHECK_FALSE(info.valid);
+  CHECK(info.problem.find("state.bin") != std::string::npos);
+  if (python_has_xxhash()) CHECK(python_verdicts({folder}, false) == json::array({"invalid"}));
 }
