@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import os
 import random
+import signal
 import sys
 import time
 
@@ -99,8 +100,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="random seed")
     ap.add_argument("--digest-out", default="", help="rank 0 writes the sha256 hex of the final model state here")
     ap.add_argument("--crash-at-step", type=count("non-negative"), default=0, help="abort when reaching this step")
-    ap.add_argument("--crash-rank", type=count("non-negative"), default=0, help="the rank that crashes (--crash-at-step)")
-    ap.add_argument("--crash-once", action="store_true", help="crash only when LIFELINE_ATTEMPT is 0")
+    ap.add_argument("--crash-rank", type=count("non-negative"), default=0,
+                    help="the rank that crashes (--crash-at-step) or dies (--die-in-save)")
+    ap.add_argument("--die-in-save", type=count("non-negative"), default=0,
+                    help="SIGKILL the crash rank while it writes its part of this step (not committed)")
+    ap.add_argument("--crash-once", action="store_true", help="crash (or die in the save) only when LIFELINE_ATTEMPT is 0")
     ap.add_argument("--log-every", type=count("non-negative"), default=0, help="rank 0 prints 'step N' every N steps")
     ap.add_argument("--async", dest="background", action="store_true",
                     help="checkpoint asynchronously: copy the state, write it in the background")
@@ -163,6 +167,10 @@ def main() -> int:
                 else:
                     ckpt = client.begin_checkpoint(step)
                     lifeline_torch.save(ckpt, net, opt, step, write=rank == 0)
+                    if args.die_in_save == step and rank == args.crash_rank \
+                            and (not args.crash_once or client.attempt == 0):
+                        print(f"train-ddp: rank {rank} dying in the save of step {step} as asked", file=sys.stderr, flush=True)
+                        os.kill(os.getpid(), signal.SIGKILL)
                     ckpt.commit(metrics)  # this rank's part is durable; the supervisor commits
             except Exception as e:  # not the disk's (the client reports those): no memory for the copy, say
                 print(f"train-ddp: rank {rank} checkpoint of step {step} failed: {e}; training goes on",

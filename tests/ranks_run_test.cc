@@ -204,3 +204,52 @@ TEST_CASE("DDP over gloo with three ranks under torchrun, stopped by SIGUSR1, re
   CHECK(out.find("train-ddp: resumed from step " + std::to_string(agreed)) != std::string::npos);
   CHECK(read_line(d / "digest") == reference);
 }
+
+TEST_CASE("a DDP rank killed while it writes its part leaves no checkpoint of that save and every rank resumes from the one before") {
+  TempDir ref;
+  std::string out;
+  int rc = run(torchrun_python(ddp_cmd(ref / "digest", 0)), &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}});
+  REQUIRE_MESSAGE(rc == 0, out);
+
+  TempDir d;
+  std::vector<std::string> cmd = ddp_cmd(d / "digest", 0);
+  cmd.insert(cmd.end(), {"--die-in-save", "60", "--crash-rank", "1", "--crash-once"});
+  rc = run(lifeline_run(d, torchrun_python(cmd)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK(out.find("train-ddp: rank 1 dying in the save of step 60") != std::string::npos);
+  CHECK_MESSAGE(out.find("train-ddp: resumed from step 40") != std::string::npos, out);
+  CHECK(read_line(d / "digest") == read_line(ref / "digest"));
+  for (const auto& c : checkpoints(d)) CHECK(c["valid"] == true);
+}
+
+TEST_CASE("a SIGTERM to one rank stops every rank at one agreed step, and the run resumes to the same digest") {
+  TempDir d;
+  Process first(lifeline_run(d, torchrun(train_cmd(d / "digest", 20))));
+  REQUIRE(first.wait_for_line("step 30 ") != "");
+  std::string status;
+  REQUIRE(run({binary("LIFELINE_BIN"), "status", d / "ckpt", "--json", "--sample", "0"}, &status) == 0);
+  json s = json::parse(status);
+  REQUIRE_MESSAGE(s["ranks"].is_array(), status);
+  REQUIRE(s["ranks"].size() == kRanks);
+  pid_t rank1 = 0;
+  for (const auto& r : s["ranks"])
+    if (r["rank"] == 1) rank1 = r["pid"].get<pid_t>();
+  REQUIRE(rank1 > 0);
+  ::kill(rank1, SIGTERM);  // the rank's own signal: no signal reaches the supervisor
+  int rc = first.wait();
+  std::string out1 = first.output();
+  REQUIRE_MESSAGE(rc == 75, out1);
+  std::smatch m;
+  REQUIRE_MESSAGE(std::regex_search(out1, m, std::regex("ranks agreed to checkpoint step ([0-9]+)")), out1);
+  uint64_t agreed = std::stoull(m[1]);
+  size_t stops = 0;
+  for (std::string::size_type p = 0; (p = out1.find("stopping at step " + std::to_string(agreed), p)) != std::string::npos; ++p) ++stops;
+  CHECK(stops == kRanks);
+  CHECK(checkpoints(d).back()["step"] == agreed);
+
+  std::string out;
+  rc = run(lifeline_run(d, torchrun(train_cmd(d / "digest", 0))), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK(resumed_steps(out) == std::vector<uint64_t>(kRanks, agreed));
+  CHECK(read_line(d / "digest") == reference_digest());
+}

@@ -370,15 +370,16 @@ class Supervisor final : public Effects {
   }
 
   // The ranks' agreement and collective commit (docs/distributed.md), before the machine reads
-  // the block: polled every 5 ms while something is outstanding; a commit or a given-up
-  // checkpoint reaches the machine at once.
+  // the block: polled every 5 ms while something is outstanding, else every 20 ms while ranks
+  // are attached (a rank's own signal is agreed on without waiting for the 200 ms tick); a
+  // commit or a given-up checkpoint reaches the machine at once.
   bool poll_ranks() {
     if (!ranks_) return false;
     RankCoordinator::Report r = ranks_->poll();
     if (r.agreed) spdlog::info("ranks agreed to checkpoint step {}", *r.agreed);
     if (r.given_up) spdlog::warn("{}", *r.given_up);
-    if (r.urgent) {
-      rank_timer_.expires_after(std::chrono::milliseconds(kRankPollMs));
+    if (r.ranks) {
+      rank_timer_.expires_after(std::chrono::milliseconds(r.urgent ? kRankPollMs : kRankIdlePollMs));
       rank_timer_.async_wait([this](const boost::system::error_code& ec) {
         if (ec || !ranks_) return;
         if (poll_ranks()) on_tick_or_exit();
@@ -595,7 +596,7 @@ class Supervisor final : public Effects {
   std::optional<ControlBlock> block_;
   std::optional<RankCoordinator> ranks_;  // the block's ranks, if any attach
   asio::steady_timer rank_timer_{io_};
-  static constexpr int64_t kRankPollMs = 5;
+  static constexpr int64_t kRankPollMs = 5, kRankIdlePollMs = 20;
   std::future<RetentionReport> retention_;  // the retention run in flight
   bool retention_again_ = false;            // a commit came during that run
   std::unique_ptr<TrainerProcess> trainer_;
