@@ -103,23 +103,36 @@ std::vector<uint64_t> resumed_steps(const std::string& output) {
   return v;
 }
 
+// A run of `cmd` under lifeline stopped by SIGUSR1 to the supervisor at a random step: its
+// output, and the step the ranks agreed on (REQUIREs exit 75 and an agreement).
+struct Stopped {
+  std::string output;
+  uint64_t agreed = 0;
+};
+Stopped stop_at_random_step(const TempDir& d, const std::vector<std::string>& cmd) {
+  std::random_device rd;
+  int k = std::uniform_int_distribution<int>(25, kSteps - 30)(rd);
+  CAPTURE(k);
+  Process first(lifeline_run(d, cmd));
+  REQUIRE(first.wait_for_line("step " + std::to_string(k) + " ") != "");
+  first.signal(SIGUSR1);
+  int rc = first.wait();
+  Stopped s{first.output()};
+  REQUIRE_MESSAGE(rc == 75, s.output);
+  std::smatch m;
+  REQUIRE_MESSAGE(std::regex_search(s.output, m, std::regex("ranks agreed to checkpoint step ([0-9]+)")), s.output);
+  s.agreed = std::stoull(m[1]);
+  CHECK(s.agreed > uint64_t(k));
+  return s;
+}
+
 }  // namespace
 
 TEST_CASE("three ranks under torchrun stopped by SIGUSR1 checkpoint one agreed step and resume to the same digest") {
   TempDir d;
-  std::random_device rd;
-  int k = std::uniform_int_distribution<int>(25, kSteps - 30)(rd);
-  CAPTURE(k);
-  Process first(lifeline_run(d, torchrun(train_cmd(d / "digest", 20))));
-  REQUIRE(first.wait_for_line("step " + std::to_string(k) + " ") != "");
-  first.signal(SIGUSR1);
-  int rc = first.wait();
-  REQUIRE_MESSAGE(rc == 75, first.output());
-  std::smatch m;
-  std::string out1 = first.output();
-  REQUIRE_MESSAGE(std::regex_search(out1, m, std::regex("ranks agreed to checkpoint step ([0-9]+)")), out1);
-  uint64_t agreed = std::stoull(m[1]);
-  CHECK(agreed > uint64_t(k));
+  Stopped first = stop_at_random_step(d, torchrun(train_cmd(d / "digest", 20)));
+  const std::string& out1 = first.output;
+  uint64_t agreed = first.agreed;
   // Every rank stopped at the agreed step, after its part.
   size_t stops = 0;
   for (std::string::size_type p = 0; (p = out1.find("stopping at step " + std::to_string(agreed), p)) != std::string::npos; ++p) ++stops;
@@ -133,7 +146,7 @@ TEST_CASE("three ranks under torchrun stopped by SIGUSR1 checkpoint one agreed s
   }
 
   std::string out;
-  rc = run(lifeline_run(d, torchrun(train_cmd(d / "digest", 0))), &out);
+  int rc = run(lifeline_run(d, torchrun(train_cmd(d / "digest", 0))), &out);
   CHECK_MESSAGE(rc == 0, out);
   std::vector<uint64_t> resumed = resumed_steps(out);
   CHECK(resumed == std::vector<uint64_t>(kRanks, agreed));
@@ -181,18 +194,9 @@ TEST_CASE("DDP over gloo with three ranks under torchrun, stopped by SIGUSR1, re
   REQUIRE(reference.size() == 64);
 
   TempDir d;
-  std::random_device rd;
-  int k = std::uniform_int_distribution<int>(25, kSteps - 30)(rd);
-  CAPTURE(k);
-  Process first(lifeline_run(d, torchrun_python(ddp_cmd(d / "digest", 20))));
-  REQUIRE(first.wait_for_line("step " + std::to_string(k) + " ") != "");
-  first.signal(SIGUSR1);
-  rc = first.wait();
-  std::string out1 = first.output();
-  REQUIRE_MESSAGE(rc == 75, out1);
-  std::smatch m;
-  REQUIRE_MESSAGE(std::regex_search(out1, m, std::regex("ranks agreed to checkpoint step ([0-9]+)")), out1);
-  uint64_t agreed = std::stoull(m[1]);
+  Stopped first = stop_at_random_step(d, torchrun_python(ddp_cmd(d / "digest", 20)));
+  const std::string& out1 = first.output;
+  uint64_t agreed = first.agreed;
   CHECK(out1.find("train-ddp: stopping at step " + std::to_string(agreed)) != std::string::npos);
   json list = checkpoints(d);
   REQUIRE(!list.empty());
