@@ -15,6 +15,7 @@ LIFELINE_CONTROL (no supervisor) it just trains; with one process (no torchrun) 
 and checkpoints as train_torch.py does.
 """
 import argparse
+import gc
 import hashlib
 import os
 import random
@@ -65,13 +66,24 @@ def ordered_allreduce(_state, bucket):
     Costs an all-gather instead of an all-reduce: fine for an example, not for a big model."""
     t = bucket.buffer()
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t)
-    total = parts[0].clone()
-    for p in parts[1:]:
-        total += p
-    fut = torch.futures.Future()
-    fut.set_result(total.div_(len(parts)))
-    return fut
+
+    def in_rank_order(_):
+        total = parts[0].clone()
+        for p in parts[1:]:
+            total += p
+        return total.div_(len(parts))
+    # Asynchronous, as DDP's own hooks: a collective waited for inside the hook made the ranks
+    # hang at interpreter exit now and then (torch 1.13, gloo).
+    return dist.all_gather(parts, t, async_op=True).get_future().then(in_rank_order)
+
+
+def leave(distributed: bool) -> None:
+    """Ends the process group. The DDP model (whose reducer holds the Python comm hook) must be
+    gone first: left to the interpreter's exit, its destruction now and then hung both ranks at
+    exit (torch 1.13, gloo)."""
+    gc.collect()
+    if distributed:
+        dist.destroy_process_group()
 
 
 def model_digest(net: Net) -> str:
@@ -138,7 +150,7 @@ def main() -> int:
     else:
         say(f"train-ddp: starting at step 0, world of {world}")
     model = DistributedDataParallel(net, device_ids=[local_rank] if use_cuda else None) if distributed else net
-    if distributed:
+    if distributed and os.environ.get("NOHOOK") != "1":
         model.register_comm_hook(None, ordered_allreduce)
     # Under a supervisor every rank writes its part; alone, the process checkpoints as train_torch.py.
     can_save = client.active or (bool(client.checkpoint_dir) and world == 1)
@@ -181,8 +193,8 @@ def main() -> int:
                 client.wait_for_saves()  # this rank's part of the stop checkpoint is durable
                 say(f"train-ddp: stopping at step {step} after its checkpoint")
                 client.close()
-                if distributed:
-                    dist.destroy_process_group()
+                del model  # before the process group: see leave()
+                leave(distributed)
                 return 0
     client.wait_for_saves()
     digest = model_digest(net)
@@ -191,8 +203,8 @@ def main() -> int:
         with open(args.digest_out, "w") as f:
             f.write(digest + "\n")
     client.close()
-    if distributed:
-        dist.destroy_process_group()
+    del model  # before the process group: see leave()
+    leave(distributed)
     return 0
 
 
