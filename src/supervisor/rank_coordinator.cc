@@ -60,7 +60,7 @@ RankCoordinator::Report RankCoordinator::poll() {
 
   // The header as one trainer: the slowest live rank's step (a hung rank stalls it), the
   // busiest state, every failed part.
-  uint64_t step = UINT64_MAX, failed = own_failures_;
+  uint64_t step = UINT64_MAX, rank_failures = 0;
   bool any_live = false, saving = false;
   uint32_t pid0 = slots.front().pid;
   for (const auto& s : slots) {
@@ -69,7 +69,7 @@ RankCoordinator::Report RankCoordinator::poll() {
       step = std::min(step, s.step);
     }
     saving = saving || s.state == ClientState::saving;
-    failed += s.failed_saves;
+    rank_failures += s.failed_saves;
     if (s.rank == 0) pid0 = s.pid;
   }
   if (!any_live)
@@ -77,7 +77,6 @@ RankCoordinator::Report RankCoordinator::poll() {
   b_.u64(kCurrentStepOff).store(step, std::memory_order_relaxed);
   b_.u32(kTrainerPidOff).store(pid0);
   b_.u32(kClientStateOff).store(uint32_t(saving ? ClientState::saving : any_live ? ClientState::attached : ClientState::exiting));
-  b_.u64(kFailedSavesOff).store(failed);
 
   // Agreement: once every live rank has seen the newest request, the step is the largest promise.
   uint64_t request = b_.u64(kRequestSeqOff).load(std::memory_order_acquire);
@@ -115,14 +114,9 @@ RankCoordinator::Report RankCoordinator::poll() {
   if (all_parts && part && !done(part)) commit(part, world, slowest_part_ns, r);
   for (const auto& s : slots)
     if (s.state == ClientState::saving || (s.part_step && !done(s.part_step))) r.urgent = true;
-  if (r.committed || r.given_up) recount_failures();
+  // Last: a commit that failed here counts too.
+  b_.u64(kFailedSavesOff).store(rank_failures + own_failures_);
   return r;
-}
-
-void RankCoordinator::recount_failures() {
-  uint64_t failed = own_failures_;
-  for (const auto& s : read_slots(b_)) failed += s.failed_saves;
-  b_.u64(kFailedSavesOff).store(failed);
 }
 
 void RankCoordinator::commit(uint64_t step, uint32_t world, uint64_t slowest_part_ns, Report& r) {

@@ -31,7 +31,6 @@ class RankCoordinator {
   Report poll();
 
  private:
-  void recount_failures();
   void commit(uint64_t step, uint32_t world, uint64_t slowest_part_ns, Report& r);
   void give_up(uint64_t step, const std::string& why, Report& r);
   bool done(uint64_t step) const { return any_done_ && step <= last_done_; }
