@@ -334,13 +334,20 @@ def rank_env(env: Mapping[str, str]) -> Optional[RankEnv]:
     variables). LIFELINE_LOCAL_RANK / LIFELINE_LOCAL_WORLD_SIZE / LIFELINE_RANK /
     LIFELINE_WORLD_SIZE win over torchrun's LOCAL_RANK / LOCAL_WORLD_SIZE / RANK / WORLD_SIZE.
     Raises RankEnvError naming the variable for a value that is missing, not a number or out of
-    range, and for a world larger than the local one (several nodes: not built yet)."""
+    range, and for a world larger than the local one under a lone supervisor (several nodes need
+    one supervisor per node, which sets LIFELINE_PEERS: docs/distributed.md)."""
     local_world, lw_name = _env_number(env, ("LIFELINE_LOCAL_WORLD_SIZE", "LOCAL_WORLD_SIZE"))
-    if local_world is None or local_world <= 1:
+    peers, _ = _env_number(env, ("LIFELINE_PEERS",))
+    peers = peers or 1
+    if peers > 1 and local_world is None:
+        local_world, lw_name = 1, "LOCAL_WORLD_SIZE"
+    if local_world is None or local_world < 1 or (local_world == 1 and peers == 1):
         return None
     if local_world > MAX_LOCAL_RANKS:
         raise RankEnvError(f"lifeline: {lw_name}={local_world}: at most {MAX_LOCAL_RANKS} local ranks")
     local_rank, lr_name = _env_number(env, ("LIFELINE_LOCAL_RANK", "LOCAL_RANK"))
+    if local_rank is None and local_world == 1:
+        local_rank, lr_name = 0, "LOCAL_RANK"
     if local_rank is None:
         raise RankEnvError(f"lifeline: {lw_name}={local_world} but LIFELINE_LOCAL_RANK / LOCAL_RANK is unset")
     if local_rank >= local_world:
@@ -355,9 +362,10 @@ def rank_env(env: Mapping[str, str]) -> Optional[RankEnv]:
         raise RankEnvError(f"lifeline: {w_name}={world} is not a world size")
     if rank >= world:
         raise RankEnvError(f"lifeline: {r_name}={rank} is not below {w_name}={world}")
-    if world > local_world:
-        raise RankEnvError(f"lifeline: {w_name}={world} is larger than {lw_name}={local_world}: a job of "
-                           "several nodes is not supported yet (one node, N local ranks: docs/distributed.md)")
+    if world > local_world and peers == 1:
+        raise RankEnvError(f"lifeline: {w_name}={world} spans several nodes ({lw_name}={local_world}) but this "
+                           "lifeline run is the job's only supervisor: start one per node with srun "
+                           "(docs/distributed.md, jobscripts/multi-node.sbatch)")
     if world < local_world:
         raise RankEnvError(f"lifeline: {w_name}={world} is smaller than {lw_name}={local_world}")
     margin, m_name = _env_number(env, ("LIFELINE_AGREE_MARGIN",))
@@ -1618,8 +1626,8 @@ class Client:
     def _staging_name(self, step: int) -> str:
         """The shared staging folder of `step` in rank mode (every rank derives the same)."""
         b = self._block
-        return ".staging-%s-%d-%08x" % (folder_name(step), b.load("supervisor_pid"),
-                                        b.load("staging_token") & 0xFFFFFFFF)
+        token = b.load("staging_token")
+        return ".staging-%s-%d-%08x" % (folder_name(step), token >> 32, token & 0xFFFFFFFF)
 
     def _part_failed(self, step: int) -> None:
         """Rank mode: this rank has no part of `step`; the supervisor abandons that checkpoint."""

@@ -167,7 +167,7 @@ TEST_CASE("a Python checkpoint verifies in C++ and is the C++ resume choice") {
 
 TEST_CASE("a sharded checkpoint committed by the C++ leader is valid for Python, and a damaged part is invalid for both") {
   TempDir d;
-  const std::string staging = shared_staging_name(12, 4242, 0xabcdef01);
+  const std::string staging = shared_staging_name(12, (4242ULL << 32) | 0xabcdef01);
   for (uint32_t rank = 0; rank < 3; ++rank) {
     CheckpointMeta meta;
     CheckpointWriter part(default_file_system(), d.path(), 12, meta, PartOf{staging, rank, 3});

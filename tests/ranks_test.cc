@@ -96,8 +96,25 @@ TEST_CASE("bad launcher variables are refused naming the variable") {
   CHECK(error_of({{"LOCAL_WORLD_SIZE", "3"}}).find("LOCAL_RANK") != std::string::npos);
   CHECK(error_of({{"LOCAL_WORLD_SIZE", "3"}, {"LOCAL_RANK", "3"}}).find("LOCAL_RANK='3'") != std::string::npos);
   CHECK(error_of({{"LOCAL_WORLD_SIZE", "65"}, {"LOCAL_RANK", "0"}}).find("64") != std::string::npos);
-  CHECK(error_of({{"LOCAL_WORLD_SIZE", "2"}, {"LOCAL_RANK", "0"}, {"WORLD_SIZE", "4"}}).find("several nodes") !=
+  CHECK(error_of({{"LOCAL_WORLD_SIZE", "2"}, {"LOCAL_RANK", "0"}, {"WORLD_SIZE", "4"}}).find("one per node with srun") !=
         std::string::npos);
+}
+
+TEST_CASE("under one of several supervisors (LIFELINE_PEERS) a rank may span nodes and a lone rank is a rank") {
+  auto two = rank_env(env_of({{"LIFELINE_PEERS", "2"}, {"LOCAL_WORLD_SIZE", "2"}, {"LOCAL_RANK", "1"},
+                              {"RANK", "3"}, {"WORLD_SIZE", "4"}}));
+  REQUIRE(two);
+  CHECK(two->local_world_size == 2);
+  CHECK(two->rank == 3);
+  CHECK(two->world_size == 4);
+  auto lone = rank_env(env_of({{"LIFELINE_PEERS", "3"}, {"RANK", "2"}, {"WORLD_SIZE", "3"}}));
+  REQUIRE(lone);
+  CHECK(lone->local_world_size == 1);
+  CHECK(lone->local_rank == 0);
+  CHECK(lone->rank == 2);
+  CHECK_FALSE(rank_env(env_of({{"LIFELINE_PEERS", "1"}, {"RANK", "0"}, {"WORLD_SIZE", "1"}})));
+  CHECK(error_of({{"LIFELINE_PEERS", "2"}, {"LOCAL_WORLD_SIZE", "4"}, {"LOCAL_RANK", "0"}, {"WORLD_SIZE", "2"}})
+            .find("smaller") != std::string::npos);
 }
 
 TEST_CASE("ranks checkpoint one agreed step that no rank had passed, and the coordinator commits their parts as one") {
@@ -283,4 +300,107 @@ TEST_CASE("each rank resumes from its own part, and a checkpoint of another worl
     REQUIRE(c.resume());
     CHECK(c.resume()->path == d / "step-000000000003");
   }
+}
+
+// ---- several supervisors: the leader's decisions (JobCoordinator) ------------------------------
+
+namespace {
+NodeState node_state(uint32_t attached, uint32_t world, uint64_t request, uint64_t answered, bool all_seen,
+                     uint64_t promised, bool stop = false) {
+  NodeState s;
+  s.attached = attached;
+  s.world = world;
+  s.request = request;
+  s.answered = answered;
+  s.all_seen = all_seen;
+  s.promised = promised;
+  s.stop = stop;
+  return s;
+}
+}  // namespace
+
+TEST_CASE("a request on one node is asked of the others once, then agreed at the largest promise of the whole world") {
+  JobCoordinator job(3);
+  job.update(0, node_state(2, 5, 0, 0, true, 0));
+  job.update(1, node_state(2, 5, 4, 3, false, 0));  // node 1 got a request (its seq 4)
+  CHECK(job.decide().ask.empty());                 // node 2 has not reported yet: nothing
+  job.update(2, node_state(1, 5, 7, 7, true, 0));
+  auto d = job.decide();
+  CHECK(d.ask == std::vector<uint32_t>{0, 2});
+  CHECK_FALSE(d.agreed);
+  CHECK(job.decide().ask.empty());  // asked once
+  job.update(0, node_state(2, 5, 1, 0, true, 12));
+  job.update(1, node_state(2, 5, 4, 3, true, 15));
+  CHECK_FALSE(job.decide().agreed);  // node 2 has not taken the request in yet
+  job.update(2, node_state(1, 5, 8, 7, true, 11));
+  d = job.decide();
+  REQUIRE(d.agreed);
+  CHECK(*d.agreed == 15);
+  CHECK(d.agreed_seq == std::vector<uint64_t>{1, 4, 8});  // each node's own request_seq
+  CHECK_FALSE(d.agreed_stop);
+  CHECK_FALSE(job.decide().agreed);  // answered, even before the nodes report it
+}
+
+TEST_CASE("no agreement while a rank of the world is missing") {
+  JobCoordinator job(2);
+  job.update(0, node_state(2, 4, 1, 0, true, 9));
+  job.update(1, node_state(1, 4, 1, 0, true, 9));  // 3 of 4 ranks attached
+  CHECK_FALSE(job.decide().agreed);
+  job.update(1, node_state(2, 4, 1, 0, true, 9));
+  CHECK(job.decide().agreed);
+}
+
+TEST_CASE("a stop on one node makes every node stop: a node with a plain request is asked to stop, then all agree to stop") {
+  JobCoordinator job(2);
+  job.update(0, node_state(1, 2, 2, 1, true, 30, /*stop=*/true));
+  job.update(1, node_state(1, 2, 5, 4, true, 31, /*stop=*/false));
+  auto d = job.decide();
+  CHECK(d.ask == std::vector<uint32_t>{1});
+  CHECK(d.ask_stop);
+  CHECK_FALSE(d.agreed);  // node 1's own supervisor must be stopping first
+  job.update(1, node_state(1, 2, 6, 4, true, 31, true));
+  d = job.decide();
+  REQUIRE(d.agreed);
+  CHECK(d.agreed_stop);
+  CHECK(d.agreed_seq == std::vector<uint64_t>{2, 6});
+}
+
+TEST_CASE("the leader commits once every node's parts are durable, gives a failed part up, and neither twice") {
+  JobCoordinator job(2);
+  NodeState a = node_state(1, 2, 0, 0, true, 0), b = a;
+  a.part = 40;
+  a.part_ns = 5;
+  job.update(0, a);
+  job.update(1, b);
+  CHECK_FALSE(job.decide().commit);
+  b.part = 40;
+  b.part_ns = 9;
+  job.update(1, b);
+  auto d = job.decide();
+  REQUIRE(d.commit);
+  CHECK(*d.commit == 40);
+  CHECK(d.world == 2);
+  CHECK(d.slowest_part_ns == 9);
+  job.settled(40);
+  CHECK_FALSE(job.decide().commit);
+  b.failed = 60;
+  a.part = 60;
+  job.update(0, a);
+  job.update(1, b);
+  d = job.decide();
+  REQUIRE(d.give_up);
+  CHECK(*d.give_up == 60);
+  CHECK(d.give_up_peer == 1);
+  CHECK_FALSE(d.commit);
+  job.settled(60);
+  CHECK_FALSE(job.decide().give_up);
+}
+
+TEST_CASE("a node's state crosses the wire unchanged, and a malformed one is refused") {
+  NodeState s = node_state(3, 9, 4, 2, true, 77, true);
+  s.part = 70;
+  s.part_ns = 123;
+  s.failed = 50;
+  CHECK(NodeState::from_json(nlohmann::json::parse(s.to_json().dump())) == s);
+  CHECK_THROWS(NodeState::from_json(nlohmann::json{{"attached", 1}}));
 }

@@ -28,7 +28,7 @@ namespace {
 
 const bool scratch_on_tmpfs = prefer_tmpfs_scratch();
 
-const std::string kStaging20 = shared_staging_name(20, 4242, 0x1234abcdULL);
+const std::string kStaging20 = shared_staging_name(20, (4242ULL << 32) | 0x1234abcdULL);
 
 // The payload rank `rank` writes into file `name` of the checkpoint of `step`.
 std::string payload(uint64_t step, uint32_t rank, const std::string& name) {
@@ -58,7 +58,7 @@ uint64_t total_bytes(uint64_t step, const std::vector<std::vector<std::string>>&
 const std::vector<std::vector<std::string>> kThreeRanks = {{"model.pt", "optim/state.pt"}, {}, {"model.pt"}};
 
 CommitResult commit_three(const std::string& dir, uint64_t step) {
-  std::string staging = shared_staging_name(step, 4242, step);
+  std::string staging = shared_staging_name(step, (4242ULL << 32) | step);
   for (uint32_t r = 0; r < 3; ++r) write_part(dir, staging, step, r, 3, kThreeRanks[r]);
   CheckpointMeta meta;
   meta.job_id = "77";
@@ -89,7 +89,7 @@ TEST_CASE("names: rank folders have 5 digits or more; the shared staging name is
   CHECK(part_folder_name(0) == "rank-00000");
   CHECK(part_folder_name(3) == "rank-00003");
   CHECK(part_folder_name(123456) == "rank-123456");
-  std::string name = shared_staging_name(40, 4242, 0xffffffff0000abcdULL);
+  std::string name = shared_staging_name(40, (4242ULL << 32) | 0x0000abcdULL);
   CHECK(name == ".staging-step-000000000040-4242-0000abcd");
   CHECK(is_staging_name(name));
   CHECK(staging_writer_pid(name) == pid_t(4242));
@@ -341,7 +341,7 @@ TEST_CASE("parts written but never committed: resume takes the previous checkpoi
   TempDir d;
   commit_three(d.path(), 10);
   // The crash came between the parts: two of three written, no top MANIFEST, no rename.
-  std::string staging = shared_staging_name(20, 4242, 99);
+  std::string staging = shared_staging_name(20, (4242ULL << 32) | 99);
   write_part(d.path(), staging, 20, 0, 3, {"a"});
   write_part(d.path(), staging, 20, 2, 3, {"a"});
   ResumeChoice choice = choose_resume(d.path());
@@ -386,11 +386,11 @@ TEST_CASE("part mode: a rank's leftover folder is emptied, a failed or dropped p
   CHECK_FALSE(fs::exists(staging + "/rank-00001/stale"));
   CHECK(r1.bytes == payload(20, 1, "b").size());
   {
-    CheckpointWriter dropped(disk(), d.path(), 21, CheckpointMeta{}, PartOf{shared_staging_name(21, 1, 1), 0, 2});
+    CheckpointWriter dropped(disk(), d.path(), 21, CheckpointMeta{}, PartOf{shared_staging_name(21, (1ULL << 32) | 1), 0, 2});
     dropped.write_file("x", "x", 1);
   }
-  CHECK(fs::exists(d / shared_staging_name(21, 1, 1)));  // the shared folder stays
-  CHECK(names_in(d / shared_staging_name(21, 1, 1)).empty());
+  CHECK(fs::exists(d / shared_staging_name(21, (1ULL << 32) | 1)));  // the shared folder stays
+  CHECK(names_in(d / shared_staging_name(21, (1ULL << 32) | 1)).empty());
   CHECK_THROWS_AS(CheckpointWriter(disk(), d.path(), 20, CheckpointMeta{}, PartOf{kStaging20, 2, 2}),
                   std::invalid_argument);
   CHECK_THROWS_AS(CheckpointWriter(disk(), d.path(), 20, CheckpointMeta{}, PartOf{"step-000000000020", 0, 2}),

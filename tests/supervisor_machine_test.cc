@@ -375,9 +375,35 @@ TEST_CASE("table: the end of a backoff starts the next attempt") {
                              {S::done, S::done, {}}});
 }
 
+TEST_CASE("table: the leader's request is taken while training (a stop stops); ignored once stopping") {
+  check_row(E::peer_request, {{S::running, S::checkpointing, {"request manual", "arm tick"}},
+                              {S::checkpointing, S::checkpointing, {"request manual", "arm tick"}},
+                              {S::stopping, S::stopping, {}},
+                              {S::draining, S::draining, {}},
+                              {S::backoff, S::backoff, {}},
+                              {S::done, S::done, {}}});
+  Rig r;
+  drive_to(r, S::running);
+  EventData e = r.at(10, E::peer_request);
+  e.peer_stop = true;
+  r.m.dispatch(e);
+  CHECK(r.m.state() == S::stopping);
+  CHECK(r.fx.did("request stop_signal stop"));
+  CHECK(r.fx.did("arm stop_deadline"));
+}
+
+TEST_CASE("table: a lost peer drains the trainer at once while it runs; nothing to do otherwise") {
+  check_row(E::peer_lost, {{S::running, S::draining, {"disarm_relay", "arm term"}},
+                           {S::checkpointing, S::draining, {"disarm_relay", "arm term"}},
+                           {S::stopping, S::draining, {"disarm_relay", "arm term"}},
+                           {S::draining, S::draining, {}},
+                           {S::backoff, S::backoff, {}},
+                           {S::done, S::done, {}}});
+}
+
 TEST_CASE("every cell of the table is covered by a row test above") {
   // The rows above are one per event; this keeps the list honest when an event is added.
-  CHECK(kSupervisorEvents == 15);
+  CHECK(kSupervisorEvents == 17);
   CHECK(kSupervisorStates == 6);
 }
 
@@ -645,4 +671,71 @@ TEST_CASE("a trainer that cannot start after its attempt was recorded ends that 
   CHECK(r.m.state() == S::done);
   CHECK(r.fx.finished == 127);
   CHECK(r.fx.events("attempt_end").at(0)["end_reason"] == "failed");
+}
+
+// ---- several supervisors of one job ----------------------------------------------------------
+
+TEST_CASE("a follower never requeues: it leaves 0 for the leader's scontrol requeue, 75 when the leader is lost") {
+  MachineConfig c = test_config();
+  c.mode = RequeueMode::scontrol;
+  c.peer = MachineConfig::Peer::follower;
+  {
+    Rig r(c);
+    drive_to(r, S::stopping);
+    r.commit(40);
+    r.block.request_flags = layout::kFlagStop;
+    r.exit(5, 0);
+    CHECK_FALSE(r.fx.did("requeue"));
+    CHECK(r.fx.finished == 0);
+  }
+  {
+    Rig r(c);
+    drive_to(r, S::running);
+    EventData e = r.at(3, E::peer_lost);
+    e.peer_why = "the job's leader (supervisor 0) is lost (connection closed)";
+    r.m.dispatch(e);
+    r.exit(4, 137);
+    CHECK_FALSE(r.fx.did("requeue"));
+    CHECK(r.fx.finished == 75);
+    auto ends = r.fx.events("attempt_end");
+    REQUIRE(ends.size() == 1);
+    CHECK(ends[0]["end_reason"] == "peer_lost");
+  }
+}
+
+TEST_CASE("the leader requeues once after a lost peer; no supervisor of several restarts in place") {
+  MachineConfig c = test_config();
+  c.mode = RequeueMode::scontrol;
+  c.peer = MachineConfig::Peer::leader;
+  c.policy.restart.max_requeues = 3;
+  {
+    Rig r(c);
+    r.fx.requeue_answer.outcome.ok = true;
+    drive_to(r, S::running);
+    EventData e = r.at(3, E::peer_lost);
+    e.peer_why = "supervisor 2 is lost (connection closed)";
+    r.m.dispatch(e);
+    r.exit(4, 143);
+    CHECK(std::count(r.fx.trace.begin(), r.fx.trace.end(), "requeue") == 1);
+    CHECK(r.fx.finished == 0);
+  }
+  c.mode = RequeueMode::local;
+  Rig r(c);
+  drive_to(r, S::running);
+  r.exit(2, 1);
+  CHECK(r.m.state() == S::done);
+  CHECK(r.fx.finished == 1);
+  CHECK_FALSE(r.fx.did("arm restart"));
+}
+
+TEST_CASE("a follower leaves periodic checkpoints to the leader's timer") {
+  MachineConfig c = test_config();
+  c.peer = MachineConfig::Peer::follower;
+  Rig follower(c);
+  follower.start();
+  CHECK_FALSE(follower.fx.did("arm periodic"));
+  c.peer = MachineConfig::Peer::leader;
+  Rig leader(c);
+  leader.start();
+  CHECK(leader.fx.did("arm periodic"));
 }

@@ -21,6 +21,8 @@ void register_run_command(CLI::App& app, int& rc) {
     std::string policy, ckpt_dir, requeue;
     double grace = -1;
     int verbose = 0, quiet = 0;
+    uint32_t peers = 0;
+    int peer_index = -1;
     std::vector<std::string> command;
   };
   auto args = std::make_shared<Args>();
@@ -30,6 +32,11 @@ void register_run_command(CLI::App& app, int& rc) {
       ->check(CLI::IsMember(kModes));
   sub->add_option("--grace", args->grace, "longest wait for the stop checkpoint, seconds")
       ->check(CLI::NonNegativeNumber);
+  sub->add_option("--peers", args->peers,
+                  "supervisors of this job, one per node (default: srun's SLURM_STEP_NUM_TASKS inside a step, else 1)")
+      ->check(CLI::Range(1, 4096));
+  sub->add_option("--peer-index", args->peer_index, "this supervisor's index, 0 = the leader (default: SLURM_PROCID)")
+      ->check(CLI::Range(0, 4095));
   sub->add_flag("-v,--verbose", args->verbose, "more log lines (-vv: trace)");
   sub->add_flag("-q,--quiet", args->quiet, "fewer log lines (-qq: errors only)");
   sub->add_option("command", args->command, "training command and its arguments (after --)")->required();
@@ -47,6 +54,8 @@ void register_run_command(CLI::App& app, int& rc) {
     o.requeue_mode = args->requeue.empty() ? o.policy.requeue.mode : args->requeue;
     o.grace_seconds = args->grace >= 0 ? args->grace : o.policy.stop.grace_seconds;
     o.command = args->command;
+    o.peers = args->peers;
+    o.peer_index = args->peer_index;
     int level = args->verbose - args->quiet;
     if (level != 0) {
       const char* names[] = {"off", "error", "warning", "info", "debug", "trace"};

@@ -194,7 +194,7 @@ struct Client::State {
     bool stop_agreed = false;        // ... and target was reached: should_exit()
     std::atomic<uint64_t> last_part{UINT64_MAX};  // step of the newest part begun
     std::string staging_name(const ControlBlock& b, uint64_t step) const {
-      return shared_staging_name(step, b.u32(kSupervisorPidOff).load(), b.u64(kStagingTokenOff).load());
+      return shared_staging_name(step, b.u64(kStagingTokenOff).load());
     }
   };
   std::unique_ptr<Rank> rank;

@@ -38,23 +38,32 @@ std::optional<uint64_t> number(const EnvLookup& env, std::initializer_list<const
 std::optional<RankEnv> rank_env(const EnvLookup& env) {
   std::optional<uint64_t> local_world =
       number(env, {"LIFELINE_LOCAL_WORLD_SIZE", "LOCAL_WORLD_SIZE"}, 1, UINT32_MAX);
-  if (!local_world || *local_world == 1) return std::nullopt;
+  // Several supervisors of one job (one per node, docs/distributed.md): every trainer is a rank,
+  // even one alone on its node.
+  uint64_t peers = number(env, {"LIFELINE_PEERS"}, 1, UINT32_MAX).value_or(1);
+  if (peers > 1 && !local_world) local_world = 1;
+  if (!local_world || (*local_world == 1 && peers == 1)) return std::nullopt;
   if (*local_world > layout::kMaxLocalRanks)
     throw std::runtime_error("lifeline: " + std::to_string(*local_world) + " local ranks (LOCAL_WORLD_SIZE) are more than " +
                              std::to_string(layout::kMaxLocalRanks) + ", the most one control block serves");
   RankEnv r;
   r.local_world_size = uint32_t(*local_world);
   std::optional<uint64_t> local_rank = number(env, {"LIFELINE_LOCAL_RANK", "LOCAL_RANK"}, 0, r.local_world_size - 1);
+  if (!local_rank && r.local_world_size == 1) local_rank = 0;
   if (!local_rank)
     throw std::runtime_error("lifeline: LOCAL_WORLD_SIZE is " + std::to_string(r.local_world_size) +
                              " but LOCAL_RANK (or LIFELINE_LOCAL_RANK) is not set");
   r.local_rank = uint32_t(*local_rank);
   r.world_size = uint32_t(number(env, {"LIFELINE_WORLD_SIZE", "WORLD_SIZE"}, 1, UINT32_MAX).value_or(r.local_world_size));
   r.rank = uint32_t(number(env, {"LIFELINE_RANK", "RANK"}, 0, r.world_size - 1).value_or(r.local_rank));
-  if (r.world_size != r.local_world_size)
+  if (peers == 1 && r.world_size != r.local_world_size)
     throw std::runtime_error("lifeline: WORLD_SIZE " + std::to_string(r.world_size) + " spans several nodes (LOCAL_WORLD_SIZE " +
                              std::to_string(r.local_world_size) +
-                             "): one supervisor per node is not built yet (docs/distributed.md); run all ranks under one lifeline run on one node");
+                             ") but this lifeline run is the job's only supervisor: start one per node with srun "
+                             "(docs/distributed.md, jobscripts/multi-node.sbatch)");
+  if (r.world_size < r.local_world_size)
+    throw std::runtime_error("lifeline: WORLD_SIZE " + std::to_string(r.world_size) + " is smaller than LOCAL_WORLD_SIZE " +
+                             std::to_string(r.local_world_size));
   r.agree_margin = number(env, {"LIFELINE_AGREE_MARGIN"}, 1, 1000000).value_or(2);
   std::optional<std::string> reshard = env("LIFELINE_RESHARD");
   r.reshard = reshard && *reshard == "1";

@@ -57,8 +57,10 @@ ControlBlock ControlBlock::create(const std::string& tag) {
     block.u32(kSizeOff).store(kSize);
     block.u32(kOwnerUidOff).store(getuid());
     block.u32(kSupervisorPidOff).store(uint32_t(getpid()));
-    // Names the shared staging folder of the ranks' checkpoints (docs/distributed.md).
-    block.u64(kStagingTokenOff).store(std::stoull(random_hex(2), nullptr, 16));
+    // Names the shared staging folder of the ranks' checkpoints (docs/distributed.md): the pid
+    // of the supervisor that commits it (high half) and a random word. The supervisors of one job
+    // all take their leader's (set_staging_token), so every rank of every node names one folder.
+    block.u64(kStagingTokenOff).store((uint64_t(uint32_t(getpid())) << 32) | std::stoull(random_hex(1), nullptr, 16));
     block.u64(kMagicOff).store(kMagic, std::memory_order_release);
     return block;
   }

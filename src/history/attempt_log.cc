@@ -130,6 +130,8 @@ void AttemptLog::attempt_end(const End& end) {
   e["last_step"] = end.last_step;
   e["signal"] = end.signo ? json(signal_name(end.signo)) : json(nullptr);
   if (!end.stop_checkpoint.is_null()) e["stop_checkpoint"] = end.stop_checkpoint;
+  if (!nodes_.is_null()) e["nodes"] = nodes_;
+  last_end_ = end;
   log_->append(std::move(e));
 }
 

@@ -77,6 +77,11 @@ class AttemptLog {
     nlohmann::json stop_checkpoint;  // {"state": "committed"|"missing", ...}; null: left out
   };
   void attempt_end(const End& end);
+  // Several supervisors: every node's view of the attempt, written into the next attempt_end as
+  // "nodes" (docs/history.md); null leaves it out.
+  void set_nodes(nlohmann::json nodes) { nodes_ = std::move(nodes); }
+  // The newest attempt_end written, if any.
+  const std::optional<End>& last_end() const { return last_end_; }
 
   // A supervisor of attempt `attempt` that was killed left its control block `control`: what
   // its trainer last reported (none: left out). Written by the next supervisor.
@@ -89,6 +94,8 @@ class AttemptLog {
 
   HistoryLog* log_;
   uint64_t attempt_;
+  nlohmann::json nodes_;
+  std::optional<End> last_end_;
 };
 
 }  // namespace lifeline

@@ -13,7 +13,8 @@
 
 namespace lifeline {
 
-HistoryLog::HistoryLog(std::string dir) : path_(std::move(dir) + "/" + kHistoryName) {}
+HistoryLog::HistoryLog(std::string dir, std::string file_name)
+    : path_(std::move(dir) + "/" + (file_name.empty() ? std::string(kHistoryName) : file_name)) {}
 
 void HistoryLog::append(nlohmann::json event) noexcept {
   try {

@@ -11,7 +11,8 @@ constexpr const char* kHistoryName = "history.jsonl";
 
 class HistoryLog {
  public:
-  explicit HistoryLog(std::string dir);
+  // `file_name` empty: history.jsonl (a follower of several supervisors keeps its own node's).
+  explicit HistoryLog(std::string dir, std::string file_name = "");
   // Adds "time" (ISO 8601) and "time_ns" to `event` and appends it, strings made valid UTF-8
   // (dump_json). Never throws: a history that cannot be written (full disk; a link, FIFO or
   // hard link in its place, which is never written through) is reported on stderr and

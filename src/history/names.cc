@@ -10,13 +10,14 @@ namespace {
 template <typename E, size_t N>
 using NameTable = std::array<std::pair<E, std::string_view>, N>;
 
-constexpr NameTable<EndReason, 6> kEndReasons{{
+constexpr NameTable<EndReason, 7> kEndReasons{{
     {EndReason::completed, "completed"},
     {EndReason::stopped, "stopped"},
     {EndReason::preempted, "preempted"},
     {EndReason::time_limit, "time_limit"},
     {EndReason::failed, "failed"},
     {EndReason::lost, "lost"},
+    {EndReason::peer_lost, "peer_lost"},
 }};
 
 constexpr NameTable<RequeueMode, 6> kRequeueModes{{

@@ -7,7 +7,8 @@
 namespace lifeline {
 
 // How an attempt ended (attempt_end.end_reason; "lost" only ever comes from the ledger).
-enum class EndReason { completed, stopped, preempted, time_limit, failed, lost };
+// peer_lost: another supervisor of the job (another node) stopped answering (docs/distributed.md).
+enum class EndReason { completed, stopped, preempted, time_limit, failed, lost, peer_lost };
 
 // How the next attempt is brought about (attempt_start.requeue_mode, requeue.mode).
 enum class RequeueMode { automatic /* "auto" */, scontrol, sbatch, exit, local, none };

@@ -21,10 +21,10 @@ std::string part_folder_name(uint32_t rank) {
   return buf;
 }
 
-std::string shared_staging_name(uint64_t step, uint32_t supervisor_pid, uint64_t token) {
+std::string shared_staging_name(uint64_t step, uint64_t token) {
   char hex[16];
   std::snprintf(hex, sizeof hex, "%08x", static_cast<unsigned>(token & 0xffffffffu));
-  return ".staging-" + checkpoint_folder_name(step) + "-" + std::to_string(supervisor_pid) + "-" + hex;
+  return ".staging-" + checkpoint_folder_name(step) + "-" + std::to_string(token >> 32) + "-" + hex;
 }
 
 // Why `path` is not a real directory (a link is never followed), or "".

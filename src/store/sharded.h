@@ -15,10 +15,11 @@ namespace lifeline {
 // "rank-00003": the part folder of a global rank (5 digits, more when the rank needs them).
 std::string part_folder_name(uint32_t rank);
 
-// ".staging-step-<12 digits>-<supervisor pid>-<8 lowercase hex of token & 0xffffffff>": the
-// staging folder every rank (and the supervisor) derives from the step alone. gc reads the
-// supervisor pid from it (staging_writer_pid in store/retention.h).
-std::string shared_staging_name(uint64_t step, uint32_t supervisor_pid, uint64_t token);
+// ".staging-step-<12 digits>-<token >> 32>-<8 lowercase hex of token & 0xffffffff>": the staging
+// folder every rank (and the supervisor) derives from the step and the control block's staging
+// token, whose high half is the pid of the supervisor that commits it (the job's leader). gc reads
+// that pid from it (staging_writer_pid in store/retention.h).
+std::string shared_staging_name(uint64_t step, uint64_t token);
 
 // PartOf (which shared staging folder a part goes into) is in store/checkpoint_writer.h, with
 // the writer's part mode that takes it.

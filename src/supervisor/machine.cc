@@ -51,7 +51,8 @@ const char* event_name(SupervisorEvent e) {
   static constexpr const char* kNames[kSupervisorEvents] = {
       "stop_signal",    "checkpoint_signal", "hangup",           "tick",          "acked",
       "no_progress",    "periodic_due",      "job_end_known",    "time_limit_due", "stop_cause_known",
-      "stop_deadline",  "term_due",          "kill_due",         "child_exit",    "restart_due"};
+      "stop_deadline",  "term_due",          "kill_due",         "child_exit",    "restart_due",
+      "peer_request",   "peer_lost"};
   return kNames[size_t(e)];
 }
 
@@ -79,6 +80,8 @@ const std::array<std::array<SupervisorMachine::Cell, kSupervisorStates>, kSuperv
     /* kill_due */ {NONE, NONE, NONE, CELL(send_kill), NONE, NONE},
     /* child_exit */ {CELL(end_attempt), CELL(end_attempt), CELL(end_attempt), CELL(end_attempt), NONE, NONE},
     /* restart_due */ {NONE, NONE, NONE, NONE, CELL(start_attempt), NONE},
+    /* peer_request */ {CELL(follow_peer), CELL(follow_peer), NONE, NONE, NONE, NONE},
+    /* peer_lost */ {CELL(stop_peer_lost), CELL(stop_peer_lost), CELL(stop_peer_lost), NONE, NONE, NONE},
 }};
 #undef CELL
 #undef NONE
@@ -244,6 +247,34 @@ void SupervisorMachine::stop_hung(const EventData& e) {
   begin_drain(e, 0);
 }
 
+// ---- several supervisors of one job (docs/distributed.md) -------------------------------------
+
+// The leader asks: a request is pending on another node, so every node's ranks take it.
+void SupervisorMachine::follow_peer(const EventData& e) {
+  if (e.peer_stop) {
+    spdlog::info("the job's leader asks for a stop checkpoint (another node is stopping)");
+    begin_stop(e, 0, EndReason::stopped, fx_.disarm_relay());
+    return;
+  }
+  if (state_ == S::checkpointing) spdlog::info("the job's leader asks for another checkpoint");
+  pending_seq_ = fx_.post_request(Reason::manual, false, 0);
+  state_ = S::checkpointing;
+  spdlog::info("checkpoint requested by the job's leader (a request is pending on another node)");
+  fx_.log().checkpoint_request(RequestReason::manual, pending_seq_, std::nullopt);
+  arm_tick(e);
+}
+
+// A node is gone: no collective checkpoint can commit any more. The trainer stops now and the
+// job ends with the newest committed checkpoint (the leader requeues it as any stop).
+void SupervisorMachine::stop_peer_lost(const EventData& e) {
+  spdlog::error("{}: stopping the trainer; the next attempt resumes from the newest committed checkpoint",
+                e.peer_why);
+  stop_reason_ = EndReason::peer_lost;
+  fx_.cancel(Timer::time_limit);
+  fx_.cancel(Timer::periodic);
+  begin_drain(e, 0);
+}
+
 // ---- timers and Slurm's answers --------------------------------------------------------------
 
 void SupervisorMachine::request_periodic(const EventData& e) {
@@ -347,7 +378,10 @@ void SupervisorMachine::begin_stop(const EventData& e, int signo, EndReason reas
     pending_seq_ = fx_.post_request(why, true, deadline_wall);
   }
   spdlog::info("{} at step {}: checkpoint requested, deadline in {:.1f} s",
-               signo ? "SIG" + signal_name(signo) : std::string("job end approaching"), last_step_, budget);
+               signo                                ? "SIG" + signal_name(signo)
+               : reason == EndReason::time_limit ? std::string("job end approaching")
+                                                   : std::string("stop asked by the job's leader"),
+               last_step_, budget);
   fx_.log().checkpoint_request(why == Reason::time_limit ? RequestReason::time_limit : RequestReason::stop_signal,
                                pending_seq_, deadline_wall);
   state_ = S::stopping;
@@ -425,6 +459,18 @@ void SupervisorMachine::refine_cause(uint64_t wall_ns) {
 void SupervisorMachine::on_stopped() {
   const auto& r = cfg_.policy.restart;
   RequeueMode mode = cfg_.mode;
+  if (cfg_.peer == MachineConfig::Peer::follower) {
+    // The leader requeues the job, once; this node leaves with the status the leader's node takes
+    // when that works, so srun's step status is the job's.
+    // With the leader lost nobody requeues: 75 says the job stopped with work left.
+    bool leader_lost = stop_reason_ == EndReason::peer_lost;
+    int status = mode == RequeueMode::exit ? cfg_.policy.requeue.exit_code
+                 : (mode == RequeueMode::scontrol || mode == RequeueMode::sbatch) && !leader_lost ? 0
+                                                                                                  : kExitStopped;
+    spdlog::info(leader_lost ? "stopped" : "stopped; the job's leader (node 0) requeues the job");
+    finish(status);
+    return;
+  }
   bool requeueing = mode == RequeueMode::scontrol || mode == RequeueMode::sbatch || mode == RequeueMode::exit;
   if (requeueing && requeues_ >= r.max_requeues) {
     spdlog::error("not requeueing: {} requeues so far (restart.max_requeues: {})", requeues_, r.max_requeues);
@@ -487,6 +533,12 @@ void SupervisorMachine::on_failure(const EventData& e, int status) {
                 failures_in_row_);
   const auto& r = cfg_.policy.restart;
   // Every mode but none restarts in place: the allocation is still ours, a queue is slower.
+  // Not with several supervisors: the other nodes' trainers cannot restart with this one.
+  if (cfg_.peer != MachineConfig::Peer::none) {
+    spdlog::error("no restart in place: this is one of several supervisors of the job");
+    finish(status);
+    return;
+  }
   if (cfg_.mode == RequeueMode::none) {
     finish(status);
     return;
@@ -550,6 +602,7 @@ void SupervisorMachine::arm_tick(const EventData& e) {
 
 void SupervisorMachine::arm_periodic(const EventData& e) {
   double every = cfg_.policy.checkpoint.every_seconds;
+  if (cfg_.peer == MachineConfig::Peer::follower) return;  // the leader's timer asks every node
   if (every > 0) fx_.arm(Timer::periodic, e.mono_ns + uint64_t(int64_t(every * 1000)) * kNsPerMs);
 }
 

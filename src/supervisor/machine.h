@@ -40,8 +40,10 @@ enum class SupervisorEvent {
   kill_due,           // draining: SIGTERM did not end it
   child_exit,         // the trainer's process group leader exited
   restart_due,        // backoff is over: the next attempt starts
+  peer_request,       // the job's leader asks this node for a checkpoint (a request is pending on another node)
+  peer_lost,          // another supervisor of the job stopped answering (several nodes)
 };
-constexpr size_t kSupervisorEvents = 15;
+constexpr size_t kSupervisorEvents = 17;
 
 const char* state_name(SupervisorState s);
 const char* event_name(SupervisorEvent e);
@@ -78,6 +80,8 @@ struct EventData {
   uint64_t attempt = 0;              // job_end_known, stop_cause_known: the attempt that asked
   std::optional<JobFields> job;      // stop_cause_known: scontrol show job (nullopt: no answer)
   std::optional<uint64_t> end_ns;    // job_end_known
+  bool peer_stop = false;            // peer_request: the job stops
+  std::string peer_why;              // peer_lost: which peer, and how
 };
 
 // An attempt's start, as the effects did it.
@@ -143,6 +147,10 @@ struct MachineConfig {
   RequeueMode mode = RequeueMode::local;  // effective: never automatic
   bool in_slurm = false;
   std::optional<double> kill_wait_s;      // Slurm's KillWait
+  // One of several supervisors of a job (docs/distributed.md): no restart in place (the other
+  // nodes cannot restart with it); a follower never requeues (the leader does, once per job)
+  // and leaves periodic checkpoints to the leader's timer.
+  enum class Peer { none, leader, follower } peer = Peer::none;
 };
 
 // What earlier attempts left that the machine counts on.
@@ -209,6 +217,8 @@ class SupervisorMachine {
   void send_kill(const EventData& e);
   void end_attempt(const EventData& e);
   void start_attempt(const EventData& e);
+  void follow_peer(const EventData& e);
+  void stop_peer_lost(const EventData& e);
 
   // ---- helpers ----
   void begin_stop(const EventData& e, int signo, EndReason reason, RelayedStop relayed);

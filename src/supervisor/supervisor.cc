@@ -12,9 +12,12 @@
 #include <boost/asio.hpp>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <mutex>
 #include <future>
 #include <memory>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -40,6 +43,7 @@
 #include "store/retention.h"
 #include "store/writers_lock.h"
 #include "supervisor/machine.h"
+#include "supervisor/peer_link.h"
 #include "supervisor/rank_coordinator.h"
 #include "supervisor/trainer_process.h"
 
@@ -54,7 +58,49 @@ std::string effective_requeue_mode(const std::string& mode, bool in_slurm_job) {
   return mode;
 }
 
+namespace {
+// A decimal environment variable, or nullopt when unset.
+std::optional<uint64_t> env_number(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return std::nullopt;
+  std::string s(v);
+  if (s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos)
+    throw std::runtime_error(std::string(name) + "='" + s + "' is not a number");
+  return std::stoull(s);
+}
+}  // namespace
+
+PeerPlace peer_place(const RunOptions& o) {
+  PeerPlace p;
+  // srun starts one task per supervisor: its task count and rank say who is who.
+  std::optional<uint64_t> tasks = env_number("SLURM_STEP_NUM_TASKS");
+  std::optional<uint64_t> procid = env_number("SLURM_PROCID");
+  std::optional<uint64_t> nodes = env_number("SLURM_STEP_NUM_NODES");
+  if (o.peers > 0) {
+    p.peers = o.peers;
+  } else if (tasks && *tasks > 1 && procid && std::getenv("SLURM_STEP_ID")) {
+    p.peers = uint32_t(*tasks);
+  }
+  if (p.peers == 1) return p;
+  if (o.peer_index >= 0) {
+    p.index = uint32_t(o.peer_index);
+  } else if (procid) {
+    p.index = uint32_t(*procid);
+  } else {
+    throw std::runtime_error("--peers " + std::to_string(p.peers) + " needs --peer-index (or srun's SLURM_PROCID)");
+  }
+  if (p.index >= p.peers)
+    throw std::runtime_error("--peer-index " + std::to_string(p.index) + " is not below --peers " + std::to_string(p.peers));
+  p.per_rank = o.peers == 0 && nodes && *nodes < p.peers;
+  return p;
+}
+
 std::string preflight_error(const RunOptions& o) {
+  try {
+    peer_place(o);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
   try {
     TrainerProcess::resolve(o.command.empty() ? std::string() : o.command[0]);
   } catch (const std::exception& e) {
@@ -83,7 +129,9 @@ namespace {
 class Supervisor final : public Effects {
  public:
   explicit Supervisor(const RunOptions& o)
-      : opt_(o), history_(o.ckpt_dir), log_(history_, 0), signals_(io_), relay_(io_),
+      : opt_(o), peer_(safe_place(o)),
+        history_(o.ckpt_dir, peer_.index > 0 ? "history.node-" + std::to_string(peer_.index) + ".jsonl" : ""),
+        log_(history_, 0), signals_(io_), relay_(io_),
         timers_{asio::steady_timer(io_), asio::steady_timer(io_), asio::steady_timer(io_), asio::steady_timer(io_),
                 asio::steady_timer(io_), asio::steady_timer(io_), asio::steady_timer(io_)},
         slurm_client_(runner_) {}
@@ -92,6 +140,7 @@ class Supervisor final : public Effects {
   ~Supervisor() override {
     relay_.disarm();
     for (auto& q : questions_) q.wait();
+    link_.reset();  // before the loop its callbacks post to
   }
   Supervisor(const Supervisor&) = delete;
   Supervisor& operator=(const Supervisor&) = delete;
@@ -105,7 +154,8 @@ class Supervisor final : public Effects {
       spdlog::error("{}", why);
       return kExitUsage;
     }
-    lock_.emplace(opt_.ckpt_dir);
+    // One lock per directory: several supervisors of one job share it through their leader.
+    if (!follower()) lock_.emplace(opt_.ckpt_dir);
     LineageState ls = read_lineage(opt_.ckpt_dir);
     lineage_ = ls.lineage;
     slurm_ = SlurmJob::from_env();
@@ -115,6 +165,14 @@ class Supervisor final : public Effects {
     config.grace_seconds = opt_.grace_seconds;
     config.mode = parse_requeue_mode(effective_requeue_mode(opt_.requeue_mode, slurm_.has_value())).value_or(RequeueMode::local);
     config.in_slurm = slurm_.has_value();
+    config.peer = !peers() ? MachineConfig::Peer::none : leader() ? MachineConfig::Peer::leader : MachineConfig::Peer::follower;
+    if (peers()) {
+      job_tag_ = (job_id_ ? *job_id_ : std::string("local")) + "-" + std::to_string(slurm_ ? slurm_->restart_count : 0);
+      rendezvous_path_ = opt_.ckpt_dir + "/.peers-" + job_tag_ + ".json";
+      spdlog::info("supervisor {} of {} of this job ({})", peer_.index, peer_.peers,
+                   leader() ? "the leader" : "a follower");
+      if (leader()) job_.emplace(peer_.peers);
+    }
     if (slurm_) {
       // Before any trainer runs: nothing to watch yet, so this query may take its time.
       CommandResult r = runner_.run({"scontrol", "show", "config"}, std::chrono::seconds(20));
@@ -154,7 +212,20 @@ class Supervisor final : public Effects {
     }
     std::optional<CheckpointInfo> resume;
     json skipped = json::array();
-    if (opt_.policy.restart.resume != Policy::Resume::off) {
+    // A follower joins its leader before anything else: the leader's choice of checkpoint is
+    // every node's (the directory is shared), and no trainer starts before every node is there.
+    if (follower()) {
+      if (!join_leader()) {
+        out.status = kExitUsage;
+        return out;
+      }
+      if (welcome_.contains("resume_path") && welcome_["resume_path"].is_string()) {
+        CheckpointInfo info;
+        info.path = welcome_["resume_path"].get<std::string>();
+        info.step = welcome_.at("resume_step").get<uint64_t>();
+        resume = info;
+      }
+    } else if (opt_.policy.restart.resume != Policy::Resume::off) {
       ResumeChoice choice = choose_resume(opt_.ckpt_dir);
       for (const auto& s : choice.skipped) {
         spdlog::warn("skipping checkpoint {} (step {}): {}", s.path, s.step, s.problem);
@@ -187,7 +258,12 @@ class Supervisor final : public Effects {
     meta.attempt = attempt_;
     meta.lineage = lineage_;
     meta.host = this_host();
-    ranks_.emplace(*block_, opt_.ckpt_dir, meta);
+    if (follower()) block_->u64(kStagingTokenOff).store(welcome_.at("token").get<uint64_t>());
+    if (leader() && !gather_followers(resume)) {
+      out.status = kExitUsage;
+      return out;
+    }
+    ranks_.emplace(*block_, opt_.ckpt_dir, meta, peers());
     block_->u64(kEveryStepsOff).store(opt_.policy.checkpoint.every_steps);
     block_->u64(kSkipFirstStepsOff).store(opt_.policy.checkpoint.skip_first_steps);
     std::map<std::string, std::string> env{
@@ -198,13 +274,23 @@ class Supervisor final : public Effects {
         {"LIFELINE_ATTEMPT", std::to_string(attempt_)},
         {"LIFELINE_LINEAGE", lineage_},
     };
+    if (peers()) {
+      env["LIFELINE_PEERS"] = std::to_string(peer_.peers);
+      env["LIFELINE_PEER_INDEX"] = std::to_string(peer_.index);
+      if (peer_.per_rank) {  // srun -n: each supervisor's trainer is one rank of the job
+        env["LIFELINE_RANK"] = std::to_string(peer_.index);
+        env["LIFELINE_WORLD_SIZE"] = std::to_string(peer_.peers);
+        env["LIFELINE_LOCAL_RANK"] = "0";
+        env["LIFELINE_LOCAL_WORLD_SIZE"] = "1";
+      }
+    }
     log_.attempt_start({lineage_, job_id_, this_host(), int64_t(getpid()), out.resumed_step,
                         resume ? std::optional<std::string>(resume->path) : std::nullopt, skipped, mode_});
     out.recorded = true;
     attempt_started_ns_ = wall_ns();
-    write_supervisor_record();
+    if (!follower()) write_supervisor_record();
     try {
-      trainer_ = std::make_unique<TrainerProcess>(opt_.command, env);
+      trainer_ = std::make_unique<TrainerProcess>(opt_.command, env, /*ignore_user_signals=*/peers());
     } catch (const std::exception& e) {
       spdlog::error("{}", e.what());
       out.status = attempt_ == 0 ? kExitUsage : 127;
@@ -295,6 +381,7 @@ class Supervisor final : public Effects {
   // checkpoint reads the whole checkpoint (from the disk: big files bypass the page cache),
   // which must not hold up the loop. One run at a time; a commit during a run asks for one more.
   void start_retention() override {
+    if (follower()) return;  // the leader's, once per job
     if (retention_.valid()) {
       retention_again_ = true;
       return;
@@ -323,6 +410,7 @@ class Supervisor final : public Effects {
   }
 
   void finish(int status) override {
+    say_end(status);
     exit_status_ = status;
     finished_ = true;
     io_.stop();
@@ -333,7 +421,10 @@ class Supervisor final : public Effects {
   void dispatch(EventData e) {
     e.mono_ns = mono_ns();
     e.wall_ns = wall_ns();
+    if (e.kind == SupervisorEvent::child_exit && leader()) collect_node_views(e.status);
     machine_->dispatch(e);
+    // Several supervisors: what the event did to the block (a request) reaches the leader now.
+    if (peers() && ranks_ && !finished_) poll_ranks();
   }
 
   void dispatch(SupervisorEvent kind) {
@@ -365,6 +456,22 @@ class Supervisor final : public Effects {
       }
     }
     poll_ranks();
+    // Several supervisors: a rank may leave once its part is durable, before the leader has heard
+    // from every node. The exit waits (up to kExitForCommitMs) for the leader's commit or give-up,
+    // so every node's machine sees whether its stop checkpoint committed.
+    if (e.kind == SupervisorEvent::child_exit && peers() && ranks_ && ranks_->part_outstanding()) {
+      uint64_t now = mono_ns();
+      if (!exit_wait_until_) exit_wait_until_ = now + uint64_t(kExitForCommitMs) * 1000000ull;
+      if (now < exit_wait_until_) {
+        exit_timer_.expires_after(std::chrono::milliseconds(5));
+        exit_timer_.async_wait([this](const boost::system::error_code& ec) {
+          if (!ec && !finished_ && trainer_) on_tick_or_exit();
+        });
+        return;
+      }
+      spdlog::warn("the job's leader did not commit or give up this node's part in {} ms", kExitForCommitMs);
+    }
+    exit_wait_until_ = 0;
     if (block_) e.block = read_view(*block_);
     dispatch(e);
   }
@@ -378,7 +485,8 @@ class Supervisor final : public Effects {
     RankCoordinator::Report r = ranks_->poll();
     if (r.agreed) spdlog::info("ranks agreed to checkpoint step {}", *r.agreed);
     if (r.given_up) spdlog::warn("{}", *r.given_up);
-    if (r.ranks) {
+    if (peers()) share_state();
+    if (r.ranks || peers()) {
       rank_timer_.expires_after(std::chrono::milliseconds(r.urgent ? kRankPollMs : kRankIdlePollMs));
       rank_timer_.async_wait([this](const boost::system::error_code& ec) {
         if (ec || !ranks_) return;
@@ -440,6 +548,242 @@ class Supervisor final : public Effects {
     v.failed_saves = b.u64(kFailedSavesOff).load();
     v.client_state = ClientState(b.u32(kClientStateOff).load());
     return v;
+  }
+
+  // ---- several supervisors of one job (docs/distributed.md, "Several nodes") --------------------
+  static PeerPlace safe_place(const RunOptions& o) {
+    try {
+      return peer_place(o);
+    } catch (const std::exception&) {
+      return PeerPlace{};  // preflight_error reports it
+    }
+  }
+  bool peers() const { return peer_.peers > 1; }
+  bool leader() const { return peers() && peer_.index == 0; }
+  bool follower() const { return peers() && peer_.index > 0; }
+
+  static double peer_timeout_s() {
+    const char* v = std::getenv("LIFELINE_PEER_TIMEOUT");
+    double t = v ? std::atof(v) : 0;
+    return t > 0 ? t : 120;
+  }
+  double peer_silence_s() const {
+    const char* v = std::getenv("LIFELINE_PEER_SILENCE");
+    double t = v ? std::atof(v) : 0;
+    return t > 0 ? t : 10;
+  }
+
+  PeerLink::Handlers peer_handlers() {
+    PeerLink::Handlers h;
+    h.on_message = [this](uint32_t peer, const json& m) {
+      if (m.value("t", "") == "end") {  // kept aside: the leader waits for these off the loop
+        std::lock_guard<std::mutex> l(ends_mu_);
+        ends_[peer] = m;
+        ends_cv_.notify_all();
+        return;
+      }
+      asio::post(io_, [this, peer, m] {
+        if (!finished_) on_peer_message(peer, m);
+      });
+    };
+    h.on_lost = [this](uint32_t peer, const std::string& why) {
+      {
+        std::lock_guard<std::mutex> l(ends_mu_);
+        lost_.insert(peer);
+        ends_cv_.notify_all();
+        if (ends_.count(peer)) return;  // it said goodbye first
+      }
+      std::string who = peer == 0 ? std::string("the job's leader (supervisor 0)") : "supervisor " + std::to_string(peer);
+      // Every node stops, not only the one that noticed: the leader tells the others.
+      if (leader() && link_) link_->broadcast(json{{"t", "lost"}, {"peer", peer}, {"why", why}});
+      asio::post(io_, [this, who, why] {
+        if (finished_) return;
+        EventData e;
+        e.kind = SupervisorEvent::peer_lost;
+        e.peer_why = who + " is lost (" + why + ")";
+        dispatch(e);
+      });
+    };
+    return h;
+  }
+
+  // Follower: connects to the leader (through the rendezvous file it writes) and waits for its
+  // welcome: the staging token and the checkpoint every node resumes from.
+  bool join_leader() {
+    json hello{{"t", "hello"}, {"index", peer_.index}, {"host", this_host()}, {"pid", getpid()}};
+    try {
+      spdlog::info("joining the job's leader through {}", rendezvous_path_);
+      link_ = PeerLink::follow(peer_.index, peer_.peers, rendezvous_path_, hello, peer_timeout_s(), peer_silence_s(),
+                               peer_handlers(), &welcome_);
+    } catch (const std::exception& e) {
+      spdlog::error("cannot join the job's leader: {}", e.what());
+      return false;
+    }
+    spdlog::info("joined the job's leader");
+    return true;
+  }
+
+  // Leader: waits for every follower, then welcomes each.
+  bool gather_followers(const std::optional<CheckpointInfo>& resume) {
+    std::vector<json> hellos;
+    try {
+      spdlog::info("waiting for {} other supervisor(s) of this job", peer_.peers - 1);
+      link_ = PeerLink::lead(peer_.peers, rendezvous_path_, peer_timeout_s(), peer_silence_s(), peer_handlers(), &hellos);
+    } catch (const std::exception& e) {
+      spdlog::error("the job's other supervisors did not all come: {}", e.what());
+      return false;
+    }
+    json welcome{{"t", "welcome"},
+                 {"token", block_->u64(kStagingTokenOff).load()},
+                 {"attempt", attempt_},
+                 {"resume_path", resume ? json(resume->path) : json(nullptr)},
+                 {"resume_step", resume ? json(resume->step) : json(nullptr)}};
+    for (uint32_t p = 1; p < peer_.peers; ++p) {
+      if (p < hellos.size()) hello_of_[p] = hellos[p];
+      link_->send(p, welcome);
+    }
+    spdlog::info("all {} supervisors of this job are here", peer_.peers);
+    return true;
+  }
+
+  // This node's ranks, as the leader needs them: sent when they change (the leader decides at once).
+  void share_state() {
+    if (!ranks_ || !link_) return;
+    const NodeState& s = ranks_->node();
+    if (leader()) {
+      job_->update(0, s);
+      run_job();
+      return;
+    }
+    if (sent_any_ && s == sent_state_) return;
+    sent_state_ = s;
+    sent_any_ = true;
+    link_->send(0, json{{"t", "state"}, {"s", s.to_json()}});
+  }
+
+  void on_peer_message(uint32_t peer, const json& m) {
+    try {
+      std::string t = m.value("t", "");
+      if (leader() && t == "state") {
+        job_->update(peer, NodeState::from_json(m.at("s")));
+        run_job();
+      } else if (follower() && t == "request") {
+        EventData e;
+        e.kind = SupervisorEvent::peer_request;
+        e.peer_stop = m.value("stop", false);
+        dispatch(e);
+      } else if (follower() && t == "lost") {
+        EventData e;
+        e.kind = SupervisorEvent::peer_lost;
+        e.peer_why = "supervisor " + std::to_string(m.at("peer").get<uint32_t>()) + " is lost (" +
+                     m.value("why", std::string("?")) + ", said the job's leader)";
+        dispatch(e);
+      } else if (follower() && t == "agreed" && ranks_) {
+        ranks_->agree(m.at("seq").get<uint64_t>(), m.at("step").get<uint64_t>(), m.at("stop").get<bool>());
+        spdlog::info("the job's ranks agreed to checkpoint step {}", m.at("step").get<uint64_t>());
+      } else if (follower() && t == "committed" && ranks_) {
+        ranks_->committed(m.at("step").get<uint64_t>(), m.at("bytes").get<uint64_t>(), m.at("ns").get<uint64_t>());
+        on_tick_or_exit();
+      } else if (follower() && t == "abandoned" && ranks_) {
+        ranks_->abandon(m.at("step").get<uint64_t>(), /*remove=*/false);
+        spdlog::warn("the job's leader gave the checkpoint of step {} up", m.at("step").get<uint64_t>());
+      }
+    } catch (const std::exception& e) {
+      spdlog::warn("a malformed message from supervisor {}: {}", peer, e.what());
+    }
+  }
+
+  // Leader: acts on the job's decisions (docs/distributed.md, "Several nodes").
+  void run_job() {
+    if (deciding_ || !job_ || !ranks_ || !link_) return;
+    deciding_ = true;
+    JobCoordinator::Decision d = job_->decide();
+    bool settled = false;
+    for (uint32_t p : d.ask) {
+      if (p != 0) {
+        link_->send(p, json{{"t", "request"}, {"stop", d.ask_stop}});
+        continue;
+      }
+      EventData e;
+      e.kind = SupervisorEvent::peer_request;
+      e.peer_stop = d.ask_stop;
+      dispatch(e);
+    }
+    if (d.agreed) {
+      spdlog::info("the job's ranks agreed to checkpoint step {}", *d.agreed);
+      ranks_->agree(d.agreed_seq[0], *d.agreed, d.agreed_stop);
+      for (uint32_t p = 1; p < peer_.peers; ++p)
+        link_->send(p, json{{"t", "agreed"}, {"seq", d.agreed_seq[p]}, {"step", *d.agreed}, {"stop", d.agreed_stop}});
+    }
+    if (d.give_up) {
+      spdlog::warn("checkpoint of step {} given up: a rank of supervisor {} failed its part", *d.give_up, d.give_up_peer);
+      ranks_->abandon(*d.give_up, /*remove=*/true);
+      link_->broadcast(json{{"t", "abandoned"}, {"step", *d.give_up}});
+      job_->settled(*d.give_up);
+    }
+    if (d.commit) {
+      try {
+        CommitResult c = ranks_->commit_collective(*d.commit, d.world, d.slowest_part_ns);
+        ranks_->committed(*d.commit, c.bytes, c.duration_ns);
+        link_->broadcast(json{{"t", "committed"}, {"step", *d.commit}, {"bytes", c.bytes}, {"ns", c.duration_ns}});
+      } catch (const std::exception& e) {
+        spdlog::warn("checkpoint of step {} given up: {}", *d.commit, e.what());
+        ranks_->abandon(*d.commit, /*remove=*/true);
+        link_->broadcast(json{{"t", "abandoned"}, {"step", *d.commit}});
+      }
+      job_->settled(*d.commit);
+      settled = true;
+    }
+    deciding_ = false;
+    if (settled) on_tick_or_exit();
+  }
+
+  // Leader, when its trainer exited: every node's view of the attempt for its attempt_end
+  // (followers say goodbye when theirs ends; a lost one is marked so). Waits at most 10 s.
+  void collect_node_views(int status) {
+    json nodes = json::array();
+    nodes.push_back(json{{"node", 0},
+                         {"host", this_host()},
+                         {"pid", getpid()},
+                         {"ranks", ranks_ ? ranks_->node().attached : 0},
+                         {"exit_code", status}});
+    std::unique_lock<std::mutex> l(ends_mu_);
+    ends_cv_.wait_for(l, std::chrono::seconds(10), [&] {
+      for (uint32_t p = 1; p < peer_.peers; ++p)
+        if (!ends_.count(p) && !lost_.count(p)) return false;
+      return true;
+    });
+    for (uint32_t p = 1; p < peer_.peers; ++p) {
+      json v{{"node", p}};
+      if (auto h = hello_of_.find(p); h != hello_of_.end()) {
+        v["host"] = h->second.value("host", "");
+        v["pid"] = h->second.value("pid", 0);
+      }
+      if (auto it = ends_.find(p); it != ends_.end()) {
+        for (const char* k : {"ranks", "exit_code", "end_reason", "last_step"})
+          if (it->second.contains(k)) v[k] = it->second[k];
+      } else {
+        v["end_reason"] = lost_.count(p) ? "peer_lost" : "unknown";
+      }
+      nodes.push_back(v);
+    }
+    log_.set_nodes(nodes);
+  }
+
+  // Goodbye to the other supervisors, so that closing the channel is not taken for a loss.
+  void say_end(int status) {
+    if (!link_) return;
+    json m{{"t", "end"}, {"exit_code", status}, {"ranks", ranks_ ? ranks_->node().attached : 0}};
+    if (const auto& end = log_.last_end()) {
+      m["end_reason"] = std::string(name(end->reason));
+      m["last_step"] = end->last_step;
+    }
+    if (leader()) {
+      link_->broadcast(m);
+      ::unlink(rendezvous_path_.c_str());
+    } else {
+      link_->send(0, m);
+    }
   }
 
   bool is_stop_signal(int signo) const {
@@ -578,6 +922,7 @@ class Supervisor final : public Effects {
   static constexpr int64_t kWritersPatienceMs = 10000;  // for an earlier attempt's writers to leave
 
   const RunOptions& opt_;
+  PeerPlace peer_;
   HistoryLog history_;
   AttemptLog log_;
   asio::io_context io_;
@@ -604,6 +949,21 @@ class Supervisor final : public Effects {
   bool finished_ = false;
   int exit_status_ = 0;
   std::vector<std::future<void>> questions_;  // Slurm questions in flight (after io_: they post to it)
+  // Several supervisors (peers() true).
+  std::string job_tag_, rendezvous_path_;
+  std::unique_ptr<PeerLink> link_;             // after io_: its callbacks post to it
+  std::optional<JobCoordinator> job_;          // the leader's
+  json welcome_;                               // the follower's, from the leader
+  std::map<uint32_t, json> hello_of_;          // the leader's: each follower's hello
+  NodeState sent_state_;
+  bool sent_any_ = false, deciding_ = false;
+  std::mutex ends_mu_;                         // guards ends_ and lost_ (the link's thread writes them)
+  std::condition_variable ends_cv_;
+  std::map<uint32_t, json> ends_;              // goodbyes received
+  std::set<uint32_t> lost_;                    // peers lost
+  asio::steady_timer exit_timer_{io_};         // the trainer's exit, waiting for the leader's commit
+  uint64_t exit_wait_until_ = 0;
+  static constexpr int64_t kExitForCommitMs = 10000;
 };
 
 }  // namespace

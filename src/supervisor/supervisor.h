@@ -16,7 +16,20 @@ struct RunOptions {
   double grace_seconds = 25;  // longest wait for the stop checkpoint
   std::vector<std::string> command;
   std::string log_level;      // spdlog level name; "" = $LIFELINE_LOG_LEVEL, else info
+  // Several supervisors of one job (docs/distributed.md): how many and which one this is (0 is
+  // the leader). 0 / -1: from srun's SLURM_STEP_NUM_TASKS / SLURM_PROCID, else one supervisor.
+  uint32_t peers = 0;
+  int peer_index = -1;
 };
+
+// Who this supervisor is among the job's supervisors.
+struct PeerPlace {
+  uint32_t peers = 1;
+  uint32_t index = 0;
+  bool per_rank = false;  // more supervisors than nodes: each one's trainer is one rank (srun -n)
+};
+// From the options, else srun's environment; throws std::runtime_error naming a bad value.
+PeerPlace peer_place(const RunOptions& options);
 
 // Runs the trainer under supervision; returns the exit status of `lifeline run` (docs/contract.md).
 int run_supervisor(const RunOptions& options);

@@ -23,6 +23,7 @@ namespace {
 // ignored SIGPIPE). Only async-signal-safe calls: this runs between fork and exec.
 struct TrainerSetup : bp::extend::handler {
   pid_t supervisor = ::getpid();  // taken in the parent, before the fork
+  bool ignore_user_signals = false;
   template <class Executor>
   void on_exec_setup(Executor&) const {
     ::setpgid(0, 0);
@@ -30,6 +31,10 @@ struct TrainerSetup : bp::extend::handler {
     // The supervisor died between fork and prctl: nobody would deliver that signal any more.
     if (::getppid() != supervisor) ::_exit(127);
     for (int s : {SIGPIPE, SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGCONT, SIGCHLD}) ::signal(s, SIG_DFL);
+    if (ignore_user_signals) {
+      ::signal(SIGUSR1, SIG_IGN);
+      ::signal(SIGUSR2, SIG_IGN);
+    }
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -38,13 +43,15 @@ struct TrainerSetup : bp::extend::handler {
 }  // namespace
 
 TrainerProcess::TrainerProcess(const std::vector<std::string>& argv,
-                               const std::map<std::string, std::string>& extra_env) {
+                               const std::map<std::string, std::string>& extra_env, bool ignore_user_signals) {
   if (argv.empty()) throw std::runtime_error("no training command given");
   boost::filesystem::path exe = resolve(argv[0]);
   ChildEnvironment env(extra_env);
   std::vector<std::string> args(argv.begin() + 1, argv.end());
   std::error_code ec;
-  bp::child child(bp::exe = exe, bp::args = args, env.initializer(), TrainerSetup{}, ec);
+  TrainerSetup setup;
+  setup.ignore_user_signals = ignore_user_signals;
+  bp::child child(bp::exe = exe, bp::args = args, env.initializer(), setup, ec);
   if (ec) throw std::runtime_error("cannot start '" + argv[0] + "': " + ec.message());
   pid_ = child.id();
   // This object reaps the trainer itself (waitpid), so Boost's handle lets go of it.

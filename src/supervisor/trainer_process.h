@@ -13,8 +13,11 @@ namespace lifeline {
 class TrainerProcess {
  public:
   // Starts argv[0] (searched in PATH when it has no '/'). Throws std::runtime_error when the
-  // command cannot be found or started.
-  TrainerProcess(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env);
+  // command cannot be found or started. `ignore_user_signals`: the trainer starts with SIGUSR1
+  // and SIGUSR2 ignored (several supervisors: Slurm's --signal reaches every process of the step,
+  // and a launcher such as torchrun would die of it; the clients install their own handlers).
+  TrainerProcess(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+                 bool ignore_user_signals = false);
   TrainerProcess(const TrainerProcess&) = delete;
   TrainerProcess& operator=(const TrainerProcess&) = delete;
   // Kills and reaps a trainer that is still running.

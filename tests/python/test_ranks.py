@@ -33,7 +33,7 @@ class FakeSupervisor:
 
     def __init__(self, block: FakeBlock, ckpt: str, world: int):
         self.b, self.ckpt, self.world = block, ckpt, world
-        self.b.set("staging_token", int.from_bytes(secrets.token_bytes(8), "little"))
+        self.b.set("staging_token", (self.b.get("supervisor_pid") << 32) | int.from_bytes(secrets.token_bytes(4), "little"))
 
     def slot(self, i, field):
         off, width = L.SLOT_FIELDS[field]
@@ -63,7 +63,7 @@ class FakeSupervisor:
 
     def staging(self, step):
         return os.path.join(self.ckpt, ".staging-%s-%d-%08x" % (
-            L.folder_name(step), self.b.get("supervisor_pid"), self.b.get("staging_token") & 0xFFFFFFFF))
+            L.folder_name(step), self.b.get("staging_token") >> 32, self.b.get("staging_token") & 0xFFFFFFFF))
 
     def commit(self, step):
         """Phase 2: the top MANIFEST over every part, the rename, the header's commit and ack."""
@@ -207,9 +207,16 @@ class RankEnvTest(RankTestCase):
         self.refused({"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "0", "LIFELINE_AGREE_MARGIN": "0"},
                      "LIFELINE_AGREE_MARGIN")
 
-    def test_a_world_larger_than_the_local_one_is_refused_several_nodes_are_not_built_yet(self):
+    def test_a_world_larger_than_the_local_one_is_refused_under_a_lone_supervisor(self):
         self.refused({"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "4"},
-                     "WORLD_SIZE=4", "LOCAL_WORLD_SIZE=2", "several nodes")
+                     "WORLD_SIZE=4", "LOCAL_WORLD_SIZE=2", "one per node with srun")
+
+    def test_under_one_of_several_supervisors_a_rank_spans_nodes_and_a_lone_rank_is_a_rank(self):
+        env = {"LIFELINE_PEERS": "2", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1", "RANK": "3", "WORLD_SIZE": "4"}
+        self.assertEqual(L.rank_env(env), L.RankEnv(1, 2, 3, 4, 2, False))
+        self.assertEqual(L.rank_env({"LIFELINE_PEERS": "3", "RANK": "2", "WORLD_SIZE": "3"}),
+                         L.RankEnv(0, 1, 2, 3, 2, False))
+        self.assertIsNone(L.rank_env({"LIFELINE_PEERS": "1", "RANK": "0", "WORLD_SIZE": "1"}))
 
     def test_attach_refuses_a_malformed_rank_but_an_inert_client_ignores_it(self):
         b, _ = self.block()

@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -23,6 +25,14 @@ SlurmCluster::SlurmCluster(const std::string& state_dir, const std::vector<std::
   conf = conf.substr(0, conf.find('\n'));
   if (!conf.empty() && (conf.front() == '\'' || conf.front() == '"')) conf = conf.substr(1, conf.size() - 2);
   setenv("SLURM_CONF", conf.c_str(), 1);
+  // Written by `cluster.sh start --nodes N`: "nK NAMESPACE ADDRESS" per line; absent (or
+  // removed by a one-node start) for the loopback cluster.
+  std::ifstream nodes(state_dir_ + "/nodes");
+  for (std::string line; std::getline(nodes, line);) {
+    std::istringstream words(line);
+    std::vector<std::string> node(3);
+    if (words >> node[0] >> node[1] >> node[2]) nodes_.push_back(node);
+  }
 }
 
 SlurmCluster::~SlurmCluster() {
@@ -78,6 +88,16 @@ int SlurmCluster::scancel(const std::vector<std::string>& args) const {
   std::vector<std::string> argv = {"scancel"};
   argv.insert(argv.end(), args.begin(), args.end());
   return run(argv);
+}
+
+int SlurmCluster::node_count() const { return nodes_.empty() ? 1 : static_cast<int>(nodes_.size()); }
+
+std::string SlurmCluster::node_namespace(int k) const {
+  return k >= 1 && k <= static_cast<int>(nodes_.size()) ? nodes_[k - 1][1] : "";
+}
+
+std::string SlurmCluster::node_address(int k) const {
+  return k >= 1 && k <= static_cast<int>(nodes_.size()) ? nodes_[k - 1][2] : "";
 }
 
 }  // namespace lifeline::test

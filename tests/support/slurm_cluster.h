@@ -33,9 +33,20 @@ class SlurmCluster {
   // `scancel ARGS`.
   int scancel(const std::vector<std::string>& args) const;
 
+  // Multi-node clusters (options {"--nodes", "N"}, N in 2..8; see tests/slurm/README.md).
+  // Number of nodes: 1 for the default loopback cluster.
+  int node_count() const;
+  // Network namespace of node k (1-based, node "nK"), e.g. to `nsenter --net=/var/run/netns/NS`;
+  // empty for the loopback cluster or an unknown k.
+  std::string node_namespace(int k) const;
+  // Address of node k on the cluster's bridge (10.77.X.(10+k)); empty as above.
+  std::string node_address(int k) const;
+
  private:
   std::string state_dir_;
   std::string script_;
+  // STATEDIR/nodes: one {name, namespace, address} per node of a multi-node cluster.
+  std::vector<std::vector<std::string>> nodes_;
 };
 
 }  // namespace lifeline::test

@@ -1,0 +1,164 @@
+// Several supervisors of one job end to end, without Slurm (docs/distributed.md, "Several
+// nodes"): three `lifeline run --peers 3 --peer-index K` on this machine, one per "node", each
+// with one rank of the real LibTorch example trainer (RANK/WORLD_SIZE as a launcher sets them),
+// talking over the authenticated channel on loopback. The real multi-node case, on a 3-node
+// Slurm cluster of network namespaces, is in slurm_nodes_test.cc.
+#include <doctest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "support/process.h"
+#include "support/temp_dir.h"
+
+using namespace lifeline::test;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr int kPeers = 3;
+constexpr int kSteps = 150;
+
+std::string read_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+std::vector<std::string> train_cmd(const std::string& digest, int delay_ms) {
+  return {binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(kSteps), "--seed", "5", "--step-delay-ms",
+          std::to_string(delay_ms), "--log-every", "1", "--digest-out", digest};
+}
+
+// Supervisor `k` of three, its trainer rank k of the world.
+std::unique_ptr<Process> supervisor(const TempDir& d, int k, int delay_ms) {
+  std::string policy = d / "policy.yaml";
+  if (!std::filesystem::exists(policy))  // once: the others read it while later ones start
+    std::ofstream(policy) << "version: 1\n"
+                             "checkpoint:\n  every_steps: 25\n  every_seconds: 0\n"
+                             "retention:\n  keep_last: 1000\n  keep_best: 0\n";
+  std::vector<std::string> argv = {binary("LIFELINE_BIN"), "run", "--policy", policy, "--ckpt-dir", d / "ckpt",
+                                   "--requeue", "none", "--peers", std::to_string(kPeers), "--peer-index",
+                                   std::to_string(k), "--"};
+  for (const auto& a : train_cmd(d / ("digest" + std::to_string(k)), delay_ms)) argv.push_back(a);
+  return std::make_unique<Process>(argv, std::map<std::string, std::string>{
+                                             {"RANK", std::to_string(k)}, {"WORLD_SIZE", std::to_string(kPeers)},
+                                             {"LIFELINE_PEER_SILENCE", "3"}});
+}
+
+const std::string& reference_digest() {
+  static std::string digest = [] {
+    TempDir d;
+    std::string out;
+    int rc = run(train_cmd(d / "digest", 0), &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}});
+    REQUIRE_MESSAGE(rc == 0, out);
+    return read_line(d / "digest");
+  }();
+  return digest;
+}
+
+std::vector<json> events(const TempDir& d, const std::string& file, const std::string& name) {
+  std::vector<json> v;
+  std::ifstream in(d / ("ckpt/" + file));
+  for (std::string line; std::getline(in, line);) {
+    json e = json::parse(line, nullptr, false);
+    if (!e.is_discarded() && e.value("event", "") == name) v.push_back(e);
+  }
+  return v;
+}
+
+json checkpoints(const TempDir& d) {
+  std::string listing;
+  REQUIRE(run({binary("LIFELINE_BIN"), "checkpoints", d / "ckpt", "--json"}, &listing) == 0);
+  return json::parse(listing);
+}
+
+uint64_t agreed_step(const std::string& output) {
+  std::smatch m;
+  REQUIRE_MESSAGE(std::regex_search(output, m, std::regex("ranks agreed to checkpoint step ([0-9]+)")), output);
+  return std::stoull(m[1]);
+}
+
+// All three resumed: every one's trainer ends with the uninterrupted digest.
+void resume_all(const TempDir& d, uint64_t from) {
+  std::vector<std::unique_ptr<Process>> again;
+  for (int k = 0; k < kPeers; ++k) again.push_back(supervisor(d, k, 0));
+  for (int k = 0; k < kPeers; ++k) {
+    int rc = again[k]->wait();
+    CAPTURE(k);
+    REQUIRE_MESSAGE(rc == 0, again[k]->output());
+    CHECK(again[k]->output().find("resumed from step " + std::to_string(from)) != std::string::npos);
+    CHECK(read_line(d / ("digest" + std::to_string(k))) == reference_digest());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("three supervisors of one job: a stop signal to one follower stops all three at one agreed step; resumed, bit-exact") {
+  TempDir d;
+  std::vector<std::unique_ptr<Process>> sup;
+  for (int k = 0; k < kPeers; ++k) sup.push_back(supervisor(d, k, 20));
+  REQUIRE(sup[2]->wait_for_line("step 40 ") != "");
+  sup[2]->signal(SIGUSR1);  // Slurm's signal reached one node first (or only)
+  uint64_t agreed = 0;
+  for (int k = 0; k < kPeers; ++k) {
+    int rc = sup[k]->wait();
+    CAPTURE(k);
+    REQUIRE_MESSAGE(rc == 75, sup[k]->output());
+    uint64_t a = agreed_step(sup[k]->output());
+    if (k == 0) agreed = a;
+    CHECK(a == agreed);  // one step, the same on every node
+    CHECK(sup[k]->output().find("stopping at step " + std::to_string(agreed)) != std::string::npos);
+  }
+  CHECK(agreed > 40);
+  json list = checkpoints(d);
+  REQUIRE(!list.empty());
+  CHECK(list.back()["step"] == agreed);
+  CHECK(list.back()["world_size"] == kPeers);
+  CHECK(list.back()["valid"] == true);
+  // One attempt per job in history.jsonl, with every node's view; followers keep their own.
+  auto ends = events(d, "history.jsonl", "attempt_end");
+  REQUIRE(ends.size() == 1);
+  REQUIRE(ends[0]["nodes"].size() == size_t(kPeers));
+  for (int k = 1; k < kPeers; ++k) {
+    CHECK(ends[0]["nodes"][k]["end_reason"] == "stopped");
+    CHECK(events(d, "history.node-" + std::to_string(k) + ".jsonl", "attempt_end").size() == 1);
+  }
+  CHECK(events(d, "history.jsonl", "attempt_start").size() == 1);
+  resume_all(d, agreed);
+}
+
+TEST_CASE("a follower's supervisor killed with SIGKILL: the others stop as peer_lost, and the next run resumes from the newest commit") {
+  TempDir d;
+  std::vector<std::unique_ptr<Process>> sup;
+  for (int k = 0; k < kPeers; ++k) sup.push_back(supervisor(d, k, 20));
+  REQUIRE(sup[1]->wait_for_line("step 60 ") != "");
+  auto killed_at = std::chrono::steady_clock::now();
+  sup[1]->signal(SIGKILL);
+  CHECK(sup[1]->wait() == 128 + SIGKILL);
+  for (int k : {0, 2}) {
+    int rc = sup[k]->wait();
+    CAPTURE(k);
+    CHECK_MESSAGE(rc == 75, sup[k]->output());
+    bool said = sup[k]->output().find("supervisor 1 is lost") != std::string::npos;
+    CHECK(said);
+  }
+  // Never a hang: the trainers get SIGTERM at once, SIGKILL 5 s later.
+  bool in_time = std::chrono::steady_clock::now() - killed_at < std::chrono::seconds(30);
+  CHECK(in_time);
+  auto ends = events(d, "history.jsonl", "attempt_end");
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0]["end_reason"] == "peer_lost");
+  json list = checkpoints(d);
+  REQUIRE(!list.empty());
+  uint64_t newest = list.back()["step"];
+  CHECK(newest >= 50);
+  resume_all(d, newest);
+}
