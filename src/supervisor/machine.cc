@@ -143,6 +143,7 @@ void SupervisorMachine::stop_with_checkpoint(const EventData& e) {
 
 void SupervisorMachine::coalesce_stop(const EventData& e) {
   fx_.log().signal(e.signo, state_name(state_), 0);
+  if (stop_signal_ == 0 && !own_time_limit_) stop_signal_ = e.signo;  // the stop came first from the leader
   spdlog::info("SIG{} while {}: already stopping, coalesced", signal_name(e.signo), state_name(state_));
 }
 
@@ -386,7 +387,9 @@ void SupervisorMachine::begin_stop(const EventData& e, int signo, EndReason reas
                                pending_seq_, deadline_wall);
   state_ = S::stopping;
   fx_.arm(Timer::stop_deadline, e.mono_ns + budget_ns);
-  if (cfg_.in_slurm && signo != 0) {
+  // A stop the job's leader asked for (signo 0, not our time limit) has a cause Slurm knows too:
+  // the signal may reach this node a moment after the leader's word.
+  if (cfg_.in_slurm && (signo != 0 || reason == EndReason::stopped)) {
     // The trainer is at work; Slurm says why meanwhile (stop_cause_known), never holding the loop.
     cause_pending_ = true;
     fx_.ask_stop_cause(attempt_);
