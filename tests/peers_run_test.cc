@@ -127,6 +127,7 @@ TEST_CASE("three supervisors of one job: a stop signal to one follower stops all
   auto ends = events(d, "history.jsonl", "attempt_end");
   REQUIRE(ends.size() == 1);
   REQUIRE(ends[0]["nodes"].size() == size_t(kPeers));
+  for (int k = 0; k < kPeers; ++k) CHECK(ends[0]["nodes"][k]["ranks"] == 1);
   for (int k = 1; k < kPeers; ++k) {
     CHECK(ends[0]["nodes"][k]["end_reason"] == "stopped");
     CHECK(events(d, "history.node-" + std::to_string(k) + ".jsonl", "attempt_end").size() == 1);

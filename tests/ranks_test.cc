@@ -16,6 +16,7 @@
 #include "lifeline/client.h"
 #include "store/checkpoint_store.h"
 #include "supervisor/rank_coordinator.h"
+#include "supervisor/supervisor.h"
 #include "support/client_env.h"
 #include "support/temp_dir.h"
 
@@ -403,4 +404,51 @@ TEST_CASE("a node's state crosses the wire unchanged, and a malformed one is ref
   s.failed = 50;
   CHECK(NodeState::from_json(nlohmann::json::parse(s.to_json().dump())) == s);
   CHECK_THROWS(NodeState::from_json(nlohmann::json{{"attached", 1}}));
+}
+
+// ---- several supervisors: who is who --------------------------------------------------------
+
+namespace {
+// Sets srun's task variables for one scope, and unsets them after.
+struct SrunEnv {
+  SrunEnv(const char* tasks, const char* procid, const char* nodes) {
+    ::setenv("SLURM_STEP_ID", "0", 1);
+    ::setenv("SLURM_STEP_NUM_TASKS", tasks, 1);
+    ::setenv("SLURM_PROCID", procid, 1);
+    ::setenv("SLURM_STEP_NUM_NODES", nodes, 1);
+  }
+  ~SrunEnv() {
+    for (const char* v : {"SLURM_STEP_ID", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "SLURM_STEP_NUM_NODES"}) ::unsetenv(v);
+  }
+};
+}  // namespace
+
+TEST_CASE("who a supervisor is: srun's task count and rank, one per rank with more tasks than nodes, --peers wins") {
+  RunOptions o;
+  CHECK(peer_place(o).peers == 1);  // no srun step: the only one
+  {
+    SrunEnv env("3", "2", "3");
+    PeerPlace p = peer_place(o);
+    CHECK(p.peers == 3);
+    CHECK(p.index == 2);
+    CHECK_FALSE(p.per_rank);
+  }
+  {
+    SrunEnv env("8", "5", "2");  // srun --ntasks-per-node=4 on 2 nodes: one supervisor per rank
+    PeerPlace p = peer_place(o);
+    CHECK(p.peers == 8);
+    CHECK(p.index == 5);
+    CHECK(p.per_rank);
+  }
+  {
+    SrunEnv env("1", "0", "1");  // one task: the only one
+    CHECK(peer_place(o).peers == 1);
+  }
+  o.peers = 2;
+  CHECK_THROWS_WITH(peer_place(o), doctest::Contains("--peer-index"));
+  o.peer_index = 1;
+  CHECK(peer_place(o).index == 1);
+  o.peer_index = 2;
+  CHECK_THROWS_WITH(peer_place(o), doctest::Contains("not below --peers 2"));
+  CHECK(preflight_error(o).find("--peer-index 2") != std::string::npos);
 }

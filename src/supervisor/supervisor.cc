@@ -745,7 +745,7 @@ class Supervisor final : public Effects {
     nodes.push_back(json{{"node", 0},
                          {"host", this_host()},
                          {"pid", getpid()},
-                         {"ranks", ranks_ ? ranks_->node().attached : 0},
+                         {"ranks", ranks_ ? ranks_->node().attached : node_ranks_},
                          {"exit_code", status}});
     std::unique_lock<std::mutex> l(ends_mu_);
     ends_cv_.wait_for(l, std::chrono::seconds(10), [&] {
@@ -773,7 +773,7 @@ class Supervisor final : public Effects {
   // Goodbye to the other supervisors, so that closing the channel is not taken for a loss.
   void say_end(int status) {
     if (!link_) return;
-    json m{{"t", "end"}, {"exit_code", status}, {"ranks", ranks_ ? ranks_->node().attached : 0}};
+    json m{{"t", "end"}, {"exit_code", status}, {"ranks", ranks_ ? ranks_->node().attached : node_ranks_}};
     if (const auto& end = log_.last_end()) {
       m["end_reason"] = std::string(name(end->reason));
       m["last_step"] = end->last_step;
@@ -797,6 +797,7 @@ class Supervisor final : public Effects {
   void drop_block() {
     relay_.disarm();
     rank_timer_.cancel();
+    if (ranks_) node_ranks_ = ranks_->node().attached;
     ranks_.reset();
     block_.reset();
   }
@@ -963,6 +964,7 @@ class Supervisor final : public Effects {
   std::set<uint32_t> lost_;                    // peers lost
   asio::steady_timer exit_timer_{io_};         // the trainer's exit, waiting for the leader's commit
   uint64_t exit_wait_until_ = 0;
+  uint32_t node_ranks_ = 0;                    // this node's ranks in the attempt just ended
   static constexpr int64_t kExitForCommitMs = 10000;
 };
 
