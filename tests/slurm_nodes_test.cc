@@ -163,9 +163,27 @@ TEST_CASE("3 nodes: a preemption (user signal at grace start) stops every node a
   CHECK(events(w.ckpt, "requeue").size() == 1);  // the leader's, once for the job
 }
 
+TEST_CASE("3 nodes: a preemption without a user signal (SIGTERM to every process of the step at grace start) still stops every node at one agreed step") {
+  World w({"--grace", "40", "--kill-wait", "10"});
+  std::string job = w.submit({"-p", "low", "--exclusive", "--time=10"}, kSteps, 60);
+  REQUIRE_MESSAGE(w.wait_for_step(job, 60), w.describe(job));
+  std::string high = dir_script(w);
+  w.cluster.submit({"-p", "high", "--exclusive", "-N", "1", "--output=" + (w.dir / "high-%j.out")}, high);
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 480s), w.describe(job));
+  INFO(w.describe(job));
+  CHECK(w.cluster.state(job) == "COMPLETED");
+  CHECK(w.cluster.job(job)["Restarts"] == "1");
+  CHECK(first_line(w.digest) == reference_digest(kSteps));
+  auto ends = events(w.ckpt, "attempt_end");
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0]["end_reason"] == "preempted");
+  CHECK(ends[0]["stop_checkpoint"]["state"] == "committed");
+  World::check_nodes(ends[0]);
+}
+
 TEST_CASE("3 nodes: the time limit's USR1 checkpoints every node and requeues until the run completes bit-exact") {
   World w({"--kill-wait", "10"});
-  const int steps = 700;  // ~70 s of training at 100 ms a step in jobs limited to one minute
+  const int steps = 450;  // ~45 s of training at 100 ms a step in jobs limited to one minute
   std::string job = w.submit({"--time=1", "--signal=USR1@25"}, steps, 100);
   REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 600s), w.describe(job));
   INFO(w.describe(job));
