@@ -221,3 +221,47 @@ TEST_CASE("3 nodes: a follower's supervisor killed with SIGKILL ends the attempt
   CHECK(starts[1]["resumed_from_step"] == ends[0]["last_checkpoint_step"]);
   CHECK(ends[1]["end_reason"] == "completed");
 }
+
+TEST_CASE("3 nodes with 2 supervisors per node (one per rank): a USR1 to the step stops all six at one agreed step and the requeued job resumes bit-exact") {
+  World w({"--kill-wait", "10"});
+  // The per-rank form: srun starts lifeline once per rank; each trainer is rank SLURM_PROCID.
+  std::string script = w.dir / "per-rank.sbatch";
+  std::ofstream(script) << "#!/bin/bash\n"
+                           "#SBATCH --requeue\n#SBATCH --open-mode=append\n"
+                           "exec srun --ntasks-per-node=2 --kill-on-bad-exit=0 \"$LIFELINE\" run --policy "
+                           "\"$LIFELINE_POLICY\" --ckpt-dir \"$LIFELINE_CKPT_DIR\" -- \"$@\"\n";
+  const int steps = 400;
+  std::vector<std::string> trainer = {binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(steps), "--seed", "7",
+                                      "--step-delay-ms", "40", "--log-every", "1", "--digest-out", w.digest};
+  std::string job = w.cluster.submit({"--output=" + (w.dir / "job-%j.out"), "--nodes=3", "--ntasks-per-node=2", "--time=10"},
+                                     script, trainer,
+                                     {{"LIFELINE", binary("LIFELINE_BIN")}, {"LIFELINE_CKPT_DIR", w.ckpt},
+                                      {"LIFELINE_POLICY", w.policy}});
+  REQUIRE_MESSAGE(w.wait_for_step(job, 60), w.describe(job));
+  REQUIRE(w.cluster.scancel({"--signal=USR1", job}) == 0);
+  REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 480s), w.describe(job));
+  INFO(w.describe(job));
+  CHECK(w.cluster.state(job) == "COMPLETED");
+  CHECK(w.cluster.job(job)["Restarts"] == "1");
+  TempDir ref;
+  std::string out;
+  REQUIRE(run({binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(steps), "--seed", "7", "--digest-out",
+               ref / "digest"},
+              &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}}) == 0);
+  CHECK(first_line(w.digest) == first_line(ref / "digest"));
+  auto ends = events(w.ckpt, "attempt_end");
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0]["stop_checkpoint"]["state"] == "committed");
+  REQUIRE(ends[0]["nodes"].size() == 6);
+  // The stop checkpoint has every rank's part.
+  std::string listing;
+  REQUIRE(run({binary("LIFELINE_BIN"), "checkpoints", w.ckpt, "--json"}, &listing) == 0);
+  bool found = false;
+  for (const auto& c : json::parse(listing))
+    if (c["step"] == ends[0]["last_checkpoint_step"]) {
+      found = true;
+      CHECK(c["world_size"] == 6);
+      CHECK(c["valid"] == true);
+    }
+  CHECK(found);
+}

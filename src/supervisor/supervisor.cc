@@ -282,6 +282,13 @@ class Supervisor final : public Effects {
         env["LIFELINE_WORLD_SIZE"] = std::to_string(peer_.peers);
         env["LIFELINE_LOCAL_RANK"] = "0";
         env["LIFELINE_LOCAL_WORLD_SIZE"] = "1";
+        // And for torch.distributed (env://), unless the job set them: srun sets none of these.
+        auto set_default = [&](const char* name, std::string value) {
+          if (!std::getenv(name)) env[name] = std::move(value);
+        };
+        set_default("RANK", std::to_string(peer_.index));
+        set_default("WORLD_SIZE", std::to_string(peer_.peers));
+        if (const char* local = std::getenv("SLURM_LOCALID")) set_default("LOCAL_RANK", local);
       }
     }
     log_.attempt_start({lineage_, job_id_, this_host(), int64_t(getpid()), out.resumed_step,
