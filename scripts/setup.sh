@@ -12,6 +12,7 @@ packages=(
   python3-xxhash  # optional for python/lifeline_client.py: checks xxh3-64 checkpoints (without it: sizes only)
   libtorch-dev python3-torch
   slurm-wlm munge
+  iproute2 util-linux  # tests/slurm/cluster.sh --nodes: ip netns, nsenter, unshare (the 3-node test cluster)
   librsvg2-bin
   libtcmalloc-minimal4  # bench/: the trainer's allocator in the end-to-end figures
 )
