@@ -16,6 +16,7 @@
 
 #include "support/process.h"
 #include "support/temp_dir.h"
+#include "support/text_file.h"
 
 using namespace lifeline::test;
 using json = nlohmann::json;
@@ -24,13 +25,6 @@ namespace {
 
 constexpr int kPeers = 3;
 constexpr int kSteps = 150;
-
-std::string read_line(const std::string& path) {
-  std::ifstream in(path);
-  std::string s;
-  std::getline(in, s);
-  return s;
-}
 
 std::vector<std::string> train_cmd(const std::string& digest, int delay_ms) {
   return {binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(kSteps), "--seed", "5", "--step-delay-ms",
@@ -59,7 +53,7 @@ const std::string& reference_digest() {
     std::string out;
     int rc = run(train_cmd(d / "digest", 0), &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}});
     REQUIRE_MESSAGE(rc == 0, out);
-    return read_line(d / "digest");
+    return first_line(d / "digest");
   }();
   return digest;
 }
@@ -95,7 +89,7 @@ void resume_all(const TempDir& d, uint64_t from) {
     CAPTURE(k);
     REQUIRE_MESSAGE(rc == 0, again[k]->output());
     CHECK(again[k]->output().find("resumed from step " + std::to_string(from)) != std::string::npos);
-    CHECK(read_line(d / ("digest" + std::to_string(k))) == reference_digest());
+    CHECK(first_line(d / ("digest" + std::to_string(k))) == reference_digest());
   }
 }
 

@@ -19,6 +19,7 @@
 
 #include "support/process.h"
 #include "support/temp_dir.h"
+#include "support/text_file.h"
 
 using namespace lifeline::test;
 using json = nlohmann::json;
@@ -27,13 +28,6 @@ namespace {
 
 constexpr int kSteps = 120;
 constexpr int kRanks = 3;
-
-std::string read_line(const std::string& path) {
-  std::ifstream in(path);
-  std::string s;
-  std::getline(in, s);
-  return s;
-}
 
 // A TCP port on loopback that was free a moment ago, for torchrun's rendezvous.
 int free_port() {
@@ -85,7 +79,7 @@ const std::string& reference_digest() {
     std::string out;
     int rc = run(train_cmd(d / "digest", 0), &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}});
     REQUIRE_MESSAGE(rc == 0, out);
-    return read_line(d / "digest");
+    return first_line(d / "digest");
   }();
   return digest;
 }
@@ -150,7 +144,7 @@ TEST_CASE("three ranks under torchrun stopped by SIGUSR1 checkpoint one agreed s
   CHECK_MESSAGE(rc == 0, out);
   std::vector<uint64_t> resumed = resumed_steps(out);
   CHECK(resumed == std::vector<uint64_t>(kRanks, agreed));
-  CHECK(read_line(d / "digest") == reference_digest());
+  CHECK(first_line(d / "digest") == reference_digest());
 }
 
 TEST_CASE("a rank killed during a save leaves no checkpoint of that save and the restart resumes from the one before") {
@@ -164,7 +158,7 @@ TEST_CASE("a rank killed during a save leaves no checkpoint of that save and the
   CHECK(out.find("dying in the save of step 60") != std::string::npos);
   std::vector<uint64_t> resumed = resumed_steps(out);
   CHECK_MESSAGE(resumed == std::vector<uint64_t>(kRanks, 40), out);
-  CHECK(read_line(d / "digest") == reference_digest());
+  CHECK(first_line(d / "digest") == reference_digest());
   for (const auto& c : checkpoints(d)) CHECK(c["valid"] == true);
 }
 
@@ -190,7 +184,7 @@ TEST_CASE("DDP over gloo with three ranks under torchrun, stopped by SIGUSR1, re
   // The reference: the same three ranks, uninterrupted, without lifeline (the data depends on the rank).
   int rc = run(torchrun_python(ddp_cmd(ref / "digest", 0)), &out, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}});
   REQUIRE_MESSAGE(rc == 0, out);
-  std::string reference = read_line(ref / "digest");
+  std::string reference = first_line(ref / "digest");
   REQUIRE(reference.size() == 64);
 
   TempDir d;
@@ -206,7 +200,7 @@ TEST_CASE("DDP over gloo with three ranks under torchrun, stopped by SIGUSR1, re
   rc = run(lifeline_run(d, torchrun_python(ddp_cmd(d / "digest", 0))), &out);
   CHECK_MESSAGE(rc == 0, out);
   CHECK(out.find("train-ddp: resumed from step " + std::to_string(agreed)) != std::string::npos);
-  CHECK(read_line(d / "digest") == reference);
+  CHECK(first_line(d / "digest") == reference);
 }
 
 TEST_CASE("a DDP rank killed while it writes its part leaves no checkpoint of that save and every rank resumes from the one before") {
@@ -222,7 +216,7 @@ TEST_CASE("a DDP rank killed while it writes its part leaves no checkpoint of th
   CHECK_MESSAGE(rc == 0, out);
   CHECK(out.find("train-ddp: rank 1 dying in the save of step 60") != std::string::npos);
   CHECK_MESSAGE(out.find("train-ddp: resumed from step 40") != std::string::npos, out);
-  CHECK(read_line(d / "digest") == read_line(ref / "digest"));
+  CHECK(first_line(d / "digest") == first_line(ref / "digest"));
   for (const auto& c : checkpoints(d)) CHECK(c["valid"] == true);
 }
 
@@ -255,5 +249,5 @@ TEST_CASE("a SIGTERM to one rank stops every rank at one agreed step, and the ru
   rc = run(lifeline_run(d, torchrun(train_cmd(d / "digest", 0))), &out);
   CHECK_MESSAGE(rc == 0, out);
   CHECK(resumed_steps(out) == std::vector<uint64_t>(kRanks, agreed));
-  CHECK(read_line(d / "digest") == reference_digest());
+  CHECK(first_line(d / "digest") == reference_digest());
 }

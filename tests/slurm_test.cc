@@ -13,6 +13,7 @@
 #include "support/process.h"
 #include "support/slurm_cluster.h"
 #include "support/temp_dir.h"
+#include "support/text_file.h"
 
 using namespace lifeline::test;
 using json = nlohmann::json;
@@ -20,18 +21,6 @@ using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string first_line(const std::string& path) {
-  std::string s = slurp(path);
-  return s.substr(0, s.find('\n'));
-}
 
 std::vector<json> history(const std::string& ckpt) {
   std::vector<json> v;
