@@ -1,0 +1,158 @@
+#include "store/drain.h"
+
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/errors.h"
+#include "store/checkpoint_store.h"
+#include "store/manifest.h"
+#include "store/sharded.h"
+
+namespace lifeline {
+
+namespace {
+
+// A Hasher that also appends every chunk it is fed to the copy being written: hash_file's
+// streaming read (no whole-file buffer, the page-cache policy of the store) does the copy.
+class CopyingHasher final : public Hasher {
+ public:
+  CopyingHasher(std::unique_ptr<Hasher> hash, WritableFile& out, const std::function<void(size_t)>& copied)
+      : hash_(std::move(hash)), out_(out), copied_(copied) {}
+  void update(const void* data, size_t size) override {
+    hash_->update(data, size);
+    out_.append(data, size);
+    if (copied_) copied_(size);
+  }
+  std::string hex_digest() override { return hash_->hex_digest(); }
+
+ private:
+  std::unique_ptr<Hasher> hash_;
+  WritableFile& out_;
+  const std::function<void(size_t)>& copied_;
+};
+
+// The text of a manifest file, or a clear error naming it.
+std::string read_manifest(FileSystem& fs, const std::string& path) {
+  FileRead r = fs.read_file(path, kMaxManifestBytes);
+  if (r.error) throw SystemError("cannot read", path, r.error);
+  return r.content;
+}
+
+// Writes `text` to `path` (a new file) and makes it durable.
+void write_durable(FileSystem& fs, const std::string& path, const std::string& text) {
+  auto f = fs.create_file(path);
+  f->append(text.data(), text.size());
+  f->sync();
+  f->close();
+}
+
+// One file to copy: where from, where to, what it must hash to.
+struct Copy {
+  std::string from, to;
+  uint64_t bytes = 0;
+  std::string checksum;
+};
+
+}  // namespace
+
+DrainResult drain_checkpoint(FileSystem& fs, const std::string& local_dir, const std::string& shared_dir,
+                             uint64_t step, uint64_t token, const DrainProgress& progress) {
+  uint64_t start = mono_ns();
+  const std::string name = checkpoint_folder_name(step);
+  const std::string src = local_dir + "/" + name;
+  DrainResult result;
+  result.path = shared_dir + "/" + name;
+  if (verify_checkpoint(result.path, VerifyMode::quick).valid) {
+    result.already_present = true;
+    return result;
+  }
+
+  // What the manifests promise: every file with its size and checksum; the manifests themselves
+  // are copied byte for byte, last.
+  std::string top_text = read_manifest(fs, src + "/" + kManifestName);
+  Manifest top;
+  try {
+    top = manifest_from_json(top_text);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(src + "/" + kManifestName + ": " + e.what());
+  }
+  if (top.step != step) throw std::runtime_error(src + "/" + kManifestName + ": names step " + std::to_string(top.step));
+  const std::string staging_name = shared_staging_name(step, token);
+  const std::string staging = shared_dir + "/" + staging_name;
+  std::vector<Copy> copies;
+  std::vector<std::pair<std::string, std::string>> part_manifests;  // relative path, text
+  std::vector<std::string> dirs;                                    // relative folders to create
+  for (const auto& f : top.files) copies.push_back({src + "/" + f.path, f.path, f.bytes, f.checksum});
+  for (const auto& p : top.parts) {
+    std::string text = read_manifest(fs, src + "/" + p.path);
+    PartManifest pm;
+    try {
+      pm = part_manifest_from_json(text);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(src + "/" + p.path + ": " + e.what());
+    }
+    std::string folder = part_folder_name(p.rank);
+    for (const auto& f : pm.files)
+      copies.push_back({src + "/" + folder + "/" + f.path, folder + "/" + f.path, f.bytes, f.checksum});
+    part_manifests.emplace_back(p.path, std::move(text));
+  }
+  uint64_t total = 0;
+  for (const auto& c : copies) total += c.bytes;
+
+  try {
+    fs.remove_tree(staging);  // a drain of this step that died (same token: same process)
+    fs.make_dir(staging);
+    for (const auto& p : top.parts) {  // every part has its folder, with files or not
+      fs.make_dir(staging + "/" + part_folder_name(p.rank));
+      dirs.push_back(part_folder_name(p.rank));
+    }
+    for (const auto& c : copies) {
+      // Nested folders of the trainer's own files (model/shard-0.pt) exist before their files.
+      for (size_t slash = c.to.find('/'); slash != std::string::npos; slash = c.to.find('/', slash + 1)) {
+        std::string folder = c.to.substr(0, slash);
+        bool known = false;
+        for (const auto& d : dirs) known = known || d == folder;
+        if (!known) {
+          fs.make_dir(staging + "/" + folder);
+          dirs.push_back(folder);
+        }
+      }
+    }
+    uint64_t done = 0;
+    std::function<void(size_t)> copied = [&](size_t n) {
+      done += n;
+      if (progress) progress(done, total);
+    };
+    for (const auto& c : copies) {
+      std::unique_ptr<Hasher> hash = make_hasher(top.checksum_algorithm);
+      if (!hash) throw std::runtime_error(src + ": unknown checksum algorithm " + top.checksum_algorithm);
+      auto out = fs.create_file(staging + "/" + c.to);
+      CopyingHasher copier(std::move(hash), *out, copied);
+      unsigned long long bytes = 0;
+      if (!fs.hash_file(c.from, copier, bytes, ReadCache::cached))
+        throw std::runtime_error("cannot read " + c.from + " (it is listed in the manifest)");
+      if (bytes != c.bytes || copier.hex_digest() != c.checksum)
+        throw std::runtime_error(c.from + " does not match its manifest (" + std::to_string(bytes) + " bytes, " +
+                                 std::to_string(c.bytes) + " listed): the local copy is damaged; not drained");
+      out->sync();
+      out->close();
+      result.bytes += bytes;
+      ++result.files;
+    }
+    for (const auto& [path, text] : part_manifests) write_durable(fs, staging + "/" + path, text);
+    for (const auto& d : dirs) fs.sync_dir(staging + "/" + d);
+    write_durable(fs, staging + "/" + kManifestName, top_text);
+    fs.sync_dir(staging);
+    fs.rename(staging, result.path);
+    fs.sync_dir(shared_dir);
+  } catch (...) {
+    remove_staging(fs, shared_dir, staging_name);
+    throw;
+  }
+  result.duration_ns = mono_ns() - start;
+  return result;
+}
+
+}  // namespace lifeline

@@ -1,0 +1,188 @@
+// The drain of a node-local checkpoint to the shared directory (store/drain.h, issue 20): a
+// byte-exact, verified copy committed as atomically as a checkpoint; a damaged local copy is
+// never published; a crash at any operation or a full shared disk leaves the shared directory
+// with what it had (and at most a staging folder the next start removes).
+#include <doctest.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "store/checkpoint_store.h"
+#include "store/checkpoint_writer.h"
+#include "store/drain.h"
+#include "store/retention.h"
+#include "store/sharded.h"
+#include "support/fault_injection_fs.h"
+#include "support/store_fixtures.h"
+#include "support/temp_dir.h"
+#include "support/text_file.h"
+
+using namespace lifeline;
+using namespace lifeline::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+const uint64_t kToken = (uint64_t(4242) << 32) | 0xd7a1;
+
+// A version-1 checkpoint of `step` in `dir` with a nested file, committed as a trainer does.
+CommitResult commit_local(const std::string& dir, uint64_t step) {
+  CheckpointWriter w(disk(), dir, step, CheckpointMeta{});
+  std::string model(100000, 'm'), optim = "optimizer of step " + std::to_string(step);
+  for (size_t i = 0; i < model.size(); ++i) model[i] = char('a' + (i * 7 + step) % 26);
+  w.write_file("model.pt", model.data(), model.size());
+  w.write_file("optim/state.pt", optim.data(), optim.size());
+  return w.commit();
+}
+
+// A sharded checkpoint of `step`: rank 0 with a file, rank 1 without.
+void commit_local_sharded(const std::string& dir, uint64_t step) {
+  std::string staging = shared_staging_name(step, (uint64_t(77) << 32) | step);
+  for (uint32_t r = 0; r < 2; ++r) {
+    CheckpointWriter w(disk(), dir, step, CheckpointMeta{}, PartOf{staging, r, 2});
+    if (r == 0) w.write_file("model.pt", "rank zero", 9);
+    w.commit();
+  }
+  commit_sharded(disk(), dir, staging, step, 2, CheckpointMeta{}, mono_ns());
+}
+
+struct Tiers {
+  TempDir t;
+  std::string local = t / "local", shared = t / "shared";
+  Tiers() {
+    fs::create_directories(local);
+    fs::create_directories(shared);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a drain copies a committed checkpoint byte for byte, verified, and it is valid in the shared directory") {
+  Tiers d;
+  commit_local(d.local, 40);
+  std::vector<uint64_t> seen;
+  DrainResult r = drain_checkpoint(disk(), d.local, d.shared, 40, kToken,
+                                   [&](uint64_t done, uint64_t total) { seen.push_back(done * 1000 + total % 1000); });
+  CHECK(r.path == d.shared + "/step-000000000040");
+  CHECK(r.files == 2);
+  CHECK(r.bytes == 100000 + std::string("optimizer of step 40").size());
+  CHECK_FALSE(seen.empty());
+  CheckpointInfo info = verify_checkpoint(r.path, VerifyMode::full);
+  CHECK(info.valid);
+  for (const char* f : {"MANIFEST", "model.pt", "optim/state.pt"})
+    CHECK(slurp(d.shared + "/step-000000000040/" + f) == slurp(d.local + "/step-000000000040/" + f));
+  CHECK(names_in(d.shared) == std::vector<std::string>{"step-000000000040"});  // no staging left
+  // Again: already there, nothing copied.
+  CHECK(drain_checkpoint(disk(), d.local, d.shared, 40, kToken).already_present);
+}
+
+TEST_CASE("a sharded checkpoint drains with every part, a part without files included") {
+  Tiers d;
+  commit_local_sharded(d.local, 12);
+  DrainResult r = drain_checkpoint(disk(), d.local, d.shared, 12, kToken);
+  CheckpointInfo info = verify_checkpoint(r.path, VerifyMode::full);
+  CHECK(info.valid);
+  CHECK(info.world_size == 2);
+  CHECK(fs::is_directory(r.path + "/rank-00001"));
+  CHECK(slurp(r.path + "/rank-00000/model.pt") == "rank zero");
+}
+
+TEST_CASE("a local copy damaged after its commit is never published; the shared directory keeps what it had") {
+  Tiers d;
+  commit_local(d.local, 20);
+  drain_checkpoint(disk(), d.local, d.shared, 20, kToken);
+  commit_local(d.local, 40);
+  {
+    std::fstream f(d.local + "/step-000000000040/model.pt", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(500);
+    f.put('#');  // same size: only the checksum sees it
+  }
+  CHECK_THROWS_WITH(drain_checkpoint(disk(), d.local, d.shared, 40, kToken), doctest::Contains("does not match its manifest"));
+  CHECK(names_in(d.shared) == std::vector<std::string>{"step-000000000020"});
+  ResumeChoice c = choose_resume(d.shared);
+  REQUIRE(c.resume);
+  CHECK(c.resume->step == 20);
+}
+
+TEST_CASE("an I/O error (a full shared disk) at any operation fails the drain naming the path; nothing partial stays") {
+  uint64_t total = 0;
+  {
+    Tiers d;
+    commit_local(d.local, 40);
+    FaultInjectionFileSystem ffs(disk(), d.t.path());
+    drain_checkpoint(ffs, d.local, d.shared, 40, kToken);
+    total = ffs.op_count();
+  }
+  for (uint64_t n = 1; n <= total; ++n) {
+    CAPTURE(n);
+    Tiers d;
+    commit_local(d.local, 40);
+    FaultInjectionFileSystem ffs(disk(), d.t.path());
+    ffs.fail_at(n, ENOSPC);
+    std::string error;
+    try {
+      drain_checkpoint(ffs, d.local, d.shared, 40, kToken);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    CHECK(error.find(d.shared) != std::string::npos);
+    std::vector<std::string> left = names_in(d.shared);
+    if (n < total) {
+      CHECK(left.empty());  // no staging folder, no step folder
+    } else {                // only the directory's fsync after the rename failed: the copy is whole
+      REQUIRE(left.size() == 1);
+      CHECK(verify_checkpoint(d.shared + "/" + left[0], VerifyMode::full).valid);
+    }
+    CHECK(verify_checkpoint(d.local + "/step-000000000040", VerifyMode::full).valid);  // the local one is untouched
+  }
+}
+
+TEST_CASE("power lost at every operation of a drain: the shared directory holds the older checkpoint or the whole new one") {
+  // Count the operations of one drain.
+  uint64_t total = 0;
+  {
+    Tiers d;
+    commit_local(d.local, 40);
+    FaultInjectionFileSystem ffs(disk(), d.t.path());
+    drain_checkpoint(ffs, d.local, d.shared, 40, kToken);
+    total = ffs.op_count();
+  }
+  CHECK(total >= 10);
+  for (uint64_t n = 1; n <= total; ++n) {
+    for (size_t keep : {size_t(0), size_t(100)}) {
+      Tiers d;
+      commit_local(d.local, 20);
+      drain_checkpoint(disk(), d.local, d.shared, 20, kToken);
+      commit_local(d.local, 40);
+      FaultInjectionFileSystem ffs(disk(), d.t.path());
+      ffs.crash_at(n);
+      bool lost = false;
+      try {
+        drain_checkpoint(ffs, d.local, d.shared, 40, kToken);
+      } catch (const PowerLoss&) {
+        lost = true;
+      }
+      CAPTURE(n);
+      CAPTURE(keep);
+      REQUIRE(lost);
+      ffs.lose_power(keep);
+      // The newest valid checkpoint is 20 or a whole 40; never a partial one.
+      ResumeChoice c = choose_resume(d.shared);
+      REQUIRE(c.resume);
+      CHECK((c.resume->step == 20 || c.resume->step == 40));
+      if (fs::exists(d.shared + "/step-000000000040")) CHECK(verify_checkpoint(d.shared + "/step-000000000040", VerifyMode::full).valid);
+      // After the reboot the leftovers go, and the drain is done again.
+      for (const auto& name : names_in(d.shared))
+        if (name[0] == '.') CHECK(name.rfind(".staging-", 0) == 0);
+      std::vector<std::string> errors;
+      remove_all_leftovers(disk(), d.shared, &errors);
+      CHECK(errors.empty());
+      DrainResult again = drain_checkpoint(disk(), d.local, d.shared, 40, kToken);
+      CHECK(verify_checkpoint(again.path, VerifyMode::full).valid);
+    }
+  }
+}
