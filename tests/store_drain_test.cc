@@ -5,6 +5,9 @@
 #include <doctest.h>
 
 #include <cerrno>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -185,4 +188,119 @@ TEST_CASE("power lost at every operation of a drain: the shared directory holds 
       CHECK(verify_checkpoint(again.path, VerifyMode::full).valid);
     }
   }
+}
+
+// ---- the drain queue --------------------------------------------------------------------------
+
+namespace {
+
+// A file system whose first file creation in the shared tier waits until released: a drain that
+// is slow for as long as the test needs.
+class GatedFileSystem final : public ForwardingFileSystem {
+ public:
+  GatedFileSystem(FileSystem& base, std::string gated_dir) : ForwardingFileSystem(base), dir_(std::move(gated_dir)) {}
+  std::unique_ptr<WritableFile> create_file(const std::string& path) override {
+    std::unique_lock<std::mutex> l(mu_);
+    if (path.rfind(dir_, 0) == 0 && !passed_) {
+      waiting_ = true;
+      cv_.notify_all();
+      cv_.wait(l, [&] { return open_; });
+      passed_ = true;
+    }
+    l.unlock();
+    return ForwardingFileSystem::create_file(path);
+  }
+  void wait_until_blocked() {
+    std::unique_lock<std::mutex> l(mu_);
+    REQUIRE(cv_.wait_for(l, std::chrono::seconds(20), [&] { return waiting_; }));
+  }
+  void release() {
+    std::lock_guard<std::mutex> l(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::string dir_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool waiting_ = false, open_ = false, passed_ = false;
+};
+
+// Events as the queue reported them, in order.
+struct Recorder {
+  std::mutex mu;
+  std::vector<DrainQueue::Event> events;
+  DrainQueue::Report report() {
+    return [this](const DrainQueue::Event& e) {
+      std::lock_guard<std::mutex> l(mu);
+      events.push_back(e);
+    };
+  }
+  std::string kinds() {
+    std::lock_guard<std::mutex> l(mu);
+    std::string s;
+    for (const auto& e : events) {
+      const char* k = e.kind == DrainQueue::Event::Kind::drained ? "drained" : e.kind == DrainQueue::Event::Kind::skipped ? "skipped" : "failed";
+      s += (s.empty() ? "" : ", ") + std::string(k) + " " + std::to_string(e.step);
+    }
+    return s;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("the drain queue drains one at a time, newest first, and skips what a newer checkpoint superseded before it started") {
+  Tiers d;
+  for (uint64_t s : {20, 40, 60, 80}) commit_local(d.local, s);
+  GatedFileSystem gated(disk(), d.shared);
+  Recorder rec;
+  DrainQueue q(gated, d.local, d.shared, kToken, rec.report());
+  q.add(20);
+  gated.wait_until_blocked();  // 20 is being drained
+  CHECK(q.progress().step == std::optional<uint64_t>(20));
+  q.add(60);
+  q.add(40);  // older than 60, queued with it: superseded
+  q.add(80);
+  CHECK_FALSE(q.wait_idle(std::chrono::steady_clock::now() + std::chrono::milliseconds(50)));
+  gated.release();
+  REQUIRE(q.wait_idle(std::chrono::steady_clock::now() + std::chrono::seconds(30)));
+  CHECK(rec.kinds() == "drained 20, skipped 40, skipped 60, drained 80");
+  CHECK(q.progress().newest_drained == std::optional<uint64_t>(80));
+  CHECK(verify_checkpoint(d.shared + "/step-000000000080", VerifyMode::full).valid);
+  CHECK_FALSE(fs::exists(d.shared + "/step-000000000060"));
+}
+
+TEST_CASE("a failed drain is reported with its reason and the next checkpoint still drains") {
+  Tiers d;
+  commit_local(d.local, 20);
+  commit_local(d.local, 40);
+  fs::remove(d.local + "/step-000000000020/model.pt");  // the local copy of 20 lost a file
+  Recorder rec;
+  DrainQueue q(disk(), d.local, d.shared, kToken, rec.report());
+  q.add(20);
+  REQUIRE(q.wait_idle(std::chrono::steady_clock::now() + std::chrono::seconds(30)));
+  q.add(40);
+  REQUIRE(q.wait_idle(std::chrono::steady_clock::now() + std::chrono::seconds(30)));
+  CHECK(rec.kinds() == "failed 20, drained 40");
+  std::lock_guard<std::mutex> l(rec.mu);
+  CHECK(rec.events[0].error.find("model.pt") != std::string::npos);
+  CHECK(names_in(d.shared) == std::vector<std::string>{"step-000000000040"});
+}
+
+TEST_CASE("a drain queue going away lets the drain in flight finish and reports the queued ones as skipped") {
+  Tiers d;
+  for (uint64_t s : {20, 40}) commit_local(d.local, s);
+  GatedFileSystem gated(disk(), d.shared);
+  Recorder rec;
+  {
+    DrainQueue q(gated, d.local, d.shared, kToken, rec.report());
+    q.add(20);
+    gated.wait_until_blocked();
+    q.add(40);
+    q.close();  // as the destructor starts
+    gated.release();
+  }
+  CHECK(rec.kinds() == "drained 20, skipped 40");
+  CHECK(verify_checkpoint(d.shared + "/step-000000000020", VerifyMode::full).valid);
 }

@@ -1,5 +1,8 @@
 #include "store/drain.h"
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -153,6 +156,95 @@ DrainResult drain_checkpoint(FileSystem& fs, const std::string& local_dir, const
   }
   result.duration_ns = mono_ns() - start;
   return result;
+}
+
+DrainQueue::DrainQueue(FileSystem& fs, std::string local_dir, std::string shared_dir, uint64_t token, Report report,
+                       bool idle_io)
+    : fs_(fs), local_(std::move(local_dir)), shared_(std::move(shared_dir)), token_(token), report_(std::move(report)) {
+  thread_ = std::thread([this, idle_io] { run(idle_io); });
+}
+
+DrainQueue::~DrainQueue() {
+  close();
+  thread_.join();
+}
+
+void DrainQueue::close() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+}
+
+void DrainQueue::add(uint64_t step) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stopping_) return;
+    queued_.insert(step);
+  }
+  cv_.notify_all();
+}
+
+bool DrainQueue::wait_idle(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> l(mu_);
+  return cv_.wait_until(l, deadline, [&] { return queued_.empty() && !busy_; });
+}
+
+DrainQueue::Progress DrainQueue::progress() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return progress_;
+}
+
+void DrainQueue::run(bool idle_io) {
+  if (idle_io) {
+    // ioprio_set(IOPRIO_WHO_PROCESS, this thread, IOPRIO_CLASS_IDLE): glibc has no wrapper.
+    constexpr int kWhoProcess = 1, kClassIdle = 3, kClassShift = 13;
+    ::syscall(SYS_ioprio_set, kWhoProcess, 0, kClassIdle << kClassShift);
+  }
+  std::unique_lock<std::mutex> l(mu_);
+  for (;;) {
+    cv_.wait(l, [&] { return stopping_ || !queued_.empty(); });
+    std::vector<Event> skipped;
+    if (stopping_) {
+      for (uint64_t s : queued_) skipped.push_back({Event::Kind::skipped, s, {}, {}});
+      queued_.clear();
+      l.unlock();
+      for (const auto& e : skipped)
+        if (report_) report_(e);
+      return;
+    }
+    // The newest first; the older ones queued with it are superseded.
+    uint64_t step = *queued_.rbegin();
+    for (uint64_t s : queued_)
+      if (s != step) skipped.push_back({Event::Kind::skipped, s, {}, {}});
+    queued_.clear();
+    busy_ = true;
+    progress_.step = step;
+    progress_.done = progress_.total = 0;
+    l.unlock();
+    for (const auto& e : skipped)
+      if (report_) report_(e);
+    Event e;
+    e.step = step;
+    try {
+      e.result = drain_checkpoint(fs_, local_, shared_, step, token_, [this](uint64_t done, uint64_t total) {
+        std::lock_guard<std::mutex> g(mu_);
+        progress_.done = done;
+        progress_.total = total;
+      });
+    } catch (const std::exception& ex) {
+      e.kind = Event::Kind::failed;
+      e.error = ex.what();
+    }
+    if (report_) report_(e);
+    l.lock();
+    busy_ = false;
+    progress_.step.reset();
+    if (e.kind == Event::Kind::drained && (!progress_.newest_drained || step > *progress_.newest_drained))
+      progress_.newest_drained = step;
+    cv_.notify_all();
+  }
 }
 
 }  // namespace lifeline

@@ -6,9 +6,15 @@
 // disk is never published), everything is fsynced, and only then is the folder renamed to
 // `step-N` and the directory fsynced. A crash at any point leaves the shared directory with its
 // older checkpoints and at most a `.staging-` folder, which the next attempt removes.
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <mutex>
+#include <optional>
+#include <set>
 #include <string>
+#include <thread>
 
 #include "store/file_system.h"
 
@@ -33,5 +39,58 @@ using DrainProgress = std::function<void(uint64_t done, uint64_t total)>;
 // then as it was.
 DrainResult drain_checkpoint(FileSystem& fs, const std::string& local_dir, const std::string& shared_dir,
                              uint64_t step, uint64_t token, const DrainProgress& progress = {});
+
+// Drains committed local checkpoints on a thread of its own, at idle I/O priority: one at a
+// time, newest first; checkpoints superseded by a newer one before their drain starts are
+// skipped (only the newest matters for a resume, and retention keeps older ones locally).
+class DrainQueue {
+ public:
+  // What became of one checkpoint.
+  struct Event {
+    enum class Kind { drained, skipped, failed } kind = Kind::drained;
+    uint64_t step = 0;
+    DrainResult result;  // drained
+    std::string error;   // failed
+  };
+  // Called on the drain thread, once per checkpoint added.
+  using Report = std::function<void(const Event&)>;
+  // Where a drain stands, for `status`.
+  struct Progress {
+    std::optional<uint64_t> step;  // the checkpoint being drained
+    uint64_t done = 0, total = 0;  // its bytes
+    std::optional<uint64_t> newest_drained;
+  };
+
+  // `idle_io`: the thread asks for the idle I/O class (ioprio_set), so a drain never slows the
+  // trainer's own reads and writes.
+  DrainQueue(FileSystem& fs, std::string local_dir, std::string shared_dir, uint64_t token, Report report,
+             bool idle_io = true);
+  // Lets the drain in flight finish; what is still queued is dropped (reported as skipped).
+  ~DrainQueue();
+  DrainQueue(const DrainQueue&) = delete;
+  DrainQueue& operator=(const DrainQueue&) = delete;
+
+  void add(uint64_t step);
+  // Takes nothing more: the drain in flight finishes, what is queued is reported skipped. The
+  // destructor does this first, then waits for the thread.
+  void close();
+  // Blocks until nothing is queued or in flight, or `deadline`; true when it got there.
+  bool wait_idle(std::chrono::steady_clock::time_point deadline);
+  Progress progress() const;
+
+ private:
+  void run(bool idle_io);
+
+  FileSystem& fs_;
+  const std::string local_, shared_;
+  const uint64_t token_;
+  Report report_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::set<uint64_t> queued_;
+  bool busy_ = false, stopping_ = false;
+  Progress progress_;
+  std::thread thread_;  // last: starts once the rest is ready
+};
 
 }  // namespace lifeline
