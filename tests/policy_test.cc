@@ -692,7 +692,7 @@ TEST_CASE("explain text says how much longer than optimal the interval is") {
   CHECK(text.find("is 3.2\u00d7 longer than optimal") != std::string::npos);
   CHECK(text.find("up to 10 GiB at peak (4 kept + 1 being written, 2 GiB each)") !=
         std::string::npos);
-  CHECK(text.find("about 11m 5s (half the interval) when the job dies without warning") !=
+  CHECK(text.find("up to 22m 10s (one interval), about 11m 5s on average when the job dies without warning") !=
         std::string::npos);
   CHECK(text.find("about nothing when the scheduler signals first") != std::string::npos);
 

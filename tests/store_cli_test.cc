@@ -131,6 +131,18 @@ TEST_CASE("checkpoints, verify, gc, history, status and request exit 2 naming a 
   CHECK_FALSE(fs::exists(dir));
 }
 
+TEST_CASE("an unknown or missing subcommand is named with the list of subcommands; `lifeline help` prints the help") {
+  std::string out;
+  CHECK(run(cli({"frobnicate"}), &out) == 2);
+  CHECK(contains(out, "unknown subcommand 'frobnicate'"));
+  CHECK(contains(out, "run, checkpoints, verify, policy, gc, history, status, request"));
+  CHECK(run(cli({}), &out) == 2);
+  CHECK(contains(out, "a subcommand is required: run, checkpoints"));
+  CHECK(run(cli({"help"}), &out) == 0);
+  CHECK(contains(out, "Usage: lifeline [OPTIONS] SUBCOMMAND"));
+  CHECK(contains(out, "status"));
+}
+
 TEST_CASE("gc refuses a checkpoint directory writable by every user or owned by another user, and deletes nothing") {
   TempDir d;
   std::string dir = d / "ckpt";

@@ -252,8 +252,9 @@ std::string render_explanation(const Policy& p, const ExplainInputs& in, const E
   // Work lost.
   std::string lost;
   if (e.interval_seconds)
-    lost = (e.interval_is_upper_bound ? "at most about " : "about ") +
-           format_duration(*e.lost_unsignalled_seconds) + " (half the interval)";
+    // Everything since the last checkpoint: up to one whole interval, half of one on average.
+    lost = std::string("up to ") + (e.interval_is_upper_bound ? "about " : "") + format_duration(*e.interval_seconds) +
+           " (one interval), about " + format_duration(*e.lost_unsignalled_seconds) + " on average";
   else if (e.lost_unsignalled_seconds)
     lost = "about " + format_duration(*e.lost_unsignalled_seconds) +
            " (half the run: nothing is periodic)";
