@@ -739,3 +739,18 @@ TEST_CASE("a follower leaves periodic checkpoints to the leader's timer") {
   leader.start();
   CHECK(leader.fx.did("arm periodic"));
 }
+
+TEST_CASE("a second SIGINT while the stop checkpoint is awaited stops the trainer at once; a second SIGTERM does not") {
+  Rig r;
+  drive_to(r, S::running);
+  r.signal(1, SIGINT);
+  REQUIRE(r.m.state() == S::stopping);
+  r.signal(2, SIGINT);
+  CHECK(r.m.state() == S::draining);
+  CHECK(r.fx.armed.at(Timer::term) == r.at(2, E::tick).mono_ns);  // SIGTERM now, no patience
+  Rig t;
+  drive_to(t, S::running);
+  t.signal(1, SIGTERM);
+  t.signal(2, SIGTERM);
+  CHECK(t.m.state() == S::stopping);
+}

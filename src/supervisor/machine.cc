@@ -144,6 +144,12 @@ void SupervisorMachine::stop_with_checkpoint(const EventData& e) {
 void SupervisorMachine::coalesce_stop(const EventData& e) {
   fx_.log().signal(e.signo, state_name(state_), 0);
   if (stop_signal_ == 0 && !own_time_limit_) stop_signal_ = e.signo;  // the stop came first from the leader
+  // A second Ctrl-C means now, as in most supervisors (the first one said so).
+  if (e.signo == SIGINT && stop_signal_ == SIGINT && state_ == S::stopping) {
+    spdlog::warn("second SIGINT: stopping the trainer now, without waiting for its checkpoint");
+    begin_drain(e, 0);
+    return;
+  }
   spdlog::info("SIG{} while {}: already stopping, coalesced", signal_name(e.signo), state_name(state_));
 }
 
@@ -378,6 +384,7 @@ void SupervisorMachine::begin_stop(const EventData& e, int signo, EndReason reas
   } else {
     pending_seq_ = fx_.post_request(why, true, deadline_wall);
   }
+  if (signo == SIGINT) spdlog::info("SIGINT: checkpointing before the stop; press Ctrl-C again to stop at once");
   spdlog::info("{} at step {}: checkpoint requested, deadline in {:.1f} s",
                signo                                ? "SIG" + signal_name(signo)
                : reason == EndReason::time_limit ? std::string("job end approaching")
