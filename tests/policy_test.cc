@@ -389,7 +389,10 @@ TEST_CASE("YAML syntax errors and non-policy documents get file:line:column too"
   CHECK(error_of("version: 1\ncheckpoint: [1,\n") ==
         "p.yaml:3:1: YAML syntax error: end of sequence flow not found");
   CHECK(error_of("version: 1\ncheckpoint:\n  every_steps: 1\n\ton_signal: true\n") ==
-        "p.yaml:4:1: YAML syntax error: illegal tab when looking for indentation");
+        "p.yaml:4:1: YAML syntax error: tabs are not allowed in YAML indentation; indent with spaces");
+  CHECK(error_of("version: 1\ncheckpoint:\n\tevery_steps: 5\n") ==  // yaml-cpp: "illegal map value" at 3:13
+        "p.yaml:3:1: YAML syntax error: tabs are not allowed in YAML indentation; indent with spaces");
+  CHECK(error_of("version: 1\ncheckpoint:\n  \t every_steps: 5\n").find("3:3: YAML syntax error: tabs") != std::string::npos);
   CHECK(error_of("") == "p.yaml:1:1: the file is empty; a policy file needs at least 'version: 1'");
   CHECK(error_of("# only a comment\n") ==
         "p.yaml:1:1: the file is empty; a policy file needs at least 'version: 1'");

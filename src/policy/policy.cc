@@ -108,6 +108,21 @@ Where where(const YAML::Mark& m) {
   return Where{m.line + 1, m.column + 1};
 }
 
+// The first tab in the indentation of a line (before its first other character), if any.
+std::optional<Where> indentation_tab(const std::string& text) {
+  int line = 1;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    for (size_t i = start; i < end && (text[i] == ' ' || text[i] == '\t'); ++i)
+      if (text[i] == '\t') return Where{line, int(i - start) + 1};
+    start = end + 1;
+    ++line;
+  }
+  return std::nullopt;
+}
+
 // Text from the file as it may appear in a message: control characters as '?', at most 60
 // characters.
 std::string shown(const std::string& text) {
@@ -193,6 +208,9 @@ class PolicyReader {
                 "here");
       root = YAML::Load(text);
     } catch (const YAML::ParserException& e) {
+      // yaml-cpp's word for a tab in the indentation is "illegal map value" or the like.
+      if (auto tab = indentation_tab(text))
+        fail_at(*tab, "", "YAML syntax error: tabs are not allowed in YAML indentation; indent with spaces");
       fail_at(where(e.mark), "", "YAML syntax error: " + e.msg);
     } catch (const YAML::Exception& e) {
       fail_at(where(e.mark), "", "YAML error: " + e.msg);
