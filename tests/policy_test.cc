@@ -139,16 +139,30 @@ TEST_CASE("durations take plain seconds or s, m, h, d units, with fractions") {
   CHECK(lifeline::parse_duration("2 H") == 7200);
 }
 
+TEST_CASE("durations also take ms and min, words, and sums of parts such as 1h30m") {
+  CHECK(lifeline::parse_duration("500ms") == doctest::Approx(0.5));
+  CHECK(lifeline::parse_duration("10min") == 600);
+  CHECK(lifeline::parse_duration("1h30m") == 5400);
+  CHECK(lifeline::parse_duration("1m 30s") == 90);
+  CHECK(lifeline::parse_duration("2 hours 15 minutes") == 8100);
+  CHECK(lifeline::parse_duration("1d12h") == 129600);
+  CHECK_THROWS_WITH_AS(lifeline::parse_duration("1h30"),
+                       "invalid duration '1h30': every part needs a unit; expected a duration like 45, 90s, "
+                       "500ms, 10min, 1h30m, 2h, 1d or 1.5h",
+                       std::invalid_argument);
+  CHECK_THROWS_AS(lifeline::parse_duration("300d100d"), std::invalid_argument);  // over 365 days in all
+}
+
 TEST_CASE("a bad duration is refused with a message saying what is accepted") {
   CHECK_THROWS_WITH_AS(lifeline::parse_duration("-5s"),
                        "invalid duration '-5s': must not be negative", std::invalid_argument);
   CHECK_THROWS_WITH_AS(lifeline::parse_duration("5 fortnights"),
                        "invalid duration '5 fortnights': unknown unit 'fortnights'; expected a "
-                       "duration like 45, 90s, 30m, 2h, 1d or 1.5h",
+                       "duration like 45, 90s, 500ms, 10min, 1h30m, 2h, 1d or 1.5h",
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(
       lifeline::parse_duration("h"),
-      "invalid duration 'h': expected a duration like 45, 90s, 30m, 2h, 1d or 1.5h",
+      "invalid duration 'h': expected a duration like 45, 90s, 500ms, 10min, 1h30m, 2h, 1d or 1.5h",
       std::invalid_argument);
   CHECK_THROWS_AS(lifeline::parse_duration(""), std::invalid_argument);
   CHECK_THROWS_AS(lifeline::parse_duration("1..5h"), std::invalid_argument);
@@ -331,9 +345,9 @@ TEST_CASE("negative and fractional numbers are refused where a count is expected
 }
 
 TEST_CASE("a bad duration or size in the file names the key and the accepted forms") {
-  CHECK(error_of("version: 1\ncheckpoint:\n  every_seconds: 10 minutes\n") ==
-        "p.yaml:3:18: key 'checkpoint.every_seconds': invalid duration '10 minutes': unknown unit "
-        "'minutes'; expected a duration like 45, 90s, 30m, 2h, 1d or 1.5h");
+  CHECK(error_of("version: 1\ncheckpoint:\n  every_seconds: 10 moons\n") ==
+        "p.yaml:3:18: key 'checkpoint.every_seconds': invalid duration '10 moons': unknown unit "
+        "'moons'; expected a duration like 45, 90s, 500ms, 10min, 1h30m, 2h, 1d or 1.5h");
   CHECK(error_of("version: 1\nretention:\n  max_total_bytes: 50G\n") ==
         "p.yaml:3:20: key 'retention.max_total_bytes': invalid size '50G': 'G' is ambiguous; "
         "write 50GiB (powers of 1024) or 50GB (powers of 1000)");

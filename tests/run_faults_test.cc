@@ -315,6 +315,10 @@ TEST_CASE("out-of-range durations are refused with exit 2 before anything starts
   CHECK(run({binary("LIFELINE_BIN"), "run", "--grace", "1e300", "--ckpt-dir", d / "ckpt", "--", "/bin/true"}, &out) == 2);
   CHECK_MESSAGE(out.find("--grace") != std::string::npos, out);
   CHECK_FALSE(fs::exists(d / "ckpt"));
+  // Units as in a policy file are fine.
+  CHECK(run({binary("LIFELINE_BIN"), "run", "--grace", "1m30s", "--requeue", "none", "--ckpt-dir", d / "ok", "--",
+             "/bin/true"},
+            &out) == 0);
   std::ofstream(d / "long.yaml") << "version: 1\nstop:\n  grace_seconds: 99999999999999\n";
   CHECK(run({binary("LIFELINE_BIN"), "policy", "check", d / "long.yaml"}, &out) == 2);
   CHECK_MESSAGE(out.find("long.yaml:3") != std::string::npos, out);

@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "common/errors.h"
+#include "policy/units.h"
 #include "store/dir_safety.h"
 #include "store/file_system.h"
 #include "supervisor/supervisor.h"
@@ -18,8 +19,7 @@ const std::vector<std::string> kModes = {"auto", "scontrol", "sbatch", "exit", "
 void register_run_command(CLI::App& app, int& rc) {
   auto* sub = app.add_subcommand("run", "run a training command under supervision");
   struct Args {
-    std::string policy, ckpt_dir, requeue;
-    double grace = -1;
+    std::string policy, ckpt_dir, requeue, grace;
     int verbose = 0, quiet = 0;
     uint32_t peers = 0;
     int peer_index = -1;
@@ -30,8 +30,7 @@ void register_run_command(CLI::App& app, int& rc) {
   sub->add_option("--ckpt-dir", args->ckpt_dir, "checkpoint directory");
   sub->add_option("--requeue", args->requeue, "auto | scontrol | sbatch | exit | local | none")
       ->check(CLI::IsMember(kModes));
-  sub->add_option("--grace", args->grace, "longest wait for the stop checkpoint, seconds")
-      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--grace", args->grace, "longest wait for the stop checkpoint (45, 90s, 2m30s, ...)");
   sub->add_option("--peers", args->peers,
                   "supervisors of this job, one per node (default: srun's SLURM_STEP_NUM_TASKS inside a step, else 1)")
       ->check(CLI::Range(1, 4096));
@@ -52,7 +51,16 @@ void register_run_command(CLI::App& app, int& rc) {
     }
     o.ckpt_dir = resolve_ckpt_dir(args->ckpt_dir, o.policy.checkpoint.dir);
     o.requeue_mode = args->requeue.empty() ? o.policy.requeue.mode : args->requeue;
-    o.grace_seconds = args->grace >= 0 ? args->grace : o.policy.stop.grace_seconds;
+    o.grace_seconds = o.policy.stop.grace_seconds;
+    if (!args->grace.empty()) {
+      try {
+        o.grace_seconds = parse_duration(args->grace);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "lifeline run: --grace: %s (nothing started)\n", e.what());
+        rc = kExitUsage;
+        return;
+      }
+    }
     o.command = args->command;
     o.peers = args->peers;
     o.peer_index = args->peer_index;

@@ -121,27 +121,51 @@ uint64_t parse_size(const std::string& text) {
 }
 
 double parse_duration(const std::string& text) {
-  static const char* const kForms = "a duration like 45, 90s, 30m, 2h, 1d or 1.5h";
-  NumberAndUnit nu = split(text, "duration", kForms);
-  const std::string shown_text = shown(text);
-  double factor = 0;
-  if (nu.unit.empty() || nu.unit == "s")
-    factor = 1;
-  else if (nu.unit == "m")
-    factor = 60;
-  else if (nu.unit == "h")
-    factor = 3600;
-  else if (nu.unit == "d")
-    factor = 86400;
-  else
-    throw std::invalid_argument("invalid duration '" + shown_text + "': unknown unit '" +
-                                shown(nu.unit) + "'; expected " + kForms);
-  double v = 0;
-  if (!to_double(nu.number, v))
-    throw std::invalid_argument("invalid duration '" + shown_text + "': expected " + kForms);
-  double seconds = v * factor;
-  if (!std::isfinite(seconds) || seconds > kMaxDurationSeconds)
-    throw std::invalid_argument("invalid duration '" + shown_text + "': too large (at most 365d)");
+  static const char* const kForms = "a duration like 45, 90s, 500ms, 10min, 1h30m, 2h, 1d or 1.5h";
+  const std::string t = trim(text);
+  const std::string shown_text = shown(t);
+  if (t.empty()) throw std::invalid_argument(std::string("empty duration; expected ") + kForms);
+  if (t[0] == '-') throw std::invalid_argument("invalid duration '" + shown_text + "': must not be negative");
+  // One or more NUMBER UNIT pairs ("1h30m", "1m 30s"); a bare number alone is seconds.
+  double seconds = 0;
+  size_t i = 0, parts = 0;
+  bool bare = false;
+  while (i < t.size()) {
+    size_t n0 = i;
+    while (i < t.size() && (std::isdigit(static_cast<unsigned char>(t[i])) || t[i] == '.')) ++i;
+    std::string number = t.substr(n0, i - n0);
+    while (i < t.size() && t[i] == ' ') ++i;
+    size_t u0 = i;
+    while (i < t.size() && std::isalpha(static_cast<unsigned char>(t[i]))) ++i;
+    std::string unit;
+    for (char c : t.substr(u0, i - u0)) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    while (i < t.size() && t[i] == ' ') ++i;
+    double v = 0;
+    if (number.empty() || !to_double(number, v))
+      throw std::invalid_argument("invalid duration '" + shown_text + "': expected " + kForms);
+    double factor = 0;
+    if (unit.empty())
+      factor = 1, bare = true;
+    else if (unit == "ms")
+      factor = 0.001;
+    else if (unit == "s" || unit == "sec" || unit == "secs" || unit == "second" || unit == "seconds")
+      factor = 1;
+    else if (unit == "m" || unit == "min" || unit == "mins" || unit == "minute" || unit == "minutes")
+      factor = 60;
+    else if (unit == "h" || unit == "hour" || unit == "hours")
+      factor = 3600;
+    else if (unit == "d" || unit == "day" || unit == "days")
+      factor = 86400;
+    else
+      throw std::invalid_argument("invalid duration '" + shown_text + "': unknown unit '" + shown(unit) +
+                                  "'; expected " + kForms);
+    seconds += v * factor;
+    ++parts;
+    if (!std::isfinite(seconds) || seconds > kMaxDurationSeconds)
+      throw std::invalid_argument("invalid duration '" + shown_text + "': too large (at most 365d)");
+  }
+  if (bare && parts > 1)
+    throw std::invalid_argument("invalid duration '" + shown_text + "': every part needs a unit; expected " + kForms);
   return seconds;
 }
 

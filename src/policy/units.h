@@ -20,8 +20,9 @@ uint64_t parse_size(const std::string& text);
 // a typo, and a value near the double's range would overflow that arithmetic into "no time".
 constexpr double kMaxDurationSeconds = 365.0 * 86400;
 
-// Seconds from "45", "90s", "30m", "2h", "1d" or "1.5h" (units s m h d, optionally after a
-// space), at most kMaxDurationSeconds. Throws std::invalid_argument with a message saying
+// Seconds from "45", "90s", "500ms", "30m", "10min", "2h", "1d", "1.5h" or a sum of such parts
+// ("1h30m", "1m 30s"; units ms s sec m min h d, case-insensitive, optionally after a space; a
+// bare number alone is seconds), at most kMaxDurationSeconds. Throws std::invalid_argument with a message saying
 // what is accepted.
 double parse_duration(const std::string& text);
 
