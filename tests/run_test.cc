@@ -197,6 +197,24 @@ TEST_CASE("a crash loop stops after max_failures attempts without a new checkpoi
   CHECK(out.find("giving up: 3 failed attempts in a row") != std::string::npos);
 }
 
+TEST_CASE("a trainer that fails the same way twice before its first step is not retried again; a missing program not even once") {
+  TempDir d;
+  std::string out;
+  // A Python trainer whose import fails (exit 1) before any step: two attempts, not max_failures (3).
+  int rc = run(lifeline_run(d, {"/usr/bin/python3", "-c", "import no_such_module_for_lifeline"}, {"--requeue", "local"}),
+               &out);
+  CHECK(rc == 1);
+  CHECK(out.find("No module named") != std::string::npos);
+  CHECK(out.find("not restarting: it failed twice in a row with exit 1 before its first step") != std::string::npos);
+  CHECK(out.find("giving up") == std::string::npos);
+  // A wrapper whose program is missing (127): once.
+  TempDir e;
+  rc = run(lifeline_run(e, {"/bin/sh", "-c", "exec no-such-trainer-for-lifeline"}, {"--requeue", "local"}), &out);
+  CHECK(rc == 127);
+  CHECK(out.find("not restarting: the command or something it runs was not found (exit 127)") != std::string::npos);
+  CHECK(out.find("attempt 1]") == std::string::npos);  // no second attempt
+}
+
 TEST_CASE("bad arguments and a bad policy exit 2 without starting the trainer") {
   TempDir d;
   std::string out;

@@ -557,6 +557,7 @@ TEST_CASE("a Slurm answer meant for an earlier attempt is ignored") {
 
 TEST_CASE("failed attempts restart after a doubling backoff and give up after max_failures in a row") {
   Rig r;
+  r.block.step = 5;  // each attempt trains a while before it fails
   r.start();
   r.exit(1, 3);
   CHECK(r.m.state() == S::backoff);
@@ -577,6 +578,7 @@ TEST_CASE("a commit resets the failures in a row") {
   MachineConfig c = test_config();
   c.policy.restart.max_failures = 2;
   Rig r(c);
+  r.block.step = 5;  // each attempt trains a while before it fails
   r.start();
   r.exit(1, 3);  // 1 in a row
   r.send(6, E::restart_due);
@@ -584,6 +586,7 @@ TEST_CASE("a commit resets the failures in a row") {
   r.send(7, E::tick);
   r.exit(8, 3);  // committed: 0 in a row
   r.block = BlockView{};  // the next attempt's fresh control block
+  r.block.step = 55;
   r.send(13, E::restart_due);
   r.exit(14, 3);  // 1 in a row: restarts again (2 in a row would give up)
   CHECK(r.m.state() == S::backoff);
@@ -753,4 +756,33 @@ TEST_CASE("a second SIGINT while the stop checkpoint is awaited stops the traine
   t.signal(1, SIGTERM);
   t.signal(2, SIGTERM);
   CHECK(t.m.state() == S::stopping);
+}
+
+TEST_CASE("a failure retrying cannot change stops at once: exit 127 or 126 before the first step, or the same exit twice before it") {
+  for (int status : {127, 126}) {
+    CAPTURE(status);
+    Rig r;
+    r.start();
+    r.exit(1, status);
+    CHECK(r.m.state() == S::done);
+    CHECK(r.fx.finished == status);
+    auto requeues = r.fx.events("requeue");
+    REQUIRE(requeues.size() == 1);
+    CHECK(requeues[0]["result"] == "not requeued");
+    CHECK(requeues[0]["detail"].get<std::string>().find("permanent failure") != std::string::npos);
+  }
+  Rig r;  // ModuleNotFoundError: exit 1 before any step, twice
+  r.start();
+  r.exit(1, 1);
+  CHECK(r.m.state() == S::backoff);  // once may be bad luck (a node's disk, a race)
+  r.send(6, E::restart_due);
+  r.exit(7, 1);
+  CHECK(r.m.state() == S::done);
+  CHECK(r.fx.finished == 1);
+  Rig other;  // two different failures before the first step: retried as usual
+  other.start();
+  other.exit(1, 1);
+  other.send(6, E::restart_due);
+  other.exit(7, 2);
+  CHECK(other.m.state() == S::backoff);
 }

@@ -201,6 +201,7 @@ void SupervisorMachine::observe(const EventData& e) {
 // Reads what the trainer reported and records it.
 void SupervisorMachine::read_block(const EventData& e) {
   const BlockView& b = e.block;
+  if (b.step > resumed_step_.value_or(0) || b.commit_count > 0) stepped_ = true;
   if (b.step != last_step_ || b.client_state != last_client_state_) {
     last_step_ = b.step;
     last_client_state_ = b.client_state;
@@ -559,6 +560,25 @@ void SupervisorMachine::on_failure(const EventData& e, int status) {
     finish(status);
     return;
   }
+  // A failure before the first step that retrying cannot change: a command that is not there or
+  // cannot run (126, 127), or the same exit twice in a row (an import error, a bad flag).
+  std::string permanent;
+  if (!stepped_) {
+    if (status == 127 || status == 126)
+      permanent = status == 127 ? "the command or something it runs was not found (exit 127)"
+                                : "the command could not be executed (exit 126)";
+    else if (unprogressed_failure_ == status)
+      permanent = "it failed twice in a row with exit " + std::to_string(status) + " before its first step";
+    unprogressed_failure_ = status;
+  } else {
+    unprogressed_failure_.reset();
+  }
+  if (!permanent.empty() && cfg_.mode != RequeueMode::none) {
+    spdlog::error("not restarting: {}; retrying will not change that (fix the command or its environment)", permanent);
+    fx_.log().requeue({RequeueMode::local, RequeueResult::not_requeued, "permanent failure: " + permanent, {}, {}, {}});
+    finish(status);
+    return;
+  }
   if (restarts_ >= r.max_requeues) {
     spdlog::error("giving up: restart budget exhausted (restart.max_requeues: {})", r.max_requeues);
     finish(status);
@@ -581,7 +601,7 @@ void SupervisorMachine::start_attempt(const EventData& e) {
   last_commit_step_.reset();
   stop_signal_ = 0;
   stop_reason_ = EndReason::stopped;
-  cause_pending_ = own_time_limit_ = hung_ = timed_out_ = sent_term_ = false;
+  cause_pending_ = own_time_limit_ = hung_ = timed_out_ = sent_term_ = stepped_ = false;
   last_client_state_ = ClientState::absent;
   last_progress_ns_ = e.mono_ns;
   last_step_ = 0;

@@ -260,6 +260,10 @@ class SupervisorMachine {
   bool hung_ = false;
   bool timed_out_ = false;  // the stop deadline passed without a commit
   bool sent_term_ = false;
+  bool stepped_ = false;  // the trainer reported a step past the start (or a commit)
+  // The exit status of the last failed attempt when it failed before its first step: the same
+  // failure twice in a row will not change by retrying.
+  std::optional<int> unprogressed_failure_;
 };
 
 }  // namespace lifeline
