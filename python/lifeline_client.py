@@ -75,8 +75,8 @@ client of the same control block with a slot of its own, and the ranks checkpoin
 Outside a supervisor (no LIFELINE_CONTROL) the client is inert: should_checkpoint and
 should_exit are False, no signal handler, thread or lock is installed, resume() reads
 LIFELINE_RESUME_FROM and LIFELINE_RESUME_STEP only (in rank mode: the rank's part, as above), and
-begin_checkpoint still works when LIFELINE_CKPT_DIR is set (a single-process checkpoint: without a
-supervisor no collective one is committed).
+begin_checkpoint still works (a single-process checkpoint into LIFELINE_CKPT_DIR, else ./checkpoints,
+where `lifeline run` looks by default; without a supervisor no collective one is committed).
 
 Shared memory without atomics. The supervisor uses std::atomic on the control block; Python has
 none. This module touches the block only through naturally aligned 4- and 8-byte loads and stores
@@ -1298,6 +1298,10 @@ def _env_u64(env: Mapping[str, str], name: str) -> int:
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
+# Where checkpoints go when LIFELINE_CKPT_DIR is unset: `lifeline run`'s own default.
+DEFAULT_CKPT_DIR = "checkpoints"
+
+
 class Client:
     """The trainer's side of lifeline; inert outside a supervisor."""
 
@@ -1419,11 +1423,20 @@ class Client:
             return self._request_pending()
         return step >= self._next_periodic and self._periodic_due(step)
 
+    def _default_dir(self) -> None:
+        """Outside `lifeline run` (LIFELINE_CKPT_DIR unset) a checkpoint goes into ./checkpoints,
+        where `lifeline run` looks by default, said once on stderr."""
+        if self.checkpoint_dir:
+            return
+        self.checkpoint_dir = os.path.abspath(DEFAULT_CKPT_DIR)
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        print(f"lifeline: LIFELINE_CKPT_DIR is unset (not under lifeline run): checkpoints go into "
+              f"{self.checkpoint_dir}, where lifeline run looks by default", file=sys.stderr, flush=True)
+
     def begin_checkpoint(self, step: int) -> Checkpoint:
         """Starts a checkpoint of `step` in a staging folder of the checkpoint directory. Waits for
         an asynchronous save in flight first."""
-        if not self.checkpoint_dir:
-            raise RuntimeError("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)")
+        self._default_dir()
         self.wait_for_saves()
         self._absorb_settled()
         self._part_started(step)
@@ -1439,8 +1452,7 @@ class Client:
         Returns True when it started a save. A failed background save is reported like a failed
         commit (stderr, failed-save count); older checkpoints stay intact. Exceptions of
         `snapshot` propagate."""
-        if not self.checkpoint_dir:
-            raise RuntimeError("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)")
+        self._default_dir()
         self.wait_for_saves()
         self._absorb_settled()
         b = self._block

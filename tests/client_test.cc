@@ -41,6 +41,24 @@ TEST_CASE("outside a supervisor the client is inert and reads resume info from t
   CHECK((sa.sa_handler == SIG_DFL));
 }
 
+TEST_CASE("outside lifeline run a checkpoint goes into ./checkpoints, where lifeline run looks by default") {
+  ClientEnv env("", "");
+  unsetenv("LIFELINE_CKPT_DIR");
+  TempDir d;
+  auto old = std::filesystem::current_path();
+  std::filesystem::current_path(d.path());
+  {
+    Client c = Client::from_env();
+    auto ck = c.begin_checkpoint(3);
+    ck.write_file("w.bin", "x", 1);
+    CHECK(ck.commit());
+  }
+  std::filesystem::current_path(old);
+  ResumeChoice choice = choose_resume(d / "checkpoints");
+  REQUIRE(choice.resume);
+  CHECK(choice.resume->step == 3);
+}
+
 TEST_CASE("a supervisor request makes should_checkpoint true once and the commit acks it") {
   TempDir d;
   ControlBlock block = ControlBlock::create("test");

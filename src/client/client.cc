@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include "client/background_save.h"
@@ -169,6 +170,19 @@ struct Client::State {
   pid_t owner = getpid();  // the trainer; a forked child's copy of the client is not it
   std::optional<ControlBlock> block;
   std::string ckpt_dir;
+  // Outside `lifeline run` (LIFELINE_CKPT_DIR unset) checkpoints go into ./checkpoints, where
+  // `lifeline run` looks by default; said once on stderr.
+  void default_dir() {
+    if (!ckpt_dir.empty()) return;
+    std::error_code ec;
+    auto abs = std::filesystem::absolute("checkpoints", ec);
+    ckpt_dir = ec ? std::string("checkpoints") : abs.lexically_normal().string();
+    default_file_system().make_dirs(ckpt_dir);
+    std::fprintf(stderr,
+                 "lifeline: LIFELINE_CKPT_DIR is unset (not under lifeline run): checkpoints go into %s, where "
+                 "lifeline run looks by default\n",
+                 ckpt_dir.c_str());
+  }
   std::optional<ResumeInfo> resume;
   uint64_t attempt = 0;
   uint64_t every_steps = 0;
@@ -627,8 +641,7 @@ Checkpoint Client::begin_checkpoint(uint64_t step) {
   State& s = *state_;
   s.saver.wait();
   absorb_settled();
-  if (s.ckpt_dir.empty())
-    throw std::runtime_error("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)");
+  s.default_dir();
   std::optional<PartOf> part = s.next_part(step);
   auto impl = Checkpoint::Impl::create(s.ckpt_dir, step, s.meta, part);
   impl->seen_seq = &seen_seq_;
@@ -648,8 +661,7 @@ namespace lifeline {
 
 bool Client::save_async(uint64_t step, const SnapshotFn& snapshot, const std::map<std::string, double>& metrics) {
   State& s = *state_;
-  if (s.ckpt_dir.empty())
-    throw std::runtime_error("lifeline: no checkpoint directory (LIFELINE_CKPT_DIR is unset)");
+  s.default_dir();
   s.saver.wait();
   absorb_settled();
   // A stop that a commit already answered needs no new snapshot: the trainer leaves next. (A

@@ -179,13 +179,25 @@ class InertTest(ClientTestCase):
             self.assertIs(signal.getsignal(sig), signal.SIG_DFL)
         self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
 
-    def test_inert_client_without_a_directory_cannot_begin_a_checkpoint_but_with_one_it_commits(self):
+    def test_inert_client_commits_into_its_directory_and_without_one_into_checkpoints_where_lifeline_run_looks(self):
         c = self.client()
         self.assertTrue(self.commit(c, 7))
         self.assertEqual(L.checkpoint_problem(self.folder(7)), "")
         os.environ.pop("LIFELINE_CKPT_DIR")
-        with self.assertRaisesRegex(RuntimeError, "LIFELINE_CKPT_DIR"):
-            L.Client.from_env().begin_checkpoint(1)
+        with tempfile.TemporaryDirectory() as cwd:
+            old = os.getcwd()
+            os.chdir(cwd)
+            try:
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err):
+                    ck = L.Client.from_env().begin_checkpoint(1)
+                    with open(os.path.join(ck.path, "w.bin"), "wb") as f:
+                        f.write(b"x")
+                    self.assertTrue(ck.commit())
+                self.assertIn("LIFELINE_CKPT_DIR is unset", err.getvalue())
+                self.assertEqual(L.resume_choice(os.path.join(cwd, "checkpoints")).resume.step, 1)
+            finally:
+                os.chdir(old)
 
     def test_no_resume_on_a_first_run(self):
         self.assertIsNone(self.client(LIFELINE_RESUME_FROM="", LIFELINE_RESUME_STEP="").resume())
