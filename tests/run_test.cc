@@ -14,6 +14,7 @@
 #include "support/temp_dir.h"
 
 using namespace lifeline::test;
+namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
@@ -166,6 +167,29 @@ TEST_CASE("a corrupted newest checkpoint is skipped by verify and by the next ru
   CHECK(resumed_step(out) == v["resume"]["step"].get<uint64_t>());
   CHECK(out.find("skipping checkpoint") != std::string::npos);
   CHECK(read_all(d / "digest") == reference_digest());
+}
+
+TEST_CASE("gc without --policy applies the retention rules the run recorded, not the built-in keep_last 3") {
+  TempDir d;
+  std::string out;
+  // keep_last 10: the run keeps all of its 12 checkpoints (every 20 of 240 steps) but 2.
+  REQUIRE(run(lifeline_run(d, train_cmd(d / "digest", 0), {}, "retention:\n  keep_last: 10\n  keep_best: 0\n"),
+              &out) == 0);
+  size_t before = 0;
+  for (const auto& e : fs::directory_iterator(d / "ckpt")) before += e.path().filename().string().rfind("step-", 0) == 0;
+  REQUIRE(before == 10);
+  CHECK(run({binary("LIFELINE_BIN"), "gc", d / "ckpt", "--yes"}, &out) == 0);
+  CHECK(out.find("keep_last 10") != std::string::npos);
+  CHECK(out.find("as the run recorded them in supervisor.json") != std::string::npos);
+  size_t after = 0;
+  for (const auto& e : fs::directory_iterator(d / "ckpt")) after += e.path().filename().string().rfind("step-", 0) == 0;
+  CHECK(after == 10);
+  // An explicit policy still wins.
+  std::ofstream(d / "three.yaml") << "version: 1\nretention:\n  keep_last: 3\n  keep_best: 0\n";
+  CHECK(run({binary("LIFELINE_BIN"), "gc", d / "ckpt", "--policy", d / "three.yaml", "--yes"}, &out) == 0);
+  after = 0;
+  for (const auto& e : fs::directory_iterator(d / "ckpt")) after += e.path().filename().string().rfind("step-", 0) == 0;
+  CHECK(after == 3);
 }
 
 TEST_CASE("verify answers 1 when there is no valid checkpoint") {

@@ -1,5 +1,6 @@
-// `lifeline gc [DIR] [--policy FILE] [--dry-run]`: applies the retention policy now and says
-// what it keeps and why, and what it deletes (or would delete).
+// `lifeline gc [DIR] [--policy FILE] [--dry-run] [--yes]`: applies the retention policy now
+// (without --policy: the rules the run recorded in supervisor.json) and says what it keeps and
+// why, and what it deletes (or would delete); on a terminal it asks before deleting.
 //
 // A missing checkpoint directory is an input error (exit 2), and so is one that another user
 // controls or every user can write into (see store/dir_safety.h): gc deletes there.
@@ -14,7 +15,12 @@
 #include <optional>
 #include <string>
 
+#include <unistd.h>
+
+#include <iostream>
+
 #include "cli/commands.h"
+#include "history/supervisor_record.h"
 #include "policy/policy.h"
 #include "store/dir_lock.h"
 #include "store/dir_safety.h"
@@ -32,8 +38,27 @@ std::string rules_text(const Policy::Retention& r) {
   return s + (r.max_total_bytes ? std::to_string(r.max_total_bytes) : std::string("unlimited"));
 }
 
-// Exit status: 0 done, 1 refused (directory in use) or a deletion failed, 2 bad input.
-int run_gc(const std::string& dir_arg, const std::string& policy_file, bool dry_run) {
+// The retention rules the directory's run recorded in supervisor.json (lifeline run writes them
+// at every attempt); none when there is no usable record.
+std::optional<Policy::Retention> recorded_retention(const std::string& dir, std::string* source) {
+  auto rec = read_supervisor_record(dir);
+  if (!rec || !rec->policy.is_object() || !rec->policy.contains("keep_last")) return std::nullopt;
+  Policy::Retention r;
+  const auto& p = rec->policy;
+  r.keep_last = p.value("keep_last", r.keep_last);
+  r.keep_best = p.value("keep_best", r.keep_best);
+  r.metric = p.value("metric", r.metric);
+  r.mode = p.value("metric_mode", std::string("min")) == "max" ? Policy::Mode::max : Policy::Mode::min;
+  r.keep_every_steps = p.value("keep_every_steps", r.keep_every_steps);
+  r.max_total_bytes = p.value("max_total_bytes", r.max_total_bytes);
+  std::string file = p.value("source", std::string());
+  *source = file.empty() ? "the built-in defaults" : file;
+  return r;
+}
+
+// Exit status: 0 done, 1 refused (directory in use, or deletion not confirmed) or a deletion
+// failed, 2 bad input.
+int run_gc(const std::string& dir_arg, const std::string& policy_file, bool dry_run, bool yes) {
   Policy policy;
   try {
     policy = policy_file.empty() ? default_policy() : load_policy_file(policy_file);
@@ -68,7 +93,31 @@ int run_gc(const std::string& dir_arg, const std::string& policy_file, bool dry_
       return 2;
     }
   }
-  std::printf("%s %s (%s)\n", dry_run ? "dry run of gc in" : "gc in", dir.c_str(), rules_text(policy.retention).c_str());
+  // Without --policy, the rules the run itself used (its keep_last may protect more than the
+  // built-in 3).
+  std::string recorded_from;
+  if (policy_file.empty())
+    if (auto r = recorded_retention(dir, &recorded_from)) policy.retention = *r;
+  std::printf("%s %s (%s%s)\n", dry_run ? "dry run of gc in" : "gc in", dir.c_str(), rules_text(policy.retention).c_str(),
+              recorded_from.empty() ? ", the built-in defaults: no run recorded its policy here"
+                                    : (", as the run recorded them in supervisor.json, from " + recorded_from).c_str());
+  // Deleting asks first on a terminal (not with --yes, not in scripts).
+  if (!dry_run && !yes && ::isatty(STDIN_FILENO)) {
+    RetentionReport plan = apply_retention(default_file_system(), dir, policy.retention, std::nullopt, true);
+    size_t doomed = 0;
+    for (const auto& d : plan.decisions) doomed += d.keep ? 0 : 1;
+    if (doomed > 0) {
+      std::fputs(retention_report_text(plan, true).c_str(), stdout);
+      std::printf("delete %zu checkpoint(s)? [y/N] ", doomed);
+      std::fflush(stdout);
+      std::string answer;
+      std::getline(std::cin, answer);
+      if (answer != "y" && answer != "Y" && answer != "yes") {
+        std::printf("nothing deleted\n");
+        return 1;
+      }
+    }
+  }
   if (holder)
     std::printf("note: the directory is in use (%s); its supervisor applies retention after each commit\n",
                 holder->c_str());
@@ -85,10 +134,13 @@ void register_gc_command(CLI::App& app, int& rc) {
   auto dir = std::make_shared<std::string>();
   auto policy = std::make_shared<std::string>();
   auto dry_run = std::make_shared<bool>(false);
+  auto yes = std::make_shared<bool>(false);
   sub->add_option("DIR", *dir, "checkpoint directory");
-  sub->add_option("--policy", *policy, "policy YAML file (default: built-in)");
+  sub->add_option("--policy", *policy,
+                  "policy YAML file (default: the retention rules the run recorded in DIR/supervisor.json, else built-in)");
   sub->add_flag("--dry-run", *dry_run, "print what would be deleted; change nothing");
-  sub->callback([=, &rc] { rc = run_gc(*dir, *policy, *dry_run); });
+  sub->add_flag("-y,--yes", *yes, "delete without asking (gc asks on a terminal)");
+  sub->callback([=, &rc] { rc = run_gc(*dir, *policy, *dry_run, *yes); });
 }
 
 }  // namespace lifeline::cli

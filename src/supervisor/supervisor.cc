@@ -911,6 +911,9 @@ class Supervisor final : public Effects {
              {"keep_last", p.retention.keep_last},
              {"keep_best", p.retention.keep_best},
              {"metric", p.retention.metric},
+             {"metric_mode", to_string(p.retention.mode)},
+             {"keep_every_steps", p.retention.keep_every_steps},
+             {"max_total_bytes", p.retention.max_total_bytes},
              {"max_requeues", p.restart.max_requeues},
              {"max_failures", p.restart.max_failures},
              {"hang_seconds", p.stop.hang_seconds}}}};
