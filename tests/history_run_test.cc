@@ -99,6 +99,16 @@ TEST_CASE("history shows a run stopped by SIGUSR1 and its resumed completion as 
   text << svg.rdbuf();
   CHECK(text.str().find("attempt 0 \u00b7 stopped by SIGUSR1") != std::string::npos);
   CHECK(text.str().find("attempt 1 \u00b7 completed") != std::string::npos);
+
+  // A .png is a real PNG (rsvg-convert, a setup package); another kind of file is refused.
+  REQUIRE(run(cli({"history", d / "ckpt", "--timeline", d / "t.png"}), &out) == 0);
+  std::ifstream png(d / "t.png", std::ios::binary);
+  std::string magic(8, '\0');
+  png.read(magic.data(), 8);
+  CHECK(magic == std::string("\x89PNG\r\n\x1a\n", 8));
+  CHECK(run(cli({"history", d / "ckpt", "--timeline", d / "t.jpg"}), &out) == 2);
+  CHECK(out.find("a timeline is an .svg or a .png file, not .jpg") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(d / "t.jpg"));
 }
 
 TEST_CASE("history answers 1 with an empty array when nothing ran") {

@@ -3,8 +3,13 @@
 // or a history.jsonl or supervisor.json that cannot be used (a FIFO, a link: never opened
 // through nor waited on), is an input error: exit 2 naming it. `history` only warns about
 // supervisor.json, which it needs only to tell a running attempt from a lost one.
+#include <unistd.h>
+
+#include <cctype>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -18,13 +23,16 @@
 #include "history/live_status.h"
 #include "history/supervisor_record.h"
 #include "history/timeline_svg.h"
+#include "slurm/command_runner.h"
 #include "store/checkpoint_store.h"
 #include "store/dir_safety.h"
 
 namespace lifeline::cli {
 
 namespace {
+
 using json = nlohmann::ordered_json;  // fields in the order written
+
 
 // "2026-11-21 23:40:00" (UTC) for tables.
 std::string short_time(uint64_t ns) {
@@ -97,6 +105,24 @@ bool write_text_file(const std::string& path, const std::string& text) {
   return bool(out);
 }
 
+// Writes the timeline to `path`: SVG as drawn, PNG through rsvg-convert (librsvg2-bin). ""
+// when written, else why not (nothing is written under another name).
+std::string write_timeline(const std::string& path, const std::string& svg_text) {
+  std::string ext = std::filesystem::path(path).extension().string();
+  for (auto& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (ext.empty() || ext == ".svg") return write_text_file(path, svg_text) ? "" : "cannot write it";
+  if (ext != ".png") return "a timeline is an .svg or a .png file, not " + ext;
+  if (!program_available("rsvg-convert"))
+    return "a PNG needs rsvg-convert (Debian: apt-get install librsvg2-bin); or name an .svg file";
+  std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + ".svg";
+  if (!write_text_file(tmp, svg_text)) return "cannot write " + tmp;
+  ProcessCommandRunner runner;
+  CommandResult r = runner.run({"rsvg-convert", "--format", "png", "--output", path, tmp}, std::chrono::seconds(60));
+  std::remove(tmp.c_str());
+  if (!r.ok()) return "rsvg-convert failed: " + (r.err.empty() ? r.out : r.err);
+  return "";
+}
+
 // ---- history --------------------------------------------------------------------------------
 
 void register_history(CLI::App& app, int& rc) {
@@ -106,7 +132,7 @@ void register_history(CLI::App& app, int& rc) {
   auto svg = std::make_shared<std::string>();
   sub->add_option("DIR", *dir, "checkpoint directory");
   sub->add_flag("--json", *as_json, "JSON array of attempts (docs/contract.md, docs/history.md)");
-  sub->add_option("--timeline", *svg, "also draw the attempts as an SVG timeline into this file");
+  sub->add_option("--timeline", *svg, "also draw the attempts as a timeline into this file: .svg, or .png (rsvg-convert)");
   sub->callback([=, &rc] {
     std::string d = resolve_ckpt_dir(*dir);
     std::string input_error = checkpoint_dir_problem(d);
@@ -123,8 +149,8 @@ void register_history(CLI::App& app, int& rc) {
     uint64_t now = wall_ns();
     Ledger ledger = fold_history(events, live, now);
     if (!svg->empty()) {
-      if (!write_text_file(*svg, timeline_svg(ledger, d, now))) {
-        std::fprintf(stderr, "lifeline history: cannot write %s\n", svg->c_str());
+      if (std::string why = write_timeline(*svg, timeline_svg(ledger, d, now)); !why.empty()) {
+        std::fprintf(stderr, "lifeline history: --timeline %s: %s\n", svg->c_str(), why.c_str());
         rc = 2;
         return;
       }
