@@ -178,6 +178,14 @@ TEST_CASE("gc without --policy applies the retention rules the run recorded, not
   size_t before = 0;
   for (const auto& e : fs::directory_iterator(d / "ckpt")) before += e.path().filename().string().rfind("step-", 0) == 0;
   REQUIRE(before == 10);
+  // The plan as JSON: every checkpoint kept, by the recorded rules.
+  REQUIRE(run({binary("LIFELINE_BIN"), "gc", d / "ckpt", "--dry-run", "--json"}, &out) == 0);
+  nlohmann::json plan = nlohmann::json::parse(out);
+  CHECK(plan["rules_from"] == "supervisor.json");
+  CHECK(plan["rules"]["keep_last"] == 10);
+  REQUIRE(plan["checkpoints"].size() == 10);
+  for (const auto& c : plan["checkpoints"]) CHECK(c["keep"] == true);
+  CHECK(plan["bytes_freed"] == 0);
   CHECK(run({binary("LIFELINE_BIN"), "gc", d / "ckpt", "--yes"}, &out) == 0);
   CHECK(out.find("keep_last 10") != std::string::npos);
   CHECK(out.find("as the run recorded them in supervisor.json") != std::string::npos);

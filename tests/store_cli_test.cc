@@ -131,6 +131,28 @@ TEST_CASE("checkpoints, verify, gc, history, status and request exit 2 naming a 
   CHECK_FALSE(fs::exists(dir));
 }
 
+TEST_CASE("policy check and policy explain answer in JSON with --json, errors included") {
+  TempDir d;
+  std::string out;
+  std::ofstream(d / "p.yaml") << "version: 1\ncheckpoint:\n  every_steps: 50\nretention:\n  keep_last: 7\n";
+  REQUIRE(run(cli({"policy", "check", d / "p.yaml", "--json"}), &out) == 0);
+  nlohmann::json j = nlohmann::json::parse(out);
+  CHECK(j["ok"] == true);
+  CHECK(j["policy"]["checkpoint"]["every_steps"] == 50);
+  CHECK(j["policy"]["retention"]["keep_last"] == 7);
+  CHECK(j["policy"]["stop"]["signals"] == nlohmann::json({"USR1", "TERM", "INT"}));
+  std::ofstream(d / "bad.yaml") << "version: 1\ncheckpoint:\n  every_step: 5\n";
+  CHECK(run(cli({"policy", "check", d / "bad.yaml", "--json"}), &out) == 2);
+  j = nlohmann::json::parse(out);
+  CHECK(j["ok"] == false);
+  CHECK(j["error"].get<std::string>().find("bad.yaml:3:3") != std::string::npos);
+  REQUIRE(run(cli({"policy", "explain", d / "p.yaml", "--json", "--checkpoint-size", "1GiB", "--step-time", "500ms"}),
+              &out) == 0);
+  j = nlohmann::json::parse(out);
+  CHECK(j["explanation"]["interval_seconds"] == 25.0);  // 50 steps x 0.5 s
+  CHECK(j["text"].get<std::string>().find("Work lost") != std::string::npos);
+}
+
 TEST_CASE("an unknown or missing subcommand is named with the list of subcommands; `lifeline help` prints the help") {
   std::string out;
   CHECK(run(cli({"frobnicate"}), &out) == 2);

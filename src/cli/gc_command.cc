@@ -18,8 +18,10 @@
 #include <unistd.h>
 
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "common/json_text.h"
 #include "history/supervisor_record.h"
 #include "policy/policy.h"
 #include "store/dir_lock.h"
@@ -58,7 +60,7 @@ std::optional<Policy::Retention> recorded_retention(const std::string& dir, std:
 
 // Exit status: 0 done, 1 refused (directory in use, or deletion not confirmed) or a deletion
 // failed, 2 bad input.
-int run_gc(const std::string& dir_arg, const std::string& policy_file, bool dry_run, bool yes) {
+int run_gc(const std::string& dir_arg, const std::string& policy_file, bool dry_run, bool yes, bool as_json) {
   Policy policy;
   try {
     policy = policy_file.empty() ? default_policy() : load_policy_file(policy_file);
@@ -98,11 +100,13 @@ int run_gc(const std::string& dir_arg, const std::string& policy_file, bool dry_
   std::string recorded_from;
   if (policy_file.empty())
     if (auto r = recorded_retention(dir, &recorded_from)) policy.retention = *r;
-  std::printf("%s %s (%s%s)\n", dry_run ? "dry run of gc in" : "gc in", dir.c_str(), rules_text(policy.retention).c_str(),
-              recorded_from.empty() ? ", the built-in defaults: no run recorded its policy here"
-                                    : (", as the run recorded them in supervisor.json, from " + recorded_from).c_str());
-  // Deleting asks first on a terminal (not with --yes, not in scripts).
-  if (!dry_run && !yes && ::isatty(STDIN_FILENO)) {
+  if (!as_json)
+    std::printf("%s %s (%s%s)\n", dry_run ? "dry run of gc in" : "gc in", dir.c_str(),
+                rules_text(policy.retention).c_str(),
+                recorded_from.empty() ? ", the built-in defaults: no run recorded its policy here"
+                                      : (", as the run recorded them in supervisor.json, from " + recorded_from).c_str());
+  // Deleting asks first on a terminal (not with --yes or --json, not in scripts).
+  if (!dry_run && !yes && !as_json && ::isatty(STDIN_FILENO)) {
     RetentionReport plan = apply_retention(default_file_system(), dir, policy.retention, std::nullopt, true);
     size_t doomed = 0;
     for (const auto& d : plan.decisions) doomed += d.keep ? 0 : 1;
@@ -118,12 +122,40 @@ int run_gc(const std::string& dir_arg, const std::string& policy_file, bool dry_
       }
     }
   }
-  if (holder)
+  if (holder && !as_json)
     std::printf("note: the directory is in use (%s); its supervisor applies retention after each commit\n",
                 holder->c_str());
   // No supervisor runs while gc holds the lock, so no attempt is resuming: nothing protected.
   RetentionReport report = apply_retention(default_file_system(), dir, policy.retention, std::nullopt, dry_run);
-  std::fputs(retention_report_text(report, dry_run).c_str(), stdout);
+  if (as_json) {
+    const auto& r = policy.retention;
+    nlohmann::ordered_json j;
+    j["dir"] = dir;
+    j["dry_run"] = dry_run;
+    j["rules"] = {{"keep_last", r.keep_last},         {"keep_best", r.keep_best},
+                  {"metric", r.metric},               {"mode", to_string(r.mode)},
+                  {"keep_every_steps", r.keep_every_steps}, {"max_total_bytes", r.max_total_bytes}};
+    j["rules_from"] = recorded_from.empty() ? (policy_file.empty() ? "built-in" : policy_file) : "supervisor.json";
+    j["in_use_by"] = holder ? nlohmann::ordered_json(*holder) : nlohmann::ordered_json(nullptr);
+    nlohmann::ordered_json decisions = nlohmann::ordered_json::array();
+    for (const auto& d : report.decisions)
+      decisions.push_back({{"step", d.checkpoint.step},
+                           {"path", d.checkpoint.path},
+                           {"valid", d.checkpoint.valid},
+                           {"bytes", d.checkpoint.bytes},
+                           {"keep", d.keep},
+                           {"reasons", d.reasons}});
+    j["checkpoints"] = decisions;
+    j["bytes_freed"] = report.bytes_freed;
+    j["bytes_kept"] = report.bytes_kept;
+    nlohmann::ordered_json leftovers = nlohmann::ordered_json::array();
+    for (const auto& l : report.leftovers_removed) leftovers.push_back({{"name", l.name}, {"why", l.why}});
+    j["leftovers_removed"] = leftovers;
+    j["errors"] = report.errors;
+    std::printf("%s\n", dump_json(j, 2).c_str());
+  } else {
+    std::fputs(retention_report_text(report, dry_run).c_str(), stdout);
+  }
   return report.errors.empty() ? 0 : 1;
 }
 
@@ -135,12 +167,14 @@ void register_gc_command(CLI::App& app, int& rc) {
   auto policy = std::make_shared<std::string>();
   auto dry_run = std::make_shared<bool>(false);
   auto yes = std::make_shared<bool>(false);
+  auto as_json = std::make_shared<bool>(false);
   sub->add_option("DIR", *dir, "checkpoint directory");
   sub->add_option("--policy", *policy,
                   "policy YAML file (default: the retention rules the run recorded in DIR/supervisor.json, else built-in)");
   sub->add_flag("--dry-run", *dry_run, "print what would be deleted; change nothing");
   sub->add_flag("-y,--yes", *yes, "delete without asking (gc asks on a terminal)");
-  sub->callback([=, &rc] { rc = run_gc(*dir, *policy, *dry_run, *yes); });
+  sub->add_flag("--json", *as_json, "the plan or what was done as JSON (never asks)");
+  sub->callback([=, &rc] { rc = run_gc(*dir, *policy, *dry_run, *yes, *as_json); });
 }
 
 }  // namespace lifeline::cli

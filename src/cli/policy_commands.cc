@@ -10,7 +10,10 @@
 #include <stdexcept>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "cli/commands.h"
+#include "common/json_text.h"
 #include "policy/explain.h"
 #include "policy/policy.h"
 #include "policy/units.h"
@@ -57,6 +60,7 @@ struct PolicyArgs {
   std::string check_file;
   std::string explain_file;
   ExplainOptions explain;
+  bool check_json = false, explain_json = false;
 };
 
 double parse_rate(const std::string& text) {
@@ -69,23 +73,100 @@ double parse_rate(const std::string& text) {
   return v;
 }
 
+using ojson = nlohmann::ordered_json;
+
+template <class T>
+ojson or_null(const std::optional<T>& v) {
+  return v ? ojson(*v) : ojson(nullptr);
+}
+
+// The policy as it will be applied (defaults filled in), for --json.
+ojson policy_json(const Policy& p) {
+  ojson signals = ojson::array();
+  for (int s : p.stop.signals) signals.push_back(signal_name(s));
+  return {{"source", p.source},
+          {"checkpoint",
+           {{"dir", p.checkpoint.dir},
+            {"every_steps", p.checkpoint.every_steps},
+            {"every_seconds", p.checkpoint.every_seconds},
+            {"on_signal", p.checkpoint.on_signal},
+            {"skip_first_steps", p.checkpoint.skip_first_steps}}},
+          {"retention",
+           {{"keep_last", p.retention.keep_last},
+            {"keep_best", p.retention.keep_best},
+            {"metric", p.retention.metric},
+            {"mode", to_string(p.retention.mode)},
+            {"keep_every_steps", p.retention.keep_every_steps},
+            {"max_total_bytes", p.retention.max_total_bytes}}},
+          {"restart",
+           {{"resume", to_string(p.restart.resume)},
+            {"max_requeues", p.restart.max_requeues},
+            {"max_failures", p.restart.max_failures},
+            {"backoff_seconds", p.restart.backoff_seconds},
+            {"max_backoff_seconds", p.restart.max_backoff_seconds}}},
+          {"stop", {{"signals", signals}, {"grace_seconds", p.stop.grace_seconds}, {"hang_seconds", p.stop.hang_seconds}}},
+          {"requeue", {{"mode", p.requeue.mode}, {"exit_code", p.requeue.exit_code}}}};
+}
+
 // The body of `policy check`: writes to out/err, returns the exit status (0 ok, 2 bad file).
-int run_policy_check(const std::string& file, std::ostream& out, std::ostream& err) {
+// --json: {file, ok, error, warnings, summary, policy} on `out`, whatever the outcome.
+int run_policy_check(const std::string& file, std::ostream& out, std::ostream& err, bool as_json = false) {
+  std::vector<std::string> warnings;
   try {
-    std::vector<std::string> warnings;
     Policy p = load_policy_file(file, warnings);
+    if (as_json) {
+      out << dump_json(ojson{{"file", file},
+                             {"ok", true},
+                             {"error", nullptr},
+                             {"warnings", warnings},
+                             {"summary", summarize_policy(p)},
+                             {"policy", policy_json(p)}},
+                       2)
+          << '\n';
+      return 0;
+    }
     for (const auto& w : warnings) err << w << '\n';
     out << file << ": ok\n" << wrap(summarize_policy(p));
     return 0;
   } catch (const PolicyError& e) {
+    if (as_json) {
+      out << dump_json(ojson{{"file", file}, {"ok", false}, {"error", e.what()}, {"warnings", warnings},
+                             {"summary", nullptr}, {"policy", nullptr}},
+                       2)
+          << '\n';
+      return 2;
+    }
     err << e.what() << '\n';
     return 2;
   }
 }
 
+// The numbers behind `policy explain`, for --json (seconds, bytes; null when unknown).
+ojson explanation_json(const Explanation& e) {
+  return {{"interval_seconds", or_null(e.interval_seconds)},
+          {"interval_is_upper_bound", e.interval_is_upper_bound},
+          {"periodic_checkpoints", or_null(e.periodic_checkpoints)},
+          {"kept_newest", e.kept_newest},
+          {"kept_best", e.kept_best},
+          {"kept_forever", or_null(e.kept_forever)},
+          {"kept_total", or_null(e.kept_total)},
+          {"checkpoint_write_seconds", or_null(e.checkpoint_write_seconds)},
+          {"peak_disk_bytes", or_null(e.peak_disk_bytes)},
+          {"lost_unsignalled_seconds", or_null(e.lost_unsignalled_seconds)},
+          {"signalled_stop_saves_work", e.signalled_stop_saves_work},
+          {"stop_checkpoint_may_not_fit", e.stop_checkpoint_may_not_fit},
+          {"interruptions_per_day", e.interruptions_per_day},
+          {"interruptions_assumed", e.interruptions_assumed},
+          {"mtbi_seconds", or_null(e.mtbi_seconds)},
+          {"optimal_interval_seconds", or_null(e.optimal_interval_seconds)},
+          {"interval_over_optimal", or_null(e.interval_over_optimal)},
+          {"overhead_fraction", or_null(e.overhead_fraction)},
+          {"optimal_overhead_fraction", or_null(e.optimal_overhead_fraction)}};
+}
+
 // The body of `policy explain`: writes to out/err, returns the exit status (0 ok, 2 bad file or option).
 int run_policy_explain(const std::string& file, const ExplainOptions& options, std::ostream& out,
-                       std::ostream& err) {
+                       std::ostream& err, bool as_json = false) {
   ExplainInputs in;
   const char* option = "";
   try {
@@ -119,7 +200,12 @@ int run_policy_explain(const std::string& file, const ExplainOptions& options, s
     std::vector<std::string> warnings;
     Policy p = load_policy_file(file, warnings);
     for (const auto& w : warnings) err << w << '\n';
-    out << wrap(render_explanation(p, in, explain_policy(p, in)));
+    Explanation e = explain_policy(p, in);
+    if (as_json)
+      out << dump_json(ojson{{"file", file}, {"explanation", explanation_json(e)}, {"text", render_explanation(p, in, e)}}, 2)
+          << '\n';
+    else
+      out << wrap(render_explanation(p, in, e));
     return 0;
   } catch (const PolicyError& e) {
     err << e.what() << '\n';
@@ -138,7 +224,8 @@ void register_policy_commands(CLI::App& app, int& rc) {
   CLI::App* check =
       policy->add_subcommand("check", "Validate a policy file and summarize it (exit 0 ok, 2 bad)");
   check->add_option("FILE", args->check_file, "policy file (YAML)")->required();
-  check->callback([args, &rc] { rc = run_policy_check(args->check_file, std::cout, std::cerr); });
+  check->add_flag("--json", args->check_json, "the result as JSON: file, ok, error, warnings, summary, policy");
+  check->callback([args, &rc] { rc = run_policy_check(args->check_file, std::cout, std::cerr, args->check_json); });
 
   CLI::App* explain = policy->add_subcommand("explain",
                                              "Say how often checkpoints happen, what is kept, disk "
@@ -155,8 +242,9 @@ void register_policy_commands(CLI::App& app, int& rc) {
                       "checkpoint write speed per second, e.g. 500MB or 1GiB/s; default 1GiB/s");
   explain->add_option("--step-time", args->explain.step_time,
                       "duration of one training step, e.g. 0.5s");
+  explain->add_flag("--json", args->explain_json, "the numbers as JSON (seconds, bytes), with the text");
   explain->callback([args, &rc] {
-    rc = run_policy_explain(args->explain_file, args->explain, std::cout, std::cerr);
+    rc = run_policy_explain(args->explain_file, args->explain, std::cout, std::cerr, args->explain_json);
   });
 }
 
