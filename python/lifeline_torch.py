@@ -37,7 +37,7 @@ import os
 import random
 import sys
 import threading
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping, MutableMapping, Optional
 
 import torch
 
@@ -76,18 +76,29 @@ def _write(ckpt: Checkpoint, objects: Mapping[str, object]) -> None:
             torch.save(obj, f)
 
 
+def _extra_state(extra: Optional[Mapping[str, object]]) -> dict:
+    """What extra.pt holds: each object's state_dict() when it has one (an LR scheduler, a
+    GradScaler, a sampler or data loader that keeps its position), else the value itself (an
+    epoch counter, a dict of your own)."""
+    return {name: (obj.state_dict() if callable(getattr(obj, "state_dict", None)) else obj)
+            for name, obj in (extra or {}).items()}
+
+
 def save(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], step: int,
-         write: bool = True) -> None:
-    """Writes model.pt, optimizer.pt and state.pt (step and RNG states) into the checkpoint. A write
-    error does not raise: it fails the checkpoint, whose commit() then returns False. With
-    write=False it writes nothing: a rank whose state another rank saves commits an empty part
-    (rank mode only: a single trainer's checkpoint needs a file)."""
+         write: bool = True, extra: Optional[Mapping[str, object]] = None) -> None:
+    """Writes model.pt, optimizer.pt, state.pt (step and RNG states) and, with `extra`, extra.pt
+    into the checkpoint (see _extra_state; load() restores them). A write error does not raise: it
+    fails the checkpoint, whose commit() then returns False. With write=False it writes nothing: a
+    rank whose state another rank saves commits an empty part (rank mode only: a single trainer's
+    checkpoint needs a file)."""
     if not write:
         return
     objects = {"model.pt": model.state_dict()}
     if optimizer is not None:
         objects["optimizer.pt"] = optimizer.state_dict()
     objects["state.pt"] = {"step": step, **_rng_state()}
+    if extra:
+        objects["extra.pt"] = _extra_state(extra)
     _write(ckpt, objects)
 
 
@@ -161,7 +172,7 @@ def prepare(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] =
 
 
 def snapshot(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
-             step: int, write: bool = True) -> Callable[[Checkpoint], None]:
+             step: int, write: bool = True, extra: Optional[Mapping[str, object]] = None) -> Callable[[Checkpoint], None]:
     """Copies what save() writes into host buffers and returns the function that writes that copy.
     Call it from the snapshot function given to Client.save_async, which first waits for the
     save in flight: the next snapshot reuses the same buffers. Runs on the training thread: this
@@ -173,16 +184,36 @@ def snapshot(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
     if optimizer is not None:
         objects["optimizer.pt"] = _buffers.copy(optimizer.state_dict(), "optimizer.pt")
     objects["state.pt"] = {"step": step, **_rng_state()}  # fresh objects already
+    if extra:
+        objects["extra.pt"] = copy.deepcopy(_extra_state(extra))  # small: schedulers, counters
     return lambda ckpt: _write(ckpt, objects)
 
 
+def _load_extra(path: str, extra: Optional[MutableMapping[str, object]]) -> None:
+    """Restores `extra` from extra.pt: load_state_dict() on the objects that have it, the saved
+    value into the mapping for the others. A name the checkpoint lacks is said, and left as is."""
+    if not extra:
+        return
+    file = os.path.join(path, "extra.pt")
+    saved = torch.load(file, map_location="cpu", **_LOAD_ARGS) if os.path.exists(file) else {}
+    for name, obj in list(extra.items()):
+        if name not in saved:
+            print(f"lifeline: the checkpoint in {path} has no '{name}' (extra): left as it is",
+                  file=sys.stderr, flush=True)
+        elif callable(getattr(obj, "load_state_dict", None)):
+            obj.load_state_dict(saved[name])
+        else:
+            extra[name] = saved[name]
+
+
 def load(path: str, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
-         restore_rng: bool = True) -> int:
-    """Restores what save() wrote into `model`, `optimizer` and (unless `restore_rng` is False) the
-    RNGs; returns the step."""
+         restore_rng: bool = True, extra: Optional[MutableMapping[str, object]] = None) -> int:
+    """Restores what save() wrote into `model`, `optimizer`, `extra` (see _load_extra) and (unless
+    `restore_rng` is False) the RNGs; returns the step."""
     model.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu", **_LOAD_ARGS))
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu", **_LOAD_ARGS))
+    _load_extra(path, extra)
     state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", **_LOAD_ARGS)
     if not restore_rng:
         return int(state["step"])
@@ -197,7 +228,8 @@ def load(path: str, model: torch.nn.Module, optimizer: Optional[torch.optim.Opti
 
 
 def resume(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-           client: Optional[Client] = None, from_rank: Optional[int] = None) -> int:
+           client: Optional[Client] = None, from_rank: Optional[int] = None,
+           extra: Optional[MutableMapping[str, object]] = None) -> int:
     """Loads the checkpoint lifeline chose, if any; returns its step (0 on a fresh start). In rank
     mode it loads this rank's part, or with `from_rank` that rank's part (a DDP trainer whose rank
     0 alone saves: from_rank=0); a checkpoint of another world size raises WorldSizeError."""
@@ -205,7 +237,7 @@ def resume(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = 
     if r is None:
         return 0
     path = r.path if from_rank is None else part_path(r, from_rank)
-    step = load(path, model, optimizer)
+    step = load(path, model, optimizer, extra=extra)
     print(f"lifeline: resumed from step {step} ({path})", file=sys.stderr, flush=True)
     return step
 
@@ -218,7 +250,8 @@ def part_path(r: ResumeInfo, rank: int) -> str:
 
 def checkpoint(step: int, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                metrics: Optional[Mapping[str, float]] = None, final: bool = False,
-               client: Optional[Client] = None, background: bool = False, write: bool = True) -> bool:
+               client: Optional[Client] = None, background: bool = False, write: bool = True,
+               extra: Optional[Mapping[str, object]] = None) -> bool:
     """Checkpoints after `step` when due (or `final`); True when asked to stop (state saved: leave).
     With `background`, only snapshot() stalls training; a stop or `final` waits for the write.
     write=False (rank mode): this rank commits an empty part, another rank saves the state."""
@@ -229,7 +262,7 @@ def checkpoint(step: int, model: torch.nn.Module, optimizer: Optional[torch.opti
     if (c.should_checkpoint(step) or final) and c.checkpoint_dir and (write or c.active):
         if background:
             try:
-                c.save_async(step, lambda: snapshot(model, optimizer, step, write), metrics)
+                c.save_async(step, lambda: snapshot(model, optimizer, step, write, extra), metrics)
             except Exception as e:  # the copy failed (no memory for it, say): no save, training goes on
                 print(f"lifeline: checkpoint of step {step} failed: {type(e).__name__}: {e} "
                       "(older checkpoints are intact)", file=sys.stderr, flush=True)
@@ -237,7 +270,7 @@ def checkpoint(step: int, model: torch.nn.Module, optimizer: Optional[torch.opti
         else:
             ckpt = c.begin_checkpoint(step)
             try:
-                save(ckpt, model, optimizer, step, write)
+                save(ckpt, model, optimizer, step, write, extra)
             except Exception as e:  # not the disk's (that fails the checkpoint quietly): still no save
                 ckpt._fail(f"{type(e).__name__}: {e}")
             ckpt.commit(metrics)  # False, reported, when the save failed

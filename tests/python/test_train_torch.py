@@ -269,6 +269,56 @@ class LifelineTorchTest(unittest.TestCase):
         self.assertEqual([train(m2, opt2).item() for _ in range(3)], expected)
 
 
+class ExtraStateTest(unittest.TestCase):
+    def test_an_lr_scheduler_a_grad_scaler_and_plain_values_resume_exactly_through_extra(self):
+        import torch
+        import lifeline_client
+        import lifeline_torch
+
+        d = tempfile.mkdtemp(prefix="lifeline-pytest-")
+        self.addCleanup(shutil.rmtree, d)
+
+        def setup():
+            torch.manual_seed(5)
+            m = torch.nn.Linear(4, 2)
+            opt = torch.optim.SGD(m.parameters(), lr=0.5)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+            scaler = torch.cuda.amp.GradScaler(enabled=False, init_scale=1024.0)
+            return m, opt, sched, scaler
+
+        def train(m, opt, sched):
+            loss = m(torch.randn(8, 4)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            return loss.item(), opt.param_groups[0]["lr"]
+
+        m, opt, sched, scaler = setup()
+        saver = lifeline_client.Client({"LIFELINE_CKPT_DIR": d})
+        extra = {"scheduler": sched, "scaler": scaler, "epoch": 0, "sampler": {"position": 0}}
+        for step in range(1, 6):
+            train(m, opt, sched)
+            extra["epoch"] = step // 2
+            extra["sampler"] = {"position": step * 8}
+            lifeline_torch.checkpoint(step, m, opt, final=step == 5, client=saver, extra=extra)
+        expected = [train(m, opt, sched) for _ in range(4)]  # the learning rate keeps decaying
+
+        m2, opt2, sched2, scaler2 = setup()
+        extra2 = {"scheduler": sched2, "scaler": scaler2, "epoch": None, "sampler": None, "missing": 7}
+        resumer = lifeline_client.Client({"LIFELINE_RESUME_FROM": os.path.join(d, "step-000000000005"),
+                                          "LIFELINE_RESUME_STEP": "5"})
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(lifeline_torch.resume(m2, opt2, client=resumer, extra=extra2), 5)
+        self.assertEqual(extra2["epoch"], 2)
+        self.assertEqual(extra2["sampler"], {"position": 40})
+        self.assertEqual(extra2["missing"], 7)  # not in the checkpoint: left, and said
+        self.assertIn("has no 'missing'", err.getvalue())
+        self.assertEqual(sched2.last_epoch, 5)
+        self.assertEqual([train(m2, opt2, sched2) for _ in range(4)], expected)
+
+
 class AsyncTorchSaveTest(unittest.TestCase):
     """lifeline_torch.snapshot() with Client.save_async against lifeline_torch.save()."""
 
