@@ -810,6 +810,22 @@ class Supervisor final : public Effects {
   }
 
   void report_retention(const RetentionReport& r) {
+    // keep_best ranks by a metric: say once when no valid checkpoint carries it (it keeps none).
+    const auto& rules = opt_.policy.retention;
+    if (rules.keep_best > 0 && !warned_metric_) {
+      bool any_valid = false, carried = false;
+      for (const auto& d : r.decisions) {
+        any_valid = any_valid || d.checkpoint.valid;
+        carried = carried || (d.checkpoint.valid && d.checkpoint.metrics.count(rules.metric));
+      }
+      if (any_valid && !carried) {
+        warned_metric_ = true;
+        spdlog::warn("retention.keep_best ranks checkpoints by {}, which no checkpoint carries: pass it with the "
+                     "commit (commit({{\"{}\": value}}) / the metrics of lifeline_torch.checkpoint), or set "
+                     "retention.metric to one the trainer reports",
+                     rules.metric, rules.metric);
+      }
+    }
     std::vector<uint64_t> removed;
     for (const auto& d : r.decisions) {
       if (d.keep) continue;
@@ -955,6 +971,7 @@ class Supervisor final : public Effects {
   static constexpr int64_t kRankPollMs = 5, kRankIdlePollMs = 20;
   std::future<RetentionReport> retention_;  // the retention run in flight
   bool retention_again_ = false;            // a commit came during that run
+  bool warned_metric_ = false;              // the keep_best metric is missing: said once
   std::unique_ptr<TrainerProcess> trainer_;
   std::optional<SupervisorMachine> machine_;
   bool finished_ = false;

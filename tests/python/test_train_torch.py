@@ -230,6 +230,29 @@ class TrainTorchTest(unittest.TestCase):
         self.assertEqual(self.verify()["resume"]["step"], STEPS)
 
 
+class MetricWarningTest(unittest.TestCase):
+    def test_keep_best_by_a_metric_no_checkpoint_carries_is_said_once_and_a_reported_one_is_not(self):
+        d = tempfile.mkdtemp(prefix="lifeline-pytest-")
+        self.addCleanup(shutil.rmtree, d)
+        policy = os.path.join(d, "policy.yaml")
+        with open(policy, "w") as f:
+            f.write("version: 1\ncheckpoint:\n  every_steps: 10\n  every_seconds: 0\n"
+                    "retention:\n  keep_last: 2\n  keep_best: 1\n  metric: val_loss\n")
+        trainer = ("import sys; sys.path.insert(0, %r)\n"
+                   "import lifeline_client as L\n"
+                   "c = L.Client.from_env()\n"
+                   "for s in range(1, 51):\n"
+                   "    if c.should_checkpoint(s):\n"
+                   "        ck = c.begin_checkpoint(s)\n"
+                   "        open(ck.path + '/w', 'w').write('x')\n"
+                   "        ck.commit({sys.argv[1]: 1.0 / s})\n") % os.path.join(SOURCE, "python")
+        for metric, warned in (("loss", True), ("val_loss", False)):
+            rc, out = run([LIFELINE, "run", "--policy", policy, "--ckpt-dir", os.path.join(d, metric), "--requeue",
+                           "none", "--", PYTHON, "-c", trainer, metric])
+            self.assertEqual(rc, 0, out)
+            self.assertEqual(out.count("which no checkpoint carries"), 1 if warned else 0, out)
+
+
 class LifelineTorchTest(unittest.TestCase):
     def test_the_three_line_helper_saves_and_resumes_model_optimizer_and_rng_bit_exactly(self):
         import torch
