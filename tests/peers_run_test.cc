@@ -100,6 +100,22 @@ TEST_CASE("three supervisors of one job: a stop signal to one follower stops all
   std::vector<std::unique_ptr<Process>> sup;
   for (int k = 0; k < kPeers; ++k) sup.push_back(supervisor(d, k, 20));
   REQUIRE(sup[2]->wait_for_line("step 40 ") != "");
+  // `lifeline status` on the leader's directory shows every node's rank (ranks.json, once a second).
+  json status;
+  for (int i = 0; i < 100; ++i) {
+    std::string out;
+    if (run({binary("LIFELINE_BIN"), "status", d / "ckpt", "--json"}, &out) == 0) {
+      status = json::parse(out, nullptr, false);
+      if (status.is_object() && status["nodes"].is_array() && status["nodes"].size() == size_t(kPeers)) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // polling the file the leader rewrites each second
+  }
+  REQUIRE_MESSAGE(status["nodes"].size() == size_t(kPeers), status.dump());
+  for (const auto& node : status["nodes"]) {
+    REQUIRE(node["ranks"].size() == 1);
+    CHECK(node["ranks"][0]["rank"] == node["node"]);  // rank k is supervisor k's trainer here
+    CHECK(node["ranks"][0]["world_size"] == kPeers);
+  }
   sup[2]->signal(SIGUSR1);  // Slurm's signal reached one node first (or only)
   uint64_t agreed = 0;
   for (int k = 0; k < kPeers; ++k) {

@@ -222,7 +222,14 @@ void print_live_status(const json& j) {
     std::printf("trainer         pid %s, %s, step %llu, %s\n", t["pid"].is_number() ? dump_json(t["pid"]).c_str() : "-",
                 t["state"].get<std::string>().c_str(), t["step"].get<unsigned long long>(), rate.c_str());
   }
-  if (j.contains("ranks") && j["ranks"].is_array())
+  if (j.contains("nodes") && j["nodes"].is_array()) {  // several supervisors: every node's ranks
+    for (const json& n : j["nodes"])
+      for (const json& r : n.value("ranks", json::array()))
+        std::printf("node %s %-10s rank %s pid %s, %s, step %llu\n", dump_json(n["node"]).c_str(),
+                    n.value("host", std::string("?")).c_str(),
+                    (dump_json(r["rank"]) + "/" + dump_json(r["world_size"])).c_str(), dump_json(r["pid"]).c_str(),
+                    r.value("state", std::string("?")).c_str(), r.value("step", 0ull));
+  } else if (j.contains("ranks") && j["ranks"].is_array())
     for (const json& r : j["ranks"])
       std::printf("rank %-10s pid %s, %s, step %llu%s\n", (dump_json(r["rank"]) + "/" + dump_json(r["world_size"])).c_str(),
                   dump_json(r["pid"]).c_str(), r["state"].get<std::string>().c_str(), r["step"].get<unsigned long long>(),

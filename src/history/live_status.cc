@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <thread>
 
 #include "common/clock.h"
@@ -140,6 +141,14 @@ json live_status(const std::string& dir, const SupervisorRecord& rec, const Cont
                        {"part_step", part ? json(part) : json(nullptr)}});
     }
     j["ranks"] = ranks.empty() ? json(nullptr) : json(ranks);
+    // Several supervisors: every node's ranks, as the leader wrote them (at most 10 s old).
+    j["nodes"] = nullptr;
+    std::ifstream in(dir + "/" + kRanksFileName);
+    json nodes = json::parse(in, nullptr, false);
+    if (nodes.is_object() && nodes.value("supervisor_pid", int64_t(0)) == rec.pid &&
+        now - std::min<uint64_t>(now, nodes.value("updated_ns", uint64_t(0))) < 10ull * 1000000000ull &&
+        nodes["nodes"].is_array())
+      j["nodes"] = nodes["nodes"];
     uint64_t commits = block->u64(kCommitCountOff).load();
     uint64_t block_ck = block->u64(kLastCommitStepOff).load();
     if (commits > 0 && (!ck_step || block_ck > *ck_step)) ck_step = block_ck, ck_time = now;

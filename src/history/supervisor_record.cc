@@ -61,7 +61,12 @@ std::optional<SupervisorRecord> read_supervisor_record(const std::string& dir, s
 }
 
 bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& record, std::string* error) {
-  std::string dst = dir + "/" + kSupervisorRecordName;
+  return write_status_file(dir, kSupervisorRecordName, dump_json(record, 2) + "\n", error, /*durable=*/true);
+}
+
+bool write_status_file(const std::string& dir, const std::string& name_in_dir, const std::string& text,
+                       std::string* error, bool durable) {
+  std::string dst = dir + "/" + name_in_dir;
   std::string tmp;
   int fd = -1;
   auto fail = [&](const std::string& why) {
@@ -71,8 +76,7 @@ bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& 
     return false;
   };
   try {
-    std::string text = dump_json(record, 2) + "\n";
-    std::string name = dir + "/.supervisor.json.tmp-" + std::to_string(getpid()) + "-" + random_hex();
+    std::string name = dir + "/." + name_in_dir + ".tmp-" + std::to_string(getpid()) + "-" + random_hex();
     fd = ::open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) return fail("create " + name + ": " + std::strerror(errno));
     tmp = name;
@@ -82,7 +86,7 @@ bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& 
       if (n < 0) return fail(std::string("write: ") + std::strerror(errno));
       done += size_t(n);
     }
-    if (::fsync(fd) != 0) return fail(std::string("fsync: ") + std::strerror(errno));
+    if (durable && ::fsync(fd) != 0) return fail(std::string("fsync: ") + std::strerror(errno));
     int rc = ::close(fd);
     fd = -1;
     if (rc != 0) return fail(std::string("close: ") + std::strerror(errno));
@@ -91,6 +95,7 @@ bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& 
     return fail(e.what());
   }
   tmp.clear();  // renamed: nothing to remove
+  if (!durable) return true;
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   int rc = dfd < 0 ? -1 : ::fsync(dfd);
   int err = errno;

@@ -43,6 +43,14 @@ std::optional<SupervisorRecord> read_supervisor_record(const std::string& dir, s
 // directory fsync after the rename also gives false: the new record is in place but may not
 // survive a crash. Never throws.
 bool write_supervisor_record_file(const std::string& dir, const nlohmann::json& record, std::string* error);
+// The same for any small status file `dir`/`name_in_dir` (the temporary file is
+// `.<name>.tmp-<pid>-<random>`); `durable` false skips the fsyncs (a file rewritten every second).
+bool write_status_file(const std::string& dir, const std::string& name_in_dir, const std::string& text,
+                       std::string* error, bool durable = false);
+
+// Written by the leader of several supervisors every second: every node's ranks
+// ({supervisor_pid, updated, updated_ns, nodes: [{node, host, ranks: [...]}]}), for `status`.
+constexpr const char* kRanksFileName = "ranks.json";
 
 // alive: the pid runs on this host and is a lifeline process; dead: it does not;
 // elsewhere: the supervisor runs on another host, so this host cannot tell.

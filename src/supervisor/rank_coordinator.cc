@@ -153,6 +153,18 @@ RankCoordinator::Report RankCoordinator::poll() {
   return r;
 }
 
+nlohmann::json RankCoordinator::ranks_json() const {
+  nlohmann::json ranks = nlohmann::json::array();
+  for (const auto& s : read_slots(b_))
+    ranks.push_back({{"rank", s.rank},
+                     {"world_size", s.world},
+                     {"pid", s.pid},
+                     {"state", client_state_name(s.state)},
+                     {"step", s.step},
+                     {"part_step", s.part_step ? nlohmann::json(s.part_step) : nlohmann::json(nullptr)}});
+  return ranks;
+}
+
 void RankCoordinator::commit(uint64_t step, uint32_t world, uint64_t slowest_part_ns, Report& r) {
   CommitResult c;
   try {

@@ -58,6 +58,9 @@ class RankCoordinator {
   // Several supervisors: a part this node made durable whose checkpoint the leader has neither
   // committed nor given up yet (the trainer may exit before the leader hears from every node).
   bool part_outstanding() const { return node_.part && !done(node_.part); }
+  // Every rank attached now: [{rank, world_size, pid, state, step, part_step}] (for `status`
+  // across nodes, docs/distributed.md).
+  nlohmann::json ranks_json() const;
 
   // Several supervisors: the leader's decisions, applied to this node's block.
   void agree(uint64_t seq, uint64_t step, bool stop);

@@ -305,6 +305,7 @@ class Supervisor final : public Effects {
     }
     spdlog::info("trainer started, pid {}: {}", trainer_->pid(), fmt::format("{}", fmt::join(opt_.command, " ")));
     out.started = true;
+    if (peers()) share_ranks_soon();
     return out;
   }
 
@@ -671,7 +672,9 @@ class Supervisor final : public Effects {
   void on_peer_message(uint32_t peer, const json& m) {
     try {
       std::string t = m.value("t", "");
-      if (leader() && t == "state") {
+      if (leader() && t == "ranks") {
+        node_views_[peer] = m;
+      } else if (leader() && t == "state") {
         job_->update(peer, NodeState::from_json(m.at("s")));
         run_job();
       } else if (follower() && t == "request") {
@@ -698,6 +701,32 @@ class Supervisor final : public Effects {
     } catch (const std::exception& e) {
       spdlog::warn("a malformed message from supervisor {}: {}", peer, e.what());
     }
+  }
+
+  // Every second: a follower sends its ranks' steps to the leader, which writes every node's to
+  // <dir>/ranks.json for `lifeline status` (docs/distributed.md).
+  void share_ranks_soon() {
+    ranks_timer_.expires_after(std::chrono::seconds(1));
+    ranks_timer_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec || finished_ || !ranks_ || !link_) return;
+      json mine{{"t", "ranks"}, {"host", this_host()}, {"ranks", ranks_->ranks_json()}};
+      if (follower()) {
+        link_->send(0, mine);
+      } else {
+        node_views_[0] = mine;
+        write_ranks_file();
+      }
+      share_ranks_soon();
+    });
+  }
+
+  void write_ranks_file() {
+    json nodes = json::array();
+    for (const auto& [peer, view] : node_views_)
+      nodes.push_back({{"node", peer}, {"host", view.value("host", "")}, {"ranks", view.value("ranks", json::array())}});
+    json j{{"supervisor_pid", getpid()}, {"updated", iso8601(wall_ns())}, {"updated_ns", wall_ns()}, {"nodes", nodes}};
+    std::string error;
+    if (!write_status_file(opt_.ckpt_dir, kRanksFileName, dump_json(j, 2), &error)) spdlog::debug("{}", error);
   }
 
   // Leader: acts on the job's decisions (docs/distributed.md, "Several nodes").
@@ -788,6 +817,7 @@ class Supervisor final : public Effects {
     if (leader()) {
       link_->broadcast(m);
       ::unlink(rendezvous_path_.c_str());
+      ::unlink((opt_.ckpt_dir + "/" + kRanksFileName).c_str());
     } else {
       link_->send(0, m);
     }
@@ -990,6 +1020,8 @@ class Supervisor final : public Effects {
   std::map<uint32_t, json> ends_;              // goodbyes received
   std::set<uint32_t> lost_;                    // peers lost
   asio::steady_timer exit_timer_{io_};         // the trainer's exit, waiting for the leader's commit
+  asio::steady_timer ranks_timer_{io_};        // every node's ranks, once a second
+  std::map<uint32_t, json> node_views_;        // the leader's: each node's ranks as last sent
   uint64_t exit_wait_until_ = 0;
   uint32_t node_ranks_ = 0;                    // this node's ranks in the attempt just ended
   static constexpr int64_t kExitForCommitMs = 10000;
