@@ -78,14 +78,23 @@ LIFELINE_RESUME_FROM and LIFELINE_RESUME_STEP only (in rank mode: the rank's par
 begin_checkpoint still works (a single-process checkpoint into LIFELINE_CKPT_DIR, else ./checkpoints,
 where `lifeline run` looks by default; without a supervisor no collective one is committed).
 
-Shared memory without atomics. The supervisor uses std::atomic on the control block; Python has
-none. This module touches the block only through naturally aligned 4- and 8-byte loads and stores
-of memoryview.cast("I"/"Q") views of the mmap, which CPython performs as one fixed-size memcpy,
-i.e. one mov on x86-64: single-copy atomic, and x86-64's total store order gives them the
-acquire/release ordering the protocol relies on. That is the assumption to revisit before using
-this on another architecture. Read-modify-writes are therefore not atomic; the client does them
+Memory ordering (docs/protocol.md, "Memory ordering"). The supervisor and the C++ client use
+std::atomic on the control block, with acquire/release ordering where it matters; Python has no
+atomics. Every field is naturally aligned and read or written as one 4- or 8-byte access, never
+byte-wise. On 64-bit x86 (x86_64/amd64) the client uses plain memoryview.cast("I"/"Q") loads and
+stores of the mmap (one mov each; x86-64's total store order makes them acquire/release): the
+fast path. On any other machine (aarch64, such as Grace Hopper nodes, whose plain loads and
+stores may be reordered) every ordered access goes through libatomic's __atomic_load_N /
+__atomic_store_N / __atomic_fetch_add_N / __atomic_fetch_or_N with seq_cst, called through ctypes
+(Debian package libatomic1, present wherever GCC is); only should_checkpoint's heartbeat store and
+its first request_seq look stay plain, as they are relaxed in C++ too. Without libatomic the
+client refuses to attach (ControlBlockError naming platform.machine(): install libatomic1 or use
+the C++ client); it never runs with weaker ordering. LIFELINE_SHM_ATOMICS=1 takes the libatomic
+path on x86-64 as well (the tests run it that way); Client.memory_ordering says which path is in
+use. On the plain path read-modify-writes are a load and a store, not atomic; the client does them
 only on fields nobody else writes (commit_count, failed_saves), on the stop flag (which only ever
-gains the same bit), and once per received signal on request_seq (see Client._on_signal).
+gains the same bit), and once per received signal on request_seq (see Client._on_signal); with
+libatomic they are atomic fetch_add / fetch_or, as in C++.
 """
 from __future__ import annotations
 
@@ -98,6 +107,7 @@ import hashlib
 import json
 import mmap
 import os
+import platform
 import re
 import secrets
 import select
@@ -375,11 +385,117 @@ def rank_env(env: Mapping[str, str]) -> Optional[RankEnv]:
                    env.get("LIFELINE_RESHARD", "") == "1")
 
 
-class ControlBlock:
-    """One mapping of the supervisor's control block, checked before use."""
+# --- Memory ordering (docs/protocol.md, "Memory ordering") -------------------------------------
+# The supervisor and the C++ client use std::atomic on the control block with acquire/release (and
+# seq_cst) ordering. Python has no atomics. Where plain aligned loads and stores already give that
+# ordering (64-bit x86: total store order), the block is read and written through memoryview
+# casts: one aligned 4- or 8-byte access each, the fast path. Everywhere else (aarch64, such as
+# Grace Hopper nodes; ppc64le; a 32-bit interpreter) every ordered access goes through libatomic's
+# __atomic_load_N / __atomic_store_N / __atomic_fetch_*_N with __ATOMIC_SEQ_CST (ldar/stlr and
+# the like: at least the acquire/release C++ uses on each field), called through ctypes; without
+# libatomic the client refuses to attach, naming the machine and what to do.
+ATOMICS_ENV = "LIFELINE_SHM_ATOMICS"  # "1": the libatomic path even on x86-64 (tests use it)
+LIBATOMIC_NAMES = ("libatomic.so.1", "libatomic.so")  # dlopen()ed in this order
+_TSO_MACHINES = ("x86_64", "amd64")
+_SEQ_CST = 5  # __ATOMIC_SEQ_CST
+_MASKS = {4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
-    def __init__(self, name: str):
+# Every field must sit on a multiple of its width (and a slot on a multiple of 8) for its single
+# aligned access: tests/python_test.cc checks the offsets against the C++ header, this their shape.
+assert all(off % width == 0 for off, width in (*FIELDS.values(), *SLOT_FIELDS.values())), "misaligned field"
+assert RANK_SLOTS_OFF % 8 == 0 and RANK_SLOT_SIZE % 8 == 0, "misaligned rank slots"
+
+
+def memory_ordering(env: Optional[Mapping[str, str]] = None) -> str:
+    """How this process reads and writes the control block: "plain" (aligned memoryview loads and
+    stores, whose ordering x86-64 itself guarantees) on 64-bit x86, "libatomic" everywhere else, or
+    anywhere with LIFELINE_SHM_ATOMICS=1. Raises ControlBlockError for another value of it."""
+    env = os.environ if env is None else env
+    forced = env.get(ATOMICS_ENV, "")
+    if forced not in ("", "1"):
+        raise ControlBlockError(f"lifeline: {ATOMICS_ENV}={forced!r}: only 1 (use libatomic for the control "
+                                "block even where plain loads and stores suffice) or unset")
+    tso = platform.machine().lower() in _TSO_MACHINES and sys.maxsize > 2**32
+    return "plain" if tso and not forced else "libatomic"
+
+
+class _LibAtomic:
+    """libatomic's sized __atomic_* functions for 4- and 8-byte words, through ctypes.PyDLL: the
+    interpreter lock stays held for the call (a CDLL call would release and retake it each time,
+    which costs more than the access and can hand the lock to a background save thread)."""
+
+    def __init__(self, ctypes, lib) -> None:
+        self.ctypes = ctypes
+        vp, i, u32, u64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64
+
+        def fn(name, restype, *argtypes):
+            f = getattr(lib, name)  # AttributeError: not a libatomic
+            f.restype, f.argtypes = restype, list(argtypes)
+            return f
+
+        word = {4: u32, 8: u64}
+        self.load = {n: fn(f"__atomic_load_{n}", t, vp, i) for n, t in word.items()}
+        self.store = {n: fn(f"__atomic_store_{n}", None, vp, t, i) for n, t in word.items()}
+        self.fetch_add = {n: fn(f"__atomic_fetch_add_{n}", t, vp, t, i) for n, t in word.items()}
+        self.fetch_or = {n: fn(f"__atomic_fetch_or_{n}", t, vp, t, i) for n, t in word.items()}
+        self.is_lock_free = fn("__atomic_is_lock_free", ctypes.c_bool, ctypes.c_size_t, vp)
+
+
+_libatomic_cache: Optional[Tuple[Optional[_LibAtomic], str]] = None
+
+
+def _libatomic() -> Tuple[Optional[_LibAtomic], str]:
+    """libatomic's functions, loaded once, or (None, why it cannot be loaded)."""
+    global _libatomic_cache
+    if _libatomic_cache is None:
+        why = []
+        try:
+            import ctypes
+        except ImportError as e:  # a Python built without _ctypes
+            _libatomic_cache = (None, f"this Python has no ctypes ({e})")
+            return _libatomic_cache
+        for name in LIBATOMIC_NAMES:
+            try:
+                _libatomic_cache = (_LibAtomic(ctypes, ctypes.PyDLL(name)), "")
+                return _libatomic_cache
+            except (OSError, AttributeError) as e:
+                why.append(str(e))
+        _libatomic_cache = (None, "; ".join(why))
+    return _libatomic_cache
+
+
+def _no_atomics_message(name: str, why: str) -> str:
+    machine = platform.machine() or "unknown"
+    if memory_ordering({}) == "plain":  # only LIFELINE_SHM_ATOMICS=1 asked for it
+        head = f"{ATOMICS_ENV}=1 asks for libatomic's atomics on control block {name}"
+    else:
+        head = (f"this is a {machine} machine, whose plain loads and stores do not give the acquire/release "
+                f"ordering control block {name} needs (x86-64's do): the Python client reads and writes it "
+                "through libatomic's atomics there")
+    return (f"lifeline: {head}, but cannot load libatomic ({why}). Install it (Debian/Ubuntu: apt-get install "
+            "libatomic1; RHEL/Rocky: dnf install libatomic), or use the C++ client (liblifeline_client, "
+            "include/lifeline/client.h). Refusing to attach.")
+
+
+def _closed(*args: object) -> int:
+    raise ValueError("the control block is closed")
+
+
+class ControlBlock:
+    """One mapping of the supervisor's control block, checked before use. load/store/fetch_add/
+    fetch_or and slot_load/slot_store are ordered (at least acquire for a load, release for a
+    store, as the C++ side's std::atomic; see memory_ordering); the *_relaxed accesses are single
+    aligned loads and stores with no ordering, for should_checkpoint's fast path (the C++ client's
+    relaxed heartbeat store and request_seq load)."""
+
+    def __init__(self, name: str, env: Optional[Mapping[str, str]] = None):
         self.name = name
+        self.ordering = memory_ordering(env)
+        atomics = None
+        if self.ordering == "libatomic":
+            atomics, why = _libatomic()
+            if atomics is None:
+                raise ControlBlockError(_no_atomics_message(name, why))
         shm = name.lstrip("/")
         if not shm or "/" in shm or shm in (".", ".."):
             raise ControlBlockError(f"control block name {name!r} is not a shared-memory name")
@@ -397,11 +513,17 @@ class ControlBlock:
             self._map = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
+        # One aligned access per field: CPython's memoryview reads and writes a "Q" or "I" item with
+        # a memcpy of exactly 8 or 4 bytes, which compilers turn into one load or store instruction
+        # (never byte-wise, unlike slicing the mmap). The mapping is page-aligned.
         self._u32 = memoryview(self._map).cast("I")
         self._u64 = memoryview(self._map).cast("Q")
+        self._anchor = None  # libatomic: the ctypes view whose address the calls use
         assert self._u32.itemsize == 4 and self._u64.itemsize == 8
         try:
-            if self.load("magic") != MAGIC:
+            if atomics is not None:
+                self._use_atomics(atomics)
+            if self.load("magic") != MAGIC:  # ordered: the supervisor stores the magic last
                 raise ControlBlockError(f"control block {name} has no lifeline magic")
             version = self.load("version")
             if version != VERSION:
@@ -413,32 +535,96 @@ class ControlBlock:
             self.close()
             raise
 
-    def load(self, field: str) -> int:
+    # The plain accesses: ordered on x86-64 (and the relaxed ones everywhere).
+    def _plain_load(self, field: str) -> int:
         off, width = FIELDS[field]
         return self._u64[off >> 3] if width == 8 else self._u32[off >> 2]
 
-    def store(self, field: str, value: int) -> None:
+    def _plain_store(self, field: str, value: int) -> None:
         off, width = FIELDS[field]
         if width == 8:
             self._u64[off >> 3] = value & 0xFFFFFFFFFFFFFFFF
         else:
             self._u32[off >> 2] = value & 0xFFFFFFFF
 
-    def slot_load(self, local_rank: int, field: str) -> int:
-        """A field of the rank slot of `local_rank` (SLOT_FIELDS)."""
+    def _plain_slot_load(self, local_rank: int, field: str) -> int:
         off, width = SLOT_FIELDS[field]
         off += rank_slot_offset(local_rank)
         return self._u64[off >> 3] if width == 8 else self._u32[off >> 2]
 
-    def slot_store(self, local_rank: int, field: str, value: int) -> None:
+    def _plain_slot_store(self, local_rank: int, field: str, value: int) -> None:
         off, width = SLOT_FIELDS[field]
         off += rank_slot_offset(local_rank)
         if width == 8:
             self._u64[off >> 3] = value & 0xFFFFFFFFFFFFFFFF
         else:
             self._u32[off >> 2] = value & 0xFFFFFFFF
+
+    def _plain_fetch_add(self, field: str, delta: int) -> int:
+        """A load and a store, not one atomic step: see "Read-modify-writes" in docs/protocol.md."""
+        old = self._plain_load(field)
+        self._plain_store(field, old + delta)
+        return old
+
+    def _plain_fetch_or(self, field: str, bits: int) -> int:
+        old = self._plain_load(field)
+        self._plain_store(field, old | bits)
+        return old
+
+    load = _plain_load
+    store = _plain_store
+    slot_load = _plain_slot_load      # a field of the rank slot of `local_rank` (SLOT_FIELDS)
+    slot_store = _plain_slot_store
+    fetch_add = _plain_fetch_add      # returns the old value
+    fetch_or = _plain_fetch_or
+    load_relaxed = _plain_load        # never through libatomic: one aligned load, no ordering
+    store_relaxed = _plain_store
+    slot_store_relaxed = _plain_slot_store
+
+    def _use_atomics(self, a: _LibAtomic) -> None:
+        """Routes the ordered accesses through libatomic (seq_cst) at the mapping's address."""
+        self._anchor = a.ctypes.c_char.from_buffer(self._map)  # keeps the mapping from being closed under us
+        base = a.ctypes.addressof(self._anchor)
+        if base % 8 or not (a.is_lock_free(8, base) and a.is_lock_free(4, base)):
+            raise ControlBlockError(f"control block {self.name}: libatomic's 4- and 8-byte atomics are not "
+                                    "lock-free here, so they cannot share memory with the supervisor's")
+        vp, order = a.ctypes.c_void_p, _SEQ_CST
+        # Per header field: (its libatomic functions by operation, its address, its mask).
+        fields = {f: (a.load[w], a.store[w], a.fetch_add[w], a.fetch_or[w], vp(base + off), _MASKS[w])
+                  for f, (off, w) in FIELDS.items()}
+
+        def load(field: str) -> int:
+            f = fields[field]
+            return f[0](f[4], order)
+
+        def store(field: str, value: int) -> None:
+            f = fields[field]
+            f[1](f[4], value & f[5], order)
+
+        def fetch_add(field: str, delta: int) -> int:
+            f = fields[field]
+            return f[2](f[4], delta & f[5], order)
+
+        def fetch_or(field: str, bits: int) -> int:
+            f = fields[field]
+            return f[3](f[4], bits & f[5], order)
+
+        def slot_load(local_rank: int, field: str) -> int:
+            off, w = SLOT_FIELDS[field]
+            return a.load[w](base + rank_slot_offset(local_rank) + off, order)
+
+        def slot_store(local_rank: int, field: str, value: int) -> None:
+            off, w = SLOT_FIELDS[field]
+            a.store[w](base + rank_slot_offset(local_rank) + off, value & _MASKS[w], order)
+
+        self.load, self.store, self.fetch_add, self.fetch_or = load, store, fetch_add, fetch_or
+        self.slot_load, self.slot_store = slot_load, slot_store
 
     def close(self) -> None:
+        if self.ordering == "libatomic":  # no call may reach the unmapped address afterwards
+            self.load = self.store = self.fetch_add = self.fetch_or = _closed
+            self.slot_load = self.slot_store = _closed
+        self._anchor = None
         self._u32.release()
         self._u64.release()
         self._map.close()
@@ -1343,7 +1529,7 @@ class Client:
                 pass
             return
         self._rank = rank_env(env)  # refused at attach, naming the variable
-        b = ControlBlock(name)
+        b = ControlBlock(name, env)
         try:
             if self.checkpoint_dir:
                 self._writers_lock = register_writer(self.checkpoint_dir)
@@ -1387,6 +1573,13 @@ class Client:
         return self._attempt
 
     @property
+    def memory_ordering(self) -> Optional[str]:
+        """How this client orders its control-block accesses: "plain" (x86-64) or "libatomic" (see
+        the module function memory_ordering); None when inert."""
+        b = self._block
+        return None if b is None else b.ordering
+
+    @property
     def rank(self) -> Optional[RankEnv]:
         """Which rank this process is in rank mode (docs/distributed.md); None for a single trainer."""
         return self._rank
@@ -1412,14 +1605,16 @@ class Client:
         b = self._block
         if b is None:
             return False
+        # The fast path: the heartbeat store and the request_seq look are relaxed (plain, on every
+        # machine), as in the C++ client; what follows a difference loads request_seq again, ordered.
         if self._rank is not None:  # the rank's fast path: one store, one load, one compare
-            b.slot_store(self._rank.local_rank, "current_step", step)
-            if self._signal_unanswered or b.load("request_seq") != self._seen_seq \
+            b.slot_store_relaxed(self._rank.local_rank, "current_step", step)
+            if self._signal_unanswered or b.load_relaxed("request_seq") != self._seen_seq \
                     or self._promised is not None or self._agreed is not None:
                 return self._rank_request(step)
             return step >= self._next_periodic and self._periodic_due(step)
-        b.store("current_step", step)
-        if self._signal_unanswered or b.load("request_seq") != self._seen_seq:
+        b.store_relaxed("current_step", step)
+        if self._signal_unanswered or b.load_relaxed("request_seq") != self._seen_seq:
             return self._request_pending()
         return step >= self._next_periodic and self._periodic_due(step)
 
@@ -1676,11 +1871,13 @@ class Client:
         """SIGTERM/SIGUSR1/SIGINT: a stop request. CPython runs this in the main thread between
         bytecodes, so plain code is safe here; it still does only a few stores.
 
-        request_seq is bumped with a load and a store (no atomic fetch_add in Python). A supervisor
-        request() landing in between merges with ours: both wait for the next commit, which acks
-        the value it reads then. Only two supervisor requests inside that window could move the
-        counter back; the local flags keep should_checkpoint/should_exit right regardless, and the
-        supervisor still sees the stop flag and the commit when the trainer leaves.
+        With libatomic (memory_ordering "libatomic") the stop flag and request_seq are bumped with
+        real atomic fetch_or / fetch_add, as in C++. On the plain path (x86-64) each is a load and
+        a store (no atomic read-modify-write in Python): a supervisor request() landing in between
+        merges with ours: both wait for the next commit, which acks the value it reads then. Only
+        two supervisor requests inside that window could move the counter back; the local flags
+        keep should_checkpoint/should_exit right regardless, and the supervisor still sees the stop
+        flag and the commit when the trainer leaves.
 
         A forked child (e.g. a DataLoader worker, which Slurm signals too) ignores the signal: the
         trainer decides when to stop, and its workers go when it does."""
@@ -1692,9 +1889,9 @@ class Client:
         if b is None:
             return
         b.store("trainer_signal", signo)
-        b.store("request_flags", b.load("request_flags") | FLAG_STOP)
+        b.fetch_or("request_flags", FLAG_STOP)
         b.store("request_reason", Reason.TRAINER_SIGNAL)
-        b.store("request_seq", b.load("request_seq") + 1)
+        b.fetch_add("request_seq", 1)
 
     def _answer(self) -> int:
         """Marks every request up to now as answered; returns the request_seq answered. On the
@@ -1723,7 +1920,7 @@ class Client:
         b.store("last_commit_ns", duration_ns)
         b.store("last_commit_bytes", nbytes)
         b.store("ack_step", step)
-        b.store("commit_count", b.load("commit_count") + 1)  # only the trainer writes it
+        b.fetch_add("commit_count", 1)  # only the trainer writes it
         # Every request up to now is answered by this fresh checkpoint; one that lands while we
         # ack is answered too (training has not moved on), so a stop never looks unanswered.
         seq = -1
@@ -1743,6 +1940,6 @@ class Client:
             self._part_failed(step or 0)
             b.slot_store(self._rank.local_rank, "state", ClientState.ATTACHED)
             return
-        b.store("failed_saves", b.load("failed_saves") + 1)  # only the trainer writes it
+        b.fetch_add("failed_saves", 1)  # only the trainer writes it
         self._answer()  # do not retry on every step
         b.store("client_state", ClientState.ATTACHED)

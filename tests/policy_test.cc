@@ -412,7 +412,7 @@ TEST_CASE("YAML syntax errors and non-policy documents get file:line:column too"
         "p.yaml:1:1: the file is empty; a policy file needs at least 'version: 1'");
   CHECK(error_of("- version: 1\n") ==
         "p.yaml:1:1: expected a mapping of sections (version, checkpoint, retention, restart, "
-        "stop, requeue), got a list");
+        "stop, storage, requeue), got a list");
   CHECK(error_of("version: 1\n---\nversion: 1\n") ==
         "p.yaml:2:1: a policy file holds one YAML document; another document or stray text "
         "starts here");
@@ -544,6 +544,9 @@ TEST_CASE("questionable but legal settings produce warnings, not errors") {
 
 TEST_CASE("every shipped policy in policies/ passes validation without warnings") {
   const std::filesystem::path dir = std::filesystem::path(LIFELINE_SOURCE_DIR) / "policies";
+  // As inside a Slurm job (policies/local-tier.yaml names $TMPDIR and $SLURM_JOB_ID).
+  ::setenv("TMPDIR", "/tmp", 0);
+  ::setenv("SLURM_JOB_ID", "17", 0);
   int count = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
     if (entry.path().extension() != ".yaml") continue;
@@ -724,4 +727,38 @@ TEST_CASE("the check summary names the triggers, the retention rules and the res
   CHECK(s.find("SIGUSR1, SIGTERM or SIGINT") != std::string::npos);
   CHECK(s.find("the newest 3 and the best 1 by val_loss (lowest)") != std::string::npos);
   CHECK(s.find("up to 50 times") != std::string::npos);
+}
+
+// --- storage (the node-local tier, docs/storage.md) -------------------------------------
+
+TEST_CASE("storage: local is expanded, drain async|off, keep_local at least 1, drain_bandwidth a rate") {
+  ::setenv("LIFELINE_TEST_NODE_TMP", "/scratch/node", 1);
+  auto p = lifeline::parse_policy(
+      "version: 1\nstorage:\n  local: $LIFELINE_TEST_NODE_TMP/ll\n  drain: off\n  keep_local: 3\n"
+      "  drain_bandwidth: 200MB/s\n",
+      "p.yaml");
+  CHECK(p.storage.enabled());
+  CHECK(p.storage.local_spec == "$LIFELINE_TEST_NODE_TMP/ll");
+  CHECK(p.storage.local == "/scratch/node/ll");
+  CHECK_FALSE(p.storage.drain);
+  CHECK(p.storage.keep_local == 3);
+  CHECK(p.storage.drain_bandwidth == 200000000ull);
+  CHECK_FALSE(lifeline::default_policy().storage.enabled());
+  CHECK(error_of("version: 1\nstorage:\n  keep_local: 0\n").find("p.yaml:3:15: key 'storage.keep_local': must be at least 1") == 0);
+  CHECK(error_of("version: 1\nstorage:\n  drain: sometimes\n").find("key 'storage.drain': expected one of async, off") !=
+        std::string::npos);
+  CHECK(error_of("version: 1\nstorage:\n  drain_bandwidth: fast\n").find("key 'storage.drain_bandwidth'") !=
+        std::string::npos);
+}
+
+TEST_CASE("storage.local naming a variable unset here is a warning, expanded again where the job runs") {
+  ::unsetenv("LIFELINE_TEST_UNSET_TMP");
+  std::vector<std::string> warnings;
+  auto p = lifeline::parse_policy("version: 1\nstorage:\n  local: ${LIFELINE_TEST_UNSET_TMP}/ll\n", "p.yaml", warnings);
+  CHECK(p.storage.enabled());
+  CHECK(p.storage.local.empty());
+  REQUIRE(warnings.size() == 1);
+  CHECK(warnings[0].find("p.yaml:3:10: warning: key 'storage.local'") == 0);
+  CHECK(warnings[0].find("LIFELINE_TEST_UNSET_TMP") != std::string::npos);
+  CHECK(warnings[0].find("expanded again where the job runs") != std::string::npos);
 }

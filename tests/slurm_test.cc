@@ -127,10 +127,11 @@ constexpr int kPreemptedSteps = 1500;
 // the stop checkpoint, the first attempt ended `preempted` after `signal`, digest as
 // `reference`.
 void preemption_round_trip(World& w, const std::vector<std::string>& trainer, const std::string& reference,
-                           const std::vector<std::string>& extra_options, const std::string& signal) {
+                           const std::vector<std::string>& extra_options, const std::string& signal,
+                           const std::string& jobscript = "single-node.sbatch") {
   std::vector<std::string> opts = {"-p", "low", "--exclusive", "--time=10"};
   opts.insert(opts.end(), extra_options.begin(), extra_options.end());
-  std::string job = w.submit("single-node.sbatch", opts, trainer);
+  std::string job = w.submit(jobscript, opts, trainer);
   REQUIRE_MESSAGE(w.wait_for_step(job, 60), describe(w, job));
   w.preempt_with_high_priority_job();
   REQUIRE_MESSAGE(w.cluster.wait_for_end(job, 300s), describe(w, job));
@@ -153,6 +154,27 @@ void preemption_round_trip(World& w, const std::vector<std::string>& trainer, co
 TEST_CASE("preemption: SIGTERM at grace end reaches trainer and supervisor and the requeued job resumes bit-exact") {
   World w({"--grace", "15", "--kill-wait", "10"});
   preemption_round_trip(w, w.cpp_trainer(kPreemptedSteps, 40), reference_digest(kPreemptedSteps), {}, "TERM");
+}
+
+TEST_CASE("preemption with a node-local tier: the stop checkpoint is drained before the requeue and the job resumes bit-exact") {
+  // local-tier.sbatch with storage.local under the job's TMPDIR (the test's own directory here).
+  World w({"--grace", "15", "--kill-wait", "10"});
+  std::ofstream(w.policy, std::ios::app) << "storage:\n  local: " << (w.dir / "node-tmp") << "/lifeline-${SLURM_JOB_ID}\n"
+                                            "  keep_local: 1\n";
+  preemption_round_trip(w, w.cpp_trainer(kPreemptedSteps, 40), reference_digest(kPreemptedSteps), {}, "TERM",
+                        "local-tier.sbatch");
+  auto ends = events(w.ckpt, "attempt_end");
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0]["stop_checkpoint"]["drained"] == true);
+  uint64_t stop_step = ends[0]["last_checkpoint_step"].get<uint64_t>();
+  bool drained = false;
+  for (const auto& d : events(w.ckpt, "drain"))
+    drained = drained || (d["step"] == stop_step && d["result"] == "drained" && d["attempt"] == 0);
+  CHECK_MESSAGE(drained, slurp(w.ckpt + "/history.jsonl"));
+  // The checkpoint dir holds the stop checkpoint itself, whole.
+  std::string out;
+  REQUIRE(run({binary("LIFELINE_BIN"), "verify", w.ckpt, "--json"}, &out) == 0);
+  CHECK(json::parse(out)["resume"]["step"].get<uint64_t>() >= stop_step);
 }
 
 TEST_CASE("preemption with preempt_send_user_signal: B:USR1 at grace start and the requeued job resumes bit-exact") {

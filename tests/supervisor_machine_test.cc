@@ -105,6 +105,18 @@ struct RecordingEffects final : Effects {
   }
   void start_retention() override { trace.push_back("retention"); }
   void settle_retention(bool) override {}
+  // The node-local tier: absent unless `drain_answer` is set (then its calls go into the trace).
+  std::optional<bool> drain_answer;
+  std::vector<uint64_t> committed_steps;
+  std::optional<uint64_t> stop_deadline;
+  double drain_lead = 0;
+  void committed(uint64_t step, uint64_t) override { committed_steps.push_back(step); }
+  void stop_begun(uint64_t deadline) override { stop_deadline = deadline; }
+  std::optional<bool> settle_drain(bool stop) override {
+    if (drain_answer) trace.push_back(stop ? "settle_drain stop" : "settle_drain");
+    return drain_answer;
+  }
+  double drain_lead_seconds() override { return drain_lead; }
   void finish(int status) override {
     trace.push_back("finish " + std::to_string(status));
     finished = status;
@@ -785,4 +797,47 @@ TEST_CASE("a failure retrying cannot change stops at once: exit 127 or 126 befor
   other.send(6, E::restart_due);
   other.exit(7, 2);
   CHECK(other.m.state() == S::backoff);
+}
+
+TEST_CASE("with a node-local tier every commit goes to its drain, the stop waits for it before the requeue, and says if it was drained") {
+  MachineConfig c = test_config();
+  c.mode = RequeueMode::scontrol;
+  Rig r(c);
+  r.fx.drain_answer = false;
+  r.fx.requeue_answer.outcome = {true, "scontrol requeue 42"};
+  r.start();
+  r.send(1, E::checkpoint_signal);
+  r.commit(50);
+  r.send(2, E::tick);
+  CHECK(r.fx.committed_steps == std::vector<uint64_t>{50});
+  r.signal(3, SIGTERM);
+  REQUIRE(r.fx.stop_deadline.has_value());
+  CHECK(*r.fx.stop_deadline == r.fx.last_deadline);
+  r.commit(60);
+  r.send(4, E::tick);
+  CHECK(r.fx.committed_steps == std::vector<uint64_t>{50, 60});  // the stop checkpoint too
+  r.exit(5, 0);
+  auto settle = std::find(r.fx.trace.begin(), r.fx.trace.end(), "settle_drain stop");
+  auto requeue = std::find(r.fx.trace.begin(), r.fx.trace.end(), "requeue");
+  REQUIRE(settle != r.fx.trace.end());
+  REQUIRE(requeue != r.fx.trace.end());
+  CHECK(settle < requeue);
+  CHECK(r.fx.events("attempt_end").at(0)["stop_checkpoint"]["drained"] == false);
+
+  Rig done(c);
+  done.fx.drain_answer = true;
+  done.start();
+  done.exit(1, 0);
+  CHECK(done.fx.did("settle_drain"));
+  CHECK(done.fx.finished == 0);
+}
+
+TEST_CASE("the time-limit lead adds the drain of the newest checkpoint at the measured speed") {
+  Rig r;
+  r.fx.drain_lead = 15;
+  r.start();
+  EventData e = r.at(0, E::job_end_known);
+  e.end_ns = kWall0 + 1000 * kSec;
+  r.m.dispatch(e);
+  CHECK(r.fx.armed[Timer::time_limit] == kT0 + (1000 - 20 - 15) * kSec);
 }

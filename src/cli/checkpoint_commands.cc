@@ -3,12 +3,16 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <algorithm>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "common/clock.h"
 #include "common/format.h"
+#include "common/host.h"
 #include "common/json_text.h"
+#include "history/live_status.h"
 #include "store/checkpoint_store.h"
 #include "store/dir_safety.h"
 
@@ -40,20 +44,61 @@ void register_checkpoint_commands(CLI::App& app, int& rc) {
         rc = 2;
         return;
       }
-      auto list = list_checkpoints(d, *quick ? VerifyMode::quick : VerifyMode::full);
+      VerifyMode mode = *quick ? VerifyMode::quick : VerifyMode::full;
+      auto list = list_checkpoints(d, mode);
+      // A node-local tier (docs/storage.md): its checkpoints too, when its directory is on this host.
+      std::vector<std::string> tiers(list.size(), "shared");
+      nlohmann::json tier = tier_status(d);
+      bool tiered = tier.is_object();
+      if (tiered && tier.value("host", std::string()) == this_host() && tier["local_dir"].is_string()) {
+        std::map<uint64_t, size_t> at;
+        for (size_t i = 0; i < list.size(); ++i) at[list[i].step] = i;
+        for (auto& c : list_checkpoints(tier["local_dir"].get<std::string>(), mode)) {
+          auto it = at.find(c.step);
+          if (it != at.end() && list[it->second].valid) {
+            tiers[it->second] = "both";
+          } else if (it != at.end()) {
+            list[it->second] = c;  // the shared copy is damaged: the local one is what a resume here uses
+            tiers[it->second] = "local";
+          } else {
+            list.push_back(c);
+            tiers.push_back("local");
+          }
+        }
+        std::vector<size_t> order(list.size());
+        for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return list[a].step < list[b].step; });
+        std::vector<CheckpointInfo> l2;
+        std::vector<std::string> t2;
+        for (size_t i : order) l2.push_back(list[i]), t2.push_back(tiers[i]);
+        list.swap(l2);
+        tiers.swap(t2);
+      }
       if (*as_json) {
         nlohmann::json arr = nlohmann::json::array();
-        for (const auto& c : list) arr.push_back(checkpoint_object(c));
+        for (size_t i = 0; i < list.size(); ++i) {
+          nlohmann::json o = checkpoint_object(list[i]);
+          if (tiered) o["tier"] = tiers[i];
+          arr.push_back(o);
+        }
         std::printf("%s\n", dump_json(arr, 2).c_str());
       } else if (list.empty()) {
         std::printf("no checkpoints in %s\n", d.c_str());
       } else {
-        std::printf("%-10s %-7s %10s  %-24s %s\n", "STEP", "VALID", "SIZE", "CREATED", "METRICS / PROBLEM");
-        for (const auto& c : list)
-          std::printf("%-10llu %-7s %10s  %-24s %s\n", static_cast<unsigned long long>(c.step),
-                      c.valid ? "yes" : "NO", format_bytes(c.bytes).c_str(),
+        std::string tier_head = tiered ? fmt::format("{:<7}", "TIER") : "";
+        std::printf("%-10s %-7s %s%10s  %-24s %s\n", "STEP", "VALID", tier_head.c_str(), "SIZE", "CREATED",
+                    "METRICS / PROBLEM");
+        for (size_t i = 0; i < list.size(); ++i) {
+          const auto& c = list[i];
+          std::string t = tiered ? fmt::format("{:<7}", tiers[i]) : "";
+          std::printf("%-10llu %-7s %s%10s  %-24s %s\n", static_cast<unsigned long long>(c.step),
+                      c.valid ? "yes" : "NO", t.c_str(), format_bytes(c.bytes).c_str(),
                       c.created_ns ? iso8601(c.created_ns).c_str() : "-",
                       c.valid ? metrics_text(c).c_str() : c.problem.c_str());
+        }
+        if (tiered && tier.value("host", std::string()) != this_host())
+          std::printf("(the node-local tier is on %s: its checkpoints are not listed from here)\n",
+                      tier.value("host", std::string("?")).c_str());
       }
       rc = 0;
     });

@@ -91,6 +91,13 @@ void print_history_table(const Ledger& ledger, uint64_t now) {
               human_duration(s.checkpoint_seconds).c_str(),
               s.last_checkpoint_step ? (", newest step " + std::to_string(*s.last_checkpoint_step)).c_str() : "");
   std::printf("lost work      %s\n", human_duration(s.lost_seconds).c_str());
+  if (s.drains + s.drains_failed + s.checkpoints_lost > 0) {
+    std::string rate = s.drain_seconds > 0 ? ", " + format_size(double(s.drained_bytes) / s.drain_seconds) + "/s" : "";
+    std::printf("drains         %llu to shared storage (%s in %s%s), %llu failed, %llu checkpoint(s) lost with a local disk\n",
+                (unsigned long long)s.drains, format_size(double(s.drained_bytes)).c_str(),
+                human_duration(s.drain_seconds).c_str(), rate.c_str(), (unsigned long long)s.drains_failed,
+                (unsigned long long)s.checkpoints_lost);
+  }
   if (s.goodput_percent)
     std::printf("goodput        %.1f%%\n", *s.goodput_percent);
   else
@@ -197,6 +204,24 @@ std::string policy_text(const json& p) {
   return s;
 }
 
+// The node-local tier's lines of `status` (docs/storage.md), when it has one.
+void print_tier(const json& j) {
+  if (!j.contains("tier") || !j["tier"].is_object()) return;
+  const json& t = j["tier"];
+  auto step = [](const json& v) { return v.is_number() ? "step " + dump_json(v) : std::string("none"); };
+  std::printf("local tier      %s on %s: newest %s; drained to shared storage: newest %s%s\n",
+              t.value("local_dir", std::string("?")).c_str(), t.value("host", std::string("?")).c_str(),
+              step(t["newest_local"]).c_str(), step(t["newest_drained"]).c_str(),
+              t.value("drain", std::string("async")) == "off" ? " (storage.drain: off)" : "");
+  if (t.contains("draining") && t["draining"].is_object()) {
+    const json& d = t["draining"];
+    double done = d.value("bytes_done", 0.0), total = d.value("bytes_total", 0.0), rate = d.value("rate_bytes_per_s", 0.0);
+    std::string eta = d["eta_s"].is_number() ? ", about " + human_duration(d["eta_s"].get<double>()) + " left" : "";
+    std::printf("draining        %s: %s of %s, %s/s%s\n", step(d["step"]).c_str(), format_size(done).c_str(),
+                format_size(total).c_str(), format_size(rate).c_str(), eta.c_str());
+  }
+}
+
 void print_live_status(const json& j) {
   const json& s = j["supervisor"];
   std::string job = s["job_id"].is_string() ? ", job " + s["job_id"].get<std::string>() : "";
@@ -239,6 +264,7 @@ void print_live_status(const json& j) {
                 human_duration(j["last_checkpoint"]["age_seconds"].get<double>()).c_str());
   else
     std::printf("last checkpoint none yet\n");
+  print_tier(j);
   if (j.contains("pending_request")) {
     const json& p = j["pending_request"];
     if (p.is_object()) {
@@ -311,6 +337,7 @@ void register_status(CLI::App& app, int& rc) {
                     n["created"].get<std::string>().c_str());
       else
         std::printf("newest checkpoint none\n");
+      print_tier(j);
     }
     rc = j["running"].get<bool>() ? 0 : 1;
   });

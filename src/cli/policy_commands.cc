@@ -52,6 +52,7 @@ struct ExplainOptions {
   std::optional<std::string> run_time;               // DURATION, e.g. 3d
   std::optional<std::string> interruptions_per_day;  // number >= 0
   std::optional<std::string> write_speed;            // SIZE per second, e.g. 1GiB or 500MB/s
+  std::optional<std::string> shared_write_speed;     // the checkpoint dir's disk, for a node-local tier's drain
   std::optional<std::string> step_time;              // DURATION of one training step
 };
 
@@ -105,6 +106,12 @@ ojson policy_json(const Policy& p) {
             {"backoff_seconds", p.restart.backoff_seconds},
             {"max_backoff_seconds", p.restart.max_backoff_seconds}}},
           {"stop", {{"signals", signals}, {"grace_seconds", p.stop.grace_seconds}, {"hang_seconds", p.stop.hang_seconds}}},
+          {"storage",
+           {{"local", p.storage.local_spec},
+            {"local_expanded", p.storage.local},
+            {"drain", p.storage.drain ? "async" : "off"},
+            {"keep_local", p.storage.keep_local},
+            {"drain_bandwidth", p.storage.drain_bandwidth}}},
           {"requeue", {{"mode", p.requeue.mode}, {"exit_code", p.requeue.exit_code}}}};
 }
 
@@ -155,6 +162,9 @@ ojson explanation_json(const Explanation& e) {
           {"lost_unsignalled_seconds", or_null(e.lost_unsignalled_seconds)},
           {"signalled_stop_saves_work", e.signalled_stop_saves_work},
           {"stop_checkpoint_may_not_fit", e.stop_checkpoint_may_not_fit},
+          {"drain_bytes_per_second", or_null(e.drain_bytes_per_second)},
+          {"drain_seconds", or_null(e.drain_seconds)},
+          {"stop_drain_may_not_fit", e.stop_drain_may_not_fit},
           {"interruptions_per_day", e.interruptions_per_day},
           {"interruptions_assumed", e.interruptions_assumed},
           {"mtbi_seconds", or_null(e.mtbi_seconds)},
@@ -191,6 +201,14 @@ int run_policy_explain(const std::string& file, const ExplainOptions& options, s
       uint64_t bytes = parse_size(speed);
       if (bytes == 0) throw std::invalid_argument("a write speed must be more than 0");
       in.write_bytes_per_second = static_cast<double>(bytes);
+    }
+    option = "--shared-write-speed";
+    if (options.shared_write_speed) {
+      std::string speed = *options.shared_write_speed;
+      if (speed.size() > 2 && speed.compare(speed.size() - 2, 2, "/s") == 0) speed.resize(speed.size() - 2);
+      uint64_t bytes = parse_size(speed);
+      if (bytes == 0) throw std::invalid_argument("a write speed must be more than 0");
+      in.shared_write_bytes_per_second = static_cast<double>(bytes);
     }
   } catch (const std::invalid_argument& e) {
     err << "lifeline policy explain: " << option << ": " << e.what() << '\n';
@@ -240,6 +258,9 @@ void register_policy_commands(CLI::App& app, int& rc) {
       "expected interruptions (preemptions, failures, time limits) per day; default 1");
   explain->add_option("--write-speed", args->explain.write_speed,
                       "checkpoint write speed per second, e.g. 500MB or 1GiB/s; default 1GiB/s");
+  explain->add_option("--shared-write-speed", args->explain.shared_write_speed,
+                      "with storage.local: the checkpoint dir's write speed, which a drain runs at, e.g. 300MB/s; "
+                      "default: --write-speed");
   explain->add_option("--step-time", args->explain.step_time,
                       "duration of one training step, e.g. 0.5s");
   explain->add_flag("--json", args->explain_json, "the numbers as JSON (seconds, bytes), with the text");

@@ -2,12 +2,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 
 #include "cli/commands.h"
 #include "common/errors.h"
 #include "policy/units.h"
 #include "store/dir_safety.h"
 #include "store/file_system.h"
+#include "supervisor/local_tier.h"
 #include "supervisor/supervisor.h"
 
 namespace lifeline::cli {
@@ -79,6 +81,37 @@ void register_run_command(CLI::App& app, int& rc) {
       std::fprintf(stderr, "lifeline run: %s (nothing started)\n", why.c_str());
       rc = kExitUsage;
       return;
+    }
+    if (o.policy.storage.enabled()) {
+      // Expanded again here: $TMPDIR may be set only where the job runs.
+      try {
+        o.local_dir = expand_variables(o.policy.storage.local_spec,
+                                       [](const std::string& name) { return std::getenv(name.c_str()); });
+      } catch (const std::invalid_argument& e) {
+        std::fprintf(stderr, "lifeline run: %s: storage.local: %s (nothing started)\n", o.policy.source.c_str(), e.what());
+        rc = kExitUsage;
+        return;
+      }
+      if (o.local_dir.empty() || o.local_dir[0] != '/') {
+        std::error_code ec;
+        std::string abs = std::filesystem::absolute(o.local_dir, ec).lexically_normal().string();
+        if (!ec) o.local_dir = abs;
+      }
+      std::string why = unsafe_dir_reason(o.local_dir);
+      if (why.empty()) why = local_tier_problem(o.local_dir, o.ckpt_dir);
+      if (!why.empty()) {
+        std::fprintf(stderr, "lifeline run: %s (nothing started)\n", why.c_str());
+        rc = kExitUsage;
+        return;
+      }
+      try {
+        default_file_system().make_dirs(o.local_dir);
+      } catch (const SystemError& e) {
+        std::fprintf(stderr, "lifeline run: cannot create storage.local %s: %s (nothing started)\n", o.local_dir.c_str(),
+                     std::strerror(e.code));
+        rc = kExitUsage;
+        return;
+      }
     }
     try {
       default_file_system().make_dirs(o.ckpt_dir);

@@ -110,6 +110,40 @@ void AttemptLog::retention(const std::vector<uint64_t>& removed_steps, uint64_t 
   log_->append(std::move(e));
 }
 
+void AttemptLog::drain(const Drain& d) {
+  json e = event("drain");
+  e["step"] = d.step;
+  e["result"] = text(d.result);
+  if (d.result == "drained") {
+    e["bytes"] = d.bytes;
+    e["duration_s"] = d.duration_s;
+    e["rate_bytes_per_s"] = d.duration_s > 0 ? json(double(d.bytes) / d.duration_s) : json(nullptr);
+  }
+  if (d.error) e["error"] = text(*d.error);
+  if (d.at_start) e["at_start"] = true;
+  if (d.stop) e["stop"] = true;
+  log_->append(std::move(e));
+}
+
+void AttemptLog::drain_late(uint64_t step, double estimate_s, double budget_s, std::optional<uint64_t> resume_step) {
+  json e = event("drain_late");
+  e["step"] = step;
+  e["estimate_s"] = estimate_s;
+  e["budget_s"] = budget_s;
+  e["resume_step"] = resume_step ? json(*resume_step) : json(nullptr);
+  log_->append(std::move(e));
+}
+
+void AttemptLog::checkpoint_lost(uint64_t step, const std::string& host, const std::string& local_dir,
+                                 std::optional<uint64_t> resume_step) {
+  json e = event("checkpoint_lost");
+  e["step"] = step;
+  e["host"] = text(host);
+  e["local_dir"] = text(local_dir);
+  e["resume_step"] = resume_step ? json(*resume_step) : json(nullptr);
+  log_->append(std::move(e));
+}
+
 void AttemptLog::requeue(const Requeue& r) {
   json e = event("requeue");
   e["mode"] = text(name(r.mode));

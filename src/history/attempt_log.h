@@ -56,6 +56,28 @@ class AttemptLog {
   // One retention run that removed `removed_steps` (the supervisor writes none for a run that removed nothing).
   void retention(const std::vector<uint64_t>& removed_steps, uint64_t bytes_freed);
 
+  // The node-local tier (docs/storage.md). One checkpoint's drain to shared storage: `result`
+  // drained | skipped (superseded before it started) | failed (with `error`); bytes, duration and
+  // rate when drained; `at_start`: drained before the trainer started (a local checkpoint newer
+  // than every shared one); `stop`: the stop's own drain.
+  struct Drain {
+    uint64_t step = 0;
+    std::string result;
+    uint64_t bytes = 0;
+    double duration_s = 0;
+    std::optional<std::string> error;
+    bool at_start = false, stop = false;
+  };
+  void drain(const Drain& d);
+  // A stop whose checkpoint cannot be drained before its deadline (said when the stop begins):
+  // the estimate at the measured drain speed, the time left, and the checkpoint a job that comes
+  // back on another node resumes from.
+  void drain_late(uint64_t step, double estimate_s, double budget_s, std::optional<uint64_t> resume_step);
+  // A checkpoint committed on a node-local disk that no tier here holds (another node, a wiped
+  // $TMPDIR): it never reached shared storage.
+  void checkpoint_lost(uint64_t step, const std::string& host, const std::string& local_dir,
+                       std::optional<uint64_t> resume_step);
+
   struct Requeue {
     RequeueMode mode = RequeueMode::none;
     RequeueResult result = RequeueResult::not_requeued;

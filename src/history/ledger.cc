@@ -162,6 +162,17 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
       a.signals.push_back({t, str(e, "signal"), "trainer"});
     } else if (ev == "checkpoint_failed") {
       a.failed_checkpoints += opt_u64(e, "count").value_or(1);  // older histories: one per event
+    } else if (ev == "drain") {
+      std::string result = str(e, "result");
+      if (result == "drained") {
+        ++a.drains;
+        a.drained_bytes += opt_u64(e, "bytes").value_or(0);
+        if (auto d = e.find("duration_s"); d != e.end() && d->is_number()) a.drain_seconds += d->get<double>();
+      } else if (result == "failed") {
+        ++a.drains_failed;
+      }
+    } else if (ev == "checkpoint_lost") {
+      ++a.checkpoints_lost;
     } else if (ev == "checkpoint_timeout") {
       ++a.checkpoint_timeouts;
     } else if (ev == "progress") {
@@ -234,6 +245,11 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
     s.checkpoint_seconds += a.checkpoint_seconds();
     s.lost_seconds += a.lost_seconds;
     s.checkpoints += a.checkpoints;
+    s.drains += a.drains;
+    s.drains_failed += a.drains_failed;
+    s.drained_bytes += a.drained_bytes;
+    s.drain_seconds += a.drain_seconds;
+    s.checkpoints_lost += a.checkpoints_lost;
     if (a.last_checkpoint_step && (!s.last_checkpoint_step || *a.last_checkpoint_step > *s.last_checkpoint_step))
       s.last_checkpoint_step = a.last_checkpoint_step;
     if (!a.running && !is_completed(a)) ++s.interruptions[a.end_reason];
@@ -282,6 +298,7 @@ ordered_json attempt_json(const Attempt& a) {
       {"checkpoint_seconds", round3(a.checkpoint_seconds())},
       {"checkpoint_bytes", bytes},
       {"failed_checkpoints", a.failed_checkpoints},
+
       {"checkpoint_timeouts", a.checkpoint_timeouts},
       {"checkpoint_requests", requests},
       {"signals", signals},
@@ -299,12 +316,15 @@ ordered_json attempt_json(const Attempt& a) {
       {"last_activity", iso8601(a.last_activity_ns)},
   };
   if (a.running) j["at_risk_seconds"] = round3(a.at_risk_seconds);
+  if (a.drains + a.drains_failed + a.checkpoints_lost > 0)
+    j["drains"] = {{"drained", a.drains}, {"failed", a.drains_failed}, {"bytes", a.drained_bytes},
+                   {"seconds", round3(a.drain_seconds)}, {"checkpoints_lost", a.checkpoints_lost}};
   if (a.end_estimated) j["lost_estimate_from"] = a.lost_estimate_from;
   return j;
 }
 
 ordered_json summary_json(const Summary& s) {
-  return {{"attempts", s.attempts},
+  ordered_json j = {{"attempts", s.attempts},
           {"state", s.state.empty() ? ordered_json(nullptr) : ordered_json(s.state)},
           {"first_start", s.attempts ? ordered_json(iso8601(s.first_start_ns)) : ordered_json(nullptr)},
           {"last_end", s.attempts ? ordered_json(iso8601(s.last_end_ns)) : ordered_json(nullptr)},
@@ -317,6 +337,10 @@ ordered_json summary_json(const Summary& s) {
           {"checkpoints", s.checkpoints},
           {"last_checkpoint_step", s.last_checkpoint_step ? ordered_json(*s.last_checkpoint_step) : ordered_json(nullptr)},
           {"interruptions", s.interruptions}};
+  if (s.drains + s.drains_failed + s.checkpoints_lost > 0)
+    j["drains"] = {{"drained", s.drains}, {"failed", s.drains_failed}, {"bytes", s.drained_bytes},
+                   {"seconds", round3(s.drain_seconds)}, {"checkpoints_lost", s.checkpoints_lost}};
+  return j;
 }
 
 std::string interruptions_text(const Summary& s) {

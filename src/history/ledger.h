@@ -67,6 +67,9 @@ struct Attempt {
   std::vector<SignalRecord> signals;
   std::vector<RequestRecord> requests;
   uint64_t failed_checkpoints = 0;
+  // The node-local tier (docs/storage.md): drains to shared storage, and checkpoints lost with a local disk.
+  uint64_t drains = 0, drains_failed = 0, drained_bytes = 0, checkpoints_lost = 0;
+  double drain_seconds = 0;
   uint64_t checkpoint_timeouts = 0;
   bool hang = false;
   uint64_t last_activity_ns = 0;  // newest event of this attempt
@@ -103,6 +106,8 @@ struct Summary {
   uint64_t checkpoints = 0;
   std::optional<uint64_t> last_checkpoint_step;
   std::map<std::string, uint64_t> interruptions;  // end_reason -> count (completed excluded)
+  uint64_t drains = 0, drains_failed = 0, drained_bytes = 0, checkpoints_lost = 0;  // node-local tier
+  double drain_seconds = 0;
   std::string state;  // running | completed | failed | preempted | ... (last attempt) | empty
 };
 

@@ -1,5 +1,7 @@
 #include "history/live_status.h"
 
+#include "common/regular_file.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -199,7 +201,15 @@ json live_status(const std::string& dir, const SupervisorRecord& rec, const Cont
                                         {"age_seconds", round3(double(now - std::min(now, *ck_time)) / 1e9)}}
                                  : json(nullptr);
   j["attempt"] = current ? attempt_json(*current) : json(nullptr);
+  j["tier"] = tier_status(dir);
   return j;
+}
+
+json tier_status(const std::string& dir) {
+  std::string text, error;
+  if (!read_regular_file(dir + "/tier.json", 1 << 20, text, error)) return nullptr;
+  json t = json::parse(text, nullptr, false);
+  return t.is_object() ? t : json(nullptr);
 }
 
 json status_report(const std::string& dir, const std::optional<SupervisorRecord>& record, const Liveness& live,
@@ -227,7 +237,8 @@ json status_report(const std::string& dir, const std::optional<SupervisorRecord>
           {"reason", why},
           {"last_attempt", ledger.attempts.empty() ? json(nullptr) : attempt_json(ledger.attempts.back())},
           {"summary", summary_json(ledger.summary)},
-          {"newest_checkpoint", newest ? json(checkpoint_object(*newest)) : json(nullptr)}};
+          {"newest_checkpoint", newest ? json(checkpoint_object(*newest)) : json(nullptr)},
+          {"tier", tier_status(dir)}};
 }
 
 uint64_t post_checkpoint_request(const std::string& dir, const LiveSupervisor& sup, const std::string& by) {

@@ -33,6 +33,9 @@ nlohmann::ordered_json live_status(const std::string& dir, const SupervisorRecor
 nlohmann::ordered_json status_report(const std::string& dir, const std::optional<SupervisorRecord>& record,
                                      const Liveness& live, const Ledger& ledger, double sample_seconds);
 
+// <dir>/tier.json, the node-local tier's state (docs/storage.md), or null when there is none.
+nlohmann::ordered_json tier_status(const std::string& dir);
+
 // Posts a manual checkpoint request on `sup`'s block and records it in dir's history.jsonl as
 // asked by `by` (pid of this process); returns the request's sequence number.
 uint64_t post_checkpoint_request(const std::string& dir, const LiveSupervisor& sup, const std::string& by);

@@ -151,6 +151,15 @@ Explanation explain_policy(const Policy& p, const ExplainInputs& in) {
   e.signalled_stop_saves_work = c.on_signal && !p.stop.signals.empty() && p.stop.grace_seconds > 0;
   e.stop_checkpoint_may_not_fit = e.signalled_stop_saves_work && e.checkpoint_write_seconds &&
                                   *e.checkpoint_write_seconds > p.stop.grace_seconds;
+  if (p.storage.enabled() && p.storage.drain) {
+    double rate = in.shared_write_bytes_per_second.value_or(in.write_bytes_per_second);
+    if (p.storage.drain_bandwidth > 0) rate = std::min(rate, static_cast<double>(p.storage.drain_bandwidth));
+    e.drain_bytes_per_second = rate;
+    if (in.checkpoint_bytes && rate > 0) e.drain_seconds = static_cast<double>(*in.checkpoint_bytes) / rate;
+    e.stop_drain_may_not_fit = e.signalled_stop_saves_work && e.checkpoint_write_seconds && e.drain_seconds &&
+                               !e.stop_checkpoint_may_not_fit &&
+                               *e.checkpoint_write_seconds + *e.drain_seconds > p.stop.grace_seconds;
+  }
 
   e.interruptions_assumed = !in.interruptions_per_day.has_value();
   e.interruptions_per_day = in.interruptions_per_day.value_or(1.0);
@@ -249,6 +258,37 @@ std::string render_explanation(const Policy& p, const ExplainInputs& in, const E
     out += " Writing one takes about " + format_duration(*e.checkpoint_write_seconds) + ".";
   out += "\n\n";
 
+  // The node-local tier.
+  if (p.storage.enabled()) {
+    out += "Node-local tier: the trainer commits to " + p.storage.local_spec + " (keeping " +
+           plural(p.storage.keep_local, "checkpoint", "checkpoints") + " there); ";
+    if (!p.storage.drain) {
+      out += "nothing is drained to the checkpoint dir (storage.drain: off), so a job that comes back on another "
+             "node starts from what the checkpoint dir already holds.\n\n";
+    } else {
+      out += "lifeline copies each one to the checkpoint dir in the background at " +
+             format_size(*e.drain_bytes_per_second) + "/s (" +
+             (p.storage.drain_bandwidth > 0 && double(p.storage.drain_bandwidth) <= *e.drain_bytes_per_second
+                  ? std::string("storage.drain_bandwidth")
+                  : in.shared_write_bytes_per_second ? std::string("--shared-write-speed")
+                                                     : std::string("assumed as fast as --write-speed; pass --shared-write-speed")) +
+             ")";
+      if (e.drain_seconds) {
+        out += ": about " + format_duration(*e.drain_seconds) + " per checkpoint";
+        if (e.checkpoint_write_seconds && e.signalled_stop_saves_work)
+          out += ". A stop commits locally (" + format_duration(*e.checkpoint_write_seconds) + ") and drains (" +
+                 format_duration(*e.drain_seconds) + ") within the " + format_duration(p.stop.grace_seconds) +
+                 " grace: " +
+                 (e.stop_drain_may_not_fit || e.stop_checkpoint_may_not_fit
+                      ? std::string("that does not fit, so the stop checkpoint may stay on the node's disk")
+                      : std::string("that fits"));
+      } else {
+        out += "; pass --checkpoint-size for how long a drain takes";
+      }
+      out += ".\n\n";
+    }
+  }
+
   // Work lost.
   std::string lost;
   if (e.interval_seconds)
@@ -269,6 +309,11 @@ std::string render_explanation(const Policy& p, const ExplainInputs& in, const E
       out += " -- but writing one takes " + format_duration(*e.checkpoint_write_seconds) +
              ", longer than the " + format_duration(p.stop.grace_seconds) +
              " grace, so it may not finish: raise stop.grace_seconds";
+    if (e.stop_drain_may_not_fit)
+      out += " on the local disk -- but its drain to the checkpoint dir takes " + format_duration(*e.drain_seconds) +
+             " more, and both do not fit in the " + format_duration(p.stop.grace_seconds) +
+             " grace: a job that comes back on another node resumes from the newest checkpoint drained before "
+             "(raise stop.grace_seconds, or checkpoint more often so less is lost)";
   } else {
     out += lost +
            ", signalled or not: there is no stop checkpoint (on_signal is off, no stop signals, "
@@ -350,6 +395,9 @@ std::string summarize_policy(const Policy& p) {
          " in a row without a new checkpoint; local restarts wait " +
          format_duration(p.restart.backoff_seconds) + ", doubling up to " +
          format_duration(p.restart.max_backoff_seconds) + ".";
+  if (p.storage.enabled())
+    out += std::string(" Commits go to the node-local ") + p.storage.local_spec +
+           (p.storage.drain ? " first and are drained to the checkpoint dir in the background." : " only (no drain).");
   if (p.stop.hang_seconds > 0)
     out += " A trainer silent for " + format_duration(p.stop.hang_seconds) + " counts as hung.";
   return out;

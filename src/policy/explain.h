@@ -19,6 +19,9 @@ struct ExplainInputs {
   std::optional<double> interruptions_per_day;  // --interruptions-per-day; unset = assume 1
   double write_bytes_per_second = 1024.0 * 1024 * 1024;  // --write-speed
   std::optional<double> step_seconds;                    // --step-time, turns every_steps into time
+  // --shared-write-speed: the checkpoint dir's disk, where a node-local tier drains to; unset =
+  // the same as write_bytes_per_second.
+  std::optional<double> shared_write_bytes_per_second;
 };
 
 // The numbers `policy explain` prints. Times in seconds, sizes in bytes. Every count is an
@@ -45,7 +48,15 @@ struct Explanation {
   // nothing is periodic). A signalled stop loses ~nothing when signalled_stop_saves_work.
   std::optional<double> lost_unsignalled_seconds;
   bool signalled_stop_saves_work = false;    // on_signal, signals set, grace_seconds > 0
-  bool stop_checkpoint_may_not_fit = false;  // writing a checkpoint takes longer than grace
+  bool stop_checkpoint_may_not_fit = false;  // writing a checkpoint (and its drain) takes longer than grace
+
+  // With a node-local tier (storage.local): the drain of one checkpoint to the checkpoint dir, at
+  // the shared disk's speed capped by storage.drain_bandwidth. A stop commits locally, then
+  // drains within the grace period: when both do not fit, the resume point is the newest
+  // checkpoint drained before.
+  std::optional<double> drain_bytes_per_second;
+  std::optional<double> drain_seconds;
+  bool stop_drain_may_not_fit = false;
 
   double interruptions_per_day = 1;
   bool interruptions_assumed = true;

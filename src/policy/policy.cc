@@ -382,6 +382,20 @@ class PolicyReader {
         {"stop", "hang_seconds",
          [](R r, V v, Policy& p) { p.stop.hang_seconds = r.read_duration(v); }},
 
+        {"storage", "local",
+         [](R r, V v, Policy& p) {
+           p.storage.local_spec = r.read_string(v);
+           p.storage.local = r.read_dir_later(v);
+         }},
+        {"storage", "drain",
+         [](R r, V v, Policy& p) { p.storage.drain = r.read_choice(v, {"async", "off"}) == "async"; }},
+        {"storage", "keep_local",
+         [](R r, V v, Policy& p) {
+           p.storage.keep_local = r.read_uint(v);
+           if (p.storage.keep_local == 0) r.fail(v, "must be at least 1: the newest local checkpoint is what a drain copies");
+         }},
+        {"storage", "drain_bandwidth", [](R r, V v, Policy& p) { p.storage.drain_bandwidth = r.read_rate(v); }},
+
         {"requeue", "mode",
          [](R r, V v, Policy& p) {
            p.requeue.mode =
@@ -565,6 +579,29 @@ class PolicyReader {
     }
   }
 
+  // A directory whose variables may be set only where the job runs ($TMPDIR on a compute node):
+  // "" when one is unset here (the supervisor expands it again and refuses then).
+  std::string read_dir_later(const Value& v) const {
+    const std::string& s = scalar(v, "a directory path");
+    try {
+      return expand_variables(s, [](const std::string& name) { return std::getenv(name.c_str()); });
+    } catch (const std::invalid_argument& e) {
+      warn_at(v.at, v.path, std::string(e.what()) + " here; it is expanded again where the job runs");
+      return "";
+    }
+  }
+
+  // Bytes per second: a size, optionally followed by "/s" ("200MB/s", "1GiB"); 0 = unlimited.
+  uint64_t read_rate(const Value& v) const {
+    std::string s = scalar(v, "a rate like 200MB/s");
+    if (s.size() > 2 && s.compare(s.size() - 2, 2, "/s") == 0) s.resize(s.size() - 2);
+    try {
+      return parse_size(s);
+    } catch (const std::invalid_argument& e) {
+      fail(v, e.what());
+    }
+  }
+
   // --- checks across keys ----------------------------------------------------------
 
   void check_combinations(const Policy& p) const {
@@ -594,6 +631,10 @@ class PolicyReader {
     if (c.on_signal && !p.stop.signals.empty() && p.stop.grace_seconds == 0)
       warn_at(at("stop.grace_seconds"), "stop.grace_seconds",
               "0 while checkpoint.on_signal is true: a stop checkpoint gets no time to finish");
+    if (p.storage.enabled() && !p.storage.drain)
+      warn_at(at("storage.drain"), "storage.drain",
+              "off: checkpoints stay on the node-local disk only; a job that comes back on another node "
+              "starts from what the checkpoint dir holds");
     if (p.restart.resume == Policy::Resume::off)
       warn_at(at("restart.resume"), "restart.resume",
               "off: every requeue and restart begins training from scratch");

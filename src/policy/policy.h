@@ -63,6 +63,17 @@ struct Policy {
     int exit_code = 75;         // 1..255, for mode exit
   } requeue;
 
+  // The node-local tier (docs/storage.md): the trainer commits to `local`, the supervisor drains
+  // each commit to the checkpoint dir in the background.
+  struct Storage {
+    std::string local_spec;  // as written ("" = no local tier), e.g. "$TMPDIR/lifeline"
+    std::string local;       // expanded; "" while a variable it names is unset (expanded again at run time)
+    bool drain = true;       // async (true) | off: checkpoints stay on the local disk only
+    uint64_t keep_local = 2;        // committed checkpoints kept on the local tier (>= 1)
+    uint64_t drain_bandwidth = 0;   // bytes/s a drain may use; 0 = unlimited
+    bool enabled() const { return !local_spec.empty(); }
+  } storage;
+
   std::string source;  // file it came from, "" for built-in defaults
 };
 

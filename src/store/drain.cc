@@ -3,6 +3,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -222,16 +223,26 @@ void DrainQueue::run(bool idle_io) {
     busy_ = true;
     progress_.step = step;
     progress_.done = progress_.total = 0;
+    progress_.started_mono_ns = mono_ns();
+    const uint64_t started = progress_.started_mono_ns;
     l.unlock();
     for (const auto& e : skipped)
       if (report_) report_(e);
     Event e;
     e.step = step;
     try {
-      e.result = drain_checkpoint(fs_, local_, shared_, step, token_, [this](uint64_t done, uint64_t total) {
-        std::lock_guard<std::mutex> g(mu_);
-        progress_.done = done;
-        progress_.total = total;
+      e.result = drain_checkpoint(fs_, local_, shared_, step, token_, [this, started](uint64_t done, uint64_t total) {
+        {
+          std::lock_guard<std::mutex> g(mu_);
+          progress_.done = done;
+          progress_.total = total;
+        }
+        // storage.drain_bandwidth: ahead of the rate, wait until the bytes copied are due.
+        if (uint64_t bw = bandwidth_.load()) {
+          uint64_t due_ns = uint64_t(double(done) / double(bw) * 1e9);
+          uint64_t elapsed = mono_ns() - started;
+          if (due_ns > elapsed) std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<uint64_t>(due_ns - elapsed, 1000000000ull)));
+        }
       });
     } catch (const std::exception& ex) {
       e.kind = Event::Kind::failed;

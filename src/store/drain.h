@@ -6,6 +6,7 @@
 // disk is never published), everything is fsynced, and only then is the folder renamed to
 // `step-N` and the directory fsynced. A crash at any point leaves the shared directory with its
 // older checkpoints and at most a `.staging-` folder, which the next attempt removes.
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -58,6 +59,7 @@ class DrainQueue {
   struct Progress {
     std::optional<uint64_t> step;  // the checkpoint being drained
     uint64_t done = 0, total = 0;  // its bytes
+    uint64_t started_mono_ns = 0;  // when its drain began (steady clock)
     std::optional<uint64_t> newest_drained;
   };
 
@@ -77,6 +79,9 @@ class DrainQueue {
   // Blocks until nothing is queued or in flight, or `deadline`; true when it got there.
   bool wait_idle(std::chrono::steady_clock::time_point deadline);
   Progress progress() const;
+  // Caps the copy at `bytes_per_second` (0 = unlimited) from the next chunk on: a stop lifts
+  // the cap, since the trainer no longer competes for the disk.
+  void set_bandwidth(uint64_t bytes_per_second) { bandwidth_.store(bytes_per_second); }
 
  private:
   void run(bool idle_io);
@@ -90,6 +95,7 @@ class DrainQueue {
   std::set<uint64_t> queued_;
   bool busy_ = false, stopping_ = false;
   Progress progress_;
+  std::atomic<uint64_t> bandwidth_{0};
   std::thread thread_;  // last: starts once the rest is ready
 };
 

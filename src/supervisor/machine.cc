@@ -228,6 +228,7 @@ void SupervisorMachine::read_block(const EventData& e) {
     commit_seconds_.push_back(secs);
     spdlog::info("checkpoint committed: step {}, {} bytes in {:.3f} s", b.last_commit_step, b.last_commit_bytes, secs);
     fx_.log().checkpoint_commit(b.last_commit_step, b.last_commit_bytes, secs);
+    fx_.committed(b.last_commit_step, b.last_commit_bytes);
     // Not while stopping: the stop checkpoint and the exit come first.
     if (state_ == S::running || state_ == S::checkpointing) fx_.start_retention();
   }
@@ -393,6 +394,7 @@ void SupervisorMachine::begin_stop(const EventData& e, int signo, EndReason reas
                last_step_, budget);
   fx_.log().checkpoint_request(why == Reason::time_limit ? RequestReason::time_limit : RequestReason::stop_signal,
                                pending_seq_, deadline_wall);
+  fx_.stop_begun(deadline_wall);
   state_ = S::stopping;
   fx_.arm(Timer::stop_deadline, e.mono_ns + budget_ns);
   // A stop the job's leader asked for (signo 0, not our time limit) has a cause Slurm knows too:
@@ -437,7 +439,9 @@ void SupervisorMachine::end_attempt(const EventData& e) {
   }
   if (we_stopped || (status == 0 && trainer_stopped)) {
     if (cfg_.in_slurm) refine_cause(e.wall_ns);
+    std::optional<bool> drained = fx_.settle_drain(/*stop=*/true);
     json stop = stop_checkpoint_report(stop_committed, status);
+    if (drained) stop["drained"] = *drained;
     record_end(stop_reason_, status, stop);
     spdlog::info("attempt {} {}: last checkpoint at step {}", attempt_, name(stop_reason_),
                  last_commit_step_ ? std::to_string(*last_commit_step_) : std::string("none"));
@@ -445,6 +449,7 @@ void SupervisorMachine::end_attempt(const EventData& e) {
     return;
   }
   if (status == 0) {
+    fx_.settle_drain(/*stop=*/false);
     record_end(EndReason::completed, status);
     spdlog::info("training completed (attempt {})", attempt_);
     finish(0);
@@ -655,7 +660,7 @@ double SupervisorMachine::time_limit_lead_seconds() const {
     std::sort(v.begin(), v.end());
     p95 = v[std::min(v.size() - 1, size_t(double(v.size()) * 0.95))];
   }
-  return std::max(kMinLeadS, p95 * kLeadSafety + kRequeueAllowanceS);
+  return std::max(kMinLeadS, p95 * kLeadSafety + kRequeueAllowanceS) + fx_.drain_lead_seconds();
 }
 
 // What a stop left: "committed", or "missing" with why, the step the next attempt resumes from

@@ -135,6 +135,22 @@ class Effects {
   virtual std::vector<CommitSeen> commits_between(std::optional<uint64_t> after, uint64_t before,
                                                   std::optional<uint64_t> resumed) = 0;
   virtual void start_retention() = 0;
+  // The node-local tier (docs/storage.md); without one these do nothing. Every commit the block
+  // reports, whatever the state (the stop checkpoint's too): its drain to shared storage starts.
+  virtual void committed(uint64_t step, uint64_t bytes) {
+    (void)step;
+    (void)bytes;
+  }
+  // A stop began with this deadline: a drain that cannot fit is said at once.
+  virtual void stop_begun(uint64_t deadline_wall_ns) { (void)deadline_wall_ns; }
+  // The trainer is gone: waits for the drain of the newest checkpoint (a stop: until its
+  // deadline). nullopt: no tier; else whether the newest checkpoint reached shared storage.
+  virtual std::optional<bool> settle_drain(bool stop) {
+    (void)stop;
+    return std::nullopt;
+  }
+  // Added to the time-limit lead: a drain of the newest checkpoint at the measured speed.
+  virtual double drain_lead_seconds() { return 0; }
   // Reports a finished retention run; `wait`: waits for the one in flight.
   virtual void settle_retention(bool wait) = 0;
   virtual void finish(int status) = 0;

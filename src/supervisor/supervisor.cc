@@ -42,6 +42,7 @@
 #include "store/dir_safety.h"
 #include "store/retention.h"
 #include "store/writers_lock.h"
+#include "supervisor/local_tier.h"
 #include "supervisor/machine.h"
 #include "supervisor/peer_link.h"
 #include "supervisor/rank_coordinator.h"
@@ -156,6 +157,26 @@ class Supervisor final : public Effects {
     }
     // One lock per directory: several supervisors of one job share it through their leader.
     if (!follower()) lock_.emplace(opt_.ckpt_dir);
+    if (!opt_.local_dir.empty()) {
+      if (peers()) {
+        spdlog::error("storage.local with several supervisors per job is not supported yet (docs/storage.md): each "
+                      "node would drain its ranks' parts; run without storage.local (nothing started)");
+        return kExitUsage;
+      }
+      if (std::string why = local_tier_problem(opt_.local_dir, opt_.ckpt_dir); !why.empty()) {
+        spdlog::error("{} (nothing started)", why);
+        return kExitUsage;
+      }
+      try {
+        local_lock_.emplace(opt_.local_dir);
+        const auto& st = opt_.policy.storage;
+        tier_ = std::make_unique<LocalTier>(
+            LocalTier::Options{opt_.local_dir, opt_.ckpt_dir, st.drain, st.keep_local, st.drain_bandwidth, this_host()});
+      } catch (const std::exception& e) {
+        spdlog::error("storage.local {}: {} (nothing started)", opt_.local_dir, e.what());
+        return kExitUsage;
+      }
+    }
     LineageState ls = read_lineage(opt_.ckpt_dir);
     lineage_ = ls.lineage;
     slurm_ = SlurmJob::from_env();
@@ -195,6 +216,7 @@ class Supervisor final : public Effects {
     wait_relay();
     machine_->begin(mono_ns(), wall_ns());
     if (!finished_) io_.run();
+    poll_tier();
     settle_retention(/*wait=*/true);
     return exit_status_;
   }
@@ -205,6 +227,10 @@ class Supervisor final : public Effects {
   StartOutcome start_attempt(uint64_t attempt) override {
     attempt_ = attempt;
     set_log_pattern();
+    if (tier_ && !said_tier_) {
+      said_tier_ = true;
+      spdlog::info("node-local tier: the trainer commits to {}; {}", opt_.local_dir, st_drain_words());
+    }
     StartOutcome out;
     if (!settle_earlier_attempts()) {
       out.status = kExitUsage;
@@ -226,7 +252,7 @@ class Supervisor final : public Effects {
         resume = info;
       }
     } else if (opt_.policy.restart.resume != Policy::Resume::off) {
-      ResumeChoice choice = choose_resume(opt_.ckpt_dir);
+      ResumeChoice choice = tier_ ? start_tiers() : choose_resume(opt_.ckpt_dir);
       for (const auto& s : choice.skipped) {
         spdlog::warn("skipping checkpoint {} (step {}): {}", s.path, s.step, s.problem);
         skipped.push_back(checkpoint_object(s));
@@ -263,12 +289,12 @@ class Supervisor final : public Effects {
       out.status = kExitUsage;
       return out;
     }
-    ranks_.emplace(*block_, opt_.ckpt_dir, meta, peers());
+    ranks_.emplace(*block_, work_dir(), meta, peers());
     block_->u64(kEveryStepsOff).store(opt_.policy.checkpoint.every_steps);
     block_->u64(kSkipFirstStepsOff).store(opt_.policy.checkpoint.skip_first_steps);
     std::map<std::string, std::string> env{
         {"LIFELINE_CONTROL", block_->name()},
-        {"LIFELINE_CKPT_DIR", opt_.ckpt_dir},
+        {"LIFELINE_CKPT_DIR", work_dir()},
         {"LIFELINE_RESUME_FROM", resume ? resume->path : ""},
         {"LIFELINE_RESUME_STEP", resume ? std::to_string(resume->step) : ""},
         {"LIFELINE_ATTEMPT", std::to_string(attempt_)},
@@ -376,10 +402,10 @@ class Supervisor final : public Effects {
   std::vector<CommitSeen> commits_between(std::optional<uint64_t> after, uint64_t before,
                                           std::optional<uint64_t> resumed) override {
     std::vector<CommitSeen> seen;
-    for (const auto& [step, name] : checkpoint_folders(opt_.ckpt_dir)) {
+    for (const auto& [step, name] : checkpoint_folders(work_dir())) {
       if ((after && step <= *after) || step >= before) continue;
       if (resumed && step <= *resumed) continue;
-      CheckpointInfo info = verify_checkpoint(opt_.ckpt_dir + "/" + name, VerifyMode::quick);
+      CheckpointInfo info = verify_checkpoint(work_dir() + "/" + name, VerifyMode::quick);
       if (info.valid) seen.push_back({step, info.bytes});
     }
     return seen;
@@ -389,6 +415,143 @@ class Supervisor final : public Effects {
   // checkpoint reads the whole checkpoint (from the disk: big files bypass the page cache),
   // which must not hold up the loop. One run at a time; a commit during a run asks for one more.
   void start_retention() override {
+    if (tier_) return;  // on shared storage after each drain instead (poll_tier)
+    start_shared_retention();
+  }
+
+  // ---- the node-local tier (docs/storage.md) ----
+  void committed(uint64_t step, uint64_t bytes) override {
+    if (!tier_) return;
+    tier_local_bytes_ = bytes;
+    tier_->committed(step, bytes);
+  }
+
+  void stop_begun(uint64_t deadline_wall_ns) override {
+    stop_deadline_wall_ = deadline_wall_ns;
+    if (!tier_ || !opt_.policy.storage.drain) return;
+    auto est = tier_->drain_seconds(tier_local_bytes());
+    uint64_t now = wall_ns();
+    double budget = deadline_wall_ns > now ? double(deadline_wall_ns - now) / 1e9 : 0;
+    if (est && *est > budget) {
+      auto resume = tier_->newest_drained();
+      spdlog::warn("the stop checkpoint's drain to {} takes about {:.1f} s at the measured speed, more than the {:.1f} s "
+                   "left: if it does not finish, a job that comes back on another node resumes from {}",
+                   opt_.ckpt_dir, *est, budget, resume ? "step " + std::to_string(*resume) : std::string("scratch"));
+      log_.drain_late(tier_->newest_local().value_or(0), *est, budget, resume);
+    }
+  }
+
+  std::optional<bool> settle_drain(bool stop) override {
+    if (!tier_) return std::nullopt;
+    if (!opt_.policy.storage.drain) return false;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::hours(24 * 365);
+    if (stop) {
+      // The stop checkpoint's deadline; a stop without one (checkpoint.on_signal: false) gets the grace period.
+      uint64_t now = wall_ns();
+      uint64_t until = stop_deadline_wall_ ? stop_deadline_wall_ : now + uint64_t(opt_.grace_seconds * 1e9);
+      deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(until > now ? until - now : 0);
+    }
+    auto local = tier_->newest_local();
+    if (local && local != tier_->newest_drained())
+      spdlog::info("draining step {} to {} before {}", *local, opt_.ckpt_dir, stop ? "the requeue" : "the exit");
+    bool drained = tier_->settle(deadline);
+    poll_tier(stop);
+    if (!drained && local) {
+      auto resume = tier_->newest_drained();
+      spdlog::error("step {} is on {} only: its drain did not finish {}; a job that comes back on another node "
+                    "resumes from {}",
+                    *local, opt_.local_dir, stop ? "before the stop's deadline" : "",
+                    resume ? "step " + std::to_string(*resume) : std::string("scratch"));
+    }
+    return drained;
+  }
+
+  double drain_lead_seconds() override {
+    if (!tier_ || !opt_.policy.storage.drain) return 0;
+    return tier_->drain_seconds(tier_local_bytes()).value_or(0) * SupervisorMachine::kLeadSafety;
+  }
+
+  // Drains that ended since the last look: history, the log, and retention on shared storage.
+  void poll_tier(bool stop = false) {
+    if (!tier_) return;
+    bool any_drained = false;
+    for (const auto& e : tier_->take_events()) {
+      AttemptLog::Drain d;
+      d.step = e.step;
+      d.stop = stop;
+      using K = LocalTier::Event::Kind;
+      if (e.kind == K::drained) {
+        d.result = "drained";
+        d.bytes = e.result.bytes;
+        d.duration_s = double(e.result.duration_ns) / 1e9;
+        any_drained = true;
+        spdlog::info("drained step {} to {}: {} bytes in {:.3f} s", e.step, opt_.ckpt_dir, d.bytes, d.duration_s);
+      } else if (e.kind == K::skipped) {
+        d.result = "skipped";
+        spdlog::debug("drain of step {} skipped: a newer checkpoint came first", e.step);
+      } else {
+        d.result = "failed";
+        d.error = e.error;
+        spdlog::error("drain of step {} to {} failed: {}; it stays on {}, training goes on", e.step, opt_.ckpt_dir,
+                      e.error, opt_.local_dir);
+      }
+      log_.drain(d);
+    }
+    if (any_drained) start_shared_retention();
+    uint64_t now = mono_ns();
+    if (tier_->busy() && now - tier_status_ns_ >= 1000000000ull) {
+      tier_->write_status(/*durable=*/false);
+      tier_status_ns_ = now;
+    }
+  }
+
+  uint64_t tier_local_bytes() const { return tier_local_bytes_; }
+
+  std::string st_drain_words() const {
+    const auto& st = opt_.policy.storage;
+    if (!st.drain) return "no drain (storage.drain: off): checkpoints stay on this node";
+    return "each commit drains to " + opt_.ckpt_dir + " in the background" +
+           (st.drain_bandwidth ? " (at most " + std::to_string(st.drain_bandwidth) + " bytes/s)" : std::string());
+  }
+
+  // The resume point across the tiers, with what the start found on the way (history, log).
+  ResumeChoice start_tiers() {
+    LocalTier::Start st = tier_->start();
+    if (st.lost) {
+      const auto& l = *st.lost;
+      uint64_t step = l["step"].get<uint64_t>();
+      std::optional<uint64_t> resume;
+      if (l["resume_step"].is_number_unsigned()) resume = l["resume_step"].get<uint64_t>();
+      spdlog::error("checkpoint step {} was committed on {}:{} and never reached {}: it is lost; resuming from {}", step,
+                    l.value("host", std::string("?")), l.value("local_dir", std::string("?")), opt_.ckpt_dir,
+                    resume ? "step " + std::to_string(*resume) : std::string("scratch"));
+      log_.checkpoint_lost(step, l.value("host", std::string()), l.value("local_dir", std::string()), resume);
+    }
+    if (st.drained_first) {
+      const auto& e = *st.drained_first;
+      AttemptLog::Drain d;
+      d.step = e.step;
+      d.at_start = true;
+      if (e.kind == LocalTier::Event::Kind::drained) {
+        d.result = "drained";
+        d.bytes = e.result.bytes;
+        d.duration_s = double(e.result.duration_ns) / 1e9;
+        spdlog::info("step {} was on {} only: drained it to {} first ({} bytes in {:.3f} s)", e.step, opt_.local_dir,
+                     opt_.ckpt_dir, d.bytes, d.duration_s);
+      } else {
+        d.result = "failed";
+        d.error = e.error;
+        spdlog::error("step {} is on {} only and could not be drained to {}: {}", e.step, opt_.local_dir, opt_.ckpt_dir,
+                      e.error);
+      }
+      log_.drain(d);
+    }
+    if (st.choice.resume) tier_local_bytes_ = st.choice.resume->bytes;
+    return st.choice;
+  }
+
+  // The checkpoint dir's retention, on a thread of its own.
+  void start_shared_retention() {
     if (follower()) return;  // the leader's, once per job
     if (retention_.valid()) {
       retention_again_ = true;
@@ -416,6 +579,9 @@ class Supervisor final : public Effects {
       start_retention();
     }
   }
+
+  // Where the trainer commits: the node-local tier when there is one.
+  const std::string& work_dir() const { return tier_ ? opt_.local_dir : opt_.ckpt_dir; }
 
   void finish(int status) override {
     say_end(status);
@@ -481,6 +647,7 @@ class Supervisor final : public Effects {
     }
     exit_wait_until_ = 0;
     if (block_) e.block = read_view(*block_);
+    poll_tier();
     dispatch(e);
   }
 
@@ -875,22 +1042,29 @@ class Supervisor final : public Effects {
   // from here (another host) makes the start fail. Then the leftovers go at once: staging
   // folders of dead writers, the control block a killed supervisor left in /dev/shm.
   bool settle_earlier_attempts() {
+    for (const std::string& dir : {opt_.ckpt_dir, opt_.local_dir})
+      if (!dir.empty() && !settle_dir(dir)) return false;
+    remove_leaked_block();
+    return true;
+  }
+
+  bool settle_dir(const std::string& dir) {
     try {
       std::vector<LockHolder> holders;
       uint64_t give_up = mono_ns() + uint64_t(kWritersPatienceMs) * 1000000ull;
       bool warned = false, killed = false;
-      while (!no_writers(opt_.ckpt_dir, &holders)) {
+      while (!no_writers(dir, &holders)) {
         if (!warned)
           spdlog::warn("waiting for {} of an earlier attempt to exit: it may still commit into {}",
                        holders.empty() ? std::string("a process on another host") : describe_holders(holders),
-                       opt_.ckpt_dir);
+                       dir);
         warned = true;
         if (mono_ns() > give_up) {
           if (killed || holders.empty()) {
             spdlog::error("{} still holds {}/{}: a process of an earlier attempt could still commit a "
                           "checkpoint; stop it and start again",
                           holders.empty() ? std::string("a process on another host") : describe_holders(holders),
-                          opt_.ckpt_dir, kWritersLockName);
+                          dir, kWritersLockName);
             return false;
           }
           spdlog::warn("stopping {} with SIGKILL", describe_holders(holders));
@@ -906,10 +1080,9 @@ class Supervisor final : public Effects {
       return false;
     }
     std::vector<std::string> errors;
-    for (const auto& r : remove_all_leftovers(default_file_system(), opt_.ckpt_dir, &errors))
+    for (const auto& r : remove_all_leftovers(default_file_system(), dir, &errors))
       spdlog::info("removed {} ({})", r.name, r.why);
     for (const auto& e : errors) spdlog::warn("could not remove a leftover: {}", e);
-    remove_leaked_block();
     return true;
   }
 
@@ -962,7 +1135,9 @@ class Supervisor final : public Effects {
              {"max_total_bytes", p.retention.max_total_bytes},
              {"max_requeues", p.restart.max_requeues},
              {"max_failures", p.restart.max_failures},
-             {"hang_seconds", p.stop.hang_seconds}}}};
+             {"hang_seconds", p.stop.hang_seconds},
+             {"storage_local", opt_.local_dir},
+             {"storage_drain", p.storage.drain ? "async" : "off"}}}};
     // Temp file, fsync, rename: a full disk keeps the previous record whole.
     std::string error;
     if (!write_supervisor_record_file(opt_.ckpt_dir, j, &error)) spdlog::warn("{}", error);
@@ -995,6 +1170,12 @@ class Supervisor final : public Effects {
   uint64_t attempt_ = 0;
   uint64_t attempt_started_ns_ = 0;
   std::optional<DirLock> lock_;
+  std::optional<DirLock> local_lock_;    // storage.local's
+  std::unique_ptr<LocalTier> tier_;      // the node-local tier, when storage.local is set
+  uint64_t stop_deadline_wall_ = 0;      // the stop's, for its drain
+  uint64_t tier_local_bytes_ = 0;        // the newest local checkpoint's size
+  uint64_t tier_status_ns_ = 0;          // tier.json last rewritten during a drain
+  bool said_tier_ = false;
   std::optional<ControlBlock> block_;
   std::optional<RankCoordinator> ranks_;  // the block's ranks, if any attach
   asio::steady_timer rank_timer_{io_};

@@ -12,6 +12,7 @@ namespace lifeline {
 struct RunOptions {
   Policy policy;
   std::string ckpt_dir;       // absolute
+  std::string local_dir;      // storage.local expanded and absolute ("" = no node-local tier)
   std::string requeue_mode;   // auto | scontrol | sbatch | exit | local | none
   double grace_seconds = 25;  // longest wait for the stop checkpoint
   std::vector<std::string> command;

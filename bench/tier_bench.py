@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""The node-local tier's benchmark (issue 20), driven by bench/tier_bench.sh, which makes the slow
+"shared" disk (a throttled loop device) and runs this inside the blkio cgroup that throttles it.
+
+Rows, each next to its baseline in the same run:
+  drain : bench/drain_bench: drain_checkpoint of an N MiB checkpoint from the local disk to the
+          slow disk vs `dd bs=4M conv=fsync` of the same bytes to the slow disk;
+  stall : training stall per checkpoint of lifeline-train-example --state-mib N (sync saves)
+          under `lifeline run`, committing to the local tier (drained in the background) vs
+          straight to the slow disk;
+  stop  : SIGUSR1 to `lifeline run` -> checkpoint committed, to the local tier vs straight to
+          the slow disk (with the tier, also -> drained to the slow disk, and -> exit).
+The stall and stop rows need `lifeline run` with a `storage:` section; when `lifeline policy
+check` refuses one they are reported as not measured. Each row also counts the bytes written to
+the slow disk by the bench's cgroup (throttled there) against all bytes written to it.
+Standard library only. Results go to bench/tier_results.json (or --out) as they come.
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def log(msg):
+    print(f"[tier {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Runner:
+    def __init__(self, a):
+        self.a = a
+        self.build = os.path.abspath(os.path.join(ROOT, a.build))
+        self.lifeline = os.path.join(self.build, "src/cli/lifeline")
+        self.example = os.path.join(self.build, "examples/lifeline-train-example")
+        self.drain_bench = os.path.join(self.build, "bench/drain_bench")
+        self.out = os.path.abspath(a.out)
+        self.rows, self.notes, self.checks = [], [], {}
+        self.started = time.time()
+        self.load_at_start = list(os.getloadavg())
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+        # The example trainer on the allocator bench/run.sh gives it (see run_benchmarks.py).
+        tcmalloc = next(iter(sorted(glob.glob("/usr/lib/*/libtcmalloc_minimal.so.4"))), None)
+        if tcmalloc:
+            self.allocator = "tcmalloc (libtcmalloc-minimal4, TCMALLOC_RELEASE_RATE=0)"
+            self.torch_env = dict(self.env, LD_PRELOAD=tcmalloc, TCMALLOC_RELEASE_RATE="0")
+        else:
+            self.allocator = "glibc keeping its big blocks (MALLOC_MMAP_MAX_=0)"
+            self.torch_env = dict(self.env, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
+        self.children = []
+        self.not_measured = "not measured: lifeline has no storage tier yet"
+
+    # ---- the slow disk's accounting ---------------------------------------------------------
+    def _bytes(self, path, op):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == self.a.device and parts[1] == op:
+                    return int(parts[2])
+        return 0
+
+    def io(self):
+        """Bytes read/written on the slow disk: by the bench's cgroup, and by everyone (the root
+        cgroup's recursive count: the bench's cgroup plus kernel threads such as the flusher)."""
+        cg = os.path.join(self.a.cgroup, "blkio.throttle.io_service_bytes")
+        root = os.path.join(os.path.dirname(self.a.cgroup), "blkio.throttle.io_service_bytes_recursive")
+        return {"cgroup_write": self._bytes(cg, "Write"), "cgroup_read": self._bytes(cg, "Read"),
+                "all_write": self._bytes(root, "Write"), "all_read": self._bytes(root, "Read")}
+
+    def io_check(self, name, before):
+        after = self.io()
+        d = {k: after[k] - before[k] for k in after}
+        share = d["cgroup_write"] / d["all_write"] if d["all_write"] else 1.0
+        d["cgroup_share_of_writes"] = round(share, 4)
+        self.checks[name] = d
+        log(f"{name}: slow disk: {d['all_write'] / 2**20:.0f} MiB written, {share:.1%} of it by the bench's cgroup "
+            f"(the rest by kernel threads, throttled by the root cgroup's rule); {d['all_read'] / 2**20:.0f} MiB read")
+        return d
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def row(self, figure, what, lifeline, baseline, ratio, target, ok, note=""):
+        self.rows.append({"figure": figure, "measurement": what, "lifeline": lifeline, "baseline": baseline,
+                          "ratio": ratio, "target": target, "meets_target": ok, "note": note})
+        self.save()
+
+    def save(self):
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        doc = {
+            "machine": {"cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+                        "trainer_allocator": self.allocator},
+            "code": rev + (" + uncommitted changes" if dirty else ""),
+            "command": self.a.command,
+            "slow_disk": {"mechanism": "ext4 on a loop device (--direct-io=on) over a sparse image on the root file "
+                                       "system, reads and writes throttled by cgroup v1 blk-throttle",
+                          "limit_mib_s": self.a.mbps, "device": self.a.device, "loop": self.a.loop},
+            "fast_disk": "the root file system (" + self.a.local + ")",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "elapsed_s": round(time.time() - self.started, 1),
+            "load_average_at_start": self.load_at_start,
+            "load_average_now": list(os.getloadavg()),
+            "rows": self.rows,
+            "slow_disk_bytes": self.checks,
+            "notes": self.notes,
+        }
+        with open(self.out, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+
+    def policy(self, name, every_steps, tier_local=None):
+        path = os.path.join(self.a.scratch, name + ".yaml")
+        text = (f"version: 1\ncheckpoint:\n  every_steps: {every_steps}\n  every_seconds: 0\n"
+                f"retention:\n  keep_last: 2\nstop:\n  grace_seconds: 600\n")
+        if tier_local:
+            text += f"storage:\n  local: {tier_local}\n  drain: async\n  keep_local: 2\n  drain_bandwidth: 0\n"
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def tier_supported(self):
+        p = self.policy("probe", 10, os.path.join(self.a.local, "probe"))
+        if not os.access(self.lifeline, os.X_OK):
+            return False, f"no {self.lifeline}"
+        r = subprocess.run([self.lifeline, "policy", "check", p], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, env=self.env)
+        return r.returncode == 0, r.stdout.strip()
+
+    # ---- a. drain vs dd -------------------------------------------------------------------------
+    def drain(self):
+        before = self.io()
+        local, shared = os.path.join(self.a.local, "drain"), os.path.join(self.a.shared, "drain")
+        r = subprocess.run([self.drain_bench, local, shared, "--mib", str(self.a.mib), "--runs", str(self.a.runs)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900, env=self.env)
+        shutil.rmtree(local, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
+        for line in r.stdout.splitlines():
+            if line.startswith("drain_bench: run"):
+                log(line)
+        if r.returncode != 0:
+            raise RuntimeError(r.stdout[-3000:])
+        p = json.loads(r.stdout.strip().splitlines()[-1])
+        chk = self.io_check("drain", before)
+        drain_s, dd_s = statistics.median(p["drain_s"]), statistics.median(p["dd_s"])
+        mib = p["mib"]
+        ratio = dd_s / drain_s
+        self.row("a", f"drain of a committed {mib} MiB checkpoint, local disk -> slow disk ({self.a.mbps} MiB/s): "
+                 f"drain_checkpoint (read + checksum + copy + fsync + manifest + rename) vs `dd bs=4M conv=fsync` of the "
+                 f"same file (median of {len(p['drain_s'])})",
+                 f"{mib / drain_s:.1f} MiB/s", f"{mib / dd_s:.1f} MiB/s", f"{ratio:.2f}", ">= 0.9x", ratio >= 0.9,
+                 "seconds: drain " + ", ".join(f"{x:.2f}" for x in p["drain_s"]) + "; dd "
+                 + ", ".join(f"{x:.2f}" for x in p["dd_s"])
+                 + f"; {chk['cgroup_share_of_writes']:.1%} of the bytes written to the slow disk were submitted by the "
+                   "bench's cgroup")
+
+    # ---- lifeline run ------------------------------------------------------------------------
+    def start(self, argv):
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                             env=self.torch_env)
+        self.children.append(p)
+        lines = queue.Queue()
+
+        def reader():
+            for line in p.stdout:
+                lines.put((time.monotonic(), line))
+            lines.put((time.monotonic(), None))
+
+        threading.Thread(target=reader, daemon=True).start()
+        return p, lines
+
+    @staticmethod
+    def history(ckpt):
+        events = []
+        try:
+            with open(os.path.join(ckpt, "history.jsonl")) as f:
+                for line in f:
+                    try:
+                        events.append(json.loads(line))
+                    except ValueError:
+                        pass
+        except OSError:
+            pass
+        return events
+
+    def run_training(self, name, tier):
+        """One `lifeline run` of the example trainer with a sync checkpoint every E steps; returns
+        each checkpoint's stall (the trainer's --report lines) and the history's events."""
+        e, k = self.a.every_steps, self.a.checkpoints
+        steps = e * k + e // 2  # k checkpoints in the loop, then the final save
+        ckpt = os.path.join(self.a.shared, f"stall-{name}")
+        local = os.path.join(self.a.local, f"stall-{name}") if tier else None
+        pol = self.policy(f"stall-{name}", e, local)
+        argv = [self.lifeline, "run", "--policy", pol, "--ckpt-dir", ckpt, "--requeue", "none", "--",
+                self.example, "--steps", str(steps), "--state-mib", str(self.a.mib), "--report"]
+        t0 = time.monotonic()
+        p, lines = self.start(argv)
+        out = []
+        while True:
+            _, line = lines.get(timeout=900)
+            if line is None:
+                break
+            out.append(line)
+        rc = p.wait()
+        wall = time.monotonic() - t0
+        text = "".join(out)
+        if rc != 0:
+            raise RuntimeError(f"lifeline run ({name}) exited {rc}:\n" + text[-3000:])
+        # The periodic checkpoints' stalls; the final save (step == steps) is outside the loop.
+        stalls = [float(x) for st, x in re.findall(r"checkpoint of step (\d+): stall ([0-9.]+) s", text)
+                  if int(st) != steps]
+        rate = re.search(r"trained (\d+) steps in ([0-9.]+) s", text)
+        events = self.history(ckpt)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        if local:
+            shutil.rmtree(local, ignore_errors=True)
+        if len(stalls) != k:
+            raise RuntimeError(f"{name}: expected {k} checkpoint stalls, found {len(stalls)}:\n" + text[-3000:])
+        return {"stalls": stalls, "events": events, "wall_s": wall,
+                "train_s": float(rate.group(2)) if rate else None, "log": text}
+
+    def stall(self, tier_ok):
+        if not tier_ok:
+            self.row("b", f"training stall per checkpoint, {self.a.mib} MiB state: local tier vs straight to the slow disk",
+                     self.not_measured, "", "", "<= 0.1x", None)
+            return
+        before = self.io()
+        runs = {}
+        for name in ("straight", "tier"):  # one run each; the median over its checkpoints
+            log(f"stall: {name} ...")
+            runs[name] = self.run_training(name, name == "tier")
+            log(f"stall: {name}: stalls " + ", ".join(f"{x:.3f}" for x in runs[name]["stalls"])
+                + f" s; run {runs[name]['wall_s']:.1f} s")
+        chk = self.io_check("stall", before)
+        t, s = runs["tier"], runs["straight"]
+        mt, ms = statistics.median(t["stalls"]), statistics.median(s["stalls"])
+        drains = [ev for ev in t["events"] if ev.get("event") == "drain"]
+        kinds = {}
+        for ev in drains:
+            kinds[ev.get("result", "?")] = kinds.get(ev.get("result", "?"), 0) + 1
+        done = [ev for ev in drains if ev.get("result") == "drained" and ev.get("duration_s")]
+        drain_note = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no drain events in history.jsonl"
+        if done:
+            drain_note += (" (drain " + ", ".join(f"{ev['duration_s']:.2f}" for ev in done) + " s; "
+                           + f"median {statistics.median(ev['bytes'] / ev['duration_s'] for ev in done) / 2**20:.0f} MiB/s)")
+        commits = [ev.get("duration_s") for ev in t["events"] if ev.get("event") == "checkpoint_commit"]
+        ratio = mt / ms
+        self.row("b", f"training stall per checkpoint, {self.a.mib} MiB state, sync save, every {self.a.every_steps} steps: "
+                 f"commit to the local tier (drained in the background) vs straight to the slow disk "
+                 f"(median of {len(t['stalls'])} checkpoints each)",
+                 f"{mt:.3f} s", f"{ms:.3f} s", f"{ratio:.3f}x", "<= 0.1x", ratio <= 0.1,
+                 "stalls (s): tier " + ", ".join(f"{x:.3f}" for x in t["stalls"]) + "; straight "
+                 + ", ".join(f"{x:.3f}" for x in s["stalls"])
+                 + f"; drains: {drain_note}"
+                 + f"; training time (steps + stalls): tier {t['train_s']:.1f} s, straight {s['train_s']:.1f} s"
+                 + f"; history checkpoint_commit duration_s (tier): "
+                 + ", ".join(f"{x:.3f}" for x in commits if isinstance(x, (int, float)))
+                 + f"; {chk['cgroup_share_of_writes']:.1%} of the slow disk's writes by the bench's cgroup")
+
+    # ---- c. stop latency -------------------------------------------------------------------------
+    def stop_once(self, name, tier):
+        ckpt = os.path.join(self.a.shared, f"stop-{name}")
+        local = os.path.join(self.a.local, f"stop-{name}") if tier else None
+        pol = self.policy(f"stop-{name}", 0, local)
+        argv = [self.lifeline, "run", "--policy", pol, "--ckpt-dir", ckpt, "--requeue", "none", "--grace", "600",
+                "--", self.example, "--steps", "100000000", "--state-mib", str(self.a.mib), "--log-every", "1", "--report"]
+        p, lines = self.start(argv)
+        out = []
+
+        def wait_for(pred, timeout):
+            end = time.monotonic() + timeout
+            while True:
+                t, line = lines.get(timeout=max(0.01, end - time.monotonic()))
+                if line is None:
+                    raise RuntimeError(f"lifeline run ({name}) ended early:\n" + "".join(out[-40:]))
+                out.append(line)
+                if pred(line):
+                    return t, line
+
+        for k in range(1, 4):
+            wait_for(lambda l, k=k: l.startswith(f"step {k} "), 600)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGUSR1)
+        t_commit, line = wait_for(lambda l: "checkpoint committed: step" in l, 900)
+        m = re.search(r"step (\d+), (\d+) bytes in ([0-9.]+) s", line)
+        step, save_s = int(m.group(1)), float(m.group(3))
+        t_drained = None
+        while True:
+            t, line = lines.get(timeout=900)
+            if line is None:
+                break
+            out.append(line)
+            if t_drained is None and re.search(rf"drained step {step}\b", line):
+                t_drained = t
+        rc = p.wait()
+        t_exit = time.monotonic()
+        shutil.rmtree(ckpt, ignore_errors=True)
+        if local:
+            shutil.rmtree(local, ignore_errors=True)
+        if rc != 75:
+            raise RuntimeError(f"lifeline run ({name}) exited {rc} after the stop:\n" + "".join(out[-40:]))
+        if tier and t_drained is None:
+            raise RuntimeError(f"lifeline run ({name}): no 'drained step {step}' line:\n" + "".join(out[-40:]))
+        return {"commit_s": t_commit - t0, "drained_s": (t_drained - t0) if t_drained else None,
+                "exit_s": t_exit - t0, "save_s": save_s}
+
+    def stop(self, tier_ok):
+        if not tier_ok:
+            self.row("c", f"stop latency, {self.a.mib} MiB state: SIGUSR1 to `lifeline run` -> checkpoint committed, "
+                     "local tier vs straight to the slow disk", self.not_measured, "", "",
+                     "-", None)
+            return
+        before = self.io()
+        res = {"tier": [], "straight": []}
+        for i in range(self.a.stops):  # alternating which goes first
+            for name in (("tier", "straight") if i % 2 == 0 else ("straight", "tier")):
+                r = self.stop_once(name, name == "tier")
+                res[name].append(r)
+                log(f"stop: {name}: commit {r['commit_s']:.2f} s"
+                    + (f", drained {r['drained_s']:.2f} s" if r["drained_s"] is not None else "")
+                    + f", exit {r['exit_s']:.2f} s (save {r['save_s']:.2f} s)")
+        chk = self.io_check("stop", before)
+        med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+        t, s = res["tier"], res["straight"]
+        ratio = med(t, "commit_s") / med(s, "commit_s")
+        self.row("c", f"stop latency, {self.a.mib} MiB state: SIGUSR1 to `lifeline run` -> checkpoint committed, "
+                 f"to the local tier vs straight to the slow disk (median of {len(t)} each)",
+                 f"commit {med(t, 'commit_s'):.2f} s (on the slow disk {med(t, 'drained_s'):.2f} s, exit {med(t, 'exit_s'):.2f} s)",
+                 f"commit {med(s, 'commit_s'):.2f} s (exit {med(s, 'exit_s'):.2f} s)",
+                 f"{ratio:.2f}x (commit)", "none set (issue 20 sets none)", None,
+                 "tier: " + "; ".join(f"commit {r['commit_s']:.2f}, drained {r['drained_s']:.2f}, exit {r['exit_s']:.2f}, "
+                                      f"save {r['save_s']:.2f}" for r in t)
+                 + " | straight: " + "; ".join(f"commit {r['commit_s']:.2f}, exit {r['exit_s']:.2f}, save {r['save_s']:.2f}"
+                                              for r in s)
+                 + f" (s); {chk['cgroup_share_of_writes']:.1%} of the slow disk's writes by the bench's cgroup")
+
+    # ---- table ---------------------------------------------------------------------------------
+    def table(self):
+        cols = ["row", "measurement", "lifeline", "baseline", "ratio", "target", "met"]
+        print()
+        print("| " + " | ".join(cols) + " |")
+        print("|" + "---|" * len(cols))
+        for r in self.rows:
+            ok = {True: "yes", False: "NO", None: "-"}[r["meets_target"]]
+            print(f"| {r['figure']} | {r['measurement']} | {r['lifeline']} | {r['baseline']} | {r['ratio']} | {r['target']} | {ok} |")
+            if r["note"]:
+                print(f"|  | ↳ {r['note']} |  |  |  |  |  |")
+        for n in self.notes:
+            print(f"note: {n}")
+        print(f"\n{len(self.rows)} rows in {time.time() - self.started:.0f} s; written to {self.out}")
+
+    def end_children(self):
+        for p in self.children:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def parser():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--local", required=True, help="a folder on the fast local disk")
+    ap.add_argument("--shared", required=True, help="the slow disk's mount point")
+    ap.add_argument("--scratch", required=True)
+    ap.add_argument("--cgroup", required=True, help="the blkio cgroup this runs in")
+    ap.add_argument("--device", required=True, help="MAJ:MIN of the slow disk")
+    ap.add_argument("--loop", default="")
+    ap.add_argument("--no-lifeline", action="store_true", help="lifeline did not build: the drain row only")
+    ap.add_argument("--command", default="bash bench/tier_bench.sh", help="how the bench was started (for the JSON)")
+    ap.add_argument("--mbps", type=int, default=100, help="the slow disk's limit, MiB/s (set by tier_bench.sh)")
+    ap.add_argument("--mib", type=int, default=256, help="checkpoint / training state size")
+    ap.add_argument("--runs", type=int, default=3, help="drain and dd runs each")
+    ap.add_argument("--every-steps", type=int, default=30, help="stall row: a checkpoint every N steps")
+    ap.add_argument("--checkpoints", type=int, default=4, help="stall row: checkpoints per run")
+    ap.add_argument("--stops", type=int, default=3, help="stop row: stops each way")
+    ap.add_argument("--only", default="", help="comma-separated subset: drain,stall,stop")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/tier_results.json"))
+    return ap
+
+
+def main():
+    args = parser().parse_args()
+    r = Runner(args)
+    tier_ok, why = (False, "lifeline did not build") if args.no_lifeline else r.tier_supported()
+    if args.no_lifeline:
+        r.not_measured = "not measured: lifeline did not build"
+    if not tier_ok:
+        r.notes.append("stall and stop rows not measured: " + ("lifeline did not build" if args.no_lifeline else
+                       "`lifeline policy check` refuses a storage section: " + (why.splitlines()[0] if why else "(no output)")))
+    log(f"slow disk {args.loop} ({args.device}) at {args.shared}, throttled to {args.mbps} MiB/s; local {args.local}; "
+        f"storage tier in lifeline: {'yes' if tier_ok else 'no'}")
+    figures = [("drain", r.drain), ("stall", lambda: r.stall(tier_ok)), ("stop", lambda: r.stop(tier_ok))]
+    only = [x for x in args.only.split(",") if x]
+    failed = False
+    try:
+        for name, fn in figures:
+            if only and name not in only:
+                continue
+            t = time.time()
+            log(f"{name} ...")
+            try:
+                fn()
+            except Exception as e:  # a broken row must not hide the others
+                failed = True
+                r.notes.append(f"{name}: {e}")
+                log(f"{name} FAILED: {e}")
+            finally:
+                r.end_children()
+            log(f"{name} done in {time.time() - t:.0f} s")
+            r.save()
+    finally:
+        r.end_children()
+    r.table()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

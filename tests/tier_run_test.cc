@@ -1,0 +1,292 @@
+// `lifeline run` with a node-local tier (storage.local, docs/storage.md): the trainer commits to
+// the local directory, the supervisor drains each checkpoint to the checkpoint dir; resumes
+// across both tiers; a supervisor killed mid-drain; a wiped local disk; full disks; a local tier
+// on another file system (tmpfs) than the checkpoint dir. The real lifeline binary, the real
+// example trainer (LibTorch), real mounts in a mount namespace of the test's own (root).
+#include <doctest.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "support/process.h"
+#include "support/temp_dir.h"
+
+using namespace lifeline::test;
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string write_policy(const TempDir& d, const std::string& storage) {
+  std::string path = d / "policy.yaml";
+  std::ofstream(path) << "version: 1\n"
+                         "checkpoint:\n  every_steps: 20\n  every_seconds: 0\n"
+                         "restart:\n  backoff_seconds: 0\n"
+                         "retention:\n  keep_last: 1000\n  keep_best: 0\n"
+                         "storage:\n"
+                      << storage;
+  return path;
+}
+
+std::vector<std::string> tier_run(const TempDir& d, const std::string& storage, const std::vector<std::string>& train) {
+  std::vector<std::string> v = {binary("LIFELINE_BIN"), "run", "--policy", write_policy(d, storage), "--ckpt-dir", d / "ckpt",
+                                "--"};
+  v.insert(v.end(), train.begin(), train.end());
+  return v;
+}
+
+std::vector<std::string> train_cmd(const TempDir& d, int steps, int delay_ms, int state_mib = 0) {
+  std::vector<std::string> v = {binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(steps), "--seed", "7",
+                                "--step-delay-ms", std::to_string(delay_ms), "--log-every", "1", "--digest-out",
+                                d / "digest"};
+  if (state_mib) v.insert(v.end(), {"--state-mib", std::to_string(state_mib)});
+  return v;
+}
+
+std::vector<json> events_named(const std::string& dir, const std::string& name) {
+  std::vector<json> out;
+  std::ifstream in(dir + "/history.jsonl");
+  std::string line;
+  while (std::getline(in, line))
+    if (auto j = json::parse(line, nullptr, false); j.is_object() && j.value("event", "") == name) out.push_back(j);
+  return out;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+// Committed step folders of `dir` (step-N), and whether any other entry than the known files is a
+// partial checkpoint (a step-N without its MANIFEST).
+std::vector<std::string> step_folders(const std::string& dir) {
+  std::vector<std::string> out;
+  if (!fs::exists(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind("step-", 0) == 0) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+int verify_all(const std::string& dir, std::string* out) {
+  return run({binary("LIFELINE_BIN"), "checkpoints", dir, "--json"}, out);
+}
+
+// Runs argv with tmpfs mounts of the given sizes on the given paths, in a mount namespace of its
+// own (the mounts go away with it); the output into `out`. The exit status.
+int run_with_mounts(const std::vector<std::string>& argv, const std::vector<std::pair<std::string, std::string>>& mounts,
+                    std::string* out) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    auto fail = [](const char* what) {
+      std::fprintf(stderr, "test setup: %s: %s\n", what, std::strerror(errno));
+      ::_exit(99);
+    };
+    if (::unshare(CLONE_NEWNS) != 0) fail("unshare(CLONE_NEWNS)");
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) fail("make / private");
+    for (const auto& [path, size] : mounts) {
+      fs::create_directories(path);
+      std::string opts = "size=" + size;
+      if (::mount("tmpfs", path.c_str(), "tmpfs", 0, opts.c_str()) != 0) fail("mount a tmpfs");
+    }
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) out->append(buf, size_t(n));
+  ::close(fds[0]);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// The digest of an uninterrupted run of `steps` steps without any tier.
+std::string reference_digest(int steps) {
+  TempDir ref;
+  std::string out;
+  REQUIRE(run({binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(steps), "--seed", "7", "--digest-out", ref / "digest"},
+              &out) == 0);
+  return read_text(ref / "digest");
+}
+
+}  // namespace
+
+TEST_CASE("a stopped run with a node-local tier drains its stop checkpoint and resumes bit-exact on a node whose local disk is gone") {
+  TempDir d;
+  const std::string storage = "  local: " + (d / "local") + "\n  keep_local: 1\n";
+  {
+    Process p(tier_run(d, storage, train_cmd(d, 100000, 20)));
+    REQUIRE(p.wait_for_line("drained step 40") != "");
+    p.signal(SIGUSR1);
+    CHECK(p.wait() == 75);
+  }
+  // The trainer wrote into the local tier, the supervisor drained into the checkpoint dir.
+  auto commits = events_named(d / "ckpt", "checkpoint_commit");
+  REQUIRE(commits.size() >= 3);
+  uint64_t stop_step = commits.back()["step"].get<uint64_t>();
+  auto drains = events_named(d / "ckpt", "drain");
+  REQUIRE_FALSE(drains.empty());
+  CHECK(drains.back()["step"] == stop_step);
+  CHECK(drains.back()["result"] == "drained");
+  CHECK(drains.back()["bytes"].get<uint64_t>() > 0);
+  CHECK(drains.back()["rate_bytes_per_s"].get<double>() > 0);
+  auto end = events_named(d / "ckpt", "attempt_end").back();
+  CHECK(end["stop_checkpoint"]["state"] == "committed");
+  CHECK(end["stop_checkpoint"]["drained"] == true);
+  CHECK(fs::exists(d / ("ckpt/" + step_folders(d / "ckpt").back() + "/MANIFEST")));
+  CHECK(step_folders(d / "local").size() == 1);  // keep_local: 1
+  std::string listed;
+  REQUIRE(verify_all(d / "ckpt", &listed) == 0);
+  for (const auto& c : json::parse(listed)) CHECK(c["valid"] == true);
+
+  // Another node: the local directory is not there.
+  fs::remove_all(d / "local");
+  std::string out;
+  int rc = run(tier_run(d, storage, train_cmd(d, 120, 0)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK_MESSAGE(out.find("resuming from step " + std::to_string(stop_step)) != std::string::npos, out);
+  CHECK(read_text(d / "digest") == reference_digest(120));
+}
+
+TEST_CASE("on the same node a local checkpoint newer than every drained one is drained first, then resumed from") {
+  TempDir d;
+  // drain: off makes local-only checkpoints, as a drain that had no time would.
+  {
+    Process p(tier_run(d, "  local: " + (d / "local") + "\n  drain: off\n", train_cmd(d, 100000, 20)));
+    REQUIRE(p.wait_for_line("checkpoint committed: step 40") != "");
+    p.signal(SIGUSR1);
+    CHECK(p.wait() == 75);
+  }
+  CHECK(step_folders(d / "ckpt").empty());
+  std::vector<std::string> local = step_folders(d / "local");
+  REQUIRE_FALSE(local.empty());
+  std::string out;
+  int rc = run(tier_run(d, "  local: " + (d / "local") + "\n", train_cmd(d, 100, 0)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  auto first = events_named(d / "ckpt", "drain");
+  REQUIRE_FALSE(first.empty());
+  CHECK(first[0]["at_start"] == true);
+  CHECK(first[0]["result"] == "drained");
+  uint64_t step = first[0]["step"].get<uint64_t>();
+  CHECK(local.back() == step_folders(d / "ckpt").front());
+  CHECK_MESSAGE(out.find("resuming from step " + std::to_string(step)) != std::string::npos, out);
+  CHECK(read_text(d / "digest") == reference_digest(100));
+}
+
+TEST_CASE("a checkpoint that was only on a wiped local disk is reported lost, and the run resumes from the newest drained one") {
+  TempDir d;
+  {
+    Process p(tier_run(d, "  local: " + (d / "local") + "\n  drain: off\n", train_cmd(d, 100000, 20)));
+    REQUIRE(p.wait_for_line("checkpoint committed: step 40") != "");
+    p.signal(SIGUSR1);
+    CHECK(p.wait() == 75);
+  }
+  uint64_t lost_step = events_named(d / "ckpt", "checkpoint_commit").back()["step"].get<uint64_t>();
+  fs::remove_all(d / "local");
+  std::string out;
+  int rc = run(tier_run(d, "  local: " + (d / "local") + "\n", train_cmd(d, 30, 0)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  auto lost = events_named(d / "ckpt", "checkpoint_lost");
+  REQUIRE(lost.size() == 1);
+  CHECK(lost[0]["step"] == lost_step);
+  CHECK(lost[0]["resume_step"].is_null());
+  CHECK_MESSAGE(out.find("is lost") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("starting from scratch") != std::string::npos, out);
+}
+
+TEST_CASE("a supervisor killed mid-drain leaves no partial checkpoint in the checkpoint dir, and the next run resumes from a valid one") {
+  TempDir d;
+  // 1 MB/s and 16 MiB of state: a drain takes seconds, long enough to be killed in.
+  const std::string storage = "  local: " + (d / "local") + "\n  drain_bandwidth: 1MB/s\n";
+  {
+    Process p(tier_run(d, storage, train_cmd(d, 100000, 20, 16)));
+    REQUIRE(p.wait_for_line("checkpoint committed: step 20") != "");
+    // The drain's staging folder appears in the checkpoint dir; kill the whole supervisor then.
+    bool staging = false;
+    for (int i = 0; i < 500 && !staging; ++i) {
+      for (const auto& e : fs::directory_iterator(d / "ckpt"))
+        staging = staging || e.path().filename().string().rfind(".staging-", 0) == 0;
+      if (!staging) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    REQUIRE(staging);
+    p.signal(SIGKILL);
+    p.wait();
+  }
+  CHECK(step_folders(d / "ckpt").empty());  // nothing was published half-way
+  std::vector<std::string> local = step_folders(d / "local");
+  REQUIRE_FALSE(local.empty());
+  uint64_t newest = std::stoull(local.back().substr(5));
+  // Same node: the local checkpoint is drained first; the leftover staging folder is gone.
+  std::string out;
+  int rc = run(tier_run(d, "  local: " + (d / "local") + "\n", train_cmd(d, int(newest) + 20, 0, 16)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK_MESSAGE(out.find("resuming from step " + std::to_string(newest)) != std::string::npos, out);
+  for (const auto& e : fs::directory_iterator(d / "ckpt"))
+    CHECK_MESSAGE(e.path().filename().string().rfind(".staging-", 0) != 0, e.path());
+  std::string listed;
+  REQUIRE(verify_all(d / "ckpt", &listed) == 0);
+  for (const auto& c : json::parse(listed)) CHECK(c["valid"] == true);
+}
+
+TEST_CASE("a full checkpoint dir fails each drain with a clear error while training goes on; the local checkpoints stay valid") {
+  TempDir d;
+  std::string out;
+  // A 2 MiB checkpoint dir (history and tier.json fit; a 4 MiB checkpoint does not); the local
+  // tier on a tmpfs too: another file system than the checkpoint dir's.
+  int rc = run_with_mounts(tier_run(d, "  local: " + (d / "local") + "\n  keep_local: 3\n", train_cmd(d, 60, 0, 4)),
+                           {{d / "ckpt", "2m"}, {d / "local", "64m"}}, &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK_MESSAGE(out.find("drain of step 20") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("No space left on device") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("training goes on") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("finished 60 steps") != std::string::npos, out);
+}
+
+TEST_CASE("a full local disk fails the saves with an error naming it; nothing half-written reaches the checkpoint dir") {
+  TempDir d;
+  std::string out;
+  int rc = run_with_mounts(tier_run(d, "  local: " + (d / "local") + "\n", train_cmd(d, 60, 0, 4)),
+                           {{d / "local", "1m"}}, &out);
+  CHECK_MESSAGE(rc == 0, out);  // training goes on without checkpoints
+  CHECK_MESSAGE(out.find("No space left on device") != std::string::npos, out);
+  CHECK_MESSAGE(out.find(d / "local") != std::string::npos, out);
+  CHECK(step_folders(d / "ckpt").empty());
+  CHECK_FALSE(events_named(d / "ckpt", "checkpoint_failed").empty());
+}
+
+TEST_CASE("a local tier inside the checkpoint dir, or one that belongs to another run, is refused with exit 2") {
+  TempDir d;
+  std::string out;
+  CHECK(run(tier_run(d, "  local: " + (d / "ckpt/local") + "\n", train_cmd(d, 10, 0)), &out) == 2);
+  CHECK_MESSAGE(out.find("inside the checkpoint directory") != std::string::npos, out);
+
+  TempDir other;
+  REQUIRE(run(tier_run(other, "  local: " + (d / "shared-local") + "\n", train_cmd(other, 25, 0)), &out) == 0);
+  out.clear();
+  CHECK(run(tier_run(d, "  local: " + (d / "shared-local") + "\n", train_cmd(d, 10, 0)), &out) == 2);
+  CHECK_MESSAGE(out.find("another run") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("nothing started") != std::string::npos, out);
+}
