@@ -193,13 +193,15 @@ class Runner:
             pass
         return events
 
-    def run_training(self, name, tier):
+    def run_training(self, name):
         """One `lifeline run` of the example trainer with a sync checkpoint every E steps; returns
-        each checkpoint's stall (the trainer's --report lines) and the history's events."""
+        each checkpoint's stall (the trainer's --report lines) and the history's events. name:
+        "straight" (the checkpoint dir on the slow disk), "tier" (the same, with the local tier),
+        "local" (the checkpoint dir on the local disk, no tier: the floor)."""
         e, k = self.a.every_steps, self.a.checkpoints
         steps = e * k + e // 2  # k checkpoints in the loop, then the final save
-        ckpt = os.path.join(self.a.shared, f"stall-{name}")
-        local = os.path.join(self.a.local, f"stall-{name}") if tier else None
+        ckpt = os.path.join(self.a.local if name == "local" else self.a.shared, f"stall-{name}")
+        local = os.path.join(self.a.local, f"stall-{name}-tier") if name == "tier" else None
         pol = self.policy(f"stall-{name}", e, local)
         argv = [self.lifeline, "run", "--policy", pol, "--ckpt-dir", ckpt, "--requeue", "none", "--",
                 self.example, "--steps", str(steps), "--state-mib", str(self.a.mib), "--report"]
@@ -236,13 +238,14 @@ class Runner:
             return
         before = self.io()
         runs = {}
-        for name in ("straight", "tier"):  # one run each; the median over its checkpoints
+        for name in ("straight", "tier", "local"):  # one run each; the median over its checkpoints
             log(f"stall: {name} ...")
-            runs[name] = self.run_training(name, name == "tier")
+            runs[name] = self.run_training(name)
             log(f"stall: {name}: stalls " + ", ".join(f"{x:.3f}" for x in runs[name]["stalls"])
                 + f" s; run {runs[name]['wall_s']:.1f} s")
         chk = self.io_check("stall", before)
-        t, s = runs["tier"], runs["straight"]
+        t, s, floor = runs["tier"], runs["straight"], runs["local"]
+        mf = statistics.median(floor["stalls"])
         mt, ms = statistics.median(t["stalls"]), statistics.median(s["stalls"])
         drains = [ev for ev in t["events"] if ev.get("event") == "drain"]
         kinds = {}
@@ -261,8 +264,11 @@ class Runner:
                  f"{mt:.3f} s", f"{ms:.3f} s", f"{ratio:.3f}x", "<= 0.1x", ratio <= 0.1,
                  "stalls (s): tier " + ", ".join(f"{x:.3f}" for x in t["stalls"]) + "; straight "
                  + ", ".join(f"{x:.3f}" for x in s["stalls"])
+                 + f"; the floor, the same run with its checkpoint dir on the local disk and no tier: "
+                 + ", ".join(f"{x:.3f}" for x in floor["stalls"]) + f" (median {mf:.3f}; tier / floor {mt / mf:.2f}x)"
                  + f"; drains: {drain_note}"
-                 + f"; training time (steps + stalls): tier {t['train_s']:.1f} s, straight {s['train_s']:.1f} s"
+                 + f"; training time (steps + stalls): tier {t['train_s']:.1f} s, straight {s['train_s']:.1f} s, "
+                   f"floor {floor['train_s']:.1f} s"
                  + f"; history checkpoint_commit duration_s (tier): "
                  + ", ".join(f"{x:.3f}" for x in commits if isinstance(x, (int, float)))
                  + f"; {chk['cgroup_share_of_writes']:.1%} of the slow disk's writes by the bench's cgroup")
@@ -294,7 +300,7 @@ class Runner:
         t_commit, line = wait_for(lambda l: "checkpoint committed: step" in l, 900)
         m = re.search(r"step (\d+), (\d+) bytes in ([0-9.]+) s", line)
         step, save_s = int(m.group(1)), float(m.group(3))
-        t_drained = None
+        t_drained = t_stopped = None
         while True:
             t, line = lines.get(timeout=900)
             if line is None:
@@ -302,6 +308,8 @@ class Runner:
             out.append(line)
             if t_drained is None and re.search(rf"drained step {step}\b", line):
                 t_drained = t
+            if t_stopped is None and re.search(r"attempt \d+ stopped", line):
+                t_stopped = t
         rc = p.wait()
         t_exit = time.monotonic()
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -312,7 +320,7 @@ class Runner:
         if tier and t_drained is None:
             raise RuntimeError(f"lifeline run ({name}): no 'drained step {step}' line:\n" + "".join(out[-40:]))
         return {"commit_s": t_commit - t0, "drained_s": (t_drained - t0) if t_drained else None,
-                "exit_s": t_exit - t0, "save_s": save_s}
+                "stopped_s": (t_stopped - t0) if t_stopped else float("nan"), "exit_s": t_exit - t0, "save_s": save_s}
 
     def stop(self, tier_ok):
         if not tier_ok:
@@ -320,29 +328,36 @@ class Runner:
                      "local tier vs straight to the slow disk", self.not_measured, "", "",
                      "-", None)
             return
-        before = self.io()
         res = {"tier": [], "straight": []}
+        reads = {"tier": 0, "straight": 0}
+        before = self.io()
         for i in range(self.a.stops):  # alternating which goes first
             for name in (("tier", "straight") if i % 2 == 0 else ("straight", "tier")):
+                b = self.io()
                 r = self.stop_once(name, name == "tier")
+                reads[name] += self.io()["all_read"] - b["all_read"]
                 res[name].append(r)
                 log(f"stop: {name}: commit {r['commit_s']:.2f} s"
                     + (f", drained {r['drained_s']:.2f} s" if r["drained_s"] is not None else "")
-                    + f", exit {r['exit_s']:.2f} s (save {r['save_s']:.2f} s)")
+                    + f", 'stopped' {r['stopped_s']:.2f} s, exit {r['exit_s']:.2f} s (save {r['save_s']:.2f} s)")
         chk = self.io_check("stop", before)
         med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
         t, s = res["tier"], res["straight"]
         ratio = med(t, "commit_s") / med(s, "commit_s")
         self.row("c", f"stop latency, {self.a.mib} MiB state: SIGUSR1 to `lifeline run` -> checkpoint committed, "
                  f"to the local tier vs straight to the slow disk (median of {len(t)} each)",
-                 f"commit {med(t, 'commit_s'):.2f} s (on the slow disk {med(t, 'drained_s'):.2f} s, exit {med(t, 'exit_s'):.2f} s)",
-                 f"commit {med(s, 'commit_s'):.2f} s (exit {med(s, 'exit_s'):.2f} s)",
+                 f"commit {med(t, 'commit_s'):.2f} s (on the slow disk {med(t, 'drained_s'):.2f} s, "
+                 f"'stopped' {med(t, 'stopped_s'):.2f} s, exit {med(t, 'exit_s'):.2f} s)",
+                 f"commit {med(s, 'commit_s'):.2f} s ('stopped' {med(s, 'stopped_s'):.2f} s, exit {med(s, 'exit_s'):.2f} s)",
                  f"{ratio:.2f}x (commit)", "none set (issue 20 sets none)", None,
-                 "tier: " + "; ".join(f"commit {r['commit_s']:.2f}, drained {r['drained_s']:.2f}, exit {r['exit_s']:.2f}, "
-                                      f"save {r['save_s']:.2f}" for r in t)
-                 + " | straight: " + "; ".join(f"commit {r['commit_s']:.2f}, exit {r['exit_s']:.2f}, save {r['save_s']:.2f}"
-                                              for r in s)
-                 + f" (s); {chk['cgroup_share_of_writes']:.1%} of the slow disk's writes by the bench's cgroup")
+                 "seconds after the signal; 'stopped': the supervisor's 'attempt N stopped' line (requeue decided); "
+                 "tier: " + "; ".join(f"commit {r['commit_s']:.2f}, drained {r['drained_s']:.2f}, stopped {r['stopped_s']:.2f}, "
+                                      f"exit {r['exit_s']:.2f}, save {r['save_s']:.2f}" for r in t)
+                 + " // straight: " + "; ".join(f"commit {r['commit_s']:.2f}, stopped {r['stopped_s']:.2f}, "
+                                              f"exit {r['exit_s']:.2f}, save {r['save_s']:.2f}" for r in s)
+                 + f"; read back from the slow disk per stop: tier {reads['tier'] / len(t) / 2**20:.0f} MiB, "
+                   f"straight {reads['straight'] / len(s) / 2**20:.0f} MiB"
+                 + f"; {chk['cgroup_share_of_writes']:.1%} of the slow disk's writes by the bench's cgroup")
 
     # ---- table ---------------------------------------------------------------------------------
     def table(self):

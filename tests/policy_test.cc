@@ -762,3 +762,33 @@ TEST_CASE("storage.local naming a variable unset here is a warning, expanded aga
   CHECK(warnings[0].find("LIFELINE_TEST_UNSET_TMP") != std::string::npos);
   CHECK(warnings[0].find("expanded again where the job runs") != std::string::npos);
 }
+
+TEST_CASE("explain with a node-local tier: the drain at the shared disk's speed, capped by drain_bandwidth, against the grace") {
+  lifeline::Policy p = lifeline::default_policy();
+  p.storage.local_spec = p.storage.local = "/tmp/ll";
+  p.stop.grace_seconds = 25;
+  ExplainInputs in;
+  in.checkpoint_bytes = 10ULL << 30;               // 10 GiB
+  in.write_bytes_per_second = 5.0 * kGiB;          // local NVMe: 2 s
+  in.shared_write_bytes_per_second = 0.5 * kGiB;   // shared: 20 s
+  Explanation e = lifeline::explain_policy(p, in);
+  CHECK(*e.checkpoint_write_seconds == 2);
+  CHECK(*e.drain_seconds == 20);
+  CHECK_FALSE(e.stop_drain_may_not_fit);  // 2 + 20 < 25
+  std::string text = lifeline::render_explanation(p, in, e);
+  CHECK(text.find("Node-local tier") != std::string::npos);
+  CHECK(text.find("that fits") != std::string::npos);
+
+  p.storage.drain_bandwidth = 256ULL << 20;  // 256 MiB/s: 40 s, no longer fits
+  e = lifeline::explain_policy(p, in);
+  CHECK(*e.drain_seconds == 40);
+  CHECK(e.stop_drain_may_not_fit);
+  text = lifeline::render_explanation(p, in, e);
+  CHECK(text.find("storage.drain_bandwidth") != std::string::npos);
+  CHECK(text.find("does not fit") != std::string::npos);
+
+  p.storage.drain = false;
+  e = lifeline::explain_policy(p, in);
+  CHECK_FALSE(e.drain_seconds);
+  CHECK(lifeline::render_explanation(p, in, e).find("storage.drain: off") != std::string::npos);
+}

@@ -160,7 +160,17 @@ TEST_CASE("a stopped run with a node-local tier drains its stop checkpoint and r
   CHECK(step_folders(d / "local").size() == 1);  // keep_local: 1
   std::string listed;
   REQUIRE(verify_all(d / "ckpt", &listed) == 0);
-  for (const auto& c : json::parse(listed)) CHECK(c["valid"] == true);
+  for (const auto& c : json::parse(listed)) {
+    CHECK(c["valid"] == true);
+    CHECK(c["tier"] == (c["step"] == stop_step ? "both" : "shared"));
+  }
+  // status, with no supervisor running: the tier's newest local and drained step.
+  std::string status;
+  CHECK(run({binary("LIFELINE_BIN"), "status", d / "ckpt", "--json"}, &status) == 1);
+  json tier = json::parse(status)["tier"];
+  CHECK(tier["newest_local"] == stop_step);
+  CHECK(tier["newest_drained"] == stop_step);
+  CHECK(tier["draining"].is_null());
 
   // Another node: the local directory is not there.
   fs::remove_all(d / "local");
@@ -169,6 +179,37 @@ TEST_CASE("a stopped run with a node-local tier drains its stop checkpoint and r
   CHECK_MESSAGE(rc == 0, out);
   CHECK_MESSAGE(out.find("resuming from step " + std::to_string(stop_step)) != std::string::npos, out);
   CHECK(read_text(d / "digest") == reference_digest(120));
+}
+
+TEST_CASE("a Python trainer with a node-local tier is drained, stopped and resumed bit-exact from the checkpoint dir") {
+  TempDir d;
+  const std::string py = std::string(LIFELINE_SOURCE_DIR) + "/examples/train_torch.py";
+  auto trainer = [&](int steps, int delay_ms) {
+    return std::vector<std::string>{"/usr/bin/python3", py, "--steps", std::to_string(steps), "--seed", "7",
+                                    "--step-delay-ms", std::to_string(delay_ms), "--log-every", "1", "--digest-out",
+                                    d / "digest"};
+  };
+  const std::string storage = "  local: " + (d / "local") + "\n";
+  {
+    Process p(tier_run(d, storage, trainer(100000, 20)));
+    REQUIRE(p.wait_for_line("drained step 20") != "");
+    p.signal(SIGUSR1);
+    CHECK(p.wait() == 75);
+  }
+  auto end = events_named(d / "ckpt", "attempt_end").back();
+  CHECK(end["stop_checkpoint"]["drained"] == true);
+  uint64_t stop_step = end["last_checkpoint_step"].get<uint64_t>();
+  fs::remove_all(d / "local");
+  std::string out;
+  int rc = run(tier_run(d, storage, trainer(int(stop_step) + 20, 0)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK_MESSAGE(out.find("resuming from step " + std::to_string(stop_step)) != std::string::npos, out);
+  TempDir ref;
+  std::string alone;
+  REQUIRE(run({"/usr/bin/python3", py, "--steps", std::to_string(stop_step + 20), "--seed", "7", "--digest-out",
+               ref / "digest"},
+              &alone, {{"LIFELINE_CONTROL", ""}, {"LIFELINE_CKPT_DIR", ""}}) == 0);
+  CHECK(read_text(d / "digest") == read_text(ref / "digest"));
 }
 
 TEST_CASE("on the same node a local checkpoint newer than every drained one is drained first, then resumed from") {
@@ -259,7 +300,7 @@ TEST_CASE("a full checkpoint dir fails each drain with a clear error while train
   int rc = run_with_mounts(tier_run(d, "  local: " + (d / "local") + "\n  keep_local: 3\n", train_cmd(d, 60, 0, 4)),
                            {{d / "ckpt", "2m"}, {d / "local", "64m"}}, &out);
   CHECK_MESSAGE(rc == 0, out);
-  CHECK_MESSAGE(out.find("drain of step 20") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("drain of step ") != std::string::npos, out);
   CHECK_MESSAGE(out.find("No space left on device") != std::string::npos, out);
   CHECK_MESSAGE(out.find("training goes on") != std::string::npos, out);
   CHECK_MESSAGE(out.find("finished 60 steps") != std::string::npos, out);
@@ -289,4 +330,32 @@ TEST_CASE("a local tier inside the checkpoint dir, or one that belongs to anothe
   CHECK(run(tier_run(d, "  local: " + (d / "shared-local") + "\n", train_cmd(d, 10, 0)), &out) == 2);
   CHECK_MESSAGE(out.find("another run") != std::string::npos, out);
   CHECK_MESSAGE(out.find("nothing started") != std::string::npos, out);
+}
+
+TEST_CASE("a stop whose drain cannot fit its deadline at the measured speed says so when it begins, then drains uncapped") {
+  TempDir d;
+  // 2 MB/s and 16 MiB: the measured drain takes ~8 s, longer than a 3 s grace.
+  const std::string storage = "  local: " + (d / "local") + "\n  drain_bandwidth: 2MB/s\n";
+  std::vector<std::string> argv = tier_run(d, storage, train_cmd(d, 100000, 20, 16));
+  argv.insert(argv.begin() + 2, {"--grace", "3"});
+  Process p(argv);
+  REQUIRE(p.wait_for_line("drained step 20") != "");
+  p.signal(SIGUSR1);
+  std::string said = p.wait_for_line("the stop checkpoint's drain");
+  CHECK_MESSAGE(said.find("more than the") != std::string::npos, said);
+  p.wait();
+  auto late = events_named(d / "ckpt", "drain_late");
+  REQUIRE(late.size() == 1);
+  CHECK(late[0]["estimate_s"].get<double>() > late[0]["budget_s"].get<double>());
+  CHECK(late[0]["resume_step"].get<uint64_t>() >= 20);
+}
+
+TEST_CASE("storage.local with several supervisors per job is refused with exit 2 before anything starts") {
+  TempDir d;
+  std::vector<std::string> argv = tier_run(d, "  local: " + (d / "local") + "\n", train_cmd(d, 10, 0));
+  argv.insert(argv.begin() + 2, {"--peers", "2", "--peer-index", "0"});
+  std::string out;
+  CHECK(run(argv, &out) == 2);
+  CHECK_MESSAGE(out.find("several supervisors") != std::string::npos, out);
+  CHECK(step_folders(d / "local").empty());
 }

@@ -458,9 +458,9 @@ class Supervisor final : public Effects {
     poll_tier(stop);
     if (!drained && local) {
       auto resume = tier_->newest_drained();
-      spdlog::error("step {} is on {} only: its drain did not finish {}; a job that comes back on another node "
+      spdlog::error("step {} is on {} only: its drain did not {}; a job that comes back on another node "
                     "resumes from {}",
-                    *local, opt_.local_dir, stop ? "before the stop's deadline" : "",
+                    *local, opt_.local_dir, stop ? "finish before the stop's deadline" : "succeed",
                     resume ? "step " + std::to_string(*resume) : std::string("scratch"));
     }
     return drained;
