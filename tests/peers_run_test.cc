@@ -106,7 +106,11 @@ TEST_CASE("three supervisors of one job: a stop signal to one follower stops all
     std::string out;
     if (run({binary("LIFELINE_BIN"), "status", d / "ckpt", "--json"}, &out) == 0) {
       status = json::parse(out, nullptr, false);
-      if (status.is_object() && status["nodes"].is_array() && status["nodes"].size() == size_t(kPeers)) break;
+      // Every node listed, each with its rank attached (a node's trainer may attach a moment later).
+      bool all = status.is_object() && status["nodes"].is_array() && status["nodes"].size() == size_t(kPeers);
+      for (size_t n = 0; all && n < status["nodes"].size(); ++n)
+        all = status["nodes"][n]["ranks"].is_array() && status["nodes"][n]["ranks"].size() == 1;
+      if (all) break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));  // polling the file the leader rewrites each second
   }
@@ -151,6 +155,14 @@ TEST_CASE("a follower's supervisor killed with SIGKILL: the others stop as peer_
   std::vector<std::unique_ptr<Process>> sup;
   for (int k = 0; k < kPeers; ++k) sup.push_back(supervisor(d, k, 20));
   REQUIRE(sup[1]->wait_for_line("step 60 ") != "");
+  // The collective commit of step 50 is the leader's: under load it may come after a rank's step 60.
+  bool committed_50 = false;
+  for (int i = 0; i < 300 && !committed_50; ++i) {
+    json list = checkpoints(d);
+    committed_50 = !list.empty() && list.back()["step"].get<uint64_t>() >= 50;
+    if (!committed_50) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  REQUIRE(committed_50);
   auto killed_at = std::chrono::steady_clock::now();
   sup[1]->signal(SIGKILL);
   CHECK(sup[1]->wait() == 128 + SIGKILL);
