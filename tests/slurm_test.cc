@@ -151,13 +151,9 @@ void preemption_round_trip(World& w, const std::vector<std::string>& trainer, co
   CHECK(starts[1]["resumed_from_step"].get<int>() > 60);
 }
 
-TEST_CASE("preemption: SIGTERM at grace end reaches trainer and supervisor and the requeued job resumes bit-exact") {
-  World w({"--grace", "15", "--kill-wait", "10"});
-  preemption_round_trip(w, w.cpp_trainer(kPreemptedSteps, 40), reference_digest(kPreemptedSteps), {}, "TERM");
-}
-
-TEST_CASE("preemption with a node-local tier: the stop checkpoint is drained before the requeue and the job resumes bit-exact") {
-  // local-tier.sbatch with storage.local under the job's TMPDIR (the test's own directory here).
+// The plain single-node path under SIGTERM is the Python case's below; this one adds the tier.
+TEST_CASE("preemption: SIGTERM at grace end reaches trainer and supervisor; with a node-local tier the stop checkpoint is drained before the requeue, and the job resumes bit-exact") {
+  // local-tier.sbatch with storage.local under the test's own directory (a node's $TMPDIR).
   World w({"--grace", "15", "--kill-wait", "10"});
   std::ofstream(w.policy, std::ios::app) << "storage:\n  local: " << (w.dir / "node-tmp") << "/lifeline-${SLURM_JOB_ID}\n"
                                             "  keep_local: 1\n";
