@@ -424,6 +424,73 @@ TEST_CASE("YAML syntax errors and non-policy documents get file:line:column too"
         "p.yaml:2:1: key '?': a key must be a plain name, got a list");
 }
 
+TEST_CASE("every bad key is reported, one line each in file order, not only the first") {
+  const std::string yaml =
+      "version: 1\n"
+      "checkpoint:\n"
+      "  every_steps: ten\n"
+      "retention:\n"
+      "  keep_lsat: 2\n"
+      "stop:\n"
+      "  signals: [USR1, USR3]\n";
+  CHECK(error_of(yaml) ==
+        "p.yaml:3:16: key 'checkpoint.every_steps': expected a whole number, got 'ten'\n"
+        "p.yaml:5:3: key 'retention.keep_lsat': unknown key; did you mean 'keep_last'?\n"
+        "p.yaml:7:19: key 'stop.signals[1]': unknown signal 'USR3'; expected one of USR1, USR2, "
+        "TERM, INT, HUP, QUIT, ALRM, XCPU, PWR");
+  try {
+    lifeline::parse_policy(yaml, "p.yaml");
+    FAIL("accepted");
+  } catch (const PolicyError& e) {
+    const std::vector<std::string> m = e.messages();
+    REQUIRE(m.size() == 3);
+    CHECK(m[0].rfind("p.yaml:3:16: key 'checkpoint.every_steps': ", 0) == 0);
+    CHECK(m[1].rfind("p.yaml:5:3: key 'retention.keep_lsat': ", 0) == 0);
+    CHECK(m[2].rfind("p.yaml:7:19: key 'stop.signals[1]': ", 0) == 0);
+  }
+}
+
+TEST_CASE("collected errors: each bad signal of a list, a bad section, duplicates and a missing version") {
+  CHECK(error_of("version: 1\nstop:\n  signals: [USR3, TERM, KILL, term]\n") ==
+        "p.yaml:3:13: key 'stop.signals[0]': unknown signal 'USR3'; expected one of USR1, USR2, TERM, "
+        "INT, HUP, QUIT, ALRM, XCPU, PWR\n"
+        "p.yaml:3:25: key 'stop.signals[2]': SIGKILL cannot be caught; use USR1, TERM or INT\n"
+        "p.yaml:3:31: key 'stop.signals[3]': TERM is listed twice");
+  CHECK(error_of("version: 1\nretention: [keep_last]\nrequeue:\n  exit_code: 0\n  exit_code: 3\n") ==
+        "p.yaml:2:12: key 'retention': expected a mapping of keys (e.g. 'keep_last: ...'), got a list\n"
+        "p.yaml:4:14: key 'requeue.exit_code': must be between 1 and 255, got 0\n"
+        "p.yaml:5:3: key 'requeue.exit_code': duplicate key (first given at line 4, column 3)");
+  // The missing version is listed where the mapping starts: first.
+  CHECK(error_of("checkpoint:\n  every_steps: ten\n") ==
+        "p.yaml:1:1: key 'version': missing; a policy file starts with 'version: 1'\n"
+        "p.yaml:2:16: key 'checkpoint.every_steps': expected a whole number, got 'ten'");
+  // A bad version is one problem, not also a missing one.
+  CHECK(error_of("version: two\nchekpoint: {}\n") ==
+        "p.yaml:1:10: key 'version': expected a whole number, got 'two'\n"
+        "p.yaml:2:1: key 'chekpoint': unknown key; did you mean 'checkpoint'?");
+}
+
+TEST_CASE("cross-key checks run only once every key was read; structural errors stop at once") {
+  // max_backoff_seconds < backoff_seconds would be an error, but a key is bad: only that one.
+  CHECK(error_of("version: 1\nrestart:\n  backoff_seconds: 1h\n  max_failures: x\n") ==
+        "p.yaml:4:17: key 'restart.max_failures': expected a whole number, got 'x'");
+  // With every key readable, both impossible combinations are listed.
+  CHECK(error_of("version: 1\nretention:\n  metric: ''\nrestart:\n  backoff_seconds: 1h\n") ==
+        "p.yaml:3:11: key 'retention.metric': empty, but keep_best is 1; name the metric to rank by, or "
+        "set keep_best: 0\n"
+        "p.yaml:5:20: key 'restart.backoff_seconds': max_backoff_seconds (5m) is shorter than "
+        "backoff_seconds (1h)");
+  // A syntax error after bad keys is the only message: nothing was read.
+  CHECK(error_of("version: 1\ncheckpoint:\n  every_steps: ten\nstop: [1,\n") ==
+        "p.yaml:5:1: YAML syntax error: end of sequence flow not found");
+  try {
+    lifeline::parse_policy("", "p.yaml");
+    FAIL("accepted");
+  } catch (const PolicyError& e) {
+    CHECK(e.messages() == std::vector<std::string>{e.what()});
+  }
+}
+
 TEST_CASE("whatever the input, a rejection is a PolicyError and never a yaml-cpp exception") {
   const std::vector<std::string> inputs = {
       "{",

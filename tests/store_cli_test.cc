@@ -153,6 +153,32 @@ TEST_CASE("policy check and policy explain answer in JSON with --json, errors in
   CHECK(j["text"].get<std::string>().find("Work lost") != std::string::npos);
 }
 
+TEST_CASE("policy check, --json and run --policy report every bad key of a file, not only the first") {
+  TempDir d;
+  std::string file = d / "bad.yaml";
+  std::ofstream(file) << "version: 1\ncheckpoint:\n  every_steps: ten\n  every_step: 5\nretention:\n  mode: lowest\n";
+  const std::vector<std::string> expected = {
+      file + ":3:16: key 'checkpoint.every_steps': expected a whole number, got 'ten'",
+      file + ":4:3: key 'checkpoint.every_step': unknown key; did you mean 'every_steps'?",
+      file + ":6:9: key 'retention.mode': expected one of min, max; got 'lowest'"};
+  std::string out;
+  CHECK(run(cli({"policy", "check", file}), &out) == 2);
+  CHECK(out == expected[0] + "\n" + expected[1] + "\n" + expected[2] + "\n");
+  int status = 0;
+  json j = run_json({"policy", "check", file, "--json"}, &status);
+  CHECK(status == 2);
+  CHECK(j["ok"] == false);
+  CHECK(j["errors"] == json(expected));
+  CHECK(j["error"] == expected[0] + "\n" + expected[1] + "\n" + expected[2]);  // the whole text, as before
+  CHECK(run(cli({"run", "--policy", file, "--ckpt-dir", d / "ckpt", "--", "/bin/true"}), &out) == 2);
+  for (const auto& e : expected) CHECK(contains(out, e));
+  // A good file: no errors.
+  std::ofstream(d / "good.yaml") << "version: 1\n";
+  j = run_json({"policy", "check", d / "good.yaml", "--json"}, &status);
+  CHECK(status == 0);
+  CHECK(j["errors"] == json::array());
+}
+
 TEST_CASE("an unknown or missing subcommand is named with the list of subcommands; `lifeline help` prints the help") {
   std::string out;
   CHECK(run(cli({"frobnicate"}), &out) == 2);

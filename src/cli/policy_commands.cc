@@ -116,7 +116,8 @@ ojson policy_json(const Policy& p) {
 }
 
 // The body of `policy check`: writes to out/err, returns the exit status (0 ok, 2 bad file).
-// --json: {file, ok, error, warnings, summary, policy} on `out`, whatever the outcome.
+// --json: {file, ok, error, errors, warnings, summary, policy} on `out`, whatever the outcome:
+// `error` is every problem as one text (one per line), `errors` the same one string each.
 int run_policy_check(const std::string& file, std::ostream& out, std::ostream& err, bool as_json = false) {
   std::vector<std::string> warnings;
   try {
@@ -125,6 +126,7 @@ int run_policy_check(const std::string& file, std::ostream& out, std::ostream& e
       out << dump_json(ojson{{"file", file},
                              {"ok", true},
                              {"error", nullptr},
+                             {"errors", ojson::array()},
                              {"warnings", warnings},
                              {"summary", summarize_policy(p)},
                              {"policy", policy_json(p)}},
@@ -137,7 +139,8 @@ int run_policy_check(const std::string& file, std::ostream& out, std::ostream& e
     return 0;
   } catch (const PolicyError& e) {
     if (as_json) {
-      out << dump_json(ojson{{"file", file}, {"ok", false}, {"error", e.what()}, {"warnings", warnings},
+      out << dump_json(ojson{{"file", file}, {"ok", false}, {"error", e.what()},
+                             {"errors", e.messages()}, {"warnings", warnings},
                              {"summary", nullptr}, {"policy", nullptr}},
                        2)
           << '\n';
@@ -242,7 +245,7 @@ void register_policy_commands(CLI::App& app, int& rc) {
   CLI::App* check =
       policy->add_subcommand("check", "Validate a policy file and summarize it (exit 0 ok, 2 bad)");
   check->add_option("FILE", args->check_file, "policy file (YAML)")->required();
-  check->add_flag("--json", args->check_json, "the result as JSON: file, ok, error, warnings, summary, policy");
+  check->add_flag("--json", args->check_json, "the result as JSON: file, ok, error, errors, warnings, summary, policy");
   check->callback([args, &rc] { rc = run_policy_check(args->check_file, std::cout, std::cerr, args->check_json); });
 
   CLI::App* explain = policy->add_subcommand("explain",

@@ -182,6 +182,13 @@ std::optional<YAML::Mark> second_document(const std::string& text) {
   return events.starts[1];
 }
 
+// One problem with the file, and where it is (so that problems list in file order). Thrown by
+// the reader's checks; the key being read catches it, records it and reading goes on.
+struct Problem : PolicyError {
+  Problem(Where w, const std::string& message) : PolicyError(message), at(w) {}
+  Where at;
+};
+
 // One key's value and where it sits, handed to the typed readers.
 struct Value {
   YAML::Node node;
@@ -189,14 +196,26 @@ struct Value {
   Where at;          // the value, or the key when the value is empty
 };
 
-// Walks one YAML document into a Policy. Errors throw PolicyError at the first problem;
-// advice goes to warnings. Remembers where each key was given for cross-key checks.
+// Walks one YAML document into a Policy. A structural problem (YAML syntax, not a mapping, an
+// empty file) throws PolicyError at once; a problem of one key is recorded and reading goes on
+// with the next key, and the end throws one PolicyError listing them all in file order. Checks
+// across keys run only when every key was read. Advice goes to warnings. Remembers where each
+// key was given for cross-key checks.
 class PolicyReader {
  public:
   PolicyReader(std::string source, std::vector<std::string>* warnings)
       : source_(std::move(source)), warnings_(warnings) {}
 
   Policy read(const std::string& text) {
+    try {
+      return read_all(text);
+    } catch (const Problem& e) {  // a structural problem: the caller sees a plain PolicyError
+      throw PolicyError(std::string(e.what()));
+    }
+  }
+
+ private:
+  Policy read_all(const std::string& text) {
     YAML::Node root;
     try {
       // Not YAML::LoadAll: in yaml-cpp 0.7 it loops forever on stray top-level text such
@@ -220,19 +239,40 @@ class PolicyReader {
 
     Policy p = default_policy();
     p.source = source_;
-    try {
-      read_root(root, p);
-    } catch (const YAML::Exception& e) {  // not expected: every read is checked first
-      fail_at(where(e.mark), "", "YAML error: " + e.msg);
+    read_root(root, p);
+    if (problems_.empty()) check_combinations(p);
+    if (!problems_.empty()) {
+      std::stable_sort(problems_.begin(), problems_.end(), [](const Problem& a, const Problem& b) {
+        return std::pair(a.at.line, a.at.column) < std::pair(b.at.line, b.at.column);
+      });
+      std::vector<std::string> messages;
+      for (const Problem& e : problems_) messages.emplace_back(e.what());
+      throw PolicyError(messages);
     }
-    check_combinations(p);
     advise(p);
     return p;
   }
 
- private:
+  std::string message_at(Where w, const std::string& key, const std::string& message) const {
+    return position(w) + (key.empty() ? "" : "key '" + key + "': ") + message;
+  }
   [[noreturn]] void fail_at(Where w, const std::string& key, const std::string& message) const {
-    throw PolicyError(position(w) + (key.empty() ? "" : "key '" + key + "': ") + message);
+    throw Problem(w, message_at(w, key, message));
+  }
+  // Records a problem without stopping.
+  void problem_at(Where w, const std::string& key, const std::string& message) const {
+    problems_.emplace_back(w, message_at(w, key, message));
+  }
+  // Runs one key's read; a problem it finds is recorded, and reading goes on.
+  template <typename Read>
+  void recording(Read read) const {
+    try {
+      read();
+    } catch (const Problem& e) {
+      problems_.push_back(e);
+    } catch (const YAML::Exception& e) {  // not expected: every read is checked first
+      problem_at(where(e.mark), "", "YAML error: " + e.msg);
+    }
   }
   [[noreturn]] void fail(const Value& v, const std::string& message) const {
     fail_at(v.at, v.path, message);
@@ -263,23 +303,25 @@ class PolicyReader {
   void walk_map(const YAML::Node& map, const std::string& prefix, ReadOne read_one) {
     std::map<std::string, Where> seen;
     for (const auto& kv : map) {
-      const YAML::Node& key = kv.first;
-      const YAML::Node& value = kv.second;
-      if (!key.IsScalar())
-        fail_at(where(key.Mark()), prefix.empty() ? "?" : prefix,
-                "a key must be a plain name, got " + describe(key));
-      const std::string name = key.Scalar();
-      const std::string path = prefix.empty() ? shown(name) : prefix + "." + shown(name);
-      const Where key_at = where(key.Mark());
-      auto [first, fresh] = seen.emplace(name, key_at);
-      if (!fresh)
-        fail_at(key_at, path,
-                "duplicate key (first given at line " + std::to_string(first->second.line) +
-                    ", column " + std::to_string(first->second.column) + ")");
-      const Where value_at = value.IsNull() ? key_at : where(value.Mark());
-      keys_[path] = key_at;
-      values_[path] = value_at;
-      read_one(name, Value{value, path, value_at}, key_at);
+      recording([&] {
+        const YAML::Node& key = kv.first;
+        const YAML::Node& value = kv.second;
+        if (!key.IsScalar())
+          fail_at(where(key.Mark()), prefix.empty() ? "?" : prefix,
+                  "a key must be a plain name, got " + describe(key));
+        const std::string name = key.Scalar();
+        const std::string path = prefix.empty() ? shown(name) : prefix + "." + shown(name);
+        const Where key_at = where(key.Mark());
+        auto [first, fresh] = seen.emplace(name, key_at);
+        if (!fresh)
+          fail_at(key_at, path,
+                  "duplicate key (first given at line " + std::to_string(first->second.line) +
+                      ", column " + std::to_string(first->second.column) + ")");
+        const Where value_at = value.IsNull() ? key_at : where(value.Mark());
+        keys_[path] = key_at;
+        values_[path] = value_at;
+        read_one(name, Value{value, path, value_at}, key_at);
+      });
     }
   }
 
@@ -291,11 +333,11 @@ class PolicyReader {
     bool have_version = false;
     walk_map(root, "", [&](const std::string& name, const Value& v, Where key_at) {
       if (name == "version") {
+        have_version = true;  // a bad value is its own problem, not a missing version
         uint64_t version = read_uint(v);
         if (version != 1)
           fail(v, "unsupported version " + std::to_string(version) +
                       "; this lifeline reads version 1");
-        have_version = true;
         return;
       }
       for (const auto& s : schema()) {
@@ -307,7 +349,7 @@ class PolicyReader {
       unknown_key(name, v.path, key_at, top_level_keys(), "");
     });
     if (!have_version)
-      fail_at(where(root.Mark()), "version", "missing; a policy file starts with 'version: 1'");
+      problem_at(where(root.Mark()), "version", "missing; a policy file starts with 'version: 1'");
   }
 
   void read_section(const Value& section, const SectionKeys& keys, Policy& p) {
@@ -550,22 +592,24 @@ class PolicyReader {
       fail(v, "expected a list of signal names like [USR1, TERM, INT], got " + describe(v.node));
     std::vector<int> out;
     for (size_t i = 0; i < v.node.size(); ++i) {
-      const YAML::Node item = v.node[i];
-      Value iv{item, v.path + "[" + std::to_string(i) + "]",
-               item.IsNull() ? v.at : where(item.Mark())};
-      const std::string name = scalar(iv, "a signal name like USR1");
-      const std::string bare = strip_sig(name);
-      if (bare == "KILL" || bare == "STOP")
-        fail(iv, "SIG" + bare + " cannot be caught; use USR1, TERM or INT");
-      std::optional<int> sig = signal_from_name(name);
-      if (!sig) {
-        std::vector<const char*> names;
-        for (const auto& s : catchable_signals()) names.push_back(s.name);
-        fail(iv, "unknown signal '" + shown(name) + "'; expected one of " + fmt::format("{}", fmt::join(names, ", ")));
-      }
-      if (std::find(out.begin(), out.end(), *sig) != out.end())
-        fail(iv, signal_name(*sig) + " is listed twice");
-      out.push_back(*sig);
+      recording([&] {  // each bad name is its own problem
+        const YAML::Node item = v.node[i];
+        Value iv{item, v.path + "[" + std::to_string(i) + "]",
+                 item.IsNull() ? v.at : where(item.Mark())};
+        const std::string name = scalar(iv, "a signal name like USR1");
+        const std::string bare = strip_sig(name);
+        if (bare == "KILL" || bare == "STOP")
+          fail(iv, "SIG" + bare + " cannot be caught; use USR1, TERM or INT");
+        std::optional<int> sig = signal_from_name(name);
+        if (!sig) {
+          std::vector<const char*> names;
+          for (const auto& s : catchable_signals()) names.push_back(s.name);
+          fail(iv, "unknown signal '" + shown(name) + "'; expected one of " + fmt::format("{}", fmt::join(names, ", ")));
+        }
+        if (std::find(out.begin(), out.end(), *sig) != out.end())
+          fail(iv, signal_name(*sig) + " is listed twice");
+        out.push_back(*sig);
+      });
     }
     return out;
   }
@@ -606,13 +650,13 @@ class PolicyReader {
 
   void check_combinations(const Policy& p) const {
     if (p.retention.keep_best > 0 && p.retention.metric.empty())
-      fail_at(at("retention.metric"), "retention.metric",
+      problem_at(at("retention.metric"), "retention.metric",
               "empty, but keep_best is " + std::to_string(p.retention.keep_best) +
                   "; name the metric to rank by, or set keep_best: 0");
     if (p.restart.max_backoff_seconds < p.restart.backoff_seconds) {
       const char* key = given("restart.max_backoff_seconds") ? "restart.max_backoff_seconds"
                                                              : "restart.backoff_seconds";
-      fail_at(at(key), key,
+      problem_at(at(key), key,
               "max_backoff_seconds (" + format_duration(p.restart.max_backoff_seconds) +
                   ") is shorter than backoff_seconds (" +
                   format_duration(p.restart.backoff_seconds) + ")");
@@ -652,9 +696,29 @@ class PolicyReader {
   std::vector<std::string>* warnings_;
   std::map<std::string, Where> keys_;    // path -> where the key was written
   std::map<std::string, Where> values_;  // path -> where its value was written
+  mutable std::vector<Problem> problems_;  // per-key problems so far, in the order found
 };
 
 }  // namespace
+
+namespace {
+
+std::string joined_lines(const std::vector<std::string>& messages) {
+  std::string out;
+  for (const std::string& m : messages) out += (out.empty() ? "" : "\n") + m;
+  return out;
+}
+
+}  // namespace
+
+PolicyError::PolicyError(const std::vector<std::string>& messages)
+    : std::runtime_error(joined_lines(messages)),
+      messages_(std::make_shared<const std::vector<std::string>>(messages)) {}
+
+std::vector<std::string> PolicyError::messages() const {
+  if (messages_) return *messages_;
+  return {what()};
+}
 
 Policy default_policy() { return Policy{}; }
 

@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -77,10 +78,20 @@ struct Policy {
   std::string source;  // file it came from, "" for built-in defaults
 };
 
-// A policy file that cannot be used. what() is "FILE:LINE:COL: key 'a.b': message" (line
-// and column 1-based), or "FILE: message" when no position applies (e.g. unreadable file).
+// A policy file that cannot be used. Each problem reads "FILE:LINE:COL: key 'a.b': message"
+// (line and column 1-based), or "FILE: message" when no position applies (e.g. unreadable file).
+// A file with several bad keys gives them all: what() is the messages in file order, one per
+// line (with one problem, exactly its message); messages() lists them one by one.
 struct PolicyError : std::runtime_error {
   using runtime_error::runtime_error;
+  // Several problems at once; `messages` must not be empty.
+  explicit PolicyError(const std::vector<std::string>& messages);
+
+  // Each problem's message, in file order: {what()} when constructed from one message.
+  std::vector<std::string> messages() const;
+
+ private:
+  std::shared_ptr<const std::vector<std::string>> messages_;  // null: what() is the only one
 };
 
 // policies/default.yaml's values; source is "".
