@@ -21,7 +21,8 @@ const std::vector<std::string> kModes = {"auto", "scontrol", "sbatch", "exit", "
 void register_run_command(CLI::App& app, int& rc) {
   auto* sub = app.add_subcommand("run", "run a training command under supervision");
   struct Args {
-    std::string policy, ckpt_dir, requeue, grace;
+    std::string policy, ckpt_dir, requeue, grace, run_id;
+    bool resume_anyway = false;
     int verbose = 0, quiet = 0;
     uint32_t peers = 0;
     int peer_index = -1;
@@ -32,6 +33,12 @@ void register_run_command(CLI::App& app, int& rc) {
   sub->add_option("--ckpt-dir", args->ckpt_dir, "checkpoint directory");
   sub->add_option("--requeue", args->requeue, "auto | scontrol | sbatch | exit | local | none")
       ->check(CLI::IsMember(kModes));
+  sub->add_option("--run-id", args->run_id,
+                  "a name for this run, kept in the checkpoint dir's run.json: a run of another name is refused there "
+                  "(default: $LIFELINE_RUN_ID; without one the training command identifies the run)");
+  sub->add_flag("--resume-anyway", args->resume_anyway,
+                "resume from the checkpoints of another run in this directory (another --run-id, or the different "
+                "command of a run that completed); also LIFELINE_RESUME_ANYWAY=1");
   sub->add_option("--grace", args->grace, "longest wait for the stop checkpoint (45, 90s, 2m30s, ...)");
   sub->add_option("--peers", args->peers,
                   "supervisors of this job, one per node (default: srun's SLURM_STEP_NUM_TASKS inside a step, else 1)")
@@ -64,6 +71,13 @@ void register_run_command(CLI::App& app, int& rc) {
       }
     }
     o.command = args->command;
+    if (!args->run_id.empty()) {
+      o.run_id = args->run_id;
+    } else if (const char* id = std::getenv("LIFELINE_RUN_ID"); id && *id) {
+      o.run_id = std::string(id);
+    }
+    const char* anyway = std::getenv("LIFELINE_RESUME_ANYWAY");
+    o.resume_anyway = args->resume_anyway || (anyway && std::string(anyway) == "1");
     o.peers = args->peers;
     o.peer_index = args->peer_index;
     int level = args->verbose - args->quiet;

@@ -144,6 +144,13 @@ void AttemptLog::checkpoint_lost(uint64_t step, const std::string& host, const s
   log_->append(std::move(e));
 }
 
+void AttemptLog::run_changed(const std::string& why, bool forced) {
+  json e = event("run_changed");
+  e["why"] = text(why);
+  e["forced"] = forced;
+  log_->append(std::move(e));
+}
+
 void AttemptLog::requeue(const Requeue& r) {
   json e = event("requeue");
   e["mode"] = text(name(r.mode));

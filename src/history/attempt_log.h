@@ -78,6 +78,10 @@ class AttemptLog {
   void checkpoint_lost(uint64_t step, const std::string& host, const std::string& local_dir,
                        std::optional<uint64_t> resume_step);
 
+  // This run is not the one whose checkpoints the directory holds (run.json): `why`; `forced`:
+  // --resume-anyway accepted a difference that is otherwise refused.
+  void run_changed(const std::string& why, bool forced);
+
   struct Requeue {
     RequeueMode mode = RequeueMode::none;
     RequeueResult result = RequeueResult::not_requeued;

@@ -42,6 +42,7 @@
 #include "store/dir_safety.h"
 #include "store/retention.h"
 #include "store/writers_lock.h"
+#include "history/run_identity.h"
 #include "supervisor/local_tier.h"
 #include "supervisor/machine.h"
 #include "supervisor/peer_link.h"
@@ -147,6 +148,7 @@ class Supervisor final : public Effects {
   Supervisor& operator=(const Supervisor&) = delete;
 
   int run() {
+    spdlog::set_pattern(kLogTime + " lifeline %l: %v");  // until the attempt is known
     if (std::string why = preflight_error(opt_); !why.empty()) {
       spdlog::error("{}", why);
       return kExitUsage;
@@ -157,6 +159,7 @@ class Supervisor final : public Effects {
     }
     // One lock per directory: several supervisors of one job share it through their leader.
     if (!follower()) lock_.emplace(opt_.ckpt_dir);
+    if (!follower() && !check_identity()) return kExitUsage;
     if (!opt_.local_dir.empty()) {
       if (peers()) {
         spdlog::error("storage.local with several supervisors per job is not supported yet (docs/storage.md): each "
@@ -320,6 +323,10 @@ class Supervisor final : public Effects {
     log_.attempt_start({lineage_, job_id_, this_host(), int64_t(getpid()), out.resumed_step,
                         resume ? std::optional<std::string>(resume->path) : std::nullopt, skipped, mode_});
     out.recorded = true;
+    if (!identity_note_.empty()) {
+      log_.run_changed(identity_note_, identity_forced_);
+      identity_note_.clear();
+    }
     attempt_started_ns_ = wall_ns();
     if (!follower()) write_supervisor_record();
     try {
@@ -580,10 +587,45 @@ class Supervisor final : public Effects {
     }
   }
 
+  // run.json: this run against the one whose checkpoints the directory holds. False: refused.
+  bool check_identity() {
+    identity_.run_id = opt_.run_id;
+    identity_.command = opt_.command;
+    identity_.policy = opt_.policy.source;
+    std::string error;
+    auto was = read_run_identity(opt_.ckpt_dir, &error);
+    if (!was && !error.empty()) spdlog::warn("{} (replaced)", error);
+    if (was) {
+      IdentityCheck c = check_run_identity(*was, identity_);
+      if (c.verdict == IdentityCheck::Verdict::refuse && !opt_.resume_anyway) {
+        spdlog::error("{} holds the checkpoints of another run: {}. Resuming would continue that run's training. "
+                      "Use another --ckpt-dir for a new run, or pass --resume-anyway to resume from its checkpoints "
+                      "anyway{} (nothing started)",
+                      opt_.ckpt_dir, c.why,
+                      was->run_id || opt_.run_id ? "" : "; --run-id NAME names a run so that it may change its command");
+        return false;
+      }
+      if (c.verdict != IdentityCheck::Verdict::same) {
+        spdlog::warn("{}: {}; resuming from its checkpoints{}", opt_.ckpt_dir, c.why,
+                     c.verdict == IdentityCheck::Verdict::refuse ? " (--resume-anyway)" : "");
+        identity_note_ = c.why;
+        identity_forced_ = c.verdict == IdentityCheck::Verdict::refuse;
+      }
+      if (!identity_.run_id && was->run_id) identity_.run_id = was->run_id;  // keeps its name
+    }
+    if (!write_run_identity(opt_.ckpt_dir, identity_, &error)) spdlog::warn("{}", error);
+    return true;
+  }
+
   // Where the trainer commits: the node-local tier when there is one.
   const std::string& work_dir() const { return tier_ ? opt_.local_dir : opt_.ckpt_dir; }
 
   void finish(int status) override {
+    if (!follower() && log_.last_end() && log_.last_end()->reason == EndReason::completed) {
+      identity_.completed = true;
+      std::string error;
+      if (!write_run_identity(opt_.ckpt_dir, identity_, &error)) spdlog::warn("{}", error);
+    }
     say_end(status);
     exit_status_ = status;
     finished_ = true;
@@ -1143,10 +1185,13 @@ class Supervisor final : public Effects {
     if (!write_supervisor_record_file(opt_.ckpt_dir, j, &error)) spdlog::warn("{}", error);
   }
 
+  // ISO 8601 with the local zone's offset ("2026-12-06T20:57:53.016+00:00"), as everywhere.
+  static inline const std::string kLogTime = "%Y-%m-%dT%H:%M:%S.%e%z";
+
   void set_log_pattern() {
     std::string who = "lifeline[" + (job_id_ ? "job " + *job_id_ + " " : std::string()) + "attempt " +
                       std::to_string(attempt_) + "]";
-    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e " + who + " %l: %v");
+    spdlog::set_pattern(kLogTime + " " + who + " %l: %v");
   }
 
 
@@ -1176,6 +1221,9 @@ class Supervisor final : public Effects {
   uint64_t tier_local_bytes_ = 0;        // the newest local checkpoint's size
   uint64_t tier_status_ns_ = 0;          // tier.json last rewritten during a drain
   bool said_tier_ = false;
+  RunIdentity identity_;                 // this run, as run.json will say
+  std::string identity_note_;            // a difference from the directory's run, for history
+  bool identity_forced_ = false;
   std::optional<ControlBlock> block_;
   std::optional<RankCoordinator> ranks_;  // the block's ranks, if any attach
   asio::steady_timer rank_timer_{io_};

@@ -1,6 +1,7 @@
 #pragma once
 // The `lifeline run` supervisor: starts the trainer, turns signals into checkpoint requests,
 // waits for the committed ack, and ends each attempt by completing, restarting or requeueing.
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,8 @@ struct RunOptions {
   Policy policy;
   std::string ckpt_dir;       // absolute
   std::string local_dir;      // storage.local expanded and absolute ("" = no node-local tier)
+  std::optional<std::string> run_id;  // --run-id / LIFELINE_RUN_ID: the run's name (run.json)
+  bool resume_anyway = false;         // --resume-anyway / LIFELINE_RESUME_ANYWAY=1: resume another run's checkpoints
   std::string requeue_mode;   // auto | scontrol | sbatch | exit | local | none
   double grace_seconds = 25;  // longest wait for the stop checkpoint
   std::vector<std::string> command;
