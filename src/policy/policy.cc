@@ -239,7 +239,11 @@ class PolicyReader {
 
     Policy p = default_policy();
     p.source = source_;
-    read_root(root, p);
+    try {
+      read_root(root, p);
+    } catch (const YAML::Exception& e) {  // not expected: every read is checked first
+      problem_at(where(e.mark), "", "YAML error: " + e.msg);
+    }
     if (problems_.empty()) check_combinations(p);
     if (!problems_.empty()) {
       std::stable_sort(problems_.begin(), problems_.end(), [](const Problem& a, const Problem& b) {
