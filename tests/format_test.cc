@@ -33,6 +33,14 @@ TEST_CASE("format_duration gives the two largest units, and a tenth below ten se
   }
 }
 
+TEST_CASE("format_duration never shows a time that is not zero as 0s: milli- or microseconds below 0.05 s") {
+  for (Shown c : {Shown{0.033, "33ms"}, Shown{0.0012, "1ms"}, Shown{0.0000330, "33\u00b5s"}, Shown{1e-8, "under 1\u00b5s"}, Shown{0.05, "0.1s"},
+                  Shown{0.049, "49ms"}}) {
+    CAPTURE(c.seconds);
+    CHECK(format_duration(c.seconds) == c.text);
+  }
+}
+
 TEST_CASE("human_duration reads as people write durations, the smaller unit in two digits") {
   for (Shown c : {Shown{0.04, "0.0 s"}, Shown{4.25, "4.2 s"}, Shown{42, "42 s"}, Shown{192, "3m 12s"},
                   Shown{65, "1m 05s"}, Shown{7500, "2h 05m"}, Shown{90000, "1d 01h"}}) {

@@ -9,7 +9,9 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/clock.h"
 #include "support/process.h"
+#include "support/table_text.h"
 #include "support/temp_dir.h"
 
 using namespace lifeline::test;
@@ -120,6 +122,95 @@ TEST_CASE("history answers 1 with an empty array when nothing ran") {
   CHECK(h == json::array());
 }
 
+namespace {
+
+// A history.jsonl written by hand: an array job's attempt on a host with a long name, preempted,
+// whose scontrol requeue failed; then a second attempt of another job that completed.
+void write_long_names_history(const std::string& dir) {
+  constexpr uint64_t t0 = 1795000000ull * 1000000000ull;
+  auto ev = [&](double at, const std::string& name, json fields) {
+    uint64_t t = t0 + uint64_t(at * 1e9);
+    fields["event"] = name;
+    fields["time"] = lifeline::iso8601(t);
+    fields["time_ns"] = t;
+    return fields;
+  };
+  auto start = [&](double at, int attempt, const std::string& host, const std::string& job, json resumed) {
+    return ev(at, "attempt_start", {{"attempt", attempt}, {"lineage", "abc"}, {"job_id", job}, {"host", host},
+                                    {"pid", 4242}, {"resumed_from_step", resumed}, {"skipped", json::array()},
+                                    {"requeue_mode", "scontrol"}});
+  };
+  std::vector<json> events = {
+      start(0, 0, "gpu-node-0123.cluster.example.org", "123456_789", nullptr),
+      ev(600, "checkpoint_commit", {{"attempt", 0}, {"step", 1000}, {"bytes", 35456}, {"duration_s", 2.5}}),
+      ev(3600, "signal", {{"attempt", 0}, {"signal", "TERM"}, {"state", "running"}}),
+      ev(3610, "checkpoint_commit", {{"attempt", 0}, {"step", 6000}, {"bytes", 35456}, {"duration_s", 2.5}}),
+      ev(3611, "attempt_end", {{"attempt", 0}, {"end_reason", "preempted"}, {"exit_code", 0}, {"checkpoints", 2},
+                               {"last_checkpoint_step", 6000}, {"signal", "TERM"}}),
+      ev(3612, "requeue", {{"attempt", 0}, {"mode", "scontrol"}, {"result", "failed"},
+                           {"detail", "scontrol requeue 123456_789: Invalid job id specified"}}),
+      start(4000, 1, "n1", "17", 6000),
+      ev(4100, "attempt_end", {{"attempt", 1}, {"end_reason", "completed"}, {"exit_code", 0}, {"checkpoints", 0},
+                               {"last_checkpoint_step", nullptr}, {"signal", nullptr}}),
+  };
+  std::ofstream out(dir + "/history.jsonl");
+  for (const auto& e : events) out << e.dump() << "\n";
+}
+
+const std::vector<std::string> kHistoryColumns = {"ATTEMPT", "JOB", "HOST", "START (UTC)", "DURATION",
+                                                  "RESUMED", "END", "CKPTS", "LOST", "REQUEUE"};
+
+}  // namespace
+
+TEST_CASE("history's table lines up with an array job id and a long host, and shows a failed requeue as failed") {
+  TempDir d;
+  std::filesystem::create_directory(d / "ckpt");
+  write_long_names_history(d / "ckpt");
+  std::string out;
+  REQUIRE(run(cli({"history", d / "ckpt"}), &out, {{"COLUMNS", ""}}) == 0);  // not a terminal, no $COLUMNS: no limit
+  std::vector<std::string> lines = screen_lines(out);
+  size_t head = line_starting(lines, "ATTEMPT");
+  REQUIRE_MESSAGE(head + 2 < lines.size(), out);
+  std::vector<size_t> starts = column_starts(lines[head], kHistoryColumns);
+  REQUIRE_MESSAGE(starts.size() == kHistoryColumns.size(), out);
+  for (size_t r = head + 1; r <= head + 2; ++r) CHECK_MESSAGE(aligned(lines[r], starts), out);
+  const std::string& a0 = lines[head + 1];
+  CHECK(cell(a0, starts, 1) == "123456_789");
+  CHECK(cell(a0, starts, 2) == "gpu-node-0123.cluster.example.org");
+  CHECK(cell(a0, starts, 4) == "1h 00m");
+  CHECK(cell(a0, starts, 6) == "preempted (TERM)");
+  CHECK(cell(a0, starts, 9) == "scontrol failed");
+  CHECK(cell(lines[head + 2], starts, 9) == "none");
+  CHECK(out.find("attempt 0: the requeue (scontrol) failed: scontrol requeue 123456_789: Invalid job id specified") !=
+        std::string::npos);
+  // JSON keeps the contract: a requeue that failed brought nothing about ("none"), with its result.
+  int status = -1;
+  json h = run_json({"history", d / "ckpt", "--json"}, &status);
+  REQUIRE(h.size() == 2);
+  CHECK(h[0]["requeue"] == "none");
+  CHECK(h[0]["requeue_result"] == "failed");
+  CHECK(h[0]["job_id"] == "123456_789");
+
+  // A 110-column terminal: the long cells are cut with an ellipsis, ids and times are not, and the rows
+  // still line up under the header.
+  REQUIRE(run(cli({"history", d / "ckpt"}), &out, {{"COLUMNS", "110"}}) == 0);
+  lines = screen_lines(out);
+  head = line_starting(lines, "ATTEMPT");
+  REQUIRE_MESSAGE(head + 2 < lines.size(), out);
+  starts = column_starts(lines[head], kHistoryColumns);
+  REQUIRE_MESSAGE(starts.size() == kHistoryColumns.size(), out);
+  for (size_t r = head; r <= head + 2; ++r) {
+    CHECK_MESSAGE(lines[r].size() <= 110, out);
+    if (r > head) CHECK_MESSAGE(aligned(lines[r], starts), out);
+  }
+  CHECK(cell(lines[head + 1], starts, 1) == "123456_789");
+  CHECK(cell(lines[head + 1], starts, 3) == "2026-11-18 11:06:40");
+  std::string host = cell(lines[head + 1], starts, 2);
+  CHECK(host.back() == '~');
+  CHECK(std::string("gpu-node-0123.cluster.example.org").rfind(host.substr(0, host.size() - 1), 0) == 0);
+  CHECK(cell(lines[head + 1], starts, 9).rfind("scontrol f", 0) == 0);
+}
+
 TEST_CASE("status shows the running supervisor, its trainer and step, and answers 1 once it has exited") {
   TempDir d;
   Process p(lifeline_run(d, 4000, 5, 1000));  // bounded, should the test fail before stopping it
@@ -142,6 +233,9 @@ TEST_CASE("status shows the running supervisor, its trainer and step, and answer
   std::string text;
   CHECK(run(cli({"status", d / "ckpt"}), &text) == 0);
   CHECK(text.find("supervisor      pid " + std::to_string(p.pid())) != std::string::npos);
+  // The policy's durations as policy files write them, not as a count of seconds.
+  CHECK_MESSAGE(text.find("checkpoint every 1000 steps / off; keep last 3 + best 1 by val_loss;") != std::string::npos, text);
+  CHECK_MESSAGE(text.find("; grace 25s; hang check off") != std::string::npos, text);
 
   p.signal(SIGUSR1);
   CHECK(p.wait() == 75);

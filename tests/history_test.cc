@@ -337,6 +337,26 @@ TEST_CASE("the timeline labels each bar with attempt, job and end reason and mar
   CHECK(svg.find(">45<") != std::string::npos);  // commit step label
 }
 
+TEST_CASE("a requeue that failed reads as failed in the table's words and on the timeline, and stays none in JSON") {
+  std::vector<json> events = stopped_then_completed();
+  events[7] = ev(26, "requeue", {{"attempt", 0}, {"mode", "scontrol"}, {"result", "failed"}, {"detail", "no such job"}});
+  Ledger l = fold_history(events, {}, kT0 + 200 * kSec);
+  REQUIRE(l.attempts.size() == 2);
+  const Attempt& a0 = l.attempts[0];
+  CHECK(a0.requeue == "none");
+  CHECK(a0.requeue_tried == "scontrol");
+  CHECK(requeue_text(a0) == "scontrol failed");
+  CHECK(attempt_json(a0)["requeue"] == "none");
+  CHECK(attempt_json(a0)["requeue_result"] == "failed");
+  CHECK(timeline_svg(l, "/scratch/run1", kT0 + 200 * kSec).find("requeue: scontrol failed") != std::string::npos);
+  CHECK(requeue_text(l.attempts[1]) == "none");
+
+  events[7] = ev(26, "requeue", {{"attempt", 0}, {"mode", "local"}, {"result", "budget exhausted"}});
+  CHECK(requeue_text(fold_history(events, {}, kT0 + 200 * kSec).attempts[0]) == "none (budget exhausted)");
+  events[7] = ev(26, "requeue", {{"attempt", 0}, {"mode", "local"}, {"result", "restart"}});
+  CHECK(requeue_text(fold_history(events, {}, kT0 + 200 * kSec).attempts[0]) == "local");
+}
+
 namespace {
 
 // Ends the test process (SIGALRM) when the scope takes longer than `seconds`: opening a FIFO

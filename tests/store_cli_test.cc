@@ -14,6 +14,7 @@
 
 #include "support/process.h"
 #include "support/store_fixtures.h"
+#include "support/table_text.h"
 
 using namespace lifeline;
 using namespace lifeline::test;
@@ -262,4 +263,70 @@ TEST_CASE("a FIFO named history.jsonl or supervisor.json never hangs history, st
     CHECK(run(cli({"request", dir}), &out) == 2);
     CHECK(contains(out, named));
   }
+}
+
+TEST_CASE("checkpoints lines its columns up with long steps, a TIER column and a long problem; a narrow terminal cuts the problem") {
+  TempDir d;
+  std::string dir = d / "ckpt";
+  fs::create_directory(dir);
+  {
+    CheckpointWriter w(default_file_system(), dir, 7, CheckpointMeta{});
+    w.write_file("weights.bin", std::string(35456, 'w').data(), 35456);
+    w.commit({{"val_loss", 0.25}});
+  }
+  std::string damaged = commit_step(dir, 123456789012, std::string(2000, 'x'));
+  flip_byte(damaged + "/weights.bin", 10);  // same size: only the full check finds it
+  const std::vector<std::string> names = {"STEP", "VALID", "SIZE", "CREATED", "METRICS / PROBLEM"};
+  std::string out;
+  REQUIRE(run(cli({"checkpoints", dir}), &out, {{"COLUMNS", ""}}) == 0);
+  std::vector<std::string> lines = screen_lines(out);
+  REQUIRE(lines.size() == 3);
+  std::vector<size_t> starts = column_starts(lines[0], names);
+  REQUIRE_MESSAGE(starts.size() == names.size(), out);
+  for (size_t r = 1; r < 3; ++r) CHECK_MESSAGE(aligned(lines[r], starts), out);
+  CHECK(cell(lines[1], starts, 0) == "7");
+  CHECK(cell(lines[1], starts, 2) == "34.6 KiB");  // not a bare byte count
+  CHECK(cell(lines[1], starts, 4) == "val_loss=0.25");
+  CHECK(cell(lines[2], starts, 0) == "123456789012");
+  CHECK(cell(lines[2], starts, 1) == "NO");
+  const std::string problem = cell(lines[2], starts, 4);
+  CHECK(problem.size() > 30);
+
+  // A node-local tier on another host: the TIER column, and the note under the table.
+  std::ofstream(dir + "/tier.json") << R"({"host": "gpu-node-0123.cluster.example.org", "local_dir": "/tmp/x"})";
+  REQUIRE(run(cli({"checkpoints", dir}), &out, {{"COLUMNS", ""}}) == 0);
+  lines = screen_lines(out);
+  REQUIRE(lines.size() == 4);
+  starts = column_starts(lines[0], {"STEP", "VALID", "TIER", "SIZE", "CREATED", "METRICS / PROBLEM"});
+  REQUIRE_MESSAGE(starts.size() == 6, out);
+  for (size_t r = 1; r < 3; ++r) CHECK_MESSAGE(aligned(lines[r], starts), out);
+  CHECK(cell(lines[1], starts, 2) == "shared");
+  CHECK(contains(lines[3], "the node-local tier is on gpu-node-0123.cluster.example.org"));
+
+  // A terminal of 90 columns: the problem is cut with an ellipsis, the rest stays whole and aligned.
+  REQUIRE(run(cli({"checkpoints", dir}), &out, {{"COLUMNS", "90"}}) == 0);
+  lines = screen_lines(out);
+  REQUIRE(lines.size() == 4);
+  starts = column_starts(lines[0], {"STEP", "VALID", "TIER", "SIZE", "CREATED", "METRICS / PROBLEM"});
+  REQUIRE_MESSAGE(starts.size() == 6, out);
+  for (size_t r = 0; r < 3; ++r) {
+    CHECK_MESSAGE(lines[r].size() <= 90, out);
+    if (r > 0) CHECK_MESSAGE(aligned(lines[r], starts), out);
+  }
+  CHECK(cell(lines[2], starts, 0) == "123456789012");
+  std::string cut = cell(lines[2], starts, 5);
+  CHECK(cut.back() == '~');
+  CHECK(problem.rfind(cut.substr(0, cut.size() - 1), 0) == 0);
+}
+
+TEST_CASE("gc names its rules in human units (max_total_bytes as a size) and the policy file they come from") {
+  TempDir d;
+  std::string dir = d / "ckpt";
+  fs::create_directory(dir);
+  commit_step(dir, 1, "w");
+  std::ofstream(d / "p.yaml") << "version: 1\nretention:\n  keep_best: 0\n  max_total_bytes: 2GiB\n";
+  std::string out;
+  REQUIRE_MESSAGE(run(cli({"gc", dir, "--policy", d / "p.yaml", "--dry-run"}), &out) == 0, out);
+  CHECK_MESSAGE(contains(out, "max_total_bytes 2 GiB, from " + d / "p.yaml" + ")"), out);
+  CHECK_FALSE(contains(out, "2147483648"));
 }

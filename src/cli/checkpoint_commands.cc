@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/table.h"
 #include "common/clock.h"
 #include "common/format.h"
 #include "common/host.h"
@@ -85,17 +86,19 @@ void register_checkpoint_commands(CLI::App& app, int& rc) {
       } else if (list.empty()) {
         std::printf("no checkpoints in %s\n", d.c_str());
       } else {
-        std::string tier_head = tiered ? fmt::format("{:<7}", "TIER") : "";
-        std::printf("%-10s %-7s %s%10s  %-24s %s\n", "STEP", "VALID", tier_head.c_str(), "SIZE", "CREATED",
-                    "METRICS / PROBLEM");
+        std::vector<TableColumn> columns = {{"STEP"}, {"VALID"}};
+        if (tiered) columns.push_back({"TIER"});
+        columns.insert(columns.end(), {{"SIZE"}, {"CREATED"}, {"METRICS / PROBLEM", true}});
+        Table table(columns);
         for (size_t i = 0; i < list.size(); ++i) {
           const auto& c = list[i];
-          std::string t = tiered ? fmt::format("{:<7}", tiers[i]) : "";
-          std::printf("%-10llu %-7s %s%10s  %-24s %s\n", static_cast<unsigned long long>(c.step),
-                      c.valid ? "yes" : "NO", t.c_str(), format_bytes(c.bytes).c_str(),
-                      c.created_ns ? iso8601(c.created_ns).c_str() : "-",
-                      c.valid ? metrics_text(c).c_str() : c.problem.c_str());
+          std::vector<std::string> row = {std::to_string(c.step), c.valid ? "yes" : "NO"};
+          if (tiered) row.push_back(tiers[i]);
+          row.insert(row.end(), {format_bytes(c.bytes), c.created_ns ? iso8601(c.created_ns) : "-",
+                                 c.valid ? metrics_text(c) : c.problem});
+          table.add(row);
         }
+        std::fputs(table.render(output_width()).c_str(), stdout);
         if (tiered && tier.value("host", std::string()) != this_host())
           std::printf("(the node-local tier is on %s: its checkpoints are not listed from here)\n",
                       tier.value("host", std::string("?")).c_str());

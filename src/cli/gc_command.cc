@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "common/format.h"
 #include "common/json_text.h"
 #include "history/supervisor_record.h"
 #include "policy/policy.h"
@@ -37,7 +38,7 @@ std::string rules_text(const Policy::Retention& r) {
   std::string s = "keep_last " + std::to_string(r.keep_last) + ", keep_best " + std::to_string(r.keep_best) +
                   " by " + r.metric + " (" + to_string(r.mode) + "), keep_every_steps " +
                   std::to_string(r.keep_every_steps) + ", max_total_bytes ";
-  return s + (r.max_total_bytes ? std::to_string(r.max_total_bytes) : std::string("unlimited"));
+  return s + (r.max_total_bytes ? format_size(double(r.max_total_bytes)) : std::string("unlimited"));
 }
 
 // The retention rules the directory's run recorded in supervisor.json (lifeline run writes them
@@ -103,8 +104,9 @@ int run_gc(const std::string& dir_arg, const std::string& policy_file, bool dry_
   if (!as_json)
     std::printf("%s %s (%s%s)\n", dry_run ? "dry run of gc in" : "gc in", dir.c_str(),
                 rules_text(policy.retention).c_str(),
-                recorded_from.empty() ? ", the built-in defaults: no run recorded its policy here"
-                                      : (", as the run recorded them in supervisor.json, from " + recorded_from).c_str());
+                !policy_file.empty()   ? (", from " + policy_file).c_str()
+                : recorded_from.empty() ? ", the built-in defaults: no run recorded its policy here"
+                                        : (", as the run recorded them in supervisor.json, from " + recorded_from).c_str());
   // Deleting asks first on a terminal (not with --yes or --json, not in scripts).
   if (!dry_run && !yes && !as_json && ::isatty(STDIN_FILENO)) {
     RetentionReport plan = apply_retention(default_file_system(), dir, policy.retention, std::nullopt, true);

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "cli/table.h"
 #include "common/clock.h"
 #include "common/format.h"
 #include "common/json_text.h"
@@ -66,21 +67,25 @@ std::string missing_stop_text(const Attempt& a) {
 }
 
 void print_history_table(const Ledger& ledger, uint64_t now) {
-  std::printf("%-7s %-10s %-14s %-19s %9s %8s %-33s %5s %9s  %s\n", "ATTEMPT", "JOB", "HOST", "START (UTC)",
-              "DURATION", "RESUMED", "END", "CKPTS", "LOST", "REQUEUE");
+  Table table({{"ATTEMPT"}, {"JOB"}, {"HOST", true}, {"START (UTC)"}, {"DURATION"}, {"RESUMED"}, {"END", true},
+               {"CKPTS"}, {"LOST"}, {"REQUEUE", true}});
   for (const Attempt& a : ledger.attempts) {
     double dur = double(a.end_or(now) - std::min(a.started_ns, a.end_or(now))) / 1e9;
     std::string lost = a.running ? "-" : (a.end_reason == "completed" ? "0" : human_duration(a.lost_seconds));
     if (a.end_estimated) lost = "~" + lost;
-    std::printf("%-7llu %-10s %-14s %-19s %9s %8s %-33s %5llu %9s  %s\n", (unsigned long long)a.attempt,
-                a.job_id ? a.job_id->c_str() : "-", a.host.empty() ? "-" : a.host.c_str(),
-                short_time(a.started_ns).c_str(), (human_duration(dur) + (a.running ? "+" : "")).c_str(),
-                opt_text(a.resumed_from_step).c_str(), end_text(a).c_str(), (unsigned long long)a.checkpoints,
-                lost.c_str(), a.requeue.c_str());
+    table.add({std::to_string(a.attempt), a.job_id ? *a.job_id : "-", a.host.empty() ? "-" : a.host,
+               short_time(a.started_ns), human_duration(dur) + (a.running ? "+" : ""), opt_text(a.resumed_from_step),
+               end_text(a), std::to_string(a.checkpoints), lost, requeue_text(a)});
   }
+  std::fputs(table.render(output_width()).c_str(), stdout);
   for (const Attempt& a : ledger.attempts)
     if (std::string m = missing_stop_text(a); !m.empty())
       std::printf("attempt %llu: %s\n", (unsigned long long)a.attempt, m.c_str());
+  for (const Attempt& a : ledger.attempts)
+    if (a.requeue_result == "failed")
+      std::printf("attempt %llu: the requeue (%s) failed%s%s\n", (unsigned long long)a.attempt,
+                  a.requeue_tried.empty() ? "?" : a.requeue_tried.c_str(), a.requeue_detail.empty() ? "" : ": ",
+                  a.requeue_detail.c_str());
   const Summary& s = ledger.summary;
   std::string causes = interruptions_text(s);
   std::printf("\n");
@@ -189,16 +194,16 @@ std::string number_text(const json& v) {
 
 std::string policy_text(const json& p) {
   auto n = [&](const char* k) { return p.contains(k) ? number_text(p[k]) : std::string("?"); };
-  auto every = [&](const char* k, const char* unit) {
-    return p.value(k, 0.0) > 0 ? "every " + n(k) + unit : std::string("off");
-  };
-  std::string s = "checkpoint " + every("every_steps", " steps") + " / " + every("every_seconds", " s") +
+  // A duration of the policy as the policy files write them: "45s", "1h", "2m 30s".
+  auto d = [&](const char* k) { return p.contains(k) && p[k].is_number() ? format_duration(p[k].get<double>()) : std::string("?"); };
+  std::string s = "checkpoint " + (p.value("every_steps", 0.0) > 0 ? "every " + n("every_steps") + " steps" : std::string("off")) +
+                  " / " + (p.value("every_seconds", 0.0) > 0 ? "every " + d("every_seconds") : std::string("off")) +
                   "; keep last " + n("keep_last") + " + best " + n("keep_best");
   if (p.contains("metric") && p["metric"].is_string()) s += " by " + p["metric"].get<std::string>();
+  if (p.value("max_total_bytes", 0.0) > 0) s += ", at most " + format_size(p["max_total_bytes"].get<double>());
   s += "; requeue " + p.value("requeue_mode", std::string("?")) + " (at most " + n("max_requeues") +
-       " requeues, give up after " + n("max_failures") + " failures in a row); grace " + n("grace_seconds") +
-       " s; hang check " +
-       (p.value("hang_seconds", 0.0) > 0 ? "after " + n("hang_seconds") + " s" : std::string("off"));
+       " requeues, give up after " + n("max_failures") + " failures in a row); grace " + d("grace_seconds") +
+       "; hang check " + (p.value("hang_seconds", 0.0) > 0 ? "after " + d("hang_seconds") : std::string("off"));
   if (p.contains("source") && p["source"].is_string() && !p["source"].get<std::string>().empty())
     s += "; from " + p["source"].get<std::string>();
   return s;

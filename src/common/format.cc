@@ -45,6 +45,14 @@ std::string format_bytes(uint64_t bytes) {
 std::string format_duration(double seconds) {
   if (!(seconds >= 0)) seconds = 0;
   char buf[64];
+  if (seconds > 0 && seconds < 0.05) {  // "0s" would say it takes no time at all
+    if (seconds < 0.0000005) return "under 1\u00b5s";
+    if (seconds < 0.0005)
+      std::snprintf(buf, sizeof buf, "%.0f\u00b5s", seconds * 1e6);
+    else
+      std::snprintf(buf, sizeof buf, "%.0fms", seconds * 1000);
+    return buf;
+  }
   if (seconds < 10 && std::fabs(seconds - std::round(seconds)) >= 0.05) {
     std::snprintf(buf, sizeof buf, "%.1fs", seconds);
     return buf;

@@ -15,7 +15,8 @@ std::string format_size(double bytes);
 std::string format_bytes(uint64_t bytes);
 
 // "0s", "1.5s", "45s", "1m 30s", "2h", "1h 30m", "3d 4h", "forever": the two largest units,
-// rounded (policy messages and `policy explain`).
+// rounded (policy messages, `policy explain`, `status`'s policy line); below 0.05 s "33ms", "33µs"
+// or "under 1µs", never "0s" for a time that is not zero.
 std::string format_duration(double seconds);
 
 // "4.2 s", "42 s", "3m 12s", "2h 05m", "3d 04h": a measured duration (history, status, request).

@@ -75,6 +75,16 @@ void mark_lost(Attempt& a) {
 
 }  // namespace
 
+std::string requeue_text(const Attempt& a) {
+  auto result = parse_requeue_result(a.requeue_result);
+  if (result == RequeueResult::failed) {
+    std::string mode = !a.requeue_tried.empty() ? a.requeue_tried : a.requeue_mode;
+    return (mode.empty() || mode == name(RequeueMode::none) ? std::string("requeue") : mode) + " failed";
+  }
+  if (result == RequeueResult::budget_exhausted) return std::string(name(RequeueMode::none)) + " (budget exhausted)";
+  return a.requeue;
+}
+
 std::optional<double> step_rate(const Attempt& a) {
   if (a.commits.empty()) return std::nullopt;
   const CommitRecord& last = a.commits.back();
@@ -202,6 +212,7 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
       std::string mode = str(e, "mode");
       a.requeue = done && !mode.empty() ? mode : std::string(name(RequeueMode::none));
       a.requeue_result = result;
+      a.requeue_tried = mode;
       a.requeue_detail = opt_str(e, "new_job_id") ? "new job " + str(e, "new_job_id") : str(e, "detail");
     }
   }

@@ -63,6 +63,7 @@ struct Attempt {
   std::string requeue = "none";       // scontrol | sbatch | exit | local | none
   std::string requeue_result;         // the requeue event's result: requeued, not requeued, failed, ...
   std::string requeue_detail;         // its detail, or the new job id of a resubmission
+  std::string requeue_tried;          // the requeue event's mode, also when the requeue failed
   std::vector<CommitRecord> commits;
   std::vector<SignalRecord> signals;
   std::vector<RequestRecord> requests;
@@ -130,6 +131,11 @@ struct Ledger {
 
 // Folds events (read_history_events order) into attempts. `now_ns` ends running attempts.
 Ledger fold_history(const std::vector<nlohmann::json>& events, const Liveness& live, uint64_t now_ns);
+
+// The REQUEUE column of `history` and the timeline's words: the mode when the requeue happened
+// ("scontrol"), "scontrol failed" when it was tried and failed, "none (budget exhausted)" when
+// the requeue budget was spent, else "none".
+std::string requeue_text(const Attempt& a);
 
 // Steps per second between the attempt's start and its last commit, when that tells anything.
 std::optional<double> step_rate(const Attempt& a);

@@ -131,7 +131,7 @@ std::string details(const Attempt& a) {
     parts.push_back(human_duration(a.at_risk_seconds) + " unsaved");
   else if (a.end_reason != "completed")
     parts.push_back("lost " + human_duration(a.lost_seconds) + (a.end_estimated ? " (estimated)" : ""));
-  if (a.requeue != "none") parts.push_back("requeue: " + a.requeue);
+  if (std::string r = requeue_text(a); r != "none") parts.push_back("requeue: " + r);
   return fmt::format("{}", fmt::join(parts, " \u00b7 "));
 }
 
