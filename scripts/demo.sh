@@ -29,7 +29,7 @@ env -u LIFELINE_CONTROL -u LIFELINE_CKPT_DIR "${train[@]}" --step-delay-ms 0 --d
 stop_at=$(( (RANDOM % 300) + 60 ))
 echo
 echo "== 2. lifeline run, interrupted with SIGUSR1 once the trainer passes step $stop_at"
-"$lifeline" run --policy "$work/policy.yaml" --ckpt-dir "$work/ckpt" -- "${train[@]}" --step-delay-ms 15 --digest-out "$work/run.digest" \
+"$lifeline" run --policy "$work/policy.yaml" --ckpt-dir "$work/ckpt" --run-id demo -- "${train[@]}" --step-delay-ms 15 --digest-out "$work/run.digest" \
   >"$work/run1.log" 2>&1 &
 pid=$!
 until [[ $(grep -E '^step ' "$work/run1.log" | tail -1 | awk '{print $2}') -ge $stop_at ]]; do
@@ -47,8 +47,8 @@ echo "== 3. what is on disk"
 "$lifeline" verify "$work/ckpt" | sed 's/^/   /'
 
 echo
-echo "== 4. the same command again: it resumes"
-"$lifeline" run --policy "$work/policy.yaml" --ckpt-dir "$work/ckpt" -- "${train[@]}" --step-delay-ms 0 \
+echo "== 4. the same run again (--run-id demo; only its step delay differs): it resumes"
+"$lifeline" run --policy "$work/policy.yaml" --ckpt-dir "$work/ckpt" --run-id demo -- "${train[@]}" --step-delay-ms 0 \
   --digest-out "$work/run.digest" >"$work/run2.log" 2>&1
 grep -E "resuming from|resumed from|finished|training completed" "$work/run2.log" | sed 's/^/   /'
 

@@ -121,36 +121,19 @@ int run_into_closed_pipe(const std::vector<std::string>& argv) {
 // Runs argv in a mount namespace of its own whose /dev/shm is a full 4 KiB tmpfs; the output
 // (stdout and stderr) goes to `out`. The exit status.
 int run_with_full_dev_shm(const std::vector<std::string>& argv, std::string* out) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    ::dup2(fds[1], 1);
-    ::dup2(fds[1], 2);
-    auto fail = [](const char* what) {
-      std::fprintf(stderr, "test setup: %s: %s\n", what, std::strerror(errno));
-      ::_exit(99);
-    };
-    if (::unshare(CLONE_NEWNS) != 0) fail("unshare(CLONE_NEWNS)");
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) fail("make / private");
-    if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=4k") != 0) fail("mount a 4k tmpfs on /dev/shm");
-    int fd = ::open("/dev/shm/filler", O_CREAT | O_WRONLY, 0600);
-    char page[4096] = {};
-    while (fd >= 0 && ::write(fd, page, sizeof page) > 0) {
-    }
-    ::close(fd);
-    exec_argv(argv);
-  }
-  ::close(fds[1]);
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) out->append(buf, size_t(n));
-  ::close(fds[0]);
-  int st = 0;
-  ::waitpid(pid, &st, 0);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return run_in_mount_namespace(
+      argv,
+      [] {
+        if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=4k") != 0)
+          return std::string("mount a 4k tmpfs on /dev/shm: ") + std::strerror(errno);
+        int fd = ::open("/dev/shm/filler", O_CREAT | O_WRONLY, 0600);
+        char page[4096] = {};
+        while (fd >= 0 && ::write(fd, page, sizeof page) > 0) {
+        }
+        ::close(fd);
+        return std::string();
+      },
+      out);
 }
 
 }  // namespace

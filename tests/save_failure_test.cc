@@ -63,8 +63,9 @@ void saves_fail_on_a_full_disk(const Trainer& trainer) {
                            "restart:\n  backoff_seconds: 0\n  max_failures: 2\n"
                            "retention:\n  keep_last: 1000\n  keep_best: 0\n";
   auto run_steps = [&](int steps) {
+    // One named run, continued with more steps once it completed (run.json: the name identifies it).
     std::vector<std::string> argv = {binary("LIFELINE_BIN"), "run", "--policy", policy, "--ckpt-dir", ckpt,
-                                     "--requeue", "local", "--"};
+                                     "--requeue", "local", "--run-id", "full-disk", "--"};
     argv.insert(argv.end(), trainer.begin(), trainer.end());
     argv.insert(argv.end(), {"--steps", std::to_string(steps)});
     std::string out;

@@ -88,39 +88,29 @@ int verify_all(const std::string& dir, std::string* out) {
 // own (the mounts go away with it); the output into `out`. The exit status.
 int run_with_mounts(const std::vector<std::string>& argv, const std::vector<std::pair<std::string, std::string>>& mounts,
                     std::string* out) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    ::dup2(fds[1], 1);
-    ::dup2(fds[1], 2);
-    auto fail = [](const char* what) {
-      std::fprintf(stderr, "test setup: %s: %s\n", what, std::strerror(errno));
-      ::_exit(99);
-    };
-    if (::unshare(CLONE_NEWNS) != 0) fail("unshare(CLONE_NEWNS)");
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) fail("make / private");
-    for (const auto& [path, size] : mounts) {
-      fs::create_directories(path);
-      std::string opts = "size=" + size;
-      if (::mount("tmpfs", path.c_str(), "tmpfs", 0, opts.c_str()) != 0) fail("mount a tmpfs");
-    }
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    ::_exit(127);
+  return run_in_mount_namespace(
+      argv,
+      [&] {
+        for (const auto& [path, size] : mounts) {
+          std::error_code ec;
+          fs::create_directories(path, ec);
+          std::string opts = "size=" + size;
+          if (::mount("tmpfs", path.c_str(), "tmpfs", 0, opts.c_str()) != 0)
+            return "mount a tmpfs on " + path + ": " + std::strerror(errno);
+        }
+        return std::string();
+      },
+      out);
+}
+
+// Waits (at most 10 s) until a drain's staging folder appears in `dir`; true when it did.
+bool wait_for_staging(const std::string& dir) {
+  for (int i = 0; i < 1000; ++i) {
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().filename().string().rfind(".staging-", 0) == 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  ::close(fds[1]);
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) out->append(buf, size_t(n));
-  ::close(fds[0]);
-  int st = 0;
-  ::waitpid(pid, &st, 0);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return false;
 }
 
 // The digest of an uninterrupted run of `steps` steps without any tier.
@@ -266,13 +256,7 @@ TEST_CASE("a supervisor killed mid-drain leaves no partial checkpoint in the che
     Process p(tier_run(d, storage, train_cmd(d, 100000, 20, 16)));
     REQUIRE(p.wait_for_line("checkpoint committed: step 20") != "");
     // The drain's staging folder appears in the checkpoint dir; kill the whole supervisor then.
-    bool staging = false;
-    for (int i = 0; i < 500 && !staging; ++i) {
-      for (const auto& e : fs::directory_iterator(d / "ckpt"))
-        staging = staging || e.path().filename().string().rfind(".staging-", 0) == 0;
-      if (!staging) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    REQUIRE(staging);
+    REQUIRE(wait_for_staging(d / "ckpt"));
     p.signal(SIGKILL);
     p.wait();
   }
@@ -299,13 +283,7 @@ TEST_CASE("a node lost mid-drain (supervisor killed, local disk wiped): no parti
     // 8 MiB at 4 MB/s: step 20 drains in ~2 s; the next one is killed mid-copy.
     Process p(tier_run(d, slow, train_cmd(d, 100000, 20, 8)));
     REQUIRE(p.wait_for_line("drained step 20") != "");
-    bool staging = false;
-    for (int i = 0; i < 500 && !staging; ++i) {
-      for (const auto& e : fs::directory_iterator(d / "ckpt"))
-        staging = staging || e.path().filename().string().rfind(".staging-", 0) == 0;
-      if (!staging) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    REQUIRE(staging);
+    REQUIRE(wait_for_staging(d / "ckpt"));
     p.signal(SIGKILL);
     p.wait();
   }

@@ -1,9 +1,13 @@
 #include "support/process.h"
 
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <boost/process.hpp>
+#include <cstring>
 #include <set>
 #include <stdexcept>
 
@@ -77,6 +81,43 @@ std::string binary(const char* env_var) {
   const char* v = std::getenv(env_var);
   if (!v || !*v) throw std::runtime_error(std::string(env_var) + " is not set (run the test through meson test)");
   return v;
+}
+
+int run_in_mount_namespace(const std::vector<std::string>& argv, const std::function<std::string()>& setup,
+                           std::string* out) {
+  int fds[2];
+  if (::pipe(fds) != 0) return -1;
+  pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    std::string failed;
+    if (::unshare(CLONE_NEWNS) != 0)
+      failed = std::string("unshare(CLONE_NEWNS): ") + std::strerror(errno);
+    else if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+      failed = std::string("make / private: ") + std::strerror(errno);
+    else
+      failed = setup();
+    if (!failed.empty()) {
+      std::fprintf(stderr, "test setup: %s\n", failed.c_str());
+      ::_exit(99);
+    }
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) out->append(buf, size_t(n));
+  ::close(fds[0]);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 }  // namespace lifeline::test

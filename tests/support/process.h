@@ -3,6 +3,7 @@
 // line, so a test waits for what the program says instead of sleeping.
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -35,6 +36,12 @@ class Process {
 // Runs to completion; returns the status and fills `out` with the output.
 int run(const std::vector<std::string>& argv, std::string* out = nullptr,
         const std::map<std::string, std::string>& env = {});
+
+// Runs argv in a child in a mount namespace of its own (unshare(CLONE_NEWNS), / made private)
+// after `setup` ran there (mounts that vanish with the child; it returns "" or what failed, which
+// is printed and gives status 99); stdout and stderr go to `out`. The exit status.
+int run_in_mount_namespace(const std::vector<std::string>& argv, const std::function<std::string()>& setup,
+                           std::string* out);
 
 // Path of a built binary, from the environment variable meson sets for the test.
 std::string binary(const char* env_var);
