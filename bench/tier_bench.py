@@ -103,8 +103,9 @@ class Runner:
                         "trainer_allocator": self.allocator},
             "code": rev + (" + uncommitted changes" if dirty else ""),
             "command": self.a.command,
-            "slow_disk": {"mechanism": "ext4 on a loop device (--direct-io=on) over a sparse image on the root file "
-                                       "system, reads and writes throttled by cgroup v1 blk-throttle",
+            "slow_disk": {"mechanism": "ext4 on a loop device (--direct-io=on) over a 3 GiB image in a tmpfs, reads "
+                                       "and writes throttled by cgroup v1 blk-throttle (the bench's cgroup, and the "
+                                       "root cgroup for kernel threads, each limit_mib_s)",
                           "limit_mib_s": self.a.mbps, "device": self.a.device, "loop": self.a.loop},
             "fast_disk": "the root file system (" + self.a.local + ")",
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -237,40 +238,59 @@ class Runner:
                      self.not_measured, "", "", "<= 0.1x", None)
             return
         before = self.io()
-        runs = {}
-        for name in ("straight", "tier", "local"):  # one run each; the median over its checkpoints
+        # Straight to the slow disk once (its stall is the throttle's: steady), then the tier and
+        # the floor in --stall-rounds rounds, which goes first alternating.
+        order = ["straight", "tier", "local"]
+        for i in range(1, self.a.stall_rounds):
+            order += ["local", "tier"] if i % 2 == 1 else ["tier", "local"]
+        runs = {"straight": [], "tier": [], "local": []}
+        for name in order:
             log(f"stall: {name} ...")
-            runs[name] = self.run_training(name)
-            log(f"stall: {name}: stalls " + ", ".join(f"{x:.3f}" for x in runs[name]["stalls"])
-                + f" s; run {runs[name]['wall_s']:.1f} s")
+            r = self.run_training(name)
+            runs[name].append(r)
+            log(f"stall: {name}: stalls " + ", ".join(f"{x:.3f}" for x in r["stalls"]) + f" s; run {r['wall_s']:.1f} s")
         chk = self.io_check("stall", before)
-        t, s, floor = runs["tier"], runs["straight"], runs["local"]
-        mf = statistics.median(floor["stalls"])
-        mt, ms = statistics.median(t["stalls"]), statistics.median(s["stalls"])
-        drains = [ev for ev in t["events"] if ev.get("event") == "drain"]
-        kinds = {}
-        for ev in drains:
-            kinds[ev.get("result", "?")] = kinds.get(ev.get("result", "?"), 0) + 1
-        done = [ev for ev in drains if ev.get("result") == "drained" and ev.get("duration_s")]
+        stalls = {k: [x for r in v for x in r["stalls"]] for k, v in runs.items()}
+        mt, ms, mf = (statistics.median(stalls[k]) for k in ("tier", "straight", "local"))
+        kinds, done, gaps, diffs = {}, [], [], []
+        for r in runs["tier"]:
+            drains = [ev for ev in r["events"] if ev.get("event") == "drain"]
+            for ev in drains:
+                kinds[ev.get("result", "?")] = kinds.get(ev.get("result", "?"), 0) + 1
+            ok = [ev for ev in drains if ev.get("result") == "drained" and ev.get("duration_s")]
+            done += ok
+            # Whether a drain (and the read-back by retention that follows it) could overlap a
+            # periodic commit: the time from the end of the drain before it to its start.
+            ends = sorted(ev["time_ns"] / 1e9 for ev in ok if "time_ns" in ev)
+            commits = [ev for ev in r["events"] if ev.get("event") == "checkpoint_commit"
+                       and "time_ns" in ev and isinstance(ev.get("duration_s"), (int, float))]
+            for ev, stall in zip(commits, r["stalls"]):  # the periodic ones, in order; the final save last
+                diffs.append(abs(ev["duration_s"] - stall))
+                begin = ev["time_ns"] / 1e9 - ev["duration_s"]
+                prior = [e for e in ends if e <= begin]
+                if prior:
+                    gaps.append(begin - prior[-1])
         drain_note = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no drain events in history.jsonl"
         if done:
-            drain_note += (" (drain " + ", ".join(f"{ev['duration_s']:.2f}" for ev in done) + " s; "
+            drain_note += (" (" + ", ".join(f"{ev['duration_s']:.2f}" for ev in done) + " s; "
                            + f"median {statistics.median(ev['bytes'] / ev['duration_s'] for ev in done) / 2**20:.0f} MiB/s)")
-        commits = [ev.get("duration_s") for ev in t["events"] if ev.get("event") == "checkpoint_commit"]
+        fmt = lambda xs: ", ".join(f"{x:.3f}" for x in xs)  # noqa: E731
         ratio = mt / ms
+        nt = len(runs["tier"])
         self.row("b", f"training stall per checkpoint, {self.a.mib} MiB state, sync save, every {self.a.every_steps} steps: "
                  f"commit to the local tier (drained in the background) vs straight to the slow disk "
-                 f"(median of {len(t['stalls'])} checkpoints each)",
+                 f"(median of {len(stalls['tier'])} and {len(stalls['straight'])} checkpoints)",
                  f"{mt:.3f} s", f"{ms:.3f} s", f"{ratio:.3f}x", "<= 0.1x", ratio <= 0.1,
-                 "stalls (s): tier " + ", ".join(f"{x:.3f}" for x in t["stalls"]) + "; straight "
-                 + ", ".join(f"{x:.3f}" for x in s["stalls"])
-                 + f"; the floor, the same run with its checkpoint dir on the local disk and no tier: "
-                 + ", ".join(f"{x:.3f}" for x in floor["stalls"]) + f" (median {mf:.3f}; tier / floor {mt / mf:.2f}x)"
+                 f"stalls (s): tier {fmt(stalls['tier'])} ({nt} run{'s' if nt > 1 else ''}); straight {fmt(stalls['straight'])}"
+                 + f"; the floor, the checkpoint dir on the local disk and no tier: {fmt(stalls['local'])} "
+                 + f"(median {mf:.3f}; tier / floor {mt / mf:.2f}x)"
                  + f"; drains: {drain_note}"
-                 + f"; training time (steps + stalls): tier {t['train_s']:.1f} s, straight {s['train_s']:.1f} s, "
-                   f"floor {floor['train_s']:.1f} s"
-                 + f"; history checkpoint_commit duration_s (tier): "
-                 + ", ".join(f"{x:.3f}" for x in commits if isinstance(x, (int, float)))
+                 + "; from the end of the drain before each periodic commit to it: "
+                 + (", ".join(f"{g:.1f}" for g in gaps) + " s" if gaps else "-")
+                 + "; training time, steps + stalls (s): "
+                 + "; ".join(f"{k} " + ", ".join(f"{r['train_s']:.1f}" for r in runs[k]) for k in ("tier", "straight", "local"))
+                 + (f"; history's checkpoint_commit duration_s within {max(diffs) * 1e3:.1f} ms of the trainer's stall"
+                    if diffs else "")
                  + f"; {chk['cgroup_share_of_writes']:.1%} of the slow disk's writes by the bench's cgroup")
 
     # ---- c. stop latency -------------------------------------------------------------------------
@@ -395,8 +415,9 @@ def parser():
     ap.add_argument("--mbps", type=int, default=100, help="the slow disk's limit, MiB/s (set by tier_bench.sh)")
     ap.add_argument("--mib", type=int, default=256, help="checkpoint / training state size")
     ap.add_argument("--runs", type=int, default=3, help="drain and dd runs each")
-    ap.add_argument("--every-steps", type=int, default=30, help="stall row: a checkpoint every N steps")
+    ap.add_argument("--every-steps", type=int, default=40, help="stall row: a checkpoint every N steps")
     ap.add_argument("--checkpoints", type=int, default=4, help="stall row: checkpoints per run")
+    ap.add_argument("--stall-rounds", type=int, default=2, help="stall row: runs of the tier and of the floor each")
     ap.add_argument("--stops", type=int, default=3, help="stop row: stops each way")
     ap.add_argument("--only", default="", help="comma-separated subset: drain,stall,stop")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/tier_results.json"))

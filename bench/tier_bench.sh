@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Node-local checkpoint tier benchmark (issue 20; bench/README.md, docs/performance.md): a fast
 # local disk (the root file system, under the build directory) and a slow "shared" disk made
-# here: an ext4 image on a loop device, throttled to --mbps MiB/s (default 100) for reads and
-# writes by a blkio cgroup of this script's own (cgroup v1 blk-throttle), into which the script
-# moves itself, so every process of the bench is throttled on that device. Rows, each next to
-# its baseline in the same run: the drain vs `dd conv=fsync` to the slow disk, and (once
+# here: an ext4 image (in a tmpfs) on a loop device, throttled to --mbps MiB/s (default 100) for
+# reads and writes by a blkio cgroup of this script's own (cgroup v1 blk-throttle), into which
+# the script moves itself, so every process of the bench is throttled on that device. Rows, each
+# next to its baseline in the same run: the drain vs `dd conv=fsync` to the slow disk, and (once
 # `lifeline policy check` accepts a `storage:` section) the training stall and the stop latency
 # with the local tier vs straight to the slow disk. Prints a table, writes bench/tier_results.json.
-# Root only. About 3-5 minutes on 2 cores. Everything it made (mount, loop device, cgroup and
-# its throttle rules, image, scratch folders) is removed at exit, also on failure or Ctrl-C.
-# Usage: bash bench/tier_bench.sh [--mbps N] [--mib N] [--runs R] [--out FILE]
-#   BUILDDIR=build-bench bash bench/tier_bench.sh    # another build directory (default build)
+# Root only; 3 GiB of memory for the image. About 4 minutes on 2 cores. Everything it made
+# (mount, loop device, tmpfs, cgroup and its throttle rules, scratch folders) is removed at exit,
+# also on failure, Ctrl-C or SIGTERM.
+# Usage: bash bench/tier_bench.sh [--mbps N] [--mib N] [--runs R] [--only drain,stall,stop] [--out FILE]
+#   BUILDDIR=build-bench NINJA_JOBS=1 bash bench/tier_bench.sh   # another build dir (default build), one core
 set -euo pipefail
 cd "$(dirname "$0")/.."
 builddir=${BUILDDIR:-build}
@@ -37,16 +38,17 @@ if [[ ! -f $blkio/blkio.throttle.write_bps_device ]]; then
   exit 2
 fi
 # NINJA_JOBS=1 to build on one core.
-jobs=(${NINJA_JOBS:+-j "$NINJA_JOBS"})
-ninja -C "$builddir" "${jobs[@]}" bench/drain_bench >/dev/null
+ninja_jobs=(${NINJA_JOBS:+-j "$NINJA_JOBS"})
+ninja -C "$builddir" "${ninja_jobs[@]}" bench/drain_bench >/dev/null
 built=()
-if ! ninja -C "$builddir" "${jobs[@]}" src/cli/lifeline examples/lifeline-train-example >"$builddir/tier-bench-build.log" 2>&1; then
+if ! ninja -C "$builddir" "${ninja_jobs[@]}" src/cli/lifeline examples/lifeline-train-example >"$builddir/tier-bench-build.log" 2>&1; then
   echo "tier_bench: lifeline or the example trainer did not build ($builddir/tier-bench-build.log): only the drain row" >&2
   built=(--no-lifeline)
 fi
 
 scratch=$(mktemp -d "$PWD/$builddir/tier-bench.XXXXXX")
-image=$scratch/shared.img
+backing=$scratch/backing
+image=$backing/shared.img
 mnt=$scratch/shared
 cg=$blkio/lifeline-tier-bench.$$
 loopdev=
@@ -66,6 +68,10 @@ cleanup() {
       [[ $pid == "$$" ]] || kill -KILL "$pid" 2>/dev/null
     done
     echo $$ >"$blkio/cgroup.procs"
+    for _ in $(seq 50); do  # until they are gone (and their files on the slow disk closed)
+      [[ -z $(cat "$cg/cgroup.procs" 2>/dev/null) ]] && break
+      sleep 0.1
+    done
   fi
   if [[ -n $majmin ]]; then
     echo "$majmin 0" >"$blkio/blkio.throttle.write_bps_device"
@@ -75,6 +81,7 @@ cleanup() {
     umount "$mnt" || { sleep 1; umount "$mnt"; } || umount -l "$mnt"
   fi
   [[ -n $loopdev ]] && losetup -d "$loopdev"
+  mountpoint -q "$backing" && umount "$backing"
   [[ -d $cg ]] && { rmdir "$cg" || { sleep 1; rmdir "$cg"; }; }
   rm -rf "$scratch"
   exit "$rc"
@@ -83,10 +90,16 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The slow disk: a sparse 3 GiB ext4 image on a loop device. --direct-io=on: the loop device
-# reads and writes its image with O_DIRECT, so the image's pages are not cached a second time in
-# the root file system's page cache (the throttle is on the loop device, above that).
-truncate -s 3G "$image"
+# The slow disk: a 3 GiB ext4 image on a loop device. The image lives in a tmpfs of its own
+# (memory, at most 3 GiB of it), not on the root file system: the slow disk's traffic then never
+# reaches the virtual disk that is the fast local one, as a parallel file system's goes over the
+# network and not to the node's NVMe. --direct-io=on: the loop device reads and writes the image
+# with O_DIRECT, without a second page cache. The throttle is on the loop device, above that.
+# fallocate: the image's memory is taken once, here, not by the first writes to each block (on
+# this VM fresh memory is slow to touch, docs/performance.md, and a drain would pay for it).
+mkdir -p "$backing"
+mount -t tmpfs -o size=3200M,mode=0700 tmpfs "$backing"
+fallocate -l 3G "$image"
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$image"
 loopdev=$(losetup --find --show --direct-io=on "$image")
 majmin=$(lsblk -ndo MAJ:MIN "$loopdev" | tr -d ' ')
@@ -112,7 +125,10 @@ echo $$ >"$cg/cgroup.procs"
 local_dir=$scratch/local
 mkdir -p "$local_dir"
 
+# In the background and waited for, so that a SIGTERM to this script runs the cleanup at once
+# (which ends the bench's processes) instead of after the bench.
 nice_cmd=(nice -n -10)
 "${nice_cmd[@]}" python3 bench/tier_bench.py --build "$builddir" --local "$local_dir" --shared "$mnt" \
   --scratch "$scratch" --cgroup "$cg" --device "$majmin" --loop "$loopdev" --mbps "$mbps" \
-  --command "bash bench/tier_bench.sh${*:+ $*}" "${built[@]}" "$@"
+  --command "bash bench/tier_bench.sh${*:+ $*}" "${built[@]}" "$@" &
+wait $!

@@ -504,7 +504,11 @@ class Supervisor final : public Effects {
       }
       log_.drain(d);
     }
-    if (any_drained) start_shared_retention();
+    // Not during a stop: its full verify would read the checkpoint back from shared storage
+    // inside the grace period and hold up the exit; the next attempt's first drain runs it.
+    bool stopping = stop || (machine_ && (machine_->state() == SupervisorState::stopping ||
+                                          machine_->state() == SupervisorState::draining));
+    if (any_drained && !stopping) start_shared_retention();
     uint64_t now = mono_ns();
     if (tier_->busy() && now - tier_status_ns_ >= 1000000000ull) {
       tier_->write_status(/*durable=*/false);
@@ -583,7 +587,7 @@ class Supervisor final : public Effects {
       report_retention(r);
       if (!retention_again_) return;
       retention_again_ = false;
-      start_retention();
+      start_shared_retention();  // (start_retention() is a no-op with a tier: drains start it)
     }
   }
 
