@@ -32,6 +32,7 @@
 #include "history/history.h"
 #include "history/lineage.h"
 #include "history/names.h"
+#include "history/run_identity.h"
 #include "history/supervisor_record.h"
 #include "policy/units.h"
 #include "slurm/job_view.h"
@@ -42,7 +43,6 @@
 #include "store/dir_safety.h"
 #include "store/retention.h"
 #include "store/writers_lock.h"
-#include "history/run_identity.h"
 #include "supervisor/local_tier.h"
 #include "supervisor/machine.h"
 #include "supervisor/peer_link.h"
@@ -179,6 +179,10 @@ class Supervisor final : public Effects {
         spdlog::error("storage.local {}: {} (nothing started)", opt_.local_dir, e.what());
         return kExitUsage;
       }
+    }
+    if (!follower()) {  // this run's identity, once nothing else can refuse it
+      std::string error;
+      if (!write_run_identity(opt_.ckpt_dir, identity_, &error)) spdlog::warn("{}", error);
     }
     LineageState ls = read_lineage(opt_.ckpt_dir);
     lineage_ = ls.lineage;
@@ -617,7 +621,6 @@ class Supervisor final : public Effects {
       }
       if (!identity_.run_id && was->run_id) identity_.run_id = was->run_id;  // keeps its name
     }
-    if (!write_run_identity(opt_.ckpt_dir, identity_, &error)) spdlog::warn("{}", error);
     return true;
   }
 
