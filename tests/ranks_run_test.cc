@@ -62,12 +62,14 @@ std::vector<std::string> torchrun(const std::vector<std::string>& cmd) {
   return v;
 }
 
-std::vector<std::string> lifeline_run(const TempDir& d, const std::vector<std::string>& cmd) {
+std::vector<std::string> lifeline_run(const TempDir& d, const std::vector<std::string>& cmd,
+                                      const std::string& policy_extra = "") {
   std::string policy = d / "policy.yaml";
   std::ofstream(policy) << "version: 1\n"
                            "checkpoint:\n  every_steps: 20\n  every_seconds: 0\n"
                            "restart:\n  backoff_seconds: 0\n"
-                           "retention:\n  keep_last: 1000\n  keep_best: 0\n";
+                           "retention:\n  keep_last: 1000\n  keep_best: 0\n"
+                        << policy_extra;
   std::vector<std::string> v = {binary("LIFELINE_BIN"), "run", "--policy", policy, "--ckpt-dir", d / "ckpt", "--"};
   v.insert(v.end(), cmd.begin(), cmd.end());
   return v;
@@ -103,11 +105,11 @@ struct Stopped {
   std::string output;
   uint64_t agreed = 0;
 };
-Stopped stop_at_random_step(const TempDir& d, const std::vector<std::string>& cmd) {
+Stopped stop_at_random_step(const TempDir& d, const std::vector<std::string>& cmd, const std::string& policy_extra = "") {
   std::random_device rd;
   int k = std::uniform_int_distribution<int>(25, kSteps - 30)(rd);
   CAPTURE(k);
-  Process first(lifeline_run(d, cmd));
+  Process first(lifeline_run(d, cmd, policy_extra));
   REQUIRE(first.wait_for_line("step " + std::to_string(k) + " ") != "");
   first.signal(SIGUSR1);
   int rc = first.wait();
@@ -249,5 +251,26 @@ TEST_CASE("a SIGTERM to one rank stops every rank at one agreed step, and the ru
   rc = run(lifeline_run(d, torchrun(train_cmd(d / "digest", 0))), &out);
   CHECK_MESSAGE(rc == 0, out);
   CHECK(resumed_steps(out) == std::vector<uint64_t>(kRanks, agreed));
+  CHECK(first_line(d / "digest") == reference_digest());
+}
+
+TEST_CASE("three ranks with a node-local tier: their sharded checkpoint drains whole, and they resume from it bit-exact with the local dir gone") {
+  TempDir d;
+  const std::string tier = "storage:\n  local: " + (d / "local") + "\n";
+  Stopped first = stop_at_random_step(d, torchrun(train_cmd(d / "digest", 20)), tier);
+  json list = checkpoints(d);  // the checkpoint dir: drained checkpoints only
+  REQUIRE(!list.empty());
+  CHECK(list.back()["step"] == first.agreed);
+  for (const auto& c : list) {
+    CHECK(c["valid"] == true);
+    CHECK(c["world_size"] == kRanks);
+  }
+  std::filesystem::remove_all(d / "local");
+  std::string out;
+  int rc = run(lifeline_run(d, torchrun(train_cmd(d / "digest", 0)), tier), &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  std::vector<uint64_t> resumed = resumed_steps(out);
+  CHECK(resumed.size() == size_t(kRanks));
+  for (uint64_t r : resumed) CHECK(r == first.agreed);
   CHECK(first_line(d / "digest") == reference_digest());
 }
