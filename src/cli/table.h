@@ -10,11 +10,13 @@
 
 namespace lifeline::cli {
 
+// One column of a Table: its header, and whether it may be cut to fit.
 struct TableColumn {
   std::string head;
   bool shrinkable = false;  // may be cut to fit a narrow terminal
 };
 
+// Table collects rows and renders them aligned (see the top of this file).
 class Table {
  public:
   explicit Table(std::vector<TableColumn> columns);
