@@ -11,6 +11,7 @@ namespace lifeline {
 
 constexpr const char* kRunIdentityName = "run.json";
 
+// The run whose checkpoints a directory holds, as run.json records it.
 struct RunIdentity {
   std::optional<std::string> run_id;
   std::vector<std::string> command;

@@ -28,6 +28,7 @@ constexpr const char* kTierMarkerName = ".lifeline-tier.json";
 // directory, one inside the other, or a local dir that already belongs to another checkpoint dir.
 std::string local_tier_problem(const std::string& local, const std::string& shared);
 
+// One supervisor's node-local tier: drains, keep_local, the resume across tiers, tier.json.
 class LocalTier {
  public:
   struct Options {
