@@ -526,7 +526,7 @@ class Supervisor final : public Effects {
     const auto& st = opt_.policy.storage;
     if (!st.drain) return "no drain (storage.drain: off): checkpoints stay on this node";
     return "each commit drains to " + opt_.ckpt_dir + " in the background" +
-           (st.drain_bandwidth ? " (at most " + std::to_string(st.drain_bandwidth) + " bytes/s)" : std::string());
+           (st.drain_bandwidth ? " (at most " + format_size(double(st.drain_bandwidth)) + "/s)" : std::string());
   }
 
   // The resume point across the tiers, with what the start found on the way (history, log).
