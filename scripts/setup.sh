@@ -15,6 +15,7 @@ packages=(
   iproute2 util-linux  # tests/slurm/cluster.sh --nodes: ip netns, nsenter, unshare (the 3-node test cluster)
   librsvg2-bin
   libtcmalloc-minimal4  # bench/: the trainer's allocator in the end-to-end figures
+  groff-base  # tests/cli_docs_test.cc: the generated man pages render without warnings (groff -ww)
 )
 missing=()
 for p in "${packages[@]}"; do

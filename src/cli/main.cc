@@ -3,41 +3,28 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
+#include <cstring>
+#include <memory>
+#include <iostream>
 #include <string>
+#include <vector>
 
-#include "cli/commands.h"
-
-namespace lifeline::cli {
-
-std::string resolve_ckpt_dir(const std::string& given, const std::string& policy_dir) {
-  std::string dir = given;
-  if (dir.empty()) dir = policy_dir;
-  if (dir.empty()) {
-    const char* env = std::getenv("LIFELINE_CKPT_DIR");
-    dir = env && *env ? env : "checkpoints";
-  }
-  std::error_code ec;
-  auto abs = std::filesystem::absolute(dir, ec);
-  return ec ? dir : abs.lexically_normal().string();
-}
-
-}  // namespace lifeline::cli
+#include "cli/app.h"
+#include "cli/cli_docs.h"
 
 int main(int argc, char** argv) {
   // A closed output pipe (`lifeline history | head`) is a write error to report, never a kill:
   // a supervisor killed by SIGPIPE would leave its trainer unsupervised.
   ::signal(SIGPIPE, SIG_IGN);
-  CLI::App app{"lifeline: keeps long training jobs alive on Slurm clusters", "lifeline"};
-  app.require_subcommand(1);
-  app.set_version_flag("--version", std::string("lifeline 0.1.0"));
   int rc = 0;
-  lifeline::cli::register_run_command(app, rc);
-  lifeline::cli::register_checkpoint_commands(app, rc);
-  lifeline::cli::register_policy_commands(app, rc);
-  lifeline::cli::register_gc_command(app, rc);
-  lifeline::cli::register_history_commands(app, rc);
+  std::unique_ptr<CLI::App> app_ptr = lifeline::cli::build_app(rc);
+  CLI::App& app = *app_ptr;
+  // Hidden (not in --help, not in the App, so not in the pages it generates): the build writes the
+  // man pages and the bash completion with `lifeline --generate-docs=man|bash OUTPUT...`.
+  if (argc > 1 && std::strncmp(argv[1], "--generate-docs", 15) == 0) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    return lifeline::cli::generate_docs(app, lifeline::cli::version(), args, std::cerr);
+  }
   // What CLI11 says for a missing or unknown subcommand ("A subcommand is required") names
   // neither: say which word was not understood and list the subcommands; `help` is --help.
   std::string names;
