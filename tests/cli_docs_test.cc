@@ -150,6 +150,8 @@ TEST_CASE("a page shows what the App says: defaults, environment variables, requ
   a->add_option("--level", level, "how much")->capture_default_str();
   a->add_option("--work-dir", dir, "where to work")->envname("DEMO_WORK_DIR");
   a->add_option("--name", name, "what to call it")->required();
+  a->add_option("--start", name, "start from PATH (a checkpoint)");
+  a->add_option("--label", name, "a label, also $DEMO_DIR");  // a variable named ..._DIR is no DIR
   auto* b = a->add_subcommand("beta", "a command inside alpha");
   b->add_flag("--deep", "goes deeper");
   auto pages = man_pages(app, "9.9.9");
@@ -170,6 +172,8 @@ TEST_CASE("a page shows what the App says: defaults, environment variables, requ
   std::string script = bash_completion(app, "9.9.9");
   CHECK(contains(script, "\"alpha\") subs=\"beta\";"));
   CHECK(contains(script, "\"alpha|--work-dir\") _demo_paths -d"));
+  CHECK(contains(script, "\"alpha|--start\") _demo_paths -f"));
+  CHECK(!contains(script, "\"alpha|--label\")"));
   CHECK(contains(script, "complete -F _demo demo"));
 }
 

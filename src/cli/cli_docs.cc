@@ -528,6 +528,17 @@ ValueKind value_kind(const CLI::Option& opt) {
     if (n == "policy" || n == "timeline" || n.find("file") != std::string::npos || n.find("path") != std::string::npos)
       return ValueKind::kFile;
   }
+  // Else a metavariable in the description, as a word of its own: "(PATH: its checkpoint dir)".
+  std::string word;
+  for (char c : opt.get_description() + " ") {
+    if (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$') {
+      word += c;
+      continue;
+    }
+    if (word == "DIR") return ValueKind::kDirectory;
+    if (word == "FILE" || word == "PATH") return ValueKind::kFile;
+    word.clear();
+  }
   return ValueKind::kNone;
 }
 

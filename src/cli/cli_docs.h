@@ -18,9 +18,10 @@ std::vector<std::vector<std::string>> command_paths(const CLI::App& app);
 std::string man_page_file(const std::vector<std::string>& path);
 
 // What the value of an option or positional names, for completion and the pages' metavariables:
-// a directory (names ending in "dir", positional DIR, type name or validator DIR), a file (names
-// "policy", "timeline" or holding "file", FILE/PATH), a command line (positional "command"), or
-// anything else (kNone; a CLI11 IsMember validator's choices complete as words).
+// a directory (names ending in "dir", positional DIR, type name or validator DIR, the word DIR in
+// the description), a file (names "policy", "timeline" or holding "file"; FILE or PATH likewise),
+// a command line (positional "command"), or anything else (kNone; a CLI11 IsMember validator's
+// choices complete as words). To mark a new path option, name it so or give it ->type_name("DIR").
 enum class ValueKind { kNone, kDirectory, kFile, kCommand };
 ValueKind value_kind(const CLI::Option& opt);
 
