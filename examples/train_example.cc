@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
   uint64_t steps = 240, seed = 1, crash_at = 0, log_every = 0, state_mib = 0, die_in_save = 0, die_rank = 0;
   int64_t delay_ms = 0;
   bool crash_once = false, async = false, report = false;
-  std::string digest_out;
+  std::string digest_out, warm_start = "continue";
   app.add_option("--steps", steps, "steps to train")->check(CLI::PositiveNumber);
   app.add_option("--step-delay-ms", delay_ms, "sleep per step, to make runs long enough to interrupt")
       ->check(CLI::NonNegativeNumber);
@@ -85,6 +85,10 @@ int main(int argc, char** argv) {
   app.add_flag("--async", async, "checkpoint asynchronously: copy the state, write it in the background");
   app.add_option("--state-mib", state_mib, "make the training state (parameters + Adam moments) about this big");
   app.add_flag("--report", report, "print each checkpoint's stall and the training rate");
+  app.add_option("--warm-start", warm_start,
+                 "starting from another run's checkpoint (lifeline run --init-from): reset = its weights only, step 0, "
+                 "a fresh optimizer; continue = everything, continuing from its step")
+      ->check(CLI::IsMember({"reset", "continue"}));
   CLI11_PARSE(app, argc, argv);
 
   torch::set_num_threads(1);
@@ -95,9 +99,17 @@ int main(int argc, char** argv) {
   torch::optim::Adam opt(net.parameters(), torch::optim::AdamOptions(1e-3));
 
   uint64_t step = 0;
-  if (auto r = client.resume()) {
+  if (auto r = client.resume(); r && r->warm() && warm_start == "reset") {
+    uint64_t from = lifeline::torch_state::load_weights(r->path, net);
+    std::printf("train-example: warm start (reset) from step %llu (%s): weights digest %s, step 0, fresh optimizer\n",
+                static_cast<unsigned long long>(from), r->path.c_str(), parameter_digest(net).c_str());
+  } else if (r) {
     step = lifeline::torch_state::load(r->path, net, opt);
-    std::printf("train-example: resumed from step %llu (%s)\n", static_cast<unsigned long long>(step), r->path.c_str());
+    if (r->warm())
+      std::printf("train-example: warm start (continue) from step %llu (%s): weights digest %s\n",
+                  static_cast<unsigned long long>(step), r->path.c_str(), parameter_digest(net).c_str());
+    else
+      std::printf("train-example: resumed from step %llu (%s)\n", static_cast<unsigned long long>(step), r->path.c_str());
   } else {
     std::printf("train-example: starting at step 0\n");
   }

@@ -82,6 +82,9 @@ def main() -> int:
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+    ap.add_argument("--warm-start", choices=["reset", "continue"], default="continue",
+                    help="starting from another run's checkpoint (lifeline run --init-from): reset = its weights only, "
+                         "step 0, a fresh optimizer; continue = everything, continuing from its step")
     client = lifeline_client.Client.from_env()
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -90,9 +93,17 @@ def main() -> int:
 
     step = 0
     r = client.resume()
-    if r:
+    if r and r.warm and args.warm_start == "reset":
+        source_step = lifeline_torch.load_weights(r.path, net)
+        print(f"train-example: warm start (reset) from step {source_step} ({r.path}): weights digest "
+              f"{parameter_digest(net)}, step 0, fresh optimizer", flush=True)
+    elif r:
         step = lifeline_torch.load(r.path, net, opt)
-        print(f"train-example: resumed from step {step} ({r.path})", flush=True)
+        if r.warm:
+            print(f"train-example: warm start (continue) from step {step} ({r.path}): weights digest "
+                  f"{parameter_digest(net)}", flush=True)
+        else:
+            print(f"train-example: resumed from step {step} ({r.path})", flush=True)
     else:
         print("train-example: starting at step 0", flush=True)
     can_save = client.active or bool(client.checkpoint_dir)

@@ -289,14 +289,29 @@ class ResumeInfo(_ResumeTuple):
     (path, step) it always was. In rank mode (docs/distributed.md) `path` is this rank's part
     folder (step-N/rank-<5 digits>; the checkpoint folder itself under LIFELINE_RESHARD=1) and
     `checkpoint` the step-N folder; for a single trainer `checkpoint` is `path`. `world_size` is
-    the checkpoint's (1 for a version-1 checkpoint; 0 when not read)."""
+    the checkpoint's (1 for a version-1 checkpoint; 0 when not read). `kind` (LIFELINE_RESUME_KIND)
+    is "continue" for this run's own checkpoint (load everything, continue from `step`) or "warm"
+    for another run's (`lifeline run --init-from`, a fork): the trainer decides what it loads and
+    whether its step count restarts at 0."""
 
-    def __new__(cls, path: str, step: int, checkpoint: Optional[str] = None, world_size: int = 0):
+    def __new__(cls, path: str, step: int, checkpoint: Optional[str] = None, world_size: int = 0,
+                kind: str = "continue"):
         self = super().__new__(cls, path, step)
         self._extra = (checkpoint, world_size)
         return self
+        self._kind = kind
 
     @property
+    @property
+    def kind(self) -> str:
+        """"continue" (this run's own checkpoint) or "warm" (another run's: a fork)."""
+        return self.__dict__.get("_kind", "continue")
+
+    @property
+    def warm(self) -> bool:
+        """True for a warm start from another run's checkpoint (kind "warm")."""
+        return self.kind == "warm"
+
     def checkpoint(self) -> str:
         """The step-N folder: `path` itself for a single trainer."""
         extra = self.__dict__.get("_extra", (None, 0))
@@ -308,6 +323,17 @@ class ResumeInfo(_ResumeTuple):
 
 
 class RankEnvError(ValueError):
+def resume_kind_from_env(value: Optional[str]) -> str:
+    """LIFELINE_RESUME_KIND as ResumeInfo.kind: unset or empty (a supervisor from before the
+    variable) and "continue" give "continue", "warm" gives "warm"; anything else raises ValueError
+    naming the variable."""
+    if not value or value == "continue":
+        return "continue"
+    if value == "warm":
+        return "warm"
+    raise ValueError(f"lifeline: LIFELINE_RESUME_KIND={value!r} is not continue or warm")
+
+
     """A rank-mode launcher variable (LOCAL_RANK, WORLD_SIZE, ...) is missing or malformed."""
 
 
@@ -1495,7 +1521,8 @@ class Client:
         env = os.environ if env is None else env
         self.checkpoint_dir = env.get("LIFELINE_CKPT_DIR", "")
         resume_from = env.get("LIFELINE_RESUME_FROM", "")
-        self._resume = ResumeInfo(resume_from, _env_u64(env, "LIFELINE_RESUME_STEP")) if resume_from else None
+        self._resume = ResumeInfo(resume_from, _env_u64(env, "LIFELINE_RESUME_STEP"),
+                                  kind=resume_kind_from_env(env.get("LIFELINE_RESUME_KIND"))) if resume_from else None
         self._attempt = _env_u64(env, "LIFELINE_ATTEMPT")
         self._meta = {"job_id": env.get("SLURM_JOB_ID"), "attempt": self._attempt,
                       "lineage": env.get("LIFELINE_LINEAGE", ""), "host": socket.gethostname()}
@@ -1549,7 +1576,7 @@ class Client:
         else:
             b.store("trainer_pid", os.getpid())
             b.store("client_state", ClientState.ATTACHED)
-            if self._resume:
+            if self._resume and not self._resume.warm:  # a warm start's step is the trainer's choice
                 b.store("current_step", self._resume.step)
         if threading.current_thread() is threading.main_thread():
             for sig in _STOP_SIGNALS:
@@ -1598,7 +1625,7 @@ class Client:
                 f"lifeline: the checkpoint {r.path} was written by a world of {world} rank(s), this job has "
                 f"{re_.world_size}: refusing to resume it (set LIFELINE_RESHARD=1 to load it and reshard)")
         path = r.path if world != re_.world_size else os.path.join(r.path, rank_folder_name(re_.rank))
-        return ResumeInfo(path, r.step, r.path, world)
+        return ResumeInfo(path, r.step, r.path, world, r.kind)
 
     def should_checkpoint(self, step: int) -> bool:
         """True when a checkpoint should follow `step` (request, signal or every_steps); also the heartbeat."""
@@ -1756,7 +1783,7 @@ class Client:
         b.slot_store(i, "rank", r.rank)
         b.slot_store(i, "world_size", r.world_size)
         b.slot_store(i, "state", ClientState.ATTACHED)
-        b.slot_store(i, "current_step", self._resume.step if self._resume else 0)
+        b.slot_store(i, "current_step", self._resume.step if self._resume and not self._resume.warm else 0)
         b.slot_store(i, "promised_step", 0)
         b.slot_store(i, "seen_seq", self._seen_seq)
         b.slot_store(i, "pid", os.getpid())

@@ -227,16 +227,34 @@ def load(path: str, model: torch.nn.Module, optimizer: Optional[torch.optim.Opti
     return int(state["step"])
 
 
+def load_weights(path: str, model: torch.nn.Module) -> int:
+    """Loads only the model's weights (model.pt) of what save() wrote: a warm start that begins
+    a new training with a fresh optimizer. Returns the checkpoint's step."""
+    model.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu", **_LOAD_ARGS))
+    state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", **_LOAD_ARGS)
+    return int(state["step"])
+
+
 def resume(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
            client: Optional[Client] = None, from_rank: Optional[int] = None,
-           extra: Optional[MutableMapping[str, object]] = None) -> int:
-    """Loads the checkpoint lifeline chose, if any; returns its step (0 on a fresh start). In rank
-    mode it loads this rank's part, or with `from_rank` that rank's part (a DDP trainer whose rank
-    0 alone saves: from_rank=0); a checkpoint of another world size raises WorldSizeError."""
+           extra: Optional[MutableMapping[str, object]] = None, warm_start: str = "continue") -> int:
+    """Loads the checkpoint lifeline chose, if any; returns the step to continue from (0 on a
+    fresh start). In rank mode it loads this rank's part, or with `from_rank` that rank's part (a
+    DDP trainer whose rank 0 alone saves: from_rank=0); a checkpoint of another world size raises
+    WorldSizeError. A warm start from another run's checkpoint (`lifeline run --init-from`,
+    ResumeInfo.kind "warm") with `warm_start="reset"` loads the weights only (fresh optimizer and
+    RNGs) and returns 0; with "continue" (the default) it loads everything, as a resume does."""
+    if warm_start not in ("reset", "continue"):
+        raise ValueError(f"warm_start={warm_start!r}: reset or continue")
     r = (client or get_client()).resume()
     if r is None:
         return 0
     path = r.path if from_rank is None else part_path(r, from_rank)
+    if r.kind == "warm" and warm_start == "reset":
+        step = load_weights(path, model)
+        print(f"lifeline: a warm start from the weights of step {step} of another run ({path}); step 0",
+              file=sys.stderr, flush=True)
+        return 0
     step = load(path, model, optimizer, extra=extra)
     print(f"lifeline: resumed from step {step} ({path})", file=sys.stderr, flush=True)
     return step

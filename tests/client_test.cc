@@ -41,6 +41,34 @@ TEST_CASE("outside a supervisor the client is inert and reads resume info from t
   CHECK((sa.sa_handler == SIG_DFL));
 }
 
+TEST_CASE("the resume kind is warm for a fork and continue for the run's own checkpoint; a bad value is refused") {
+  ClientEnv env("", "");
+  unsetenv("LIFELINE_CONTROL");
+  setenv("LIFELINE_RESUME_FROM", "/src/ckpt/step-000000000040", 1);
+  setenv("LIFELINE_RESUME_STEP", "40", 1);
+  setenv("LIFELINE_RESUME_KIND", "warm", 1);
+  {
+    Client c = Client::from_env();
+    REQUIRE(c.resume());
+    CHECK(c.resume()->kind == "warm");
+    CHECK(c.resume()->warm());
+    CHECK(c.resume()->step == 40);
+  }
+  for (const char* v : {"continue", ""}) {
+    setenv("LIFELINE_RESUME_KIND", v, 1);
+    Client c = Client::from_env();
+    REQUIRE(c.resume());
+    CHECK(c.resume()->kind == "continue");
+    CHECK_FALSE(c.resume()->warm());
+  }
+  unsetenv("LIFELINE_RESUME_KIND");  // a supervisor from before the variable
+  CHECK(Client::from_env().resume()->kind == "continue");
+  setenv("LIFELINE_RESUME_KIND", "cold", 1);
+  CHECK_THROWS_WITH_AS(Client::from_env(), doctest::Contains("LIFELINE_RESUME_KIND='cold'"), std::runtime_error);
+  unsetenv("LIFELINE_RESUME_KIND");
+  CHECK(resume_kind_from_env("warm") == "warm");
+}
+
 TEST_CASE("outside lifeline run a checkpoint goes into ./checkpoints, where lifeline run looks by default") {
   ClientEnv env("", "");
   unsetenv("LIFELINE_CKPT_DIR");

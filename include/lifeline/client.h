@@ -93,11 +93,23 @@ namespace lifeline {
 // distributed job (docs/distributed.md) `path` is its own part of the checkpoint and
 // `checkpoint` the whole one (a DDP trainer whose rank 0 alone saves loads
 // checkpoint + "/rank-00000"); for a single trainer both are the checkpoint folder.
+// `kind` (LIFELINE_RESUME_KIND) says whose checkpoint it is: "continue", this run's own (load
+// everything, continue from `step`); "warm", another run's (`lifeline run --init-from`: a fork):
+// the trainer decides what to load (weights only, or weights and optimizer) and whether its step
+// count restarts at 0.
 struct ResumeInfo {
   std::string path;
   uint64_t step = 0;
   std::string checkpoint;
+  std::string kind = "continue";
+  // True for a warm start from another run's checkpoint (kind "warm").
+  bool warm() const { return kind == "warm"; }
 };
+
+// LIFELINE_RESUME_KIND's value as ResumeInfo::kind: "" (a supervisor from before the variable)
+// and "continue" give "continue", "warm" gives "warm"; anything else throws std::runtime_error
+// naming the variable.
+std::string resume_kind_from_env(const char* value);
 
 // A file streamed into a checkpoint (a serializer's output, say): checksummed while it is
 // written, so commit() need not read it back. An I/O error throws std::runtime_error and fails

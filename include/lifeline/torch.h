@@ -29,6 +29,11 @@ void save(Checkpoint& checkpoint, torch::nn::Module& model, torch::optim::Optimi
 // Restores what save() wrote; returns the step the checkpoint holds.
 uint64_t load(const std::string& folder, torch::nn::Module& model, torch::optim::Optimizer& optimizer);
 
+// Restores only the model's parameters and buffers of what save() wrote (a warm start from
+// another run's checkpoint that begins a new training: fresh optimizer, RNG untouched); returns
+// the step the checkpoint holds.
+uint64_t load_weights(const std::string& folder, torch::nn::Module& model);
+
 // A training state copied to memory (parameters, buffers, optimizer state, RNG, step), laid out
 // as save() lays it out; training may change the live tensors while it is persisted.
 struct Snapshot {

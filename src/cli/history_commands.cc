@@ -74,10 +74,19 @@ void print_history_table(const Ledger& ledger, uint64_t now) {
     std::string lost = a.running ? "-" : (a.end_reason == "completed" ? "0" : human_duration(a.lost_seconds));
     if (a.end_estimated) lost = "~" + lost;
     table.add({std::to_string(a.attempt), a.job_id ? *a.job_id : "-", a.host.empty() ? "-" : a.host,
-               short_time(a.started_ns), human_duration(dur) + (a.running ? "+" : ""), opt_text(a.resumed_from_step),
+               short_time(a.started_ns), human_duration(dur) + (a.running ? "+" : ""),
+               a.parent ? "warm " + std::to_string(a.parent->step) : opt_text(a.resumed_from_step),
                end_text(a), std::to_string(a.checkpoints), lost, requeue_text(a)});
   }
   std::fputs(table.render(output_width()).c_str(), stdout);
+  for (const Attempt& a : ledger.attempts) {  // a fork (--init-from): where its first attempt started
+    if (a.parent)
+      std::printf("attempt %llu: %s, checkpoint %s\n", (unsigned long long)a.attempt, parent_words(*a.parent).c_str(),
+                  a.parent->checkpoint.c_str());
+    if (!a.init_from_ignored.empty())
+      std::printf("attempt %llu: --init-from %s ignored: the run already had its own checkpoints\n",
+                  (unsigned long long)a.attempt, a.init_from_ignored.c_str());
+  }
   for (const Attempt& a : ledger.attempts)
     if (std::string m = missing_stop_text(a); !m.empty())
       std::printf("attempt %llu: %s\n", (unsigned long long)a.attempt, m.c_str());
@@ -237,7 +246,9 @@ void print_live_status(const json& j) {
   if (a.is_object())
     std::printf("attempt         %s, %s so far\n",
                 a["resumed_from_step"].is_number() ? ("resumed from step " + dump_json(a["resumed_from_step"])).c_str()
-                                                   : "started from scratch",
+                : a.contains("parent") && a["parent"].is_object() && a["parent"]["step"].is_number()
+                    ? ("a warm start from step " + dump_json(a["parent"]["step"]) + " of another run").c_str()
+                    : "started from scratch",
                 (dump_json(a["checkpoints"]) + " checkpoint(s)").c_str());
   if (j.contains("note")) std::printf("note            %s\n", j["note"].get<std::string>().c_str());
   if (j["trainer"].is_object()) {

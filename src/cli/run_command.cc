@@ -9,6 +9,7 @@
 #include "policy/units.h"
 #include "store/dir_safety.h"
 #include "store/file_system.h"
+#include "store/init_from.h"
 #include "supervisor/local_tier.h"
 #include "supervisor/supervisor.h"
 
@@ -16,12 +17,31 @@ namespace lifeline::cli {
 
 namespace {
 const std::vector<std::string> kModes = {"auto", "scontrol", "sbatch", "exit", "local", "none"};
+
+// --init-from checked and its checkpoint verified (into o.init_source), reading only: the
+// refusal, or "". A run that has a checkpoint of its own resumes from it (--init-from is then
+// ignored, said at the start), and a follower takes its leader's choice: neither reads PATH.
+std::string init_from_refusal(RunOptions& o) {
+  if (std::string why = init_from_path_problem(o.init_from, o.ckpt_dir, o.local_dir); !why.empty()) return why;
+  PeerPlace place = peer_place(o);
+  if (place.index > 0) return "";
+  if (has_own_checkpoint(o.ckpt_dir) || (!o.local_dir.empty() && has_own_checkpoint(o.local_dir))) return "";
+  std::string error;
+  o.init_source = resolve_init_from(o.init_from, &error);
+  if (!o.init_source) return error;
+  // This run's world size is known here only with one supervisor per rank (srun -n); otherwise
+  // the client refuses a checkpoint of another world size when the trainer attaches.
+  const char* reshard = std::getenv("LIFELINE_RESHARD");
+  if (place.per_rank)
+    return init_from_world_problem(*o.init_source, place.peers, reshard && std::string(reshard) == "1");
+  return "";
+}
 }
 
 void register_run_command(CLI::App& app, int& rc) {
   auto* sub = app.add_subcommand("run", "run a training command under supervision");
   struct Args {
-    std::string policy, ckpt_dir, requeue, grace, run_id;
+    std::string policy, ckpt_dir, requeue, grace, run_id, init_from;
     bool resume_anyway = false;
     int verbose = 0, quiet = 0;
     uint32_t peers = 0;
@@ -39,6 +59,10 @@ void register_run_command(CLI::App& app, int& rc) {
   sub->add_flag("--resume-anyway", args->resume_anyway,
                 "resume from the checkpoints of another run in this directory (another --run-id, or the different "
                 "command of a run that completed); also LIFELINE_RESUME_ANYWAY=1");
+  sub->add_option("--init-from", args->init_from,
+                  "fork another run: start this new run from that run's newest valid checkpoint (PATH: its checkpoint "
+                  "dir) or from one checkpoint folder; the trainer gets LIFELINE_RESUME_KIND=warm. Ignored once this "
+                  "run has checkpoints of its own (also LIFELINE_INIT_FROM)");
   sub->add_option("--grace", args->grace, "longest wait for the stop checkpoint (45, 90s, 2m30s, ...)");
   sub->add_option("--peers", args->peers,
                   "supervisors of this job, one per node (default: srun's SLURM_STEP_NUM_TASKS inside a step, else 1)")
@@ -80,6 +104,11 @@ void register_run_command(CLI::App& app, int& rc) {
     o.resume_anyway = args->resume_anyway || (anyway && std::string(anyway) == "1");
     o.peers = args->peers;
     o.peer_index = args->peer_index;
+    if (!args->init_from.empty()) {
+      o.init_from = args->init_from;
+    } else if (const char* from = std::getenv("LIFELINE_INIT_FROM"); from && *from) {
+      o.init_from = std::string(from);
+    }
     int level = args->verbose - args->quiet;
     if (level != 0) {
       const char* names[] = {"off", "error", "warning", "info", "debug", "trace"};
@@ -123,6 +152,13 @@ void register_run_command(CLI::App& app, int& rc) {
       } catch (const SystemError& e) {
         std::fprintf(stderr, "lifeline run: cannot create storage.local %s: %s (nothing started)\n", o.local_dir.c_str(),
                      std::strerror(e.code));
+        rc = kExitUsage;
+        return;
+      }
+    }
+    if (!o.init_from.empty()) {  // before the checkpoint directory is created: a refusal leaves nothing
+      if (std::string why = init_from_refusal(o); !why.empty()) {
+        std::fprintf(stderr, "lifeline run: %s (nothing started)\n", why.c_str());
         rc = kExitUsage;
         return;
       }

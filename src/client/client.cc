@@ -165,6 +165,13 @@ void claim_slot(const ControlBlock& b, const RankEnv& env, uint64_t resumed_step
 
 }  // namespace
 
+std::string resume_kind_from_env(const char* value) {
+  std::string v = value ? value : "";
+  if (v.empty() || v == "continue") return "continue";
+  if (v == "warm") return "warm";
+  throw std::runtime_error("lifeline: LIFELINE_RESUME_KIND='" + v + "' is not continue or warm");
+}
+
 // Everything a Client owns besides the fields its inline fast path reads.
 struct Client::State {
   pid_t owner = getpid();  // the trainer; a forked child's copy of the client is not it
@@ -273,7 +280,8 @@ Client Client::from_env() {
   State& s = *c.state_;
   s.ckpt_dir = env_or("LIFELINE_CKPT_DIR", "");
   std::string from = env_or("LIFELINE_RESUME_FROM", "");
-  if (!from.empty()) s.resume = ResumeInfo{from, env_u64("LIFELINE_RESUME_STEP"), from};
+  if (!from.empty())
+    s.resume = ResumeInfo{from, env_u64("LIFELINE_RESUME_STEP"), from, resume_kind_from_env(std::getenv("LIFELINE_RESUME_KIND"))};
   s.attempt = env_u64("LIFELINE_ATTEMPT");
   s.meta.attempt = s.attempt;
   s.meta.lineage = env_or("LIFELINE_LINEAGE", "");
@@ -292,7 +300,8 @@ Client Client::from_env() {
     s.rank = std::make_unique<State::Rank>();
     s.rank->env = *rank;
     s.rank->slot = rank_slot(rank->local_rank);
-    claim_slot(b, *rank, s.resume ? s.resume->step : 0);
+    // A warm start's step is the trainer's choice (it may restart at 0): none until it reports one.
+    claim_slot(b, *rank, s.resume && !s.resume->warm() ? s.resume->step : 0);
   }
   if (!s.ckpt_dir.empty()) s.registration = register_writer(s.ckpt_dir);
   s.watch = watch_supervisor(b);
@@ -312,7 +321,7 @@ Client Client::from_env() {
     // A request posted before we attached (e.g. a signal during start-up) is still pending.
     c.seen_seq_ = b.u64(kAckSeqOff).load();
     c.next_periodic_step_ = s.every_steps ? 0 : UINT64_MAX;
-    if (s.resume) b.u64(kCurrentStepOff).store(s.resume->step);
+    if (s.resume && !s.resume->warm()) b.u64(kCurrentStepOff).store(s.resume->step);
   }
 
   g_block.store(reinterpret_cast<unsigned char*>(&b.u64(kMagicOff)));

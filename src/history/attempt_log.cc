@@ -33,6 +33,9 @@ void AttemptLog::attempt_start(const Start& s) {
   e["resumed_from"] = or_null(s.resumed_from);
   e["skipped"] = s.skipped.is_null() ? json::array() : s.skipped;
   e["requeue_mode"] = text(name(s.mode));
+  if (!s.resume_kind.empty()) e["resume_kind"] = s.resume_kind;
+  if (s.parent) e["parent"] = parent_json(s.parent);
+  if (s.init_from_ignored) e["init_from_ignored"] = text(*s.init_from_ignored);
   log_->append(std::move(e));
 }
 

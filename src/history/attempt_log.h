@@ -11,6 +11,7 @@
 
 #include "history/history.h"
 #include "history/names.h"
+#include "history/run_identity.h"
 
 namespace lifeline {
 
@@ -31,6 +32,9 @@ class AttemptLog {
     std::optional<std::string> resumed_from;  // the checkpoint's path
     nlohmann::json skipped = nlohmann::json::array();  // checkpoint objects newer than the resume (null: [])
     RequeueMode mode = RequeueMode::none;
+    std::string resume_kind{};  // LIFELINE_RESUME_KIND: continue | warm | "" (left out)
+    std::optional<RunParent> parent{};  // a warm start (--init-from): the other run's checkpoint (left out when none)
+    std::optional<std::string> init_from_ignored{};  // --init-from's path when the run's own checkpoint won (left out when none)
   };
   void attempt_start(const Start& start);
 

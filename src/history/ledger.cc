@@ -136,6 +136,9 @@ Ledger fold_history(const std::vector<json>& events, const Liveness& live, uint6
       if (auto it = e.find("pid"); it != e.end() && it->is_number_integer()) a.pid = it->get<int64_t>();
       a.started_ns = t;
       a.resumed_from_step = opt_u64(e, "resumed_from_step");
+      a.resume_kind = str(e, "resume_kind");
+      if (auto p = e.find("parent"); p != e.end()) a.parent = parent_from_json(*p);
+      a.init_from_ignored = str(e, "init_from_ignored");
       if (auto sk = e.find("skipped"); sk != e.end() && sk->is_array())
         for (const auto& s : *sk)
           if (s.is_object()) a.skipped.push_back({opt_u64(s, "step").value_or(0), str(s, "problem")});
@@ -325,6 +328,14 @@ ordered_json attempt_json(const Attempt& a) {
       {"requeue_result", a.requeue_result.empty() ? ordered_json(nullptr) : ordered_json(a.requeue_result)},
       {"requeue_detail", a.requeue_detail.empty() ? ordered_json(nullptr) : ordered_json(a.requeue_detail)},
       {"last_activity", iso8601(a.last_activity_ns)},
+      {"resume_kind", a.resume_kind.empty() ? ordered_json(nullptr) : ordered_json(a.resume_kind)},
+      {"parent", a.parent ? ordered_json{{"dir", a.parent->dir},
+                                         {"lineage", a.parent->lineage.empty() ? ordered_json(nullptr)
+                                                                               : ordered_json(a.parent->lineage)},
+                                         {"step", a.parent->step},
+                                         {"checkpoint", a.parent->checkpoint}}
+                          : ordered_json(nullptr)},
+      {"init_from_ignored", a.init_from_ignored.empty() ? ordered_json(nullptr) : ordered_json(a.init_from_ignored)},
   };
   if (a.running) j["at_risk_seconds"] = round3(a.at_risk_seconds);
   if (a.drains + a.drains_failed + a.checkpoints_lost > 0)

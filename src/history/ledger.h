@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "history/run_identity.h"
+
 namespace lifeline {
 
 // One committed checkpoint as the supervisor recorded it.
@@ -52,7 +54,10 @@ struct Attempt {
   bool running = false;
   bool end_estimated = false;        // lost: ended_ns is the last known activity, not a record
   std::string lost_estimate_from;    // lost: "last event" | "control block step"
-  std::optional<uint64_t> resumed_from_step;
+  std::optional<uint64_t> resumed_from_step;  // none for a warm start (parent): its steps are the trainer's choice
+  std::string resume_kind;                   // continue | warm | "" (from scratch, or not recorded)
+  std::optional<RunParent> parent;           // a warm start (--init-from): the other run's checkpoint
+  std::string init_from_ignored;             // --init-from's path, when the run's own checkpoint won
   std::vector<SkippedRecord> skipped;
   std::string requeue_mode;  // the mode the supervisor ran with (attempt_start)
   std::string end_reason;    // completed | failed | preempted | time_limit | stopped | lost; "" while running

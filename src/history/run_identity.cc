@@ -27,6 +27,7 @@ std::optional<RunIdentity> read_run_identity(const std::string& dir, std::string
     if (w.is_string()) id.command.push_back(w.get<std::string>());
   if (j.contains("policy") && j["policy"].is_string()) id.policy = j["policy"].get<std::string>();
   id.completed = j.value("completed", false);
+  if (j.contains("parent")) id.parent = parent_from_json(j["parent"]);
   return id;
 }
 
@@ -34,8 +35,32 @@ bool write_run_identity(const std::string& dir, const RunIdentity& id, std::stri
   json j{{"run_id", id.run_id ? json(*id.run_id) : json(nullptr)},
          {"command", id.command},
          {"policy", id.policy},
-         {"completed", id.completed}};
+         {"completed", id.completed},
+         {"parent", parent_json(id.parent)}};
   return write_status_file(dir, kRunIdentityName, dump_json(j, 2) + "\n", error, /*durable=*/true);
+}
+
+json parent_json(const std::optional<RunParent>& p) {
+  if (!p) return nullptr;
+  return {{"dir", p->dir},
+          {"lineage", p->lineage.empty() ? json(nullptr) : json(p->lineage)},
+          {"step", p->step},
+          {"checkpoint", p->checkpoint}};
+}
+
+std::optional<RunParent> parent_from_json(const json& j) {
+  if (!j.is_object() || !j.contains("dir") || !j["dir"].is_string()) return std::nullopt;
+  RunParent p;
+  p.dir = j["dir"].get<std::string>();
+  if (j.contains("lineage") && j["lineage"].is_string()) p.lineage = j["lineage"].get<std::string>();
+  if (j.contains("step") && j["step"].is_number_unsigned()) p.step = j["step"].get<uint64_t>();
+  if (j.contains("checkpoint") && j["checkpoint"].is_string()) p.checkpoint = j["checkpoint"].get<std::string>();
+  return p;
+}
+
+std::string parent_words(const RunParent& p) {
+  return "forked from " + p.dir + " (lineage " + (p.lineage.empty() ? std::string("unknown") : p.lineage) + ", step " +
+         std::to_string(p.step) + ")";
 }
 
 std::string command_words(const std::vector<std::string>& argv) {

@@ -34,6 +34,7 @@ const char* const kSave = "#f58518";
 const char* const kLost = "#e45756";
 const char* const kCommit = "#111827";
 const char* const kSignal = "#b91c1c";
+const char* const kFork = "#15803d";    // a fork's start (--init-from)
 
 // XML text: markup escaped, and valid UTF-8 (a directory name may hold any bytes).
 std::string esc(const std::string& s) {
@@ -122,8 +123,11 @@ std::string headline(const Attempt& a) {
 std::string details(const Attempt& a) {
   std::vector<std::string> parts;
   if (!a.host.empty()) parts.push_back(a.host);
-  parts.push_back(a.resumed_from_step ? "resumed from step " + std::to_string(*a.resumed_from_step)
-                                      : std::string("from scratch"));
+  if (a.parent)  // a fork (--init-from): a warm start from another run's checkpoint
+    parts.push_back("forked from step " + std::to_string(a.parent->step) + " of " + a.parent->dir);
+  else
+    parts.push_back(a.resumed_from_step ? "resumed from step " + std::to_string(*a.resumed_from_step)
+                                        : std::string("from scratch"));
   std::string ck = std::to_string(a.checkpoints) + (a.checkpoints == 1 ? " checkpoint" : " checkpoints");
   if (a.last_checkpoint_step) ck += " (last step " + std::to_string(*a.last_checkpoint_step) + ")";
   parts.push_back(ck);
@@ -310,6 +314,12 @@ std::string timeline_svg(const Ledger& ledger, const std::string& title, uint64_
       }
     }
 
+    // A fork's start: a green diamond on the bar's left edge, the source in its tooltip.
+    if (a.parent)
+      svg.raw("  <path class=\"fork\" d=\"M" + num(xs) + " " + num(bar_y - 5) + " l5 " + num(kBarHeight / 2 + 5) + " l-5 " +
+              num(kBarHeight / 2 + 5) + " l-5 " + num(-(kBarHeight / 2 + 5)) + " z\" fill=\"" + kFork + "\"><title>" +
+              esc(parent_words(*a.parent)) + "</title></path>\n");
+
     // Stop signals: a red flag at the moment they arrived.
     for (const auto& sig : a.signals) {
       double xg = ax.x(sig.time_ns);
@@ -336,6 +346,9 @@ std::string timeline_svg(const Ledger& ledger, const std::string& title, uint64_
       "commit (step below)");
   key(box("url(#lost)"), "lost work (after the last checkpoint)");
   key(box(kUnsaved), "not yet checkpointed");
+  if (std::any_of(attempts.begin(), attempts.end(), [](const Attempt& a) { return a.parent.has_value(); }))
+    key("  <path d=\"M" + num(kx + 6) + " " + num(ky - 1) + " l5 6.5 l-5 6.5 l-5 -6.5 z\" fill=\"" + kFork + "\"/>\n",
+        "forked from another run (--init-from)");
   key("  <path d=\"M" + num(kx + 4) + " " + num(ky) + " l7 3 l-7 3 z\" fill=\"" + kSignal + "\"/>\n  <line x1=\"" +
           num(kx + 4) + "\" y1=\"" + num(ky) + "\" x2=\"" + num(kx + 4) + "\" y2=\"" + num(ky + 12) + "\" stroke=\"" +
           kSignal + "\" stroke-width=\"1.6\"/>\n",

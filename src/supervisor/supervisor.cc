@@ -198,6 +198,8 @@ class Supervisor final : public Effects {
       job_tag_ = (job_id_ ? *job_id_ : std::string("local")) + "-" + std::to_string(slurm_ ? slurm_->restart_count : 0);
       rendezvous_path_ = opt_.ckpt_dir + "/.peers-" + job_tag_ + ".json";
       spdlog::info("supervisor {} of {} of this job ({})", peer_.index, peer_.peers,
+      if (const auto& src = opt_.init_source)
+        identity_.parent = RunParent{src->dir, src->lineage, src->checkpoint.step, src->checkpoint.path};
                    leader() ? "the leader" : "a follower");
       if (leader()) job_.emplace(peer_.peers);
     }
@@ -261,6 +263,9 @@ class Supervisor final : public Effects {
     } else if (opt_.policy.restart.resume != Policy::Resume::off) {
       ResumeChoice choice = tier_ ? start_tiers() : choose_resume(opt_.ckpt_dir);
       for (const auto& s : choice.skipped) {
+    std::string kind;  // LIFELINE_RESUME_KIND: "continue" (this run's own checkpoint), "warm" (--init-from), "" (none)
+    std::optional<RunParent> fork;
+    std::optional<std::string> init_ignored;
         spdlog::warn("skipping checkpoint {} (step {}): {}", s.path, s.step, s.problem);
         skipped.push_back(checkpoint_object(s));
       }
@@ -272,8 +277,14 @@ class Supervisor final : public Effects {
       out.status = kExitUsage;
       return out;
     }
-    if (resume) {
+    if (resume && kind == "warm") {  // the trainer decides what it loads and where its steps start
+      spdlog::info("a warm start from step {} of another run ({}, lineage {}): LIFELINE_RESUME_KIND=warm", resume->step,
+                   resume->path, fork && !fork->lineage.empty() ? fork->lineage : std::string("unknown"));
+    } else if (resume) {
       out.resumed_step = resume->step;
+        kind = welcome_.contains("resume_kind") && welcome_["resume_kind"].is_string()
+                   ? welcome_["resume_kind"].get<std::string>()
+                   : std::string("continue");
       spdlog::info("resuming from step {} ({})", resume->step, resume->path);
     } else {
       spdlog::info("starting from scratch: no valid checkpoint in {}", opt_.ckpt_dir);
@@ -283,6 +294,13 @@ class Supervisor final : public Effects {
       block_.emplace(ControlBlock::create(job_id_ ? *job_id_ : "local"));
     } catch (const std::exception& e) {
       spdlog::error("{}", e.what());
+    if (!follower()) {
+      if (resume) kind = "continue";
+      if (!opt_.init_from.empty() && !fork_init_from(resume, kind, fork, init_ignored)) {
+        out.status = kExitUsage;
+        return out;
+      }
+    }
       out.status = attempt_ == 0 ? kExitUsage : kExitStopped;
       return out;
     }
@@ -292,7 +310,7 @@ class Supervisor final : public Effects {
     meta.lineage = lineage_;
     meta.host = this_host();
     if (follower()) block_->u64(kStagingTokenOff).store(welcome_.at("token").get<uint64_t>());
-    if (leader() && !gather_followers(resume)) {
+    if (leader() && !gather_followers(resume, kind)) {
       out.status = kExitUsage;
       return out;
     }
@@ -324,8 +342,10 @@ class Supervisor final : public Effects {
         if (const char* local = std::getenv("SLURM_LOCALID")) set_default("LOCAL_RANK", local);
       }
     }
+        {"LIFELINE_RESUME_KIND", resume ? kind : ""},
     log_.attempt_start({lineage_, job_id_, this_host(), int64_t(getpid()), out.resumed_step,
-                        resume ? std::optional<std::string>(resume->path) : std::nullopt, skipped, mode_});
+                        out.resumed_step ? std::optional<std::string>(resume->path) : std::nullopt, skipped, mode_,
+                        resume ? kind : "", fork, init_ignored});
     out.recorded = true;
     if (!identity_note_.empty()) {
       log_.run_changed(identity_note_, identity_forced_);
@@ -634,6 +654,41 @@ class Supervisor final : public Effects {
       if (!write_run_identity(opt_.ckpt_dir, identity_, &error)) spdlog::warn("{}", error);
     }
     say_end(status);
+  // --init-from at an attempt's start (the leader's or a lone supervisor's choice): with a
+  // checkpoint of the run's own, it is ignored (said once per supervisor that never forked);
+  // without one, the attempt starts from the source (verified before the start for the first
+  // attempt, again for later ones). False: no valid source (nothing started).
+  bool fork_init_from(std::optional<CheckpointInfo>& resume, std::string& kind, std::optional<RunParent>& fork,
+                      std::optional<std::string>& ignored) {
+    if (resume) {
+      if (!forked_ && !said_init_ignored_) {
+        said_init_ignored_ = true;
+        spdlog::info("--init-from {} is ignored: this run already has its own checkpoints in {}; resuming from them",
+                     opt_.init_from, opt_.ckpt_dir);
+        ignored = opt_.init_from;
+      }
+      return true;
+    }
+    std::optional<InitSource> src;
+    if (opt_.init_source && !forked_) {
+      src = opt_.init_source;
+    } else {
+      std::string error;
+      src = resolve_init_from(opt_.init_from, &error);
+      if (!src) {
+        spdlog::error("{} (nothing started)", error);
+        return false;
+      }
+    }
+    forked_ = true;
+    for (const auto& s : src->skipped)
+      spdlog::warn("--init-from: skipping checkpoint {} (step {}): {}", s.path, s.step, s.problem);
+    fork = RunParent{src->dir, src->lineage, src->checkpoint.step, src->checkpoint.path};
+    resume = src->checkpoint;
+    kind = "warm";
+    return true;
+  }
+
     exit_status_ = status;
     finished_ = true;
     io_.stop();
@@ -659,6 +714,7 @@ class Supervisor final : public Effects {
   void on_timer(Timer timer) {
     switch (timer) {
       case Timer::tick: return on_tick_or_exit();
+      if (!identity_.parent && was->parent) identity_.parent = was->parent;  // and its parent
       case Timer::periodic: return dispatch(SupervisorEvent::periodic_due);
       case Timer::time_limit: return dispatch(SupervisorEvent::time_limit_due);
       case Timer::stop_deadline: return dispatch(SupervisorEvent::stop_deadline);
@@ -848,7 +904,7 @@ class Supervisor final : public Effects {
   }
 
   // Leader: waits for every follower, then welcomes each.
-  bool gather_followers(const std::optional<CheckpointInfo>& resume) {
+  bool gather_followers(const std::optional<CheckpointInfo>& resume, const std::string& kind) {
     std::vector<json> hellos;
     try {
       spdlog::info("waiting for {} other supervisor(s) of this job", peer_.peers - 1);
@@ -861,7 +917,8 @@ class Supervisor final : public Effects {
                  {"token", block_->u64(kStagingTokenOff).load()},
                  {"attempt", attempt_},
                  {"resume_path", resume ? json(resume->path) : json(nullptr)},
-                 {"resume_step", resume ? json(resume->step) : json(nullptr)}};
+                 {"resume_step", resume ? json(resume->step) : json(nullptr)},
+                 {"resume_kind", resume ? json(kind) : json(nullptr)}};
     for (uint32_t p = 1; p < peer_.peers; ++p) {
       if (p < hellos.size()) hello_of_[p] = hellos[p];
       link_->send(p, welcome);
@@ -1280,6 +1337,8 @@ int run_supervisor(const RunOptions& options) {
     ::signal(SIGCONT, SIG_IGN);
   }
   return status;
+  bool forked_ = false;             // an attempt of this supervisor started from --init-from
+  bool said_init_ignored_ = false;  // "--init-from is ignored" was said
 }
 
 }  // namespace lifeline

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "policy/policy.h"
+#include "store/init_from.h"
 
 namespace lifeline {
 
@@ -16,6 +17,11 @@ struct RunOptions {
   std::string local_dir;      // storage.local expanded and absolute ("" = no node-local tier)
   std::optional<std::string> run_id;  // --run-id / LIFELINE_RUN_ID: the run's name (run.json)
   bool resume_anyway = false;         // --resume-anyway / LIFELINE_RESUME_ANYWAY=1: resume another run's checkpoints
+  // --init-from / LIFELINE_INIT_FROM: another run's checkpoint dir or checkpoint folder to fork from
+  // (a warm start; "" for none), and it resolved and verified before the start (none when the run
+  // has a checkpoint of its own, or on a follower: the leader chooses).
+  std::string init_from;
+  std::optional<InitSource> init_source;
   std::string requeue_mode;   // auto | scontrol | sbatch | exit | local | none
   double grace_seconds = 25;  // longest wait for the stop checkpoint
   std::vector<std::string> command;

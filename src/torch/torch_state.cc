@@ -404,4 +404,15 @@ uint64_t load(const std::string& folder, torch::nn::Module& model, torch::optim:
   return uint64_t(counters[0].item<int64_t>());
 }
 
+uint64_t load_weights(const std::string& folder, torch::nn::Module& model) {
+  {
+    torch::serialize::InputArchive archive;
+    archive.load_from(folder + "/model.pt");
+    model.load(archive);
+  }
+  torch::Tensor counters;
+  torch::load(counters, folder + "/counters.pt");
+  return uint64_t(counters[0].item<int64_t>());
+}
+
 }  // namespace lifeline::torch_state

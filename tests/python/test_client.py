@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import lifeline_client as L  # noqa: E402
 
 LIFELINE_VARS = ("LIFELINE_CONTROL", "LIFELINE_CKPT_DIR", "LIFELINE_RESUME_FROM", "LIFELINE_RESUME_STEP",
-                 "LIFELINE_ATTEMPT", "LIFELINE_LINEAGE", "SLURM_JOB_ID")
+                 "LIFELINE_ATTEMPT", "LIFELINE_LINEAGE", "SLURM_JOB_ID", "LIFELINE_RESUME_KIND")
 
 
 class FakeBlock:
@@ -198,6 +198,21 @@ class InertTest(ClientTestCase):
                 self.assertEqual(L.resume_choice(os.path.join(cwd, "checkpoints")).resume.step, 1)
             finally:
                 os.chdir(old)
+
+    def test_resume_kind_is_warm_for_a_fork_continue_for_an_own_checkpoint_and_a_bad_value_is_refused(self):
+        r = self.client(LIFELINE_RESUME_FROM="/src/step-000000000040", LIFELINE_RESUME_STEP="40",
+                        LIFELINE_RESUME_KIND="warm").resume()
+        self.assertEqual((r.kind, r.warm, r.step), ("warm", True, 40))
+        for value in ("continue", ""):
+            os.environ["LIFELINE_RESUME_KIND"] = value
+            r = L.Client.from_env().resume()
+            self.assertEqual((r.kind, r.warm), ("continue", False))
+        os.environ.pop("LIFELINE_RESUME_KIND")  # a supervisor from before the variable
+        self.assertEqual(L.Client.from_env().resume().kind, "continue")
+        os.environ["LIFELINE_RESUME_KIND"] = "cold"
+        with self.assertRaisesRegex(ValueError, "LIFELINE_RESUME_KIND='cold'"):
+            L.Client.from_env()
+        self.assertEqual(L.resume_kind_from_env("warm"), "warm")
 
     def test_no_resume_on_a_first_run(self):
         self.assertIsNone(self.client(LIFELINE_RESUME_FROM="", LIFELINE_RESUME_STEP="").resume())
