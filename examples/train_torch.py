@@ -14,7 +14,11 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+# In the repository: its python/ first, as before; elsewhere the installed client (pip install
+# ./python, the modulefile's PYTHONPATH, or the two single files copied next to this script).
+_REPO_PYTHON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python")
+if os.path.isfile(os.path.join(_REPO_PYTHON, "lifeline_client.py")):
+    sys.path.insert(0, _REPO_PYTHON)
 
 import torch  # noqa: E402
 

@@ -97,6 +97,7 @@ gains the same bit), and once per received signal on request_seq (see Client._on
 libatomic they are atomic fetch_add / fetch_or, as in C++.
 """
 from __future__ import annotations
+__version__ = "0.1.0"  # meson.build's project version (tests/install/install_test.sh checks they agree)
 
 import atexit
 import contextlib

@@ -16,6 +16,9 @@ packages=(
   librsvg2-bin
   libtcmalloc-minimal4  # bench/: the trainer's allocator in the end-to-end figures
   groff-base  # tests/cli_docs_test.cc: the generated man pages render without warnings (groff -ww)
+  # tests/install (issue 21): a trainer built with CMake against the installed lifeline, pip into a
+  # venv, the Lmod modulefile loaded for real, meson dist's tarball unpacked
+  cmake python3-venv python3-pip python3-setuptools lmod git xz-utils
 )
 missing=()
 for p in "${packages[@]}"; do
