@@ -254,6 +254,7 @@ if [[ -r /usr/share/lmod/lmod/init/bash ]]; then
     echo "py=$(python3 -c "import lifeline; print(lifeline.__version__, lifeline.__file__)")"
     echo "cmake=$CMAKE_PREFIX_PATH"
     echo "ld=$LD_LIBRARY_PATH"
+    echo "man=$(man -w lifeline 2>/dev/null || true)"
     module unload lifeline
     echo "after=$(command -v lifeline || true)"' _ "$P" "$datadir" "$version" 2>&1) ||
     { echo "$out" >&2; fail "module load lifeline failed"; }
@@ -262,6 +263,9 @@ if [[ -r /usr/share/lmod/lmod/init/bash ]]; then
   grep -qx "py=$version $P/$datadir/lifeline/python/lifeline/__init__.py" <<<"$out" ||
     { echo "$out" >&2; fail "after module load, python3 does not import the installed lifeline"; }
   grep -q "^cmake=$P" <<<"$out" && grep -q "^ld=$LIB" <<<"$out" || { echo "$out" >&2; fail "CMAKE_PREFIX_PATH/LD_LIBRARY_PATH not set"; }
+  if [[ -e $P/share/man/man1/lifeline.1 ]] && command -v man >/dev/null; then
+    grep -qx "man=$P/share/man/man1/lifeline.1" <<<"$out" || { echo "$out" >&2; fail "after module load, man does not find lifeline.1"; }
+  fi
   grep -qx "after=" <<<"$out" || { echo "$out" >&2; fail "module unload lifeline left lifeline on PATH"; }
   echo "module load lifeline: lifeline, pkg-config, CMake and Python find the install"
 elif command -v luac5.3 >/dev/null || command -v luac >/dev/null; then
