@@ -1,8 +1,11 @@
 # Spack recipe for lifeline. Use it from a repository of your own:
 #   spack repo create ~/spack-lifeline && mkdir -p ~/spack-lifeline/packages/lifeline
 #   cp packaging/spack/package.py ~/spack-lifeline/packages/lifeline/ && spack repo add ~/spack-lifeline
-#   spack install lifeline@0.1.0 +python ~torch
-# Point `url` at the release tarball (`meson dist`, README.md "Install") and fill in its sha256.
+#   spack install lifeline@main +python ~torch
+# For a release: point `url` at its tarball (`meson dist`, README.md "Install"), uncomment its
+# version() with the tarball's sha256, and `spack install lifeline@0.1.0`.
+
+import glob
 
 from spack.package import *
 
@@ -17,7 +20,7 @@ class Lifeline(MesonPackage):
     url = "https://github.com/lifeline/lifeline/releases/download/v0.1.0/lifeline-0.1.0.tar.xz"
     git = "https://github.com/lifeline/lifeline.git"
 
-    license("UNKNOWN")  # set to the project's license when it declares one
+    # license("...")  # the project declares no license yet
 
     version("main", branch="main")
     # version("0.1.0", sha256="<sha256 of lifeline-0.1.0.tar.xz from meson dist>")
@@ -47,6 +50,7 @@ class Lifeline(MesonPackage):
     depends_on("slurm", type="run")
 
     depends_on("py-torch", when="+torch")
+    extends("python", when="+python")                  # site-packages on PYTHONPATH when loaded
     depends_on("python@3.8:", type=("build", "run"), when="+python")
     depends_on("py-pip", type="build", when="+python")
     depends_on("py-setuptools@61:", type="build", when="+python")
@@ -54,8 +58,17 @@ class Lifeline(MesonPackage):
 
     def meson_args(self):
         args = ["-Dtorch=" + ("enabled" if self.spec.satisfies("+torch") else "disabled")]
-        # Spack's libdir is <prefix>/lib already; keep it one level deep for the relocatable .pc files.
+        # One level deep (the project's default too): the .pc files relocate with --define-prefix.
         args.append("-Dlibdir=lib")
+        if self.spec.satisfies("+torch"):
+            # meson.build finds LibTorch as plain libraries and its C++ API headers at Debian's
+            # /usr/include/torch/csrc/api/include; py-torch keeps both inside its site-packages.
+            roots = glob.glob(join_path(self.spec["py-torch"].prefix, "lib", "python3*", "site-packages", "torch"))
+            if not roots:
+                raise InstallError("lifeline +torch: no site-packages/torch under " + self.spec["py-torch"].prefix)
+            torch = roots[0]
+            args.append("-Dcpp_args=['-isystem{0}/include', '-isystem{0}/include/torch/csrc/api/include']".format(torch))
+            args.append("-Dcpp_link_args=['-L{0}/lib', '-Wl,-rpath,{0}/lib']".format(torch))
         return args
 
     @run_after("install")
@@ -69,8 +82,10 @@ class Lifeline(MesonPackage):
 
     def setup_run_environment(self, env):
         env.set("LIFELINE_ROOT", self.prefix)
-        # The stdlib-only client also sits in share/lifeline/python (what the Lmod modulefile uses).
-        env.prepend_path("PYTHONPATH", join_path(self.prefix, "share", "lifeline", "python"))
+        if self.spec.satisfies("~python"):
+            # Not pip-installed: the stdlib-only client in share/lifeline/python (as the Lmod
+            # modulefile uses it) serves any python3.
+            env.prepend_path("PYTHONPATH", join_path(self.prefix, "share", "lifeline", "python"))
 
     @property
     def libs(self):
