@@ -41,7 +41,18 @@ wait_exit() {
 }
 
 tmp=$(mktemp -d /tmp/lifeline-install-test.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+# On any exit: a `lifeline run` still in the background (a failed wait) is stopped, then the temp dir goes.
+cleanup() {
+  local pids
+  pids=$(jobs -p)
+  if [[ -n $pids ]]; then
+    # shellcheck disable=SC2086  # pids are words
+    kill -TERM $pids 2>/dev/null || true
+    wait 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
 case "$tmp/" in "$SOURCE_DIR"/*) fail "the temp dir $tmp lies inside the source tree" ;; esac
 unset LIFELINE_CONTROL LIFELINE_CKPT_DIR LIFELINE_RESUME_FROM LIFELINE_RESUME_STEP SLURM_JOB_ID || true
 
