@@ -31,20 +31,23 @@ std::vector<std::string> train_cmd(const std::string& digest, int delay_ms) {
           std::to_string(delay_ms), "--log-every", "1", "--digest-out", digest};
 }
 
-// Supervisor `k` of three, its trainer rank k of the world.
-std::unique_ptr<Process> supervisor(const TempDir& d, int k, int delay_ms) {
+// Supervisor `k` of three, its trainer rank k of the world. `tier`: each "node" has a node-local
+// checkpoint tier of its own, <d>/node-K/lifeline (storage.local: $NODE_TMP/lifeline).
+std::unique_ptr<Process> supervisor(const TempDir& d, int k, int delay_ms, bool tier = false) {
   std::string policy = d / "policy.yaml";
   if (!std::filesystem::exists(policy))  // once: the others read it while later ones start
     std::ofstream(policy) << "version: 1\n"
                              "checkpoint:\n  every_steps: 25\n  every_seconds: 0\n"
-                             "retention:\n  keep_last: 1000\n  keep_best: 0\n";
+                             "retention:\n  keep_last: 1000\n  keep_best: 0\n"
+                          << (tier ? "storage:\n  local: $NODE_TMP/lifeline\n  drain: async\n" : "");
   std::vector<std::string> argv = {binary("LIFELINE_BIN"), "run", "--policy", policy, "--ckpt-dir", d / "ckpt",
                                    "--requeue", "none", "--peers", std::to_string(kPeers), "--peer-index",
                                    std::to_string(k), "--"};
   for (const auto& a : train_cmd(d / ("digest" + std::to_string(k)), delay_ms)) argv.push_back(a);
   return std::make_unique<Process>(argv, std::map<std::string, std::string>{
                                              {"RANK", std::to_string(k)}, {"WORLD_SIZE", std::to_string(kPeers)},
-                                             {"LIFELINE_PEER_SILENCE", "3"}});
+                                             {"LIFELINE_PEER_SILENCE", "3"},
+                                             {"NODE_TMP", d / ("node-" + std::to_string(k))}});
 }
 
 const std::string& reference_digest() {
@@ -81,9 +84,9 @@ uint64_t agreed_step(const std::string& output) {
 }
 
 // All three resumed: every one's trainer ends with the uninterrupted digest.
-void resume_all(const TempDir& d, uint64_t from) {
+void resume_all(const TempDir& d, uint64_t from, bool tier = false) {
   std::vector<std::unique_ptr<Process>> again;
-  for (int k = 0; k < kPeers; ++k) again.push_back(supervisor(d, k, 0));
+  for (int k = 0; k < kPeers; ++k) again.push_back(supervisor(d, k, 0, tier));
   for (int k = 0; k < kPeers; ++k) {
     int rc = again[k]->wait();
     CAPTURE(k);
@@ -184,4 +187,57 @@ TEST_CASE("a follower's supervisor killed with SIGKILL: the others stop as peer_
   uint64_t newest = list.back()["step"];
   CHECK(newest >= 50);
   resume_all(d, newest);
+}
+
+TEST_CASE("three supervisors with node-local tiers: each node drains its part and the leader commits on shared storage; stopped and resumed bit-exact with the local dirs gone") {
+  TempDir d;
+  std::vector<std::unique_ptr<Process>> sup;
+  for (int k = 0; k < kPeers; ++k) sup.push_back(supervisor(d, k, 20, /*tier=*/true));
+  REQUIRE(sup[1]->wait_for_line("step 60 ") != "");
+  // The periodic checkpoint of step 50 reaches shared storage whole: every node's part drained,
+  // then the leader's commit.
+  bool committed_50 = false;
+  for (int i = 0; i < 300 && !committed_50; ++i) {
+    json list = checkpoints(d);
+    committed_50 = !list.empty() && list.back()["step"].get<uint64_t>() >= 50;
+    if (!committed_50) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  REQUIRE(committed_50);
+  sup[2]->signal(SIGUSR1);
+  uint64_t agreed = 0;
+  for (int k = 0; k < kPeers; ++k) {
+    int rc = sup[k]->wait();
+    CAPTURE(k);
+    REQUIRE_MESSAGE(rc == 75, sup[k]->output());
+    uint64_t a = agreed_step(sup[k]->output());
+    if (k == 0) agreed = a;
+    CHECK(a == agreed);
+    // Each node drained its own rank's part of the stop checkpoint.
+    CHECK(sup[k]->output().find("drained this node's parts of step " + std::to_string(agreed)) != std::string::npos);
+  }
+  // The stop checkpoint is committed on shared storage before the requeue: every part, valid.
+  json list = checkpoints(d);
+  REQUIRE(!list.empty());
+  CHECK(list.back()["step"] == agreed);
+  CHECK(list.back()["world_size"] == kPeers);
+  CHECK(list.back()["valid"] == true);
+  CHECK(list.back()["tier"] == "shared");
+  auto ends = events(d, "history.jsonl", "attempt_end");
+  REQUIRE(ends.size() == 1);
+  CHECK(ends[0]["stop_checkpoint"]["step"] == agreed);
+  CHECK(ends[0]["stop_checkpoint"]["drained"] == true);
+  // Drains are in each node's history: the leader's and the followers' own files.
+  CHECK(!events(d, "history.jsonl", "drain").empty());
+  for (int k = 1; k < kPeers; ++k) CHECK(!events(d, "history.node-" + std::to_string(k) + ".jsonl", "drain").empty());
+  // Nothing committed stays on a node: no checkpoint folder and no staging folder in any local dir.
+  for (int k = 0; k < kPeers; ++k) {
+    for (const auto& e : std::filesystem::directory_iterator(d / ("node-" + std::to_string(k) + "/lifeline"))) {
+      std::string name = e.path().filename().string();
+      CAPTURE(name);
+      CHECK(name.rfind("step-", 0) != 0);
+      CHECK(name.rfind(".staging-", 0) != 0);
+    }
+    std::filesystem::remove_all(d / ("node-" + std::to_string(k)));  // the nodes are gone
+  }
+  resume_all(d, agreed, /*tier=*/true);
 }

@@ -304,3 +304,90 @@ TEST_CASE("a drain queue going away lets the drain in flight finish and reports 
   CHECK(rec.kinds() == "drained 20, skipped 40");
   CHECK(verify_checkpoint(d.shared + "/step-000000000020", VerifyMode::full).valid);
 }
+
+namespace {
+
+// Two "nodes" of one job, each with its own local dir holding one rank's part of `step` (rank 0:
+// a nested file, rank 1: none), as their ranks write them with a node-local tier.
+struct PartNodes {
+  TempDir t;
+  std::string shared = t / "shared";
+  std::string local[2] = {t / "node-0", t / "node-1"};
+  std::string staging;
+  explicit PartNodes(uint64_t step) : staging(shared_staging_name(step, kToken)) {
+    fs::create_directories(shared);
+    for (uint32_t r = 0; r < 2; ++r) {
+      fs::create_directories(local[r]);
+      CheckpointWriter w(disk(), local[r], step, CheckpointMeta{}, PartOf{staging, r, 2});
+      if (r == 0) {
+        std::string model(70000, 'p');
+        for (size_t i = 0; i < model.size(); ++i) model[i] = char('a' + (i * 11 + step) % 26);
+        w.write_file("model/shard.pt", model.data(), model.size());
+      }
+      w.commit();
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("several nodes drain their parts into one shared staging folder and the leader's commit of it is valid") {
+  PartNodes d(30);
+  DrainResult r0 = drain_parts(disk(), d.local[0], d.shared, d.staging, 30);
+  DrainResult r1 = drain_parts(disk(), d.local[1], d.shared, d.staging, 30);
+  CHECK(r0.path == d.shared + "/" + d.staging);
+  CHECK(r0.bytes == 70000);
+  CHECK(r1.bytes == 0);  // a part without files is still a part
+  CHECK(slurp(d.shared + "/" + d.staging + "/rank-00000/model/shard.pt") ==
+        slurp(d.local[0] + "/" + d.staging + "/rank-00000/model/shard.pt"));
+  CommitResult c = commit_sharded(disk(), d.shared, d.staging, 30, 2, CheckpointMeta{}, mono_ns());
+  CheckpointInfo info = verify_checkpoint(c.path, VerifyMode::full);
+  CHECK(info.valid);
+  CHECK(info.world_size == 2);
+  // A part damaged on its node after it was made durable is never drained.
+  PartNodes e(60);
+  {
+    std::fstream f(e.local[0] + "/" + e.staging + "/rank-00000/model/shard.pt", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('#');
+  }
+  CHECK_THROWS_WITH(drain_parts(disk(), e.local[0], e.shared, e.staging, 60), doctest::Contains("does not match its manifest"));
+  CHECK_FALSE(fs::exists(e.shared + "/" + e.staging + "/rank-00000"));
+}
+
+TEST_CASE("an I/O error at any operation of a node's part drain leaves no part of that node in shared storage; the leader cannot commit and the other node's part is intact") {
+  uint64_t total = 0;
+  {
+    PartNodes d(40);
+    drain_parts(disk(), d.local[1], d.shared, d.staging, 40);  // as below: the other node's part first
+    FaultInjectionFileSystem ffs(disk(), d.t.path());
+    drain_parts(ffs, d.local[0], d.shared, d.staging, 40);
+    total = ffs.op_count();
+  }
+  REQUIRE(total > 5);
+  for (uint64_t n = 1; n <= total; ++n) {
+    CAPTURE(n);
+    PartNodes d(40);
+    drain_parts(disk(), d.local[1], d.shared, d.staging, 40);  // the other node's part is there
+    FaultInjectionFileSystem ffs(disk(), d.t.path());
+    ffs.fail_at(n, EIO);
+    std::string error;
+    try {
+      drain_parts(ffs, d.local[0], d.shared, d.staging, 40);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    if (error.empty()) {  // every operation's failure is an error, the last fsync's included
+      FAIL("the drain succeeded with an I/O error at operation " << n);
+      continue;
+    }
+    CHECK_FALSE(fs::exists(d.shared + "/" + d.staging + "/rank-00000"));
+    CHECK(fs::exists(d.shared + "/" + d.staging + "/rank-00001/MANIFEST"));
+    CHECK_THROWS(commit_sharded(disk(), d.shared, d.staging, 40, 2, CheckpointMeta{}, mono_ns()));
+    CHECK(choose_resume(d.shared).resume == std::nullopt);
+    // The node's local part is untouched: a retry drains it whole.
+    drain_parts(disk(), d.local[0], d.shared, d.staging, 40);
+    CHECK(verify_checkpoint(commit_sharded(disk(), d.shared, d.staging, 40, 2, CheckpointMeta{}, mono_ns()).path,
+                            VerifyMode::full).valid);
+  }
+}

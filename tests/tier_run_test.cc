@@ -366,12 +366,15 @@ TEST_CASE("a stop whose drain cannot fit its deadline at the measured speed says
   CHECK(late[0]["resume_step"].get<uint64_t>() >= 20);
 }
 
-TEST_CASE("storage.local with several supervisors per job is refused with exit 2 before anything starts") {
+TEST_CASE("storage.drain off with several supervisors per job is refused with exit 2 before anything starts") {
+  // With several supervisors a checkpoint commits only on shared storage, once every node's
+  // parts are drained there: without a drain nothing would ever commit.
   TempDir d;
-  std::vector<std::string> argv = tier_run(d, "  local: " + (d / "local") + "\n", train_cmd(d, 10, 0));
+  std::vector<std::string> argv = tier_run(d, "  local: " + (d / "local") + "\n  drain: off\n", train_cmd(d, 10, 0));
   argv.insert(argv.begin() + 2, {"--peers", "2", "--peer-index", "0"});
   std::string out;
   CHECK(run(argv, &out) == 2);
-  CHECK_MESSAGE(out.find("several supervisors") != std::string::npos, out);
-  CHECK(step_folders(d / "local").empty());
+  CHECK_MESSAGE(out.find("storage.drain: off with several supervisors") != std::string::npos, out);
+  CHECK(!std::filesystem::exists(d / "local/.lifeline-tier.json"));  // the tier was never set up
+  CHECK(step_folders(d / "ckpt").empty());
 }

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -59,6 +60,48 @@ struct Copy {
   std::string checksum;
 };
 
+// Copies each file into `staging`, hashing as it goes: a copy whose bytes or checksum differ from
+// its manifest's is an error (the local copy is damaged). Every copy is fsynced.
+void copy_verified(FileSystem& fs, const std::vector<Copy>& copies, const std::string& algorithm,
+                   const std::string& staging, const DrainProgress& progress, DrainResult& result) {
+  uint64_t total = 0, done = 0;
+  for (const auto& c : copies) total += c.bytes;
+  std::function<void(size_t)> copied = [&](size_t n) {
+    done += n;
+    if (progress) progress(done, total);
+  };
+  for (const auto& c : copies) {
+    std::unique_ptr<Hasher> hash = make_hasher(algorithm);
+    if (!hash) throw std::runtime_error(c.from + ": unknown checksum algorithm " + algorithm);
+    auto out = fs.create_file(staging + "/" + c.to);
+    CopyingHasher copier(std::move(hash), *out, copied);
+    unsigned long long bytes = 0;
+    if (!fs.hash_file(c.from, copier, bytes, ReadCache::cached))
+      throw std::runtime_error("cannot read " + c.from + " (it is listed in the manifest)");
+    if (bytes != c.bytes || copier.hex_digest() != c.checksum)
+      throw std::runtime_error(c.from + " does not match its manifest (" + std::to_string(bytes) + " bytes, " +
+                               std::to_string(c.bytes) + " listed): the local copy is damaged; not drained");
+    out->sync();
+    out->close();
+    result.bytes += bytes;
+    ++result.files;
+  }
+}
+
+// Creates the folders above each copy's file (model/shard-0.pt) under `staging`, once each;
+// `dirs` holds the relative folders made so far (the caller's, to fsync later).
+void make_parent_dirs(FileSystem& fs, const std::vector<Copy>& copies, const std::string& staging,
+                      std::vector<std::string>& dirs) {
+  for (const auto& c : copies) {
+    for (size_t slash = c.to.find('/'); slash != std::string::npos; slash = c.to.find('/', slash + 1)) {
+      std::string folder = c.to.substr(0, slash);
+      if (std::find(dirs.begin(), dirs.end(), folder) != dirs.end()) continue;
+      fs.make_dir(staging + "/" + folder);
+      dirs.push_back(folder);
+    }
+  }
+}
+
 }  // namespace
 
 DrainResult drain_checkpoint(FileSystem& fs, const std::string& local_dir, const std::string& shared_dir,
@@ -102,9 +145,6 @@ DrainResult drain_checkpoint(FileSystem& fs, const std::string& local_dir, const
       copies.push_back({src + "/" + folder + "/" + f.path, folder + "/" + f.path, f.bytes, f.checksum});
     part_manifests.emplace_back(p.path, std::move(text));
   }
-  uint64_t total = 0;
-  for (const auto& c : copies) total += c.bytes;
-
   try {
     fs.remove_tree(staging);  // a drain of this step that died (same token: same process)
     fs.make_dir(staging);
@@ -112,39 +152,8 @@ DrainResult drain_checkpoint(FileSystem& fs, const std::string& local_dir, const
       fs.make_dir(staging + "/" + part_folder_name(p.rank));
       dirs.push_back(part_folder_name(p.rank));
     }
-    for (const auto& c : copies) {
-      // Nested folders of the trainer's own files (model/shard-0.pt) exist before their files.
-      for (size_t slash = c.to.find('/'); slash != std::string::npos; slash = c.to.find('/', slash + 1)) {
-        std::string folder = c.to.substr(0, slash);
-        bool known = false;
-        for (const auto& d : dirs) known = known || d == folder;
-        if (!known) {
-          fs.make_dir(staging + "/" + folder);
-          dirs.push_back(folder);
-        }
-      }
-    }
-    uint64_t done = 0;
-    std::function<void(size_t)> copied = [&](size_t n) {
-      done += n;
-      if (progress) progress(done, total);
-    };
-    for (const auto& c : copies) {
-      std::unique_ptr<Hasher> hash = make_hasher(top.checksum_algorithm);
-      if (!hash) throw std::runtime_error(src + ": unknown checksum algorithm " + top.checksum_algorithm);
-      auto out = fs.create_file(staging + "/" + c.to);
-      CopyingHasher copier(std::move(hash), *out, copied);
-      unsigned long long bytes = 0;
-      if (!fs.hash_file(c.from, copier, bytes, ReadCache::cached))
-        throw std::runtime_error("cannot read " + c.from + " (it is listed in the manifest)");
-      if (bytes != c.bytes || copier.hex_digest() != c.checksum)
-        throw std::runtime_error(c.from + " does not match its manifest (" + std::to_string(bytes) + " bytes, " +
-                                 std::to_string(c.bytes) + " listed): the local copy is damaged; not drained");
-      out->sync();
-      out->close();
-      result.bytes += bytes;
-      ++result.files;
-    }
+    make_parent_dirs(fs, copies, staging, dirs);  // nested folders of the trainer's own files
+    copy_verified(fs, copies, top.checksum_algorithm, staging, progress, result);
     for (const auto& [path, text] : part_manifests) write_durable(fs, staging + "/" + path, text);
     for (const auto& d : dirs) fs.sync_dir(staging + "/" + d);
     write_durable(fs, staging + "/" + kManifestName, top_text);
@@ -159,9 +168,92 @@ DrainResult drain_checkpoint(FileSystem& fs, const std::string& local_dir, const
   return result;
 }
 
+DrainResult drain_parts(FileSystem& fs, const std::string& local_dir, const std::string& shared_dir,
+                        const std::string& staging_name, uint64_t step, const DrainProgress& progress) {
+  uint64_t start = mono_ns();
+  const std::string src = local_dir + "/" + staging_name;
+  const std::string staging = shared_dir + "/" + staging_name;
+  DrainResult result;
+  result.path = staging;
+  // This node's parts: every rank-XXXXX folder with a part manifest of this step.
+  std::vector<std::pair<std::string, std::string>> parts;  // folder, manifest text
+  std::vector<Copy> copies;
+  std::string algorithm;
+  std::error_code ec;
+  std::vector<std::string> folders;
+  for (const auto& entry : std::filesystem::directory_iterator(src, ec))
+    if (entry.path().filename().string().rfind("rank-", 0) == 0) folders.push_back(entry.path().filename().string());
+  if (ec) throw std::runtime_error("cannot list " + src + ": " + ec.message());
+  std::sort(folders.begin(), folders.end());
+  for (const auto& folder : folders) {
+    std::string text = read_manifest(fs, src + "/" + folder + "/" + kManifestName);
+    PartManifest pm;
+    try {
+      pm = part_manifest_from_json(text);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(src + "/" + folder + "/" + kManifestName + ": " + e.what());
+    }
+    if (pm.step != step || part_folder_name(pm.rank) != folder)
+      throw std::runtime_error(src + "/" + folder + "/" + kManifestName + ": names step " + std::to_string(pm.step) +
+                               ", rank " + std::to_string(pm.rank));
+    if (!algorithm.empty() && pm.checksum_algorithm != algorithm)
+      throw std::runtime_error(src + "/" + folder + ": checksum algorithm " + pm.checksum_algorithm + ", not " + algorithm);
+    algorithm = pm.checksum_algorithm;
+    for (const auto& f : pm.files)
+      copies.push_back({src + "/" + folder + "/" + f.path, folder + "/" + f.path, f.bytes, f.checksum});
+    parts.emplace_back(folder, std::move(text));
+  }
+  if (parts.empty()) throw std::runtime_error(src + " holds no part of step " + std::to_string(step));
+  try {
+    if (!std::filesystem::is_directory(staging)) {
+      try {
+        fs.make_dir(staging);  // another node may make it at the same moment
+      } catch (const std::exception&) {
+        if (!std::filesystem::is_directory(staging)) throw;
+      }
+    }
+    std::vector<std::string> dirs;
+    for (const auto& [folder, text] : parts) {
+      fs.remove_tree(staging + "/" + folder);  // an earlier drain of this part that died
+      fs.make_dir(staging + "/" + folder);
+      dirs.push_back(folder);
+    }
+    make_parent_dirs(fs, copies, staging, dirs);
+    copy_verified(fs, copies, algorithm, staging, progress, result);
+    // Folders below the parts first, then each part's MANIFEST (last: it says the part is whole).
+    for (auto d = dirs.rbegin(); d != dirs.rend(); ++d) fs.sync_dir(staging + "/" + *d);
+    for (const auto& [folder, text] : parts) {
+      write_durable(fs, staging + "/" + folder + "/" + kManifestName, text);
+      fs.sync_dir(staging + "/" + folder);
+    }
+    fs.sync_dir(staging);
+    fs.sync_dir(shared_dir);
+  } catch (...) {
+    for (const auto& [folder, text] : parts) {
+      try {
+        fs.remove_tree(staging + "/" + folder);
+      } catch (const std::exception&) {
+        // the leader's abandon (or gc) removes the staging folder with it
+      }
+    }
+    throw;
+  }
+  result.duration_ns = mono_ns() - start;
+  return result;
+}
+
 DrainQueue::DrainQueue(FileSystem& fs, std::string local_dir, std::string shared_dir, uint64_t token, Report report,
-                       bool idle_io)
-    : fs_(fs), local_(std::move(local_dir)), shared_(std::move(shared_dir)), token_(token), report_(std::move(report)) {
+                       bool idle_io, DrainFn drain)
+    : fs_(fs),
+      local_(std::move(local_dir)),
+      shared_(std::move(shared_dir)),
+      token_(token),
+      report_(std::move(report)),
+      drain_(std::move(drain)) {
+  if (!drain_)
+    drain_ = [this](uint64_t step, const DrainProgress& progress) {
+      return drain_checkpoint(fs_, local_, shared_, step, token_, progress);
+    };
   thread_ = std::thread([this, idle_io] { run(idle_io); });
 }
 
@@ -231,7 +323,7 @@ void DrainQueue::run(bool idle_io) {
     Event e;
     e.step = step;
     try {
-      e.result = drain_checkpoint(fs_, local_, shared_, step, token_, [this, started](uint64_t done, uint64_t total) {
+      e.result = drain_(step, [this, started](uint64_t done, uint64_t total) {
         {
           std::lock_guard<std::mutex> g(mu_);
           progress_.done = done;

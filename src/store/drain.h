@@ -41,6 +41,17 @@ using DrainProgress = std::function<void(uint64_t done, uint64_t total)>;
 DrainResult drain_checkpoint(FileSystem& fs, const std::string& local_dir, const std::string& shared_dir,
                              uint64_t step, uint64_t token, const DrainProgress& progress = {});
 
+// Several supervisors per job (docs/storage.md): copies the part folders (`rank-XXXXX/`) this
+// node's ranks wrote into `local_dir/staging_name` to the job's shared staging folder
+// `shared_dir/staging_name`, which the other nodes fill with theirs and the leader then commits
+// (commit_sharded). Each file's checksum is checked against its part manifest as it is copied,
+// every file and folder is fsynced, and a part's MANIFEST is written last, so the leader never
+// sees a part manifest whose files are not all durable. result.path is the shared staging
+// folder. Throws std::runtime_error naming the file, after removing the part folders it began
+// (never the shared staging folder itself: other nodes' parts are in it).
+DrainResult drain_parts(FileSystem& fs, const std::string& local_dir, const std::string& shared_dir,
+                        const std::string& staging_name, uint64_t step, const DrainProgress& progress = {});
+
 // Drains committed local checkpoints on a thread of its own, at idle I/O priority: one at a
 // time, newest first; checkpoints superseded by a newer one before their drain starts are
 // skipped (only the newest matters for a resume, and retention keeps older ones locally).
@@ -63,10 +74,14 @@ class DrainQueue {
     std::optional<uint64_t> newest_drained;
   };
 
+  // One drain: step, progress callback → what it did (throws on failure).
+  using DrainFn = std::function<DrainResult(uint64_t step, const DrainProgress& progress)>;
+
   // `idle_io`: the thread asks for the idle I/O class (ioprio_set), so a drain never slows the
-  // trainer's own reads and writes.
+  // trainer's own reads and writes. `drain`: what draining a step means (default: drain_checkpoint
+  // of `local_dir/step-N` into `shared_dir`, staging folder named by `token`).
   DrainQueue(FileSystem& fs, std::string local_dir, std::string shared_dir, uint64_t token, Report report,
-             bool idle_io = true);
+             bool idle_io = true, DrainFn drain = {});
   // Lets the drain in flight finish; what is still queued is dropped (reported as skipped).
   ~DrainQueue();
   DrainQueue(const DrainQueue&) = delete;
@@ -90,6 +105,7 @@ class DrainQueue {
   const std::string local_, shared_;
   const uint64_t token_;
   Report report_;
+  DrainFn drain_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::set<uint64_t> queued_;

@@ -12,6 +12,7 @@
 #include "common/regular_file.h"
 #include "history/supervisor_record.h"
 #include "store/file_system.h"
+#include "store/sharded.h"
 
 namespace lifeline {
 
@@ -85,8 +86,14 @@ LocalTier::LocalTier(Options options) : opt_(std::move(options)) {
   if (opt_.drain) {
     // The staging folder's token: its high half our pid, so gc leaves a live drain's folder alone.
     uint64_t token = (uint64_t(uint32_t(::getpid())) << 32) | std::stoull(random_hex(1), nullptr, 16);
+    DrainQueue::DrainFn drain;
+    if (opt_.parts)
+      drain = [this](uint64_t step, const DrainProgress& progress) {
+        return drain_parts(default_file_system(), opt_.local_dir, opt_.shared_dir,
+                           shared_staging_name(step, parts_token_.load()), step, progress);
+      };
     queue_ = std::make_unique<DrainQueue>(files, opt_.local_dir, opt_.shared_dir, token,
-                                          [this](const Event& e) { on_event(e); });
+                                          [this](const Event& e) { on_event(e); }, /*idle_io=*/true, drain);
     queue_->set_bandwidth(opt_.drain_bandwidth);
   }
 }
@@ -159,6 +166,17 @@ LocalTier::Start LocalTier::start() {
 }
 
 void LocalTier::committed(uint64_t step, uint64_t bytes) {
+  if (opt_.parts) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      // Committed on shared storage: local and drained alike (nothing is resumed locally).
+      newest_local_ = newest_drained_ = std::max(step, newest_local_.value_or(0));
+      newest_local_bytes_ = bytes;
+    }
+    remove_local_parts(step);
+    write_status(/*durable=*/true);
+    return;
+  }
   {
     std::lock_guard<std::mutex> g(mu_);
     if (!newest_local_ || step > *newest_local_) {
@@ -174,20 +192,51 @@ void LocalTier::committed(uint64_t step, uint64_t bytes) {
   write_status(/*durable=*/true);
 }
 
+void LocalTier::set_parts_token(uint64_t token) { parts_token_.store(token); }
+
+void LocalTier::parts_durable(uint64_t step) {
+  if (queue_) queue_->add(step);
+}
+
+void LocalTier::parts_abandoned(uint64_t step) { remove_local_parts(step); }
+
+void LocalTier::lift_cap() {
+  if (queue_) queue_->set_bandwidth(0);
+}
+
+void LocalTier::remove_local_parts(uint64_t up_to) {
+  std::error_code ec;
+  const std::string prefix = ".staging-step-";
+  std::vector<std::string> gone;
+  for (const auto& entry : fs::directory_iterator(opt_.local_dir, ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) != 0 || name.size() < prefix.size() + 12) continue;
+    uint64_t step = std::strtoull(name.substr(prefix.size(), 12).c_str(), nullptr, 10);
+    auto in_flight = queue_ ? queue_->progress().step : std::nullopt;
+    if (step <= up_to && !(in_flight && *in_flight == step)) gone.push_back(name);
+  }
+  for (const auto& name : gone) remove_staging(default_file_system(), opt_.local_dir, name);
+}
+
 void LocalTier::on_event(const Event& e) {
   {
     std::lock_guard<std::mutex> g(mu_);
-    if (e.kind == Event::Kind::drained) {
+    if (e.kind == Event::Kind::drained && opt_.parts) {
+      // Parts on shared storage are not a checkpoint yet: the leader's commit makes one.
+      if (e.result.bytes > 0 && e.result.duration_ns > 0)
+        measured_rate_ = double(e.result.bytes) / (double(e.result.duration_ns) / 1e9);
+    } else if (e.kind == Event::Kind::drained) {
       if (!newest_drained_ || e.step > *newest_drained_) newest_drained_ = e.step;
       if (e.result.bytes > 0 && e.result.duration_ns > 0)
         measured_rate_ = double(e.result.bytes) / (double(e.result.duration_ns) / 1e9);
     }
     events_.push_back(e);
   }
-  if (e.kind != Event::Kind::skipped) {
+  if (e.kind != Event::Kind::skipped && !opt_.parts) {
     keep_local(queue_ ? queue_->progress().step : std::nullopt);
     write_status(/*durable=*/true);
   }
+  if (opt_.wake) opt_.wake();
 }
 
 // storage.keep_local: the newest N committed local checkpoints stay, and the one a drain is
@@ -222,6 +271,7 @@ bool LocalTier::settle(std::chrono::steady_clock::time_point deadline) {
     queue_->wait_idle(deadline);
   }
   std::lock_guard<std::mutex> g(mu_);
+  if (opt_.parts && !newest_local_) return true;  // nothing committed: nothing of it to drain
   return newest_local_ && newest_drained_ && *newest_drained_ >= *newest_local_;
 }
 
@@ -271,6 +321,7 @@ json LocalTier::status() const {
 }
 
 void LocalTier::write_status(bool durable) {
+  if (!opt_.status_file) return;
   std::string error;
   if (!write_status_file(opt_.shared_dir, kTierFileName, dump_json(status(), 2), &error, durable))
     spdlog::debug("{}", error);

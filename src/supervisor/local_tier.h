@@ -4,7 +4,9 @@
 // background (DrainQueue), keeps storage.keep_local checkpoints locally, picks the resume point
 // across both tiers, holds a stop until its checkpoint is drained (or its deadline), and keeps
 // <shared>/tier.json up to date for `lifeline status` and for the next attempt.
+#include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -37,6 +39,12 @@ class LocalTier {
     uint64_t keep_local = 2;
     uint64_t drain_bandwidth = 0;  // bytes/s, 0 = unlimited
     std::string host;              // this node
+    // One of several supervisors per job (docs/storage.md): what drains is this node's ranks'
+    // parts, into the job's shared staging folder (drain_parts), and the leader commits there;
+    // nothing is committed locally, so nothing is kept or resumed locally either.
+    bool parts = false;
+    bool status_file = true;       // writes <shared>/tier.json (the job's leader only, with parts)
+    std::function<void()> wake;    // called on the drain thread after each event (may be empty)
   };
   // One drain's outcome, reported on the supervisor's loop (take_events).
   using Event = DrainQueue::Event;
@@ -61,8 +69,17 @@ class LocalTier {
   // checkpoint newer than the shared ones is drained before the trainer starts.
   Start start();
 
-  // A commit into the local directory: queue its drain, apply keep_local.
+  // A commit into the local directory: queue its drain, apply keep_local. With parts: the
+  // job's commit on shared storage (every node's parts drained): the local parts go.
   void committed(uint64_t step, uint64_t bytes);
+  // With parts: the attempt's staging token (the control block's), which names the folders.
+  void set_parts_token(uint64_t token);
+  // With parts: every rank of this node has made its part of `step` durable locally: drain them.
+  void parts_durable(uint64_t step);
+  // With parts: the leader gave `step` up: its local parts go.
+  void parts_abandoned(uint64_t step);
+  // A stop began: drains run at full speed from now on (the trainer no longer competes).
+  void lift_cap();
   // Drains finished (or skipped, or failed) since the last call; on the caller's thread.
   std::vector<Event> take_events();
   // A stop: lifts the bandwidth cap and waits until nothing is left to drain, or `deadline`.
@@ -82,6 +99,7 @@ class LocalTier {
  private:
   void on_event(const Event& e);  // on the drain thread
   void keep_local(std::optional<uint64_t> also_keep);
+  void remove_local_parts(uint64_t up_to);  // parts mode: local staging folders of steps <= up_to
 
   Options opt_;
   mutable std::mutex mu_;
@@ -89,6 +107,7 @@ class LocalTier {
   std::optional<uint64_t> newest_local_, newest_drained_;
   uint64_t newest_local_bytes_ = 0;
   double measured_rate_ = 0;  // bytes/s of the last drain that copied something
+  std::atomic<uint64_t> parts_token_{0};
   std::unique_ptr<DrainQueue> queue_;  // last: its thread reports into the members above
 };
 

@@ -161,9 +161,11 @@ class Supervisor final : public Effects {
     if (!follower()) lock_.emplace(opt_.ckpt_dir);
     if (!follower() && !check_identity()) return kExitUsage;
     if (!opt_.local_dir.empty()) {
-      if (peers()) {
-        spdlog::error("storage.local with several supervisors per job is not supported yet (docs/storage.md): each "
-                      "node would drain its ranks' parts; run without storage.local (nothing started)");
+      if (peers() && !opt_.policy.storage.drain) {
+        spdlog::error("storage.drain: off with several supervisors per job: a collective checkpoint is committed on "
+                      "{} only once every node's parts are there, so without a drain nothing would ever commit; "
+                      "set storage.drain: async (nothing started)",
+                      opt_.ckpt_dir);
         return kExitUsage;
       }
       if (std::string why = local_tier_problem(opt_.local_dir, opt_.ckpt_dir); !why.empty()) {
@@ -173,14 +175,31 @@ class Supervisor final : public Effects {
       try {
         local_lock_.emplace(opt_.local_dir);
         const auto& st = opt_.policy.storage;
-        tier_ = std::make_unique<LocalTier>(
-            LocalTier::Options{opt_.local_dir, opt_.ckpt_dir, st.drain, st.keep_local, st.drain_bandwidth, this_host()});
+        LocalTier::Options to;
+        to.local_dir = opt_.local_dir;
+        to.shared_dir = opt_.ckpt_dir;
+        to.drain = st.drain;
+        to.keep_local = st.keep_local;
+        to.drain_bandwidth = st.drain_bandwidth;
+        to.host = this_host();
+        // Several supervisors: each node drains its ranks' parts; the leader commits on shared storage.
+        to.parts = peers();
+        to.status_file = !follower();
+        // A drain that ended reaches the loop at once (the leader waits on it to commit).
+        to.wake = [this] {
+          asio::post(io_, [this] {
+            if (!finished_) poll_tier();
+          });
+        };
+        tier_ = std::make_unique<LocalTier>(std::move(to));
       } catch (const std::exception& e) {
         spdlog::error("storage.local {}: {} (nothing started)", opt_.local_dir, e.what());
         return kExitUsage;
       }
     }
     if (!follower()) {  // this run's identity, once nothing else can refuse it
+      if (const auto& src = opt_.init_source)
+        identity_.parent = RunParent{src->dir, src->lineage, src->checkpoint.step, src->checkpoint.path};
       std::string error;
       if (!write_run_identity(opt_.ckpt_dir, identity_, &error)) spdlog::warn("{}", error);
     }
@@ -198,8 +217,6 @@ class Supervisor final : public Effects {
       job_tag_ = (job_id_ ? *job_id_ : std::string("local")) + "-" + std::to_string(slurm_ ? slurm_->restart_count : 0);
       rendezvous_path_ = opt_.ckpt_dir + "/.peers-" + job_tag_ + ".json";
       spdlog::info("supervisor {} of {} of this job ({})", peer_.index, peer_.peers,
-      if (const auto& src = opt_.init_source)
-        identity_.parent = RunParent{src->dir, src->lineage, src->checkpoint.step, src->checkpoint.path};
                    leader() ? "the leader" : "a follower");
       if (leader()) job_.emplace(peer_.peers);
     }
@@ -246,6 +263,9 @@ class Supervisor final : public Effects {
       return out;
     }
     std::optional<CheckpointInfo> resume;
+    std::string kind;  // LIFELINE_RESUME_KIND: "continue" (this run's own checkpoint), "warm" (--init-from), "" (none)
+    std::optional<RunParent> fork;
+    std::optional<std::string> init_ignored;
     json skipped = json::array();
     // A follower joins its leader before anything else: the leader's choice of checkpoint is
     // every node's (the directory is shared), and no trainer starts before every node is there.
@@ -259,17 +279,24 @@ class Supervisor final : public Effects {
         info.path = welcome_["resume_path"].get<std::string>();
         info.step = welcome_.at("resume_step").get<uint64_t>();
         resume = info;
+        kind = welcome_.contains("resume_kind") && welcome_["resume_kind"].is_string()
+                   ? welcome_["resume_kind"].get<std::string>()
+                   : std::string("continue");
       }
     } else if (opt_.policy.restart.resume != Policy::Resume::off) {
       ResumeChoice choice = tier_ ? start_tiers() : choose_resume(opt_.ckpt_dir);
       for (const auto& s : choice.skipped) {
-    std::string kind;  // LIFELINE_RESUME_KIND: "continue" (this run's own checkpoint), "warm" (--init-from), "" (none)
-    std::optional<RunParent> fork;
-    std::optional<std::string> init_ignored;
         spdlog::warn("skipping checkpoint {} (step {}): {}", s.path, s.step, s.problem);
         skipped.push_back(checkpoint_object(s));
       }
       resume = choice.resume;
+    }
+    if (!follower()) {
+      if (resume) kind = "continue";
+      if (!opt_.init_from.empty() && !fork_init_from(resume, kind, fork, init_ignored)) {
+        out.status = kExitUsage;
+        return out;
+      }
     }
     if (!resume && opt_.policy.restart.resume == Policy::Resume::required) {
       spdlog::error("no valid checkpoint in {} and the policy requires a resume (restart.resume: required)",
@@ -282,9 +309,6 @@ class Supervisor final : public Effects {
                    resume->path, fork && !fork->lineage.empty() ? fork->lineage : std::string("unknown"));
     } else if (resume) {
       out.resumed_step = resume->step;
-        kind = welcome_.contains("resume_kind") && welcome_["resume_kind"].is_string()
-                   ? welcome_["resume_kind"].get<std::string>()
-                   : std::string("continue");
       spdlog::info("resuming from step {} ({})", resume->step, resume->path);
     } else {
       spdlog::info("starting from scratch: no valid checkpoint in {}", opt_.ckpt_dir);
@@ -294,13 +318,6 @@ class Supervisor final : public Effects {
       block_.emplace(ControlBlock::create(job_id_ ? *job_id_ : "local"));
     } catch (const std::exception& e) {
       spdlog::error("{}", e.what());
-    if (!follower()) {
-      if (resume) kind = "continue";
-      if (!opt_.init_from.empty() && !fork_init_from(resume, kind, fork, init_ignored)) {
-        out.status = kExitUsage;
-        return out;
-      }
-    }
       out.status = attempt_ == 0 ? kExitUsage : kExitStopped;
       return out;
     }
@@ -314,7 +331,10 @@ class Supervisor final : public Effects {
       out.status = kExitUsage;
       return out;
     }
-    ranks_.emplace(*block_, work_dir(), meta, peers());
+    // The collective commit: in the local tier with one supervisor (then drained whole), on
+    // shared storage with several (each node drains its parts into the shared staging folder).
+    if (parts_tier()) tier_->set_parts_token(block_->u64(kStagingTokenOff).load());
+    ranks_.emplace(*block_, parts_tier() ? opt_.ckpt_dir : work_dir(), meta, peers());
     block_->u64(kEveryStepsOff).store(opt_.policy.checkpoint.every_steps);
     block_->u64(kSkipFirstStepsOff).store(opt_.policy.checkpoint.skip_first_steps);
     std::map<std::string, std::string> env{
@@ -322,6 +342,7 @@ class Supervisor final : public Effects {
         {"LIFELINE_CKPT_DIR", work_dir()},
         {"LIFELINE_RESUME_FROM", resume ? resume->path : ""},
         {"LIFELINE_RESUME_STEP", resume ? std::to_string(resume->step) : ""},
+        {"LIFELINE_RESUME_KIND", resume ? kind : ""},
         {"LIFELINE_ATTEMPT", std::to_string(attempt_)},
         {"LIFELINE_LINEAGE", lineage_},
     };
@@ -342,7 +363,6 @@ class Supervisor final : public Effects {
         if (const char* local = std::getenv("SLURM_LOCALID")) set_default("LOCAL_RANK", local);
       }
     }
-        {"LIFELINE_RESUME_KIND", resume ? kind : ""},
     log_.attempt_start({lineage_, job_id_, this_host(), int64_t(getpid()), out.resumed_step,
                         out.resumed_step ? std::optional<std::string>(resume->path) : std::nullopt, skipped, mode_,
                         resume ? kind : "", fork, init_ignored});
@@ -460,6 +480,7 @@ class Supervisor final : public Effects {
   void stop_begun(uint64_t deadline_wall_ns) override {
     stop_deadline_wall_ = deadline_wall_ns;
     if (!tier_ || !opt_.policy.storage.drain) return;
+    if (parts_tier()) tier_->lift_cap();  // (one supervisor: settle_drain lifts it)
     auto est = tier_->drain_seconds(tier_local_bytes());
     uint64_t now = wall_ns();
     double budget = deadline_wall_ns > now ? double(deadline_wall_ns - now) / 1e9 : 0;
@@ -505,13 +526,23 @@ class Supervisor final : public Effects {
   // Drains that ended since the last look: history, the log, and retention on shared storage.
   void poll_tier(bool stop = false) {
     if (!tier_) return;
-    bool any_drained = false;
+    bool any_drained = false, parts_changed = false;
+    bool stopping = stop || (machine_ && (machine_->state() == SupervisorState::stopping ||
+                                          machine_->state() == SupervisorState::draining));
     for (const auto& e : tier_->take_events()) {
       AttemptLog::Drain d;
       d.step = e.step;
-      d.stop = stop;
+      d.stop = stopping;
       using K = LocalTier::Event::Kind;
-      if (e.kind == K::drained) {
+      if (e.kind == K::drained && parts_tier()) {
+        d.result = "drained";
+        d.bytes = e.result.bytes;
+        d.duration_s = double(e.result.duration_ns) / 1e9;
+        parts_drained_ = std::max(parts_drained_, e.step);
+        parts_changed = true;
+        spdlog::info("drained this node's parts of step {} to {}: {} bytes in {:.3f} s", e.step, opt_.ckpt_dir, d.bytes,
+                     d.duration_s);
+      } else if (e.kind == K::drained) {
         d.result = "drained";
         d.bytes = e.result.bytes;
         d.duration_s = double(e.result.duration_ns) / 1e9;
@@ -520,6 +551,13 @@ class Supervisor final : public Effects {
       } else if (e.kind == K::skipped) {
         d.result = "skipped";
         spdlog::debug("drain of step {} skipped: a newer checkpoint came first", e.step);
+      } else if (parts_tier()) {
+        d.result = "failed";
+        d.error = e.error;
+        parts_failed_ = std::max(parts_failed_, e.step);
+        parts_changed = true;
+        spdlog::error("drain of this node's parts of step {} to {} failed: {}; the job gives that checkpoint up, "
+                      "training goes on", e.step, opt_.ckpt_dir, e.error);
       } else {
         d.result = "failed";
         d.error = e.error;
@@ -528,10 +566,9 @@ class Supervisor final : public Effects {
       }
       log_.drain(d);
     }
+    if (parts_changed) share_state();  // the leader commits (or gives up) once every node's are there
     // Not during a stop: its full verify would read the checkpoint back from shared storage
     // inside the grace period and hold up the exit; the next attempt's first drain runs it.
-    bool stopping = stop || (machine_ && (machine_->state() == SupervisorState::stopping ||
-                                          machine_->state() == SupervisorState::draining));
     if (any_drained && !stopping) start_shared_retention();
     uint64_t now = mono_ns();
     if (tier_->busy() && now - tier_status_ns_ >= 1000000000ull) {
@@ -541,6 +578,8 @@ class Supervisor final : public Effects {
   }
 
   uint64_t tier_local_bytes() const { return tier_local_bytes_; }
+  // Several supervisors with a node-local tier: parts drain, the leader commits on shared storage.
+  bool parts_tier() const { return tier_ && peers(); }
 
   std::string st_drain_words() const {
     const auto& st = opt_.policy.storage;
@@ -615,45 +654,6 @@ class Supervisor final : public Effects {
     }
   }
 
-  // run.json: this run against the one whose checkpoints the directory holds. False: refused.
-  bool check_identity() {
-    identity_.run_id = opt_.run_id;
-    identity_.command = opt_.command;
-    identity_.policy = opt_.policy.source;
-    std::string error;
-    auto was = read_run_identity(opt_.ckpt_dir, &error);
-    if (!was && !error.empty()) spdlog::warn("{} (replaced)", error);
-    if (was) {
-      IdentityCheck c = check_run_identity(*was, identity_);
-      if (c.verdict == IdentityCheck::Verdict::refuse && !opt_.resume_anyway) {
-        spdlog::error("{} holds the checkpoints of another run: {}. Resuming would continue that run's training. "
-                      "Use another --ckpt-dir for a new run, or pass --resume-anyway to resume from its checkpoints "
-                      "anyway{} (nothing started)",
-                      opt_.ckpt_dir, c.why,
-                      was->run_id || opt_.run_id ? "" : "; --run-id NAME names a run so that it may change its command");
-        return false;
-      }
-      if (c.verdict != IdentityCheck::Verdict::same) {
-        spdlog::warn("{}: {}; resuming from its checkpoints{}", opt_.ckpt_dir, c.why,
-                     c.verdict == IdentityCheck::Verdict::refuse ? " (--resume-anyway)" : "");
-        identity_note_ = c.why;
-        identity_forced_ = c.verdict == IdentityCheck::Verdict::refuse;
-      }
-      if (!identity_.run_id && was->run_id) identity_.run_id = was->run_id;  // keeps its name
-    }
-    return true;
-  }
-
-  // Where the trainer commits: the node-local tier when there is one.
-  const std::string& work_dir() const { return tier_ ? opt_.local_dir : opt_.ckpt_dir; }
-
-  void finish(int status) override {
-    if (!follower() && log_.last_end() && log_.last_end()->reason == EndReason::completed) {
-      identity_.completed = true;
-      std::string error;
-      if (!write_run_identity(opt_.ckpt_dir, identity_, &error)) spdlog::warn("{}", error);
-    }
-    say_end(status);
   // --init-from at an attempt's start (the leader's or a lone supervisor's choice): with a
   // checkpoint of the run's own, it is ignored (said once per supervisor that never forked);
   // without one, the attempt starts from the source (verified before the start for the first
@@ -689,6 +689,46 @@ class Supervisor final : public Effects {
     return true;
   }
 
+  // run.json: this run against the one whose checkpoints the directory holds. False: refused.
+  bool check_identity() {
+    identity_.run_id = opt_.run_id;
+    identity_.command = opt_.command;
+    identity_.policy = opt_.policy.source;
+    std::string error;
+    auto was = read_run_identity(opt_.ckpt_dir, &error);
+    if (!was && !error.empty()) spdlog::warn("{} (replaced)", error);
+    if (was) {
+      IdentityCheck c = check_run_identity(*was, identity_);
+      if (c.verdict == IdentityCheck::Verdict::refuse && !opt_.resume_anyway) {
+        spdlog::error("{} holds the checkpoints of another run: {}. Resuming would continue that run's training. "
+                      "Use another --ckpt-dir for a new run, or pass --resume-anyway to resume from its checkpoints "
+                      "anyway{} (nothing started)",
+                      opt_.ckpt_dir, c.why,
+                      was->run_id || opt_.run_id ? "" : "; --run-id NAME names a run so that it may change its command");
+        return false;
+      }
+      if (c.verdict != IdentityCheck::Verdict::same) {
+        spdlog::warn("{}: {}; resuming from its checkpoints{}", opt_.ckpt_dir, c.why,
+                     c.verdict == IdentityCheck::Verdict::refuse ? " (--resume-anyway)" : "");
+        identity_note_ = c.why;
+        identity_forced_ = c.verdict == IdentityCheck::Verdict::refuse;
+      }
+      if (!identity_.run_id && was->run_id) identity_.run_id = was->run_id;  // keeps its name
+      if (!identity_.parent && was->parent) identity_.parent = was->parent;  // and its parent
+    }
+    return true;
+  }
+
+  // Where the trainer commits: the node-local tier when there is one.
+  const std::string& work_dir() const { return tier_ ? opt_.local_dir : opt_.ckpt_dir; }
+
+  void finish(int status) override {
+    if (!follower() && log_.last_end() && log_.last_end()->reason == EndReason::completed) {
+      identity_.completed = true;
+      std::string error;
+      if (!write_run_identity(opt_.ckpt_dir, identity_, &error)) spdlog::warn("{}", error);
+    }
+    say_end(status);
     exit_status_ = status;
     finished_ = true;
     io_.stop();
@@ -714,7 +754,6 @@ class Supervisor final : public Effects {
   void on_timer(Timer timer) {
     switch (timer) {
       case Timer::tick: return on_tick_or_exit();
-      if (!identity_.parent && was->parent) identity_.parent = was->parent;  // and its parent
       case Timer::periodic: return dispatch(SupervisorEvent::periodic_due);
       case Timer::time_limit: return dispatch(SupervisorEvent::time_limit_due);
       case Timer::stop_deadline: return dispatch(SupervisorEvent::stop_deadline);
@@ -740,7 +779,8 @@ class Supervisor final : public Effects {
     // so every node's machine sees whether its stop checkpoint committed.
     if (e.kind == SupervisorEvent::child_exit && peers() && ranks_ && ranks_->part_outstanding()) {
       uint64_t now = mono_ns();
-      if (!exit_wait_until_) exit_wait_until_ = now + uint64_t(kExitForCommitMs) * 1000000ull;
+      // This node's parts still draining to shared storage: the wait runs from the drain's end.
+      if (!exit_wait_until_ || (tier_ && tier_->busy())) exit_wait_until_ = now + uint64_t(kExitForCommitMs) * 1000000ull;
       if (now < exit_wait_until_) {
         exit_timer_.expires_after(std::chrono::milliseconds(5));
         exit_timer_.async_wait([this](const boost::system::error_code& ec) {
@@ -763,6 +803,10 @@ class Supervisor final : public Effects {
   bool poll_ranks() {
     if (!ranks_) return false;
     RankCoordinator::Report r = ranks_->poll();
+    if (parts_tier() && ranks_->node().part > parts_queued_) {  // this node's parts: to shared storage
+      parts_queued_ = ranks_->node().part;
+      tier_->parts_durable(parts_queued_);
+    }
     if (r.agreed) spdlog::info("ranks agreed to checkpoint step {}", *r.agreed);
     if (r.given_up) spdlog::warn("{}", *r.given_up);
     if (peers()) share_state();
@@ -930,7 +974,12 @@ class Supervisor final : public Effects {
   // This node's ranks, as the leader needs them: sent when they change (the leader decides at once).
   void share_state() {
     if (!ranks_ || !link_) return;
-    const NodeState& s = ranks_->node();
+    NodeState s = ranks_->node();
+    if (parts_tier()) {
+      // With a node-local tier a part counts once it is on shared storage, where the leader commits.
+      if (s.part > parts_drained_) s.part = parts_drained_;
+      s.failed = std::max(s.failed, parts_failed_);
+    }
     if (leader()) {
       job_->update(0, s);
       run_job();
@@ -969,6 +1018,7 @@ class Supervisor final : public Effects {
         on_tick_or_exit();
       } else if (follower() && t == "abandoned" && ranks_) {
         ranks_->abandon(m.at("step").get<uint64_t>(), /*remove=*/false);
+        if (parts_tier()) tier_->parts_abandoned(m.at("step").get<uint64_t>());
         spdlog::warn("the job's leader gave the checkpoint of step {} up", m.at("step").get<uint64_t>());
       }
     } catch (const std::exception& e) {
@@ -1027,6 +1077,7 @@ class Supervisor final : public Effects {
     if (d.give_up) {
       spdlog::warn("checkpoint of step {} given up: a rank of supervisor {} failed its part", *d.give_up, d.give_up_peer);
       ranks_->abandon(*d.give_up, /*remove=*/true);
+      if (parts_tier()) tier_->parts_abandoned(*d.give_up);
       link_->broadcast(json{{"t", "abandoned"}, {"step", *d.give_up}});
       job_->settled(*d.give_up);
     }
@@ -1038,6 +1089,7 @@ class Supervisor final : public Effects {
       } catch (const std::exception& e) {
         spdlog::warn("checkpoint of step {} given up: {}", *d.commit, e.what());
         ranks_->abandon(*d.commit, /*remove=*/true);
+        if (parts_tier()) tier_->parts_abandoned(*d.commit);
         link_->broadcast(json{{"t", "abandoned"}, {"step", *d.commit}});
       }
       job_->settled(*d.commit);
@@ -1285,6 +1337,9 @@ class Supervisor final : public Effects {
   uint64_t tier_local_bytes_ = 0;        // the newest local checkpoint's size
   uint64_t tier_status_ns_ = 0;          // tier.json last rewritten during a drain
   bool said_tier_ = false;
+  uint64_t parts_queued_ = 0, parts_drained_ = 0, parts_failed_ = 0;  // parts_tier(): this node's newest
+  bool forked_ = false;             // an attempt of this supervisor started from --init-from
+  bool said_init_ignored_ = false;  // "--init-from is ignored" was said
   RunIdentity identity_;                 // this run, as run.json will say
   std::string identity_note_;            // a difference from the directory's run, for history
   bool identity_forced_ = false;
@@ -1337,8 +1392,6 @@ int run_supervisor(const RunOptions& options) {
     ::signal(SIGCONT, SIG_IGN);
   }
   return status;
-  bool forked_ = false;             // an attempt of this supervisor started from --init-from
-  bool said_init_ignored_ = false;  // "--init-from is ignored" was said
 }
 
 }  // namespace lifeline
