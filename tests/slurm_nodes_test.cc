@@ -131,8 +131,15 @@ std::string dir_script(const World& w) {
 // with a one-node job in high, and checks the round trip: every node stopped at one agreed step
 // whose checkpoint committed, one requeue (the leader's), the next run resumed from it and
 // ended bit-exact.
-void preemption_round_trip(const std::vector<std::string>& cluster_options, const std::vector<std::string>& job_options) {
+// `tier`: every node has a node-local checkpoint tier (storage.local, one dir per node, named by
+// the job's SLURMD_NODENAME as a site's $TMPDIR would be per node): each node drains its rank's
+// part and the leader commits on shared storage (docs/storage.md, "Several supervisors per job").
+void preemption_round_trip(const std::vector<std::string>& cluster_options, const std::vector<std::string>& job_options,
+                           bool tier = false) {
   World w(cluster_options);
+  if (tier)
+    std::ofstream(w.policy, std::ios::app) << "storage:\n  local: " << (w.dir / "node-local")
+                                           << "/${SLURMD_NODENAME}/lifeline-${SLURM_JOB_ID}\n  drain: async\n";
   std::vector<std::string> opts = {"-p", "low", "--exclusive", "--time=10"};
   opts.insert(opts.end(), job_options.begin(), job_options.end());
   std::string job = w.submit(opts, kSteps, 60);
@@ -148,6 +155,24 @@ void preemption_round_trip(const std::vector<std::string>& cluster_options, cons
   CHECK(ends[0]["end_reason"] == "preempted");
   CHECK(ends[0]["stop_checkpoint"]["state"] == "committed");
   World::check_nodes(ends[0]);
+  if (tier) {
+    CHECK(ends[0]["stop_checkpoint"]["drained"] == true);  // on shared storage before the requeue
+    // Each node drained its own part: a drain in the leader's history and in each follower's.
+    CHECK(!events(w.ckpt, "drain").empty());
+    for (int k = 1; k < kNodes; ++k) CHECK(!events(w.ckpt, "drain", "history.node-" + std::to_string(k) + ".jsonl").empty());
+    // Every node had its own local dir, and none keeps a checkpoint or a part.
+    int nodes_seen = 0;
+    for (const auto& node : fs::directory_iterator(w.dir / "node-local")) {
+      ++nodes_seen;
+      for (const auto& e : fs::recursive_directory_iterator(node.path())) {
+        std::string name = e.path().filename().string();
+        CAPTURE(e.path().string());
+        CHECK(name.rfind("step-", 0) != 0);
+        CHECK(name.rfind(".staging-", 0) != 0);
+      }
+    }
+    CHECK(nodes_seen == kNodes);
+  }
   CHECK(ends[1]["end_reason"] == "completed");
   auto starts = events(w.ckpt, "attempt_start");
   REQUIRE(starts.size() == 2);
@@ -162,7 +187,9 @@ TEST_CASE("3 nodes: a preemption (user signal at grace start) stops every node a
 }
 
 TEST_CASE("3 nodes: a preemption without a user signal (SIGTERM to every process of the step at grace start) still stops every node at one agreed step") {
-  preemption_round_trip({"--grace", "40", "--kill-wait", "10"}, {});
+  // With a node-local tier on every node: the stop checkpoint's parts are drained by each node
+  // and committed on shared storage before the requeue.
+  preemption_round_trip({"--grace", "40", "--kill-wait", "10"}, {}, /*tier=*/true);
 }
 
 TEST_CASE("3 nodes: the time limit's USR1 checkpoints every node and requeues until the run completes bit-exact") {
