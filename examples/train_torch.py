@@ -82,13 +82,13 @@ def main() -> int:
     ap.add_argument("--state-mib", type=count("non-negative"), default=0,
                     help="make the training state (parameters + Adam moments) about this big")
     ap.add_argument("--report", action="store_true", help="print each checkpoint's stall and the training rate")
+    ap.add_argument("--warm-start", choices=["reset", "continue"], default="continue",
+                    help="starting from another run's checkpoint (lifeline run --init-from): reset = its weights only, "
+                         "step 0, a fresh optimizer; continue = everything, continuing from its step")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    ap.add_argument("--warm-start", choices=["reset", "continue"], default="continue",
-                    help="starting from another run's checkpoint (lifeline run --init-from): reset = its weights only, "
-                         "step 0, a fresh optimizer; continue = everything, continuing from its step")
     client = lifeline_client.Client.from_env()
     torch.manual_seed(args.seed)
     random.seed(args.seed)

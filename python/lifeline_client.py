@@ -299,10 +299,9 @@ class ResumeInfo(_ResumeTuple):
                 kind: str = "continue"):
         self = super().__new__(cls, path, step)
         self._extra = (checkpoint, world_size)
-        return self
         self._kind = kind
+        return self
 
-    @property
     @property
     def kind(self) -> str:
         """"continue" (this run's own checkpoint) or "warm" (another run's: a fork)."""
@@ -313,6 +312,7 @@ class ResumeInfo(_ResumeTuple):
         """True for a warm start from another run's checkpoint (kind "warm")."""
         return self.kind == "warm"
 
+    @property
     def checkpoint(self) -> str:
         """The step-N folder: `path` itself for a single trainer."""
         extra = self.__dict__.get("_extra", (None, 0))
@@ -323,7 +323,6 @@ class ResumeInfo(_ResumeTuple):
         return self.__dict__.get("_extra", (None, 0))[1]
 
 
-class RankEnvError(ValueError):
 def resume_kind_from_env(value: Optional[str]) -> str:
     """LIFELINE_RESUME_KIND as ResumeInfo.kind: unset or empty (a supervisor from before the
     variable) and "continue" give "continue", "warm" gives "warm"; anything else raises ValueError
@@ -335,6 +334,7 @@ def resume_kind_from_env(value: Optional[str]) -> str:
     raise ValueError(f"lifeline: LIFELINE_RESUME_KIND={value!r} is not continue or warm")
 
 
+class RankEnvError(ValueError):
     """A rank-mode launcher variable (LOCAL_RANK, WORLD_SIZE, ...) is missing or malformed."""
 
 
