@@ -378,3 +378,58 @@ TEST_CASE("storage.drain off with several supervisors per job is refused with ex
   CHECK(!std::filesystem::exists(d / "local/.lifeline-tier.json"));  // the tier was never set up
   CHECK(step_folders(d / "ckpt").empty());
 }
+
+namespace {
+
+// A tier run whose policy keeps one checkpoint on shared storage (retention.keep_last: 1).
+std::vector<std::string> keep_one_run(const TempDir& d, int every_steps, const std::vector<std::string>& train) {
+  std::string policy = d / "keep-one.yaml";
+  std::ofstream(policy) << "version: 1\n"
+                           "checkpoint:\n  every_steps: " << every_steps << "\n  every_seconds: 0\n"
+                           "restart:\n  backoff_seconds: 0\n"
+                           "retention:\n  keep_last: 1\n  keep_best: 0\n"
+                           "storage:\n  local: " << (d / "local") << "\n  keep_local: 1\n";
+  std::vector<std::string> v = {binary("LIFELINE_BIN"), "run", "--policy", policy, "--ckpt-dir", d / "ckpt", "--"};
+  v.insert(v.end(), train.begin(), train.end());
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("with a node-local tier no retention runs on shared storage during a stop; the next attempt's first drain runs it") {
+  // Retention's full verify reads the newest checkpoint back from shared storage: inside a stop's
+  // grace period that held the exit up (found by bench/tier_bench.sh).
+  TempDir d;
+  {
+    Process p(keep_one_run(d, 20, train_cmd(d, 100000, 20)));
+    REQUIRE(p.wait_for_line("retention: removed step 20") != "");  // retention runs between stops
+    p.signal(SIGUSR1);
+    CHECK(p.wait() == 75);
+  }
+  auto end = events_named(d / "ckpt", "attempt_end").back();
+  REQUIRE(end["stop_checkpoint"]["drained"] == true);
+  uint64_t stop_step = end["stop_checkpoint"]["step"].get<uint64_t>();
+  // The stop checkpoint was drained, and nothing was removed after the stop began: the newest
+  // periodic checkpoint is still there beside it, over keep_last: 1.
+  std::vector<std::string> left = step_folders(d / "ckpt");
+  REQUIRE(left.size() == 2);
+  CHECK(std::stoull(left.back().substr(5)) == stop_step);
+  // In history: no retention event between the stop's signal and the attempt's end.
+  bool stopping = false, retention_in_stop = false, any_retention = false;
+  std::ifstream in(d / "ckpt/history.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    json e = json::parse(line, nullptr, false);
+    std::string name = e.is_object() ? e.value("event", "") : "";
+    if (name == "signal") stopping = true;
+    if (name == "attempt_end") break;
+    if (name == "retention") (stopping ? retention_in_stop : any_retention) = true;
+  }
+  CHECK(stopping);
+  CHECK(any_retention);
+  CHECK_FALSE(retention_in_stop);
+  // The next attempt: its first drain runs retention, which keeps one.
+  std::string out;
+  int rc = run(keep_one_run(d, 20, train_cmd(d, int(stop_step) + 30, 0)), &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK_MESSAGE(step_folders(d / "ckpt").size() == 1, out);
+}
