@@ -21,6 +21,8 @@ import tempfile
 import threading
 import time
 
+from bench_table import print_table  # bench/bench_table.py (this script's folder)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -460,18 +462,7 @@ class Runner:
 
     # ---- table ------------------------------------------------------------------------------
     def table(self):
-        cols = ["figure", "measurement", "lifeline", "baseline", "ratio", "target", "ok"]
-        print()
-        print("| " + " | ".join(cols) + " |")
-        print("|" + "---|" * len(cols))
-        for r in self.rows:
-            ok = {True: "yes", False: "NO", None: "-"}[r["meets_target"]]
-            print(f"| {r['figure']} | {r['measurement']} | {r['lifeline']} | {r['baseline']} | {r['ratio']} | {r['target']} | {ok} |")
-            if r["note"]:
-                print(f"|  | ↳ {r['note']} |  |  |  |  |  |")
-        for n in self.notes:
-            print(f"note: {n}")
-        print(f"\n{len(self.rows)} rows in {time.time() - self.started:.0f} s; written to {self.out}")
+        print_table(self.rows, self.notes, self.out, self.started, first_col="figure")
 
 
 def main():

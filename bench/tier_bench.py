@@ -30,6 +30,8 @@ import sys
 import threading
 import time
 
+from bench_table import print_table  # bench/bench_table.py (this script's folder)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -381,18 +383,7 @@ class Runner:
 
     # ---- table ---------------------------------------------------------------------------------
     def table(self):
-        cols = ["row", "measurement", "lifeline", "baseline", "ratio", "target", "met"]
-        print()
-        print("| " + " | ".join(cols) + " |")
-        print("|" + "---|" * len(cols))
-        for r in self.rows:
-            ok = {True: "yes", False: "NO", None: "-"}[r["meets_target"]]
-            print(f"| {r['figure']} | {r['measurement']} | {r['lifeline']} | {r['baseline']} | {r['ratio']} | {r['target']} | {ok} |")
-            if r["note"]:
-                print(f"|  | ↳ {r['note']} |  |  |  |  |  |")
-        for n in self.notes:
-            print(f"note: {n}")
-        print(f"\n{len(self.rows)} rows in {time.time() - self.started:.0f} s; written to {self.out}")
+        print_table(self.rows, self.notes, self.out, self.started, first_col="row")
 
     def end_children(self):
         for p in self.children:
