@@ -13,6 +13,7 @@
 
 #include "support/process.h"
 #include "support/temp_dir.h"
+#include "support/history_file.h"
 
 using namespace lifeline::test;
 using json = nlohmann::json;
@@ -53,14 +54,6 @@ std::string source_run(const TempDir& d) {
   auto at = out.find("digest ");
   REQUIRE(at != std::string::npos);
   return out.substr(at + 7, 64);
-}
-
-std::vector<json> events_named(const std::string& dir, const std::string& name) {
-  std::vector<json> out;
-  std::ifstream in(dir + "/history.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (auto j = json::parse(line, nullptr, false); j.is_object() && j.value("event", "") == name) out.push_back(j);
-  return out;
 }
 
 json read_json(const std::string& path) {

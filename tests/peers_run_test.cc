@@ -83,6 +83,16 @@ uint64_t agreed_step(const std::string& output) {
   return std::stoull(m[1]);
 }
 
+// Whether the newest checkpoint reaches `step` within 30 s (polling the listing every 100 ms).
+bool committed_by(const TempDir& d, uint64_t step) {
+  for (int i = 0; i < 300; ++i) {
+    json list = checkpoints(d);
+    if (!list.empty() && list.back()["step"].get<uint64_t>() >= step) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
 // All three resumed: every one's trainer ends with the uninterrupted digest.
 void resume_all(const TempDir& d, uint64_t from, bool tier = false) {
   std::vector<std::unique_ptr<Process>> again;
@@ -159,13 +169,7 @@ TEST_CASE("a follower's supervisor killed with SIGKILL: the others stop as peer_
   for (int k = 0; k < kPeers; ++k) sup.push_back(supervisor(d, k, 20));
   REQUIRE(sup[1]->wait_for_line("step 60 ") != "");
   // The collective commit of step 50 is the leader's: under load it may come after a rank's step 60.
-  bool committed_50 = false;
-  for (int i = 0; i < 300 && !committed_50; ++i) {
-    json list = checkpoints(d);
-    committed_50 = !list.empty() && list.back()["step"].get<uint64_t>() >= 50;
-    if (!committed_50) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  REQUIRE(committed_50);
+  REQUIRE(committed_by(d, 50));
   auto killed_at = std::chrono::steady_clock::now();
   sup[1]->signal(SIGKILL);
   CHECK(sup[1]->wait() == 128 + SIGKILL);
@@ -196,13 +200,7 @@ TEST_CASE("three supervisors with node-local tiers: each node drains its part an
   REQUIRE(sup[1]->wait_for_line("step 60 ") != "");
   // The periodic checkpoint of step 50 reaches shared storage whole: every node's part drained,
   // then the leader's commit.
-  bool committed_50 = false;
-  for (int i = 0; i < 300 && !committed_50; ++i) {
-    json list = checkpoints(d);
-    committed_50 = !list.empty() && list.back()["step"].get<uint64_t>() >= 50;
-    if (!committed_50) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  REQUIRE(committed_50);
+  REQUIRE(committed_by(d, 50));
   sup[2]->signal(SIGUSR1);
   uint64_t agreed = 0;
   for (int k = 0; k < kPeers; ++k) {

@@ -9,6 +9,7 @@
 
 #include "support/process.h"
 #include "support/temp_dir.h"
+#include "support/history_file.h"
 
 using namespace lifeline::test;
 using json = nlohmann::json;
@@ -22,14 +23,6 @@ std::vector<std::string> run_cmd(const TempDir& d, const std::vector<std::string
   v.insert(v.end(), {"--", binary("TRAIN_EXAMPLE_BIN"), "--steps", std::to_string(steps), "--seed", std::to_string(seed),
                      "--step-delay-ms", std::to_string(delay_ms), "--log-every", "1"});
   return v;
-}
-
-std::vector<json> events_named(const std::string& dir, const std::string& name) {
-  std::vector<json> out;
-  std::ifstream in(dir + "/history.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (auto j = json::parse(line, nullptr, false); j.is_object() && j.value("event", "") == name) out.push_back(j);
-  return out;
 }
 
 // A run stopped with SIGUSR1 at about step 30 (its stop checkpoint is its only one).

@@ -20,6 +20,7 @@
 
 #include "support/process.h"
 #include "support/temp_dir.h"
+#include "support/history_file.h"
 
 using namespace lifeline::test;
 using json = nlohmann::json;
@@ -51,15 +52,6 @@ std::vector<std::string> train_cmd(const TempDir& d, int steps, int delay_ms, in
                                 d / "digest"};
   if (state_mib) v.insert(v.end(), {"--state-mib", std::to_string(state_mib)});
   return v;
-}
-
-std::vector<json> events_named(const std::string& dir, const std::string& name) {
-  std::vector<json> out;
-  std::ifstream in(dir + "/history.jsonl");
-  std::string line;
-  while (std::getline(in, line))
-    if (auto j = json::parse(line, nullptr, false); j.is_object() && j.value("event", "") == name) out.push_back(j);
-  return out;
 }
 
 std::string read_text(const std::string& path) {
