@@ -30,13 +30,13 @@ asan_build() {
       -Dcpp_args=-Wno-maybe-uninitialized >/dev/null || return 1
   fi
   # Only the C++ unit tests run under the sanitizers, so only their executables are built: the
-  # CLI, the Python tests' binaries and the benchmarks would take half of this configuration's
-  # compile time (boost headers under ASan + UBSan) and run nowhere here.
+  # CLI (and cli_docs, suite cli, which links it), the Python tests' binaries and the benchmarks
+  # would take half of this configuration's compile time (boost headers under ASan + UBSan).
   local asan_targets
   mapfile -t asan_targets < <(meson introspect --tests build-asan | python3 -c '
 import json, os, sys
 for t in json.load(sys.stdin):
-    if "lifeline:unit" in t["suite"] and "lifeline:python" not in t["suite"]:
+    if "lifeline:unit" in t["suite"] and not {"lifeline:python", "lifeline:cli"} & set(t["suite"]):
         print(os.path.relpath(t["cmd"][0], "build-asan"))')
   ((${#asan_targets[@]})) || return 1
   ninja -C build-asan "${asan_targets[@]}"
@@ -56,7 +56,7 @@ if ! wait "$asan_pid"; then
 fi
 
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  meson test -C build-asan --no-rebuild --print-errorlogs --suite unit --no-suite python 2>&1 |
+  meson test -C build-asan --no-rebuild --print-errorlogs --suite unit --no-suite python --no-suite cli 2>&1 |
   tee build-asan/test-summary.txt
 [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 count build-asan/test-summary.txt
