@@ -83,6 +83,20 @@ uint64_t agreed_step(const std::string& output) {
   return std::stoull(m[1]);
 }
 
+// Every supervisor exits 75 (stopped, --requeue none) having agreed on one step, which it returns.
+uint64_t stopped_at_one_step(std::vector<std::unique_ptr<Process>>& sup) {
+  uint64_t agreed = 0;
+  for (int k = 0; k < kPeers; ++k) {
+    int rc = sup[k]->wait();
+    CAPTURE(k);
+    REQUIRE_MESSAGE(rc == 75, sup[k]->output());
+    uint64_t a = agreed_step(sup[k]->output());
+    if (k == 0) agreed = a;
+    CHECK(a == agreed);  // one step, the same on every node
+  }
+  return agreed;
+}
+
 // Whether the newest checkpoint reaches `step` within 30 s (polling the listing every 100 ms).
 bool committed_by(const TempDir& d, uint64_t step) {
   for (int i = 0; i < 300; ++i) {
@@ -134,16 +148,9 @@ TEST_CASE("three supervisors of one job: a stop signal to one follower stops all
     CHECK(node["ranks"][0]["world_size"] == kPeers);
   }
   sup[2]->signal(SIGUSR1);  // Slurm's signal reached one node first (or only)
-  uint64_t agreed = 0;
-  for (int k = 0; k < kPeers; ++k) {
-    int rc = sup[k]->wait();
-    CAPTURE(k);
-    REQUIRE_MESSAGE(rc == 75, sup[k]->output());
-    uint64_t a = agreed_step(sup[k]->output());
-    if (k == 0) agreed = a;
-    CHECK(a == agreed);  // one step, the same on every node
+  uint64_t agreed = stopped_at_one_step(sup);
+  for (int k = 0; k < kPeers; ++k)
     CHECK(sup[k]->output().find("stopping at step " + std::to_string(agreed)) != std::string::npos);
-  }
   CHECK(agreed > 40);
   json list = checkpoints(d);
   REQUIRE(!list.empty());
@@ -202,17 +209,9 @@ TEST_CASE("three supervisors with node-local tiers: each node drains its part an
   // then the leader's commit.
   REQUIRE(committed_by(d, 50));
   sup[2]->signal(SIGUSR1);
-  uint64_t agreed = 0;
-  for (int k = 0; k < kPeers; ++k) {
-    int rc = sup[k]->wait();
-    CAPTURE(k);
-    REQUIRE_MESSAGE(rc == 75, sup[k]->output());
-    uint64_t a = agreed_step(sup[k]->output());
-    if (k == 0) agreed = a;
-    CHECK(a == agreed);
-    // Each node drained its own rank's part of the stop checkpoint.
+  uint64_t agreed = stopped_at_one_step(sup);
+  for (int k = 0; k < kPeers; ++k)  // each node drained its own rank's part of the stop checkpoint
     CHECK(sup[k]->output().find("drained this node's parts of step " + std::to_string(agreed)) != std::string::npos);
-  }
   // The stop checkpoint is committed on shared storage before the requeue: every part, valid.
   json list = checkpoints(d);
   REQUIRE(!list.empty());
